@@ -1,0 +1,349 @@
+//! Request PDUs of both layers, parsed in the order PROTOCOL.md §2 prescribes.
+
+use bytes::Bytes;
+
+use crate::field::{self, Fields};
+use crate::ids::{MessageId, SessionId};
+use crate::response::ErrorCode;
+
+/// Why a request datagram was refused by the parser.
+///
+/// The `Display` text is the reason sent on the wire after the error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Fewer than two bytes: there is no room for `<code>:`.
+    #[error("too short")]
+    TooShort,
+    /// The second byte is not `:`.
+    #[error("missing ':' after the code")]
+    MissingColon,
+    /// The code byte names no request (answered `3`, the only non-`1` parse error).
+    #[error("unknown request {}", Printable(*.0))]
+    UnknownCode(u8),
+    /// A number field is not 1–20 digits fitting in a u64.
+    #[error("bad number")]
+    BadNumber,
+    /// A session id field is not a canonical lowercase UUID.
+    #[error("bad session id")]
+    BadSessionId,
+    /// `1:` with nothing after it.
+    #[error("empty text")]
+    EmptyText,
+    /// A field the request needs is absent.
+    #[error("missing {0}")]
+    MissingField(&'static str),
+    /// `a:` with a size of zero.
+    #[error("size must be at least 1")]
+    ZeroSize,
+    /// `a:` with a block size of zero.
+    #[error("block size must be at least 1")]
+    ZeroBlockSize,
+}
+
+impl ParseError {
+    /// The response code this error is answered with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ParseError::UnknownCode(_) => ErrorCode::UnknownControl,
+            _ => ErrorCode::BadFormat,
+        }
+    }
+}
+
+/// Shows a code byte as itself when printable, else as hex, so reasons stay ASCII.
+struct Printable(u8);
+
+impl std::fmt::Display for Printable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_ascii_graphic() {
+            write!(f, "{}", self.0 as char)
+        } else {
+            write!(f, "0x{:02x}", self.0)
+        }
+    }
+}
+
+/// A layer-1 board request: one datagram in, one response out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoardRequest {
+    /// `1:<text>`: publish a text of one or more bytes.
+    Publish(Bytes),
+    /// `2:<n>`: ids of the newest `n` messages (0 = all), oldest first.
+    Ids(u64),
+    /// `3:<id>`: one message.
+    Get(MessageId),
+    /// `4:<n>`: the newest `n` messages (0 = all), oldest first.
+    Last(u64),
+}
+
+/// A layer-2 session request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionRequest {
+    /// `a:<size>:<block_size>`: open an upload of a `size`-byte request PDU.
+    Open {
+        /// Total bytes of the request PDU to upload (at least 1).
+        size: u64,
+        /// Bytes per block the client proposes (at least 1); the server may lower it.
+        block_size: u64,
+    },
+    /// `b:<sid>:<index>:<bytes>`: one block of an upload.
+    Block {
+        /// The upload session.
+        sid: SessionId,
+        /// Block number, from 0.
+        index: u64,
+        /// The block's bytes (any bytes, `:` included).
+        data: Bytes,
+    },
+    /// `c:<sid>`: execute the assembled request (exactly once).
+    Commit(SessionId),
+    /// `g:<sid>:<index>`: one block of a download.
+    Fetch {
+        /// The download session.
+        sid: SessionId,
+        /// Block number, from 0.
+        index: u64,
+    },
+    /// `x:<sid>`: close a session.
+    Close(SessionId),
+}
+
+impl SessionRequest {
+    /// The session this request names, if any (`a:` names none yet).
+    pub fn sid(&self) -> Option<SessionId> {
+        match self {
+            SessionRequest::Open { .. } => None,
+            SessionRequest::Block { sid, .. }
+            | SessionRequest::Commit(sid)
+            | SessionRequest::Fetch { sid, .. }
+            | SessionRequest::Close(sid) => Some(*sid),
+        }
+    }
+}
+
+/// Any request datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Layer 1.
+    Board(BoardRequest),
+    /// Layer 2.
+    Session(SessionRequest),
+}
+
+fn number(field: Option<Bytes>, name: &'static str) -> Result<u64, ParseError> {
+    field::parse_u64(&field.ok_or(ParseError::MissingField(name))?).ok_or(ParseError::BadNumber)
+}
+
+fn sid(field: Option<Bytes>) -> Result<SessionId, ParseError> {
+    SessionId::parse(&field.ok_or(ParseError::MissingField("session id"))?)
+        .ok_or(ParseError::BadSessionId)
+}
+
+impl Request {
+    /// Parses one request datagram.
+    ///
+    /// Takes `Bytes` so that text and block data come out as slices of the datagram.
+    pub fn parse(datagram: Bytes) -> Result<Request, ParseError> {
+        if datagram.len() < 2 {
+            return Err(ParseError::TooShort);
+        }
+        if datagram[1] != b':' {
+            return Err(ParseError::MissingColon);
+        }
+        let code = datagram[0];
+        if !matches!(code, b'1'..=b'4' | b'a' | b'b' | b'c' | b'g' | b'x') {
+            return Err(ParseError::UnknownCode(code));
+        }
+        let payload = datagram.slice(2..);
+        let mut fields = Fields::new(payload.clone());
+        let request = match code {
+            b'1' if payload.is_empty() => return Err(ParseError::EmptyText),
+            b'1' => Request::Board(BoardRequest::Publish(payload)),
+            b'2' => Request::Board(BoardRequest::Ids(number(Some(payload), "count")?)),
+            b'3' => Request::Board(BoardRequest::Get(MessageId(number(Some(payload), "id")?))),
+            b'4' => Request::Board(BoardRequest::Last(number(Some(payload), "count")?)),
+            b'a' => {
+                let size = number(fields.next(), "block size")?;
+                let block_size = number(Some(fields.rest()), "block size")?;
+                if size == 0 {
+                    return Err(ParseError::ZeroSize);
+                }
+                if block_size == 0 {
+                    return Err(ParseError::ZeroBlockSize);
+                }
+                Request::Session(SessionRequest::Open { size, block_size })
+            }
+            b'b' => {
+                let sid = sid(fields.next())?;
+                let index = number(fields.next(), "block data")?;
+                Request::Session(SessionRequest::Block { sid, index, data: fields.rest() })
+            }
+            b'c' => Request::Session(SessionRequest::Commit(sid(Some(payload))?)),
+            b'g' => {
+                let sid = sid(fields.next())?;
+                let index = number(Some(fields.rest()), "index")?;
+                Request::Session(SessionRequest::Fetch { sid, index })
+            }
+            b'x' => Request::Session(SessionRequest::Close(sid(Some(payload))?)),
+            _ => return Err(ParseError::UnknownCode(code)),
+        };
+        Ok(request)
+    }
+
+    /// Appends the wire form.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Request::Board(BoardRequest::Publish(text)) => {
+                out.extend_from_slice(b"1:");
+                out.extend_from_slice(text);
+            }
+            Request::Board(BoardRequest::Ids(n)) => {
+                out.extend_from_slice(b"2:");
+                field::put_u64(out, *n);
+            }
+            Request::Board(BoardRequest::Get(id)) => {
+                out.extend_from_slice(b"3:");
+                id.encode(out);
+            }
+            Request::Board(BoardRequest::Last(n)) => {
+                out.extend_from_slice(b"4:");
+                field::put_u64(out, *n);
+            }
+            Request::Session(SessionRequest::Open { size, block_size }) => {
+                out.extend_from_slice(b"a:");
+                field::put_u64(out, *size);
+                out.push(b':');
+                field::put_u64(out, *block_size);
+            }
+            Request::Session(SessionRequest::Block { sid, index, data }) => {
+                out.extend_from_slice(b"b:");
+                sid.encode(out);
+                out.push(b':');
+                field::put_u64(out, *index);
+                out.push(b':');
+                out.extend_from_slice(data);
+            }
+            Request::Session(SessionRequest::Commit(sid)) => {
+                out.extend_from_slice(b"c:");
+                sid.encode(out);
+            }
+            Request::Session(SessionRequest::Fetch { sid, index }) => {
+                out.extend_from_slice(b"g:");
+                sid.encode(out);
+                out.push(b':');
+                field::put_u64(out, *index);
+            }
+            Request::Session(SessionRequest::Close(sid)) => {
+                out.extend_from_slice(b"x:");
+                sid.encode(out);
+            }
+        }
+    }
+
+    /// The wire form as a new buffer.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        Bytes::from(out)
+    }
+}
+
+impl From<BoardRequest> for Request {
+    fn from(r: BoardRequest) -> Self {
+        Request::Board(r)
+    }
+}
+
+impl From<SessionRequest> for Request {
+    fn from(r: SessionRequest) -> Self {
+        Request::Session(r)
+    }
+}
+
+/// Header bytes of a `b:` datagram with the widest index: `b:<sid>:<20 digits>:`.
+pub const BLOCK_HEADER_MAX: usize = 2 + SessionId::LEN + 1 + field::MAX_DIGITS + 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &[u8]) -> Result<Request, ParseError> {
+        Request::parse(Bytes::copy_from_slice(s))
+    }
+
+    const SID: &str = "3f2b8c1e-9a4d-4e6f-8b1a-2c3d4e5f6a7b";
+
+    #[test]
+    fn classification_order() {
+        assert_eq!(parse(b""), Err(ParseError::TooShort));
+        assert_eq!(parse(b"x"), Err(ParseError::TooShort));
+        // Rule 1 comes before rule 2: an unknown code without ':' is still a format error.
+        assert_eq!(parse(b"9x"), Err(ParseError::MissingColon));
+        assert_eq!(parse(b"9:x"), Err(ParseError::UnknownCode(b'9')));
+        assert_eq!(parse(b"0:"), Err(ParseError::UnknownCode(b'0')));
+        assert_eq!(parse(b"d:x"), Err(ParseError::UnknownCode(b'd')));
+        assert_eq!(parse(b"2:x"), Err(ParseError::BadNumber));
+    }
+
+    #[test]
+    fn reasons_match_the_contract() {
+        assert_eq!(ParseError::TooShort.to_string(), "too short");
+        assert_eq!(ParseError::BadNumber.to_string(), "bad number");
+        assert_eq!(ParseError::UnknownCode(b'9').to_string(), "unknown request 9");
+        assert_eq!(ParseError::UnknownCode(0xff).to_string(), "unknown request 0xff");
+        assert_eq!(ParseError::UnknownCode(b'9').code(), ErrorCode::UnknownControl);
+        assert_eq!(ParseError::BadNumber.code(), ErrorCode::BadFormat);
+    }
+
+    #[test]
+    fn board_requests() {
+        assert_eq!(
+            parse(b"1:a:b:c"),
+            Ok(Request::Board(BoardRequest::Publish(Bytes::from_static(b"a:b:c"))))
+        );
+        assert_eq!(parse(b"1:"), Err(ParseError::EmptyText));
+        assert_eq!(parse(b"2:0"), Ok(Request::Board(BoardRequest::Ids(0))));
+        assert_eq!(parse(b"2:-1"), Err(ParseError::BadNumber));
+        assert_eq!(parse(b"2:"), Err(ParseError::BadNumber));
+        assert_eq!(parse(b"3:99"), Ok(Request::Board(BoardRequest::Get(MessageId(99)))));
+        assert_eq!(parse(b"3:1:"), Err(ParseError::BadNumber));
+        assert_eq!(parse(b"4:2"), Ok(Request::Board(BoardRequest::Last(2))));
+        assert_eq!(parse(b"4:99999999999999999999"), Err(ParseError::BadNumber));
+    }
+
+    #[test]
+    fn session_requests() {
+        let sid = SessionId::parse(SID.as_bytes()).expect("sid");
+        assert_eq!(
+            parse(b"a:7:2"),
+            Ok(Request::Session(SessionRequest::Open { size: 7, block_size: 2 }))
+        );
+        assert_eq!(parse(b"a:0:2"), Err(ParseError::ZeroSize));
+        assert_eq!(parse(b"a:7:0"), Err(ParseError::ZeroBlockSize));
+        assert_eq!(parse(b"a:7"), Err(ParseError::MissingField("block size")));
+        assert_eq!(parse(b"a:7:2:1"), Err(ParseError::BadNumber));
+        assert_eq!(
+            parse(format!("b:{SID}:0:1:").as_bytes()),
+            Ok(Request::Session(SessionRequest::Block {
+                sid,
+                index: 0,
+                data: Bytes::from_static(b"1:")
+            }))
+        );
+        assert_eq!(
+            parse(format!("b:{SID}:0").as_bytes()),
+            Err(ParseError::MissingField("block data"))
+        );
+        assert_eq!(parse(format!("c:{SID}").as_bytes()), Ok(Request::Session(SessionRequest::Commit(sid))));
+        assert_eq!(parse(b"c:not-a-uuid"), Err(ParseError::BadSessionId));
+        assert_eq!(parse(format!("c:{}", SID.to_uppercase()).as_bytes()), Err(ParseError::BadSessionId));
+        assert_eq!(parse(format!("c:{SID}:").as_bytes()), Err(ParseError::BadSessionId));
+        assert_eq!(
+            parse(format!("g:{SID}:3").as_bytes()),
+            Ok(Request::Session(SessionRequest::Fetch { sid, index: 3 }))
+        );
+        assert_eq!(parse(format!("x:{SID}").as_bytes()), Ok(Request::Session(SessionRequest::Close(sid))));
+        assert_eq!(parse(b"x:"), Err(ParseError::BadSessionId));
+        assert_eq!(parse(b"b:"), Err(ParseError::MissingField("session id")));
+    }
+}
