@@ -18,7 +18,10 @@ impl Timestamp {
     ///
     /// A clock set before 1970 gives the epoch itself rather than failing a publish.
     pub fn from_system_time(t: SystemTime) -> Self {
-        let micros = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_micros();
+        let micros = t
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_micros();
         Timestamp(u64::try_from(micros).unwrap_or(u64::MAX))
     }
 
@@ -36,7 +39,9 @@ impl Timestamp {
         }
         let secs = field::parse_u64(secs)?;
         let micros = field::parse_u64(frac)?;
-        secs.checked_mul(1_000_000)?.checked_add(micros).map(Timestamp)
+        secs.checked_mul(1_000_000)?
+            .checked_add(micros)
+            .map(Timestamp)
     }
 
     /// Appends the wire form.
@@ -77,7 +82,13 @@ pub(crate) fn encode_addr(addr: SocketAddr, out: &mut Vec<u8>) {
 /// Bytes `<ip>:<port>` takes on the wire.
 pub(crate) fn addr_encoded_len(addr: SocketAddr) -> usize {
     let ip = match addr.ip() {
-        IpAddr::V4(ip) => ip.octets().iter().map(|&o| field::digits(u64::from(o))).sum::<usize>() + 3,
+        IpAddr::V4(ip) => {
+            ip.octets()
+                .iter()
+                .map(|&o| field::digits(u64::from(o)))
+                .sum::<usize>()
+                + 3
+        }
         // Rare enough that formatting it to count is fine.
         IpAddr::V6(ip) => ip.to_string().len() + 2,
     };
@@ -136,7 +147,11 @@ impl Entry {
     pub(crate) fn parse(mut fields: Fields) -> Option<Self> {
         let time = Timestamp::parse(&fields.next()?)?;
         let from = parse_addr(&mut fields)?;
-        Some(Entry { time, from, text: fields.rest() })
+        Some(Entry {
+            time,
+            from,
+            text: fields.rest(),
+        })
     }
 }
 
@@ -187,7 +202,10 @@ impl Message {
         let from = parse_addr(fields)?;
         let len = usize::try_from(field::parse_u64(&fields.next()?)?).ok()?;
         let text = fields.take(len)?;
-        Some(Message { id, entry: Entry { time, from, text } })
+        Some(Message {
+            id,
+            entry: Entry { time, from, text },
+        })
     }
 }
 
@@ -201,7 +219,10 @@ mod tests {
         Timestamp(1_763_743_499_000_001).encode(&mut out);
         assert_eq!(out, b"1763743499.000001");
         assert_eq!(Timestamp(1_763_743_499_000_001).encoded_len(), out.len());
-        assert_eq!(Timestamp::parse(b"1763743500.123456"), Some(Timestamp(1_763_743_500_123_456)));
+        assert_eq!(
+            Timestamp::parse(b"1763743500.123456"),
+            Some(Timestamp(1_763_743_500_123_456))
+        );
         assert_eq!(Timestamp::parse(b"0.000000"), Some(Timestamp(0)));
         assert_eq!(Timestamp::parse(b"1763743500.12345"), None);
         assert_eq!(Timestamp::parse(b"1763743500"), None);

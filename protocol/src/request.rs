@@ -176,7 +176,11 @@ impl Request {
             b'b' => {
                 let sid = sid(fields.next())?;
                 let index = number(fields.next(), "block data")?;
-                Request::Session(SessionRequest::Block { sid, index, data: fields.rest() })
+                Request::Session(SessionRequest::Block {
+                    sid,
+                    index,
+                    data: fields.rest(),
+                })
             }
             b'c' => Request::Session(SessionRequest::Commit(sid(Some(payload))?)),
             b'g' => {
@@ -289,9 +293,18 @@ mod tests {
     fn reasons_match_the_contract() {
         assert_eq!(ParseError::TooShort.to_string(), "too short");
         assert_eq!(ParseError::BadNumber.to_string(), "bad number");
-        assert_eq!(ParseError::UnknownCode(b'9').to_string(), "unknown request 9");
-        assert_eq!(ParseError::UnknownCode(0xff).to_string(), "unknown request 0xff");
-        assert_eq!(ParseError::UnknownCode(b'9').code(), ErrorCode::UnknownControl);
+        assert_eq!(
+            ParseError::UnknownCode(b'9').to_string(),
+            "unknown request 9"
+        );
+        assert_eq!(
+            ParseError::UnknownCode(0xff).to_string(),
+            "unknown request 0xff"
+        );
+        assert_eq!(
+            ParseError::UnknownCode(b'9').code(),
+            ErrorCode::UnknownControl
+        );
         assert_eq!(ParseError::BadNumber.code(), ErrorCode::BadFormat);
     }
 
@@ -299,13 +312,18 @@ mod tests {
     fn board_requests() {
         assert_eq!(
             parse(b"1:a:b:c"),
-            Ok(Request::Board(BoardRequest::Publish(Bytes::from_static(b"a:b:c"))))
+            Ok(Request::Board(BoardRequest::Publish(Bytes::from_static(
+                b"a:b:c"
+            ))))
         );
         assert_eq!(parse(b"1:"), Err(ParseError::EmptyText));
         assert_eq!(parse(b"2:0"), Ok(Request::Board(BoardRequest::Ids(0))));
         assert_eq!(parse(b"2:-1"), Err(ParseError::BadNumber));
         assert_eq!(parse(b"2:"), Err(ParseError::BadNumber));
-        assert_eq!(parse(b"3:99"), Ok(Request::Board(BoardRequest::Get(MessageId(99)))));
+        assert_eq!(
+            parse(b"3:99"),
+            Ok(Request::Board(BoardRequest::Get(MessageId(99))))
+        );
         assert_eq!(parse(b"3:1:"), Err(ParseError::BadNumber));
         assert_eq!(parse(b"4:2"), Ok(Request::Board(BoardRequest::Last(2))));
         assert_eq!(parse(b"4:99999999999999999999"), Err(ParseError::BadNumber));
@@ -316,7 +334,10 @@ mod tests {
         let sid = SessionId::parse(SID.as_bytes()).expect("sid");
         assert_eq!(
             parse(b"a:7:2"),
-            Ok(Request::Session(SessionRequest::Open { size: 7, block_size: 2 }))
+            Ok(Request::Session(SessionRequest::Open {
+                size: 7,
+                block_size: 2
+            }))
         );
         assert_eq!(parse(b"a:0:2"), Err(ParseError::ZeroSize));
         assert_eq!(parse(b"a:7:0"), Err(ParseError::ZeroBlockSize));
@@ -334,15 +355,27 @@ mod tests {
             parse(format!("b:{SID}:0").as_bytes()),
             Err(ParseError::MissingField("block data"))
         );
-        assert_eq!(parse(format!("c:{SID}").as_bytes()), Ok(Request::Session(SessionRequest::Commit(sid))));
+        assert_eq!(
+            parse(format!("c:{SID}").as_bytes()),
+            Ok(Request::Session(SessionRequest::Commit(sid)))
+        );
         assert_eq!(parse(b"c:not-a-uuid"), Err(ParseError::BadSessionId));
-        assert_eq!(parse(format!("c:{}", SID.to_uppercase()).as_bytes()), Err(ParseError::BadSessionId));
-        assert_eq!(parse(format!("c:{SID}:").as_bytes()), Err(ParseError::BadSessionId));
+        assert_eq!(
+            parse(format!("c:{}", SID.to_uppercase()).as_bytes()),
+            Err(ParseError::BadSessionId)
+        );
+        assert_eq!(
+            parse(format!("c:{SID}:").as_bytes()),
+            Err(ParseError::BadSessionId)
+        );
         assert_eq!(
             parse(format!("g:{SID}:3").as_bytes()),
             Ok(Request::Session(SessionRequest::Fetch { sid, index: 3 }))
         );
-        assert_eq!(parse(format!("x:{SID}").as_bytes()), Ok(Request::Session(SessionRequest::Close(sid))));
+        assert_eq!(
+            parse(format!("x:{SID}").as_bytes()),
+            Ok(Request::Session(SessionRequest::Close(sid)))
+        );
         assert_eq!(parse(b"x:"), Err(ParseError::BadSessionId));
         assert_eq!(parse(b"b:"), Err(ParseError::MissingField("session id")));
     }

@@ -169,7 +169,10 @@ fn number(field: Option<Bytes>) -> Option<u64> {
 impl Response {
     /// An error response with a reason.
     pub fn error(code: ErrorCode, reason: impl Into<Bytes>) -> Self {
-        Response::Error { code, reason: reason.into() }
+        Response::Error {
+            code,
+            reason: reason.into(),
+        }
     }
 
     /// Parses a response to a request whose OK shape is `expect`.
@@ -184,7 +187,10 @@ impl Response {
             Some(_) => return Err(ResponseError::UnknownCode),
         };
         if let Some(code) = ErrorCode::from_byte(code) {
-            return Ok(Response::Error { code, reason: payload });
+            return Ok(Response::Error {
+                code,
+                reason: payload,
+            });
         }
         match code {
             b'0' => Self::parse_ok(payload, expect).ok_or(ResponseError::Malformed(expect)),
@@ -198,7 +204,11 @@ impl Response {
         let sid = SessionId::parse(&f.next()?)?;
         let size = number(f.next())?;
         let block_size = number(Some(f.rest()))?;
-        (size > 0 && block_size > 0).then_some(Response::Offer(Offer { sid, size, block_size }))
+        (size > 0 && block_size > 0).then_some(Response::Offer(Offer {
+            sid,
+            size,
+            block_size,
+        }))
     }
 
     fn parse_ok(payload: Bytes, expect: Expect) -> Option<Response> {
@@ -227,7 +237,8 @@ impl Response {
                     }
                 };
                 // Each record takes at least 12 bytes, so a huge count cannot reserve much.
-                let mut messages = Vec::with_capacity(count.min(payload.len() as u64 / 12) as usize);
+                let mut messages =
+                    Vec::with_capacity(count.min(payload.len() as u64 / 12) as usize);
                 for i in 0..count {
                     if i > 0 {
                         f.colon()?;
@@ -241,17 +252,28 @@ impl Response {
             }
             Expect::Opened => {
                 let sid = SessionId::parse(&f.next()?)?;
-                Response::Opened { sid, block_size: number(Some(f.rest()))? }
+                Response::Opened {
+                    sid,
+                    block_size: number(Some(f.rest()))?,
+                }
             }
             Expect::Acked => {
                 let sid = SessionId::parse(&f.next()?)?;
                 let index = number(f.next())?;
-                Response::Acked { sid, index, received: number(Some(f.rest()))? }
+                Response::Acked {
+                    sid,
+                    index,
+                    received: number(Some(f.rest()))?,
+                }
             }
             Expect::Data => {
                 let sid = SessionId::parse(&f.next()?)?;
                 let index = number(f.next())?;
-                Response::Data { sid, index, data: f.rest() }
+                Response::Data {
+                    sid,
+                    index,
+                    data: f.rest(),
+                }
             }
             Expect::Closed => {
                 if !payload.is_empty() {
@@ -281,7 +303,11 @@ impl Response {
                 out.push(b':');
                 field::put_u64(out, *block_size);
             }
-            Response::Acked { sid, index, received } => {
+            Response::Acked {
+                sid,
+                index,
+                received,
+            } => {
                 out.extend_from_slice(b"0:");
                 sid.encode(out);
                 out.push(b':');
@@ -334,7 +360,10 @@ pub fn encode_ids(ids: impl IntoIterator<Item = MessageId>, out: &mut Vec<u8>) {
 }
 
 /// Appends a `4:` reply for these messages.
-pub fn encode_messages<'a>(messages: impl ExactSizeIterator<Item = &'a Message>, out: &mut Vec<u8>) {
+pub fn encode_messages<'a>(
+    messages: impl ExactSizeIterator<Item = &'a Message>,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(b"0:");
     field::put_u64(out, messages.len() as u64);
     for m in messages {
@@ -371,15 +400,27 @@ mod tests {
         );
         assert_eq!(parse(b"0", Expect::Ids), Ok(Response::Ids(vec![])));
         assert_eq!(parse(b"0", Expect::Closed), Ok(Response::Closed));
-        assert_eq!(parse(b"0", Expect::Published), Err(ResponseError::Malformed(Expect::Published)));
+        assert_eq!(
+            parse(b"0", Expect::Published),
+            Err(ResponseError::Malformed(Expect::Published))
+        );
         assert_eq!(parse(b"", Expect::Published), Err(ResponseError::Empty));
-        assert_eq!(parse(b"7:x", Expect::Published), Err(ResponseError::UnknownCode));
-        assert_eq!(parse(b"0x", Expect::Published), Err(ResponseError::UnknownCode));
+        assert_eq!(
+            parse(b"7:x", Expect::Published),
+            Err(ResponseError::UnknownCode)
+        );
+        assert_eq!(
+            parse(b"0x", Expect::Published),
+            Err(ResponseError::UnknownCode)
+        );
     }
 
     #[test]
     fn contract_examples_parse() {
-        assert_eq!(parse(b"0:0", Expect::Published), Ok(Response::Published(MessageId(0))));
+        assert_eq!(
+            parse(b"0:0", Expect::Published),
+            Ok(Response::Published(MessageId(0)))
+        );
         assert_eq!(
             parse(b"0:0:1", Expect::Ids),
             Ok(Response::Ids(vec![MessageId(0), MessageId(1)]))
@@ -392,7 +433,9 @@ mod tests {
         assert_eq!(e.text, Bytes::from_static(b"a:b:c"));
         assert_eq!(e.from, "127.0.0.1:40154".parse().expect("addr"));
         let wire: &[u8] = b"0:2:0:1763743499.000001:127.0.0.1:40153:12:Hello world!:1:1763743500.123456:127.0.0.1:40154:5:a:b:c";
-        let Ok(Response::Messages(ms)) = parse(wire, Expect::Messages) else { panic!("messages") };
+        let Ok(Response::Messages(ms)) = parse(wire, Expect::Messages) else {
+            panic!("messages")
+        };
         assert_eq!(ms.len(), 2);
         assert_eq!(ms[0].entry.text, Bytes::from_static(b"Hello world!"));
         assert_eq!(ms[1].entry.text, Bytes::from_static(b"a:b:c"));
@@ -405,7 +448,10 @@ mod tests {
 
     #[test]
     fn messages_count_must_match() {
-        assert_eq!(parse(b"0:0", Expect::Messages), Ok(Response::Messages(vec![])));
+        assert_eq!(
+            parse(b"0:0", Expect::Messages),
+            Ok(Response::Messages(vec![]))
+        );
         assert!(parse(b"0:1", Expect::Messages).is_err());
         assert!(parse(b"0:1:0:1.000000:1.2.3.4:5:2:abX", Expect::Messages).is_err());
         assert!(parse(b"0:18446744073709551615", Expect::Messages).is_err());
@@ -413,11 +459,18 @@ mod tests {
 
     #[test]
     fn ids_reply_len_counts_separators() {
-        for ids in [vec![], vec![MessageId(7)], vec![MessageId(9), MessageId(10), MessageId(11)]] {
+        for ids in [
+            vec![],
+            vec![MessageId(7)],
+            vec![MessageId(9), MessageId(10), MessageId(11)],
+        ] {
             let mut out = Vec::new();
             encode_ids(ids.iter().copied(), &mut out);
             let digits: usize = ids.iter().map(|id| id.encoded_len()).sum();
-            assert_eq!(ids_reply_len(ids.len() as u64, digits as u64), out.len() as u64);
+            assert_eq!(
+                ids_reply_len(ids.len() as u64, digits as u64),
+                out.len() as u64
+            );
         }
     }
 }

@@ -17,8 +17,10 @@ fn bytes(min: usize, max: usize) -> impl Strategy<Value = Bytes> {
 
 fn addr() -> impl Strategy<Value = SocketAddr> {
     prop_oneof![
-        (any::<u32>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), p)),
-        (any::<u128>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), p)),
+        (any::<u32>(), any::<u16>())
+            .prop_map(|(ip, p)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), p)),
+        (any::<u128>(), any::<u16>())
+            .prop_map(|(ip, p)| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), p)),
     ]
 }
 
@@ -32,7 +34,10 @@ fn entry() -> impl Strategy<Value = Entry> {
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    (any::<u64>(), entry()).prop_map(|(id, entry)| Message { id: MessageId(id), entry })
+    (any::<u64>(), entry()).prop_map(|(id, entry)| Message {
+        id: MessageId(id),
+        entry,
+    })
 }
 
 fn request() -> impl Strategy<Value = Request> {
@@ -41,12 +46,15 @@ fn request() -> impl Strategy<Value = Request> {
         any::<u64>().prop_map(|n| Request::Board(BoardRequest::Ids(n))),
         any::<u64>().prop_map(|n| Request::Board(BoardRequest::Get(MessageId(n)))),
         any::<u64>().prop_map(|n| Request::Board(BoardRequest::Last(n))),
-        (1..=u64::MAX, 1..=u64::MAX)
-            .prop_map(|(size, block_size)| Request::Session(SessionRequest::Open { size, block_size })),
-        (sid(), any::<u64>(), bytes(0, 200))
-            .prop_map(|(sid, index, data)| Request::Session(SessionRequest::Block { sid, index, data })),
+        (1..=u64::MAX, 1..=u64::MAX).prop_map(|(size, block_size)| Request::Session(
+            SessionRequest::Open { size, block_size }
+        )),
+        (sid(), any::<u64>(), bytes(0, 200)).prop_map(|(sid, index, data)| Request::Session(
+            SessionRequest::Block { sid, index, data }
+        )),
         sid().prop_map(|s| Request::Session(SessionRequest::Commit(s))),
-        (sid(), any::<u64>()).prop_map(|(sid, index)| Request::Session(SessionRequest::Fetch { sid, index })),
+        (sid(), any::<u64>())
+            .prop_map(|(sid, index)| Request::Session(SessionRequest::Fetch { sid, index })),
         sid().prop_map(|s| Request::Session(SessionRequest::Close(s))),
     ]
 }
@@ -70,20 +78,40 @@ fn response() -> impl Strategy<Value = (Response, Expect)> {
     ];
     prop_oneof![
         any::<u64>().prop_map(|id| (Response::Published(MessageId(id)), Expect::Published)),
-        proptest::collection::vec(any::<u64>(), 0..20)
-            .prop_map(|ids| (Response::Ids(ids.into_iter().map(MessageId).collect()), Expect::Ids)),
+        proptest::collection::vec(any::<u64>(), 0..20).prop_map(|ids| (
+            Response::Ids(ids.into_iter().map(MessageId).collect()),
+            Expect::Ids
+        )),
         entry().prop_map(|e| (Response::Entry(e), Expect::Entry)),
-        proptest::collection::vec(message(), 0..8).prop_map(|m| (Response::Messages(m), Expect::Messages)),
-        (sid(), any::<u64>()).prop_map(|(sid, block_size)| (Response::Opened { sid, block_size }, Expect::Opened)),
-        (sid(), any::<u64>(), any::<u64>())
-            .prop_map(|(sid, index, received)| (Response::Acked { sid, index, received }, Expect::Acked)),
+        proptest::collection::vec(message(), 0..8)
+            .prop_map(|m| (Response::Messages(m), Expect::Messages)),
+        (sid(), any::<u64>())
+            .prop_map(|(sid, block_size)| (Response::Opened { sid, block_size }, Expect::Opened)),
+        (sid(), any::<u64>(), any::<u64>()).prop_map(|(sid, index, received)| (
+            Response::Acked {
+                sid,
+                index,
+                received
+            },
+            Expect::Acked
+        )),
         (sid(), any::<u64>(), bytes(0, 200))
             .prop_map(|(sid, index, data)| (Response::Data { sid, index, data }, Expect::Data)),
         Just((Response::Closed, Expect::Closed)),
-        (sid(), 1..=u64::MAX, 1..=u64::MAX, any_expect.clone()).prop_map(|(sid, size, block_size, e)| {
-            (Response::Offer(Offer { sid, size, block_size }), e)
-        }),
-        (code, bytes(0, 40), any_expect).prop_map(|(code, reason, e)| (Response::Error { code, reason }, e)),
+        (sid(), 1..=u64::MAX, 1..=u64::MAX, any_expect.clone()).prop_map(
+            |(sid, size, block_size, e)| {
+                (
+                    Response::Offer(Offer {
+                        sid,
+                        size,
+                        block_size,
+                    }),
+                    e,
+                )
+            }
+        ),
+        (code, bytes(0, 40), any_expect)
+            .prop_map(|(code, reason, e)| (Response::Error { code, reason }, e)),
     ]
 }
 

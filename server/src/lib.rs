@@ -1,1 +1,14 @@
-//! placeholder
+//! The mboard server: board store, session manager, request handler and UDP driver.
+//!
+//! [`run`] is the one entry point: the binary and the end-to-end tests both start the
+//! server through it.
+#![warn(missing_docs)]
+
+pub mod board;
+pub mod config;
+pub mod handler;
+mod server;
+pub mod session;
+
+pub use config::{Config, ConfigError, Limits};
+pub use server::{ServerError, run, serve};

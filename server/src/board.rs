@@ -1,0 +1,314 @@
+//! The board store: an API the request handler uses, and the in-memory implementation.
+//!
+//! `publish` is async so that a journal-backed store can resolve it only once the record is
+//! durable (group commit), while reads stay synchronous. Stores also report the encoded size
+//! of a reply before building it, so the handler can refuse an oversized `4:0` cheaply.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::RwLock;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use mboard_protocol::{Entry, Message, MessageId, Timestamp};
+
+/// A failure of the store itself (not of the request).
+#[derive(Debug, thiserror::Error)]
+pub enum BoardError {
+    /// Reading or writing the backing storage failed.
+    #[error("storage failure: {0}")]
+    Io(#[from] std::io::Error),
+    /// Another thread panicked while holding the board's lock.
+    #[error("board lock poisoned")]
+    Poisoned,
+}
+
+/// The newest-n messages at one moment, and how big their replies are.
+///
+/// Reads take the span rather than `n`, so a publish that lands between sizing a reply and
+/// building it cannot change what the reply holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    /// Position of the first message in the store's order (opaque to callers).
+    pub start: u64,
+    /// How many messages the request covers.
+    pub count: u64,
+    /// Sum of the decimal lengths of their ids (for `2:`).
+    pub id_digits: u64,
+    /// Sum of their `4:` record lengths.
+    pub records: u64,
+}
+
+/// A message board: ids strictly increase in publish order and are never reused.
+pub trait Board: Send + Sync + 'static {
+    /// Stores `text` published from `from` and returns its id once it is stored.
+    fn publish(
+        &self,
+        from: SocketAddr,
+        text: Bytes,
+    ) -> impl Future<Output = Result<MessageId, BoardError>> + Send;
+
+    /// One message, or `None` if there is no message with that id.
+    fn get(&self, id: MessageId) -> Result<Option<Entry>, BoardError>;
+
+    /// The newest `n` messages (`n` = 0 means all) and the sizes of their replies.
+    fn span(&self, n: u64) -> Result<Span, BoardError>;
+
+    /// Ids of the messages in `span`, oldest first.
+    fn ids(&self, span: &Span) -> Result<Vec<MessageId>, BoardError>;
+
+    /// The messages in `span`, oldest first.
+    fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError>;
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Message `i` has id `i`.
+    entries: Vec<Entry>,
+    /// `cum[i]` = (id digits, record bytes) of messages `0..i`, so spans are O(1).
+    cum: Vec<(u64, u64)>,
+}
+
+impl Inner {
+    fn first_of_newest(&self, n: u64) -> usize {
+        let len = self.entries.len();
+        if n == 0 || n >= len as u64 {
+            0
+        } else {
+            len - n as usize
+        }
+    }
+}
+
+/// A board held in memory only: gone when the server stops.
+///
+/// Texts are kept as the `Bytes` slices they arrived in, so publishing copies nothing.
+#[derive(Debug)]
+pub struct MemoryBoard {
+    inner: RwLock<Inner>,
+}
+
+impl Default for MemoryBoard {
+    fn default() -> Self {
+        MemoryBoard {
+            inner: RwLock::new(Inner {
+                entries: Vec::new(),
+                cum: vec![(0, 0)],
+            }),
+        }
+    }
+}
+
+impl MemoryBoard {
+    /// An empty board.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, Inner>, BoardError> {
+        self.inner.read().map_err(|_| BoardError::Poisoned)
+    }
+}
+
+impl Board for MemoryBoard {
+    async fn publish(&self, from: SocketAddr, text: Bytes) -> Result<MessageId, BoardError> {
+        let mut inner = self.inner.write().map_err(|_| BoardError::Poisoned)?;
+        let id = MessageId(inner.entries.len() as u64);
+        // Taken under the lock so that timestamps never go backwards as ids go forwards.
+        let time = Timestamp::from_system_time(SystemTime::now());
+        let message = Message {
+            id,
+            entry: Entry { time, from, text },
+        };
+        let (digits, records) = inner.cum.last().copied().unwrap_or_default();
+        inner.cum.push((
+            digits + id.encoded_len() as u64,
+            records + message.record_len() as u64,
+        ));
+        inner.entries.push(message.entry);
+        Ok(id)
+    }
+
+    fn get(&self, id: MessageId) -> Result<Option<Entry>, BoardError> {
+        let inner = self.read()?;
+        Ok(usize::try_from(id.0)
+            .ok()
+            .and_then(|i| inner.entries.get(i))
+            .cloned())
+    }
+
+    fn span(&self, n: u64) -> Result<Span, BoardError> {
+        let inner = self.read()?;
+        let first = inner.first_of_newest(n);
+        let (end, start) = (inner.cum[inner.entries.len()], inner.cum[first]);
+        Ok(Span {
+            start: first as u64,
+            count: (inner.entries.len() - first) as u64,
+            id_digits: end.0 - start.0,
+            records: end.1 - start.1,
+        })
+    }
+
+    fn ids(&self, span: &Span) -> Result<Vec<MessageId>, BoardError> {
+        Ok((span.start..span.start + span.count)
+            .map(MessageId)
+            .collect())
+    }
+
+    fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError> {
+        let inner = self.read()?;
+        let (start, end) = (span.start as usize, (span.start + span.count) as usize);
+        Ok(inner.entries[start..end]
+            .iter()
+            .zip(span.start..)
+            .map(|(entry, id)| Message {
+                id: MessageId(id),
+                entry: entry.clone(),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mboard_protocol::{encode_ids, encode_messages, ids_reply_len, messages_reply_len};
+
+    use super::*;
+
+    fn from() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 40_000))
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn ids_increase_and_reads_see_publishes() {
+        let board = MemoryBoard::new();
+        block_on(async {
+            for (i, text) in ["Hello world!", "a:b:c", "x"].into_iter().enumerate() {
+                let id = board
+                    .publish(from(), Bytes::from(text))
+                    .await
+                    .expect("publish");
+                assert_eq!(id, MessageId(i as u64));
+            }
+        });
+        assert_eq!(
+            board.get(MessageId(1)).expect("get").map(|e| e.text),
+            Some(Bytes::from("a:b:c"))
+        );
+        assert_eq!(board.get(MessageId(3)).expect("get"), None);
+        assert_eq!(board.get(MessageId(u64::MAX)).expect("get"), None);
+        let ids = |n| board.ids(&board.span(n).expect("span")).expect("ids");
+        assert_eq!(ids(2), vec![MessageId(1), MessageId(2)]);
+        assert_eq!(ids(0).len(), 3);
+        assert_eq!(ids(100).len(), 3);
+        let newest = board
+            .messages(&board.span(2).expect("span"))
+            .expect("newest");
+        assert_eq!(
+            newest.iter().map(|m| m.id.0).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        let all = board.messages(&board.span(0).expect("span")).expect("all");
+        let times: Vec<_> = all.iter().map(|m| m.entry.time).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn spans_match_the_encoded_replies() {
+        let board = MemoryBoard::new();
+        block_on(async {
+            for i in 0..120 {
+                board
+                    .publish(
+                        from(),
+                        Bytes::from(format!("message {i}: {}", "x".repeat(i))),
+                    )
+                    .await
+                    .expect("publish");
+            }
+        });
+        for n in [0, 1, 2, 9, 10, 11, 119, 120, 121, 1000] {
+            let span = board.span(n).expect("span");
+            let mut ids = Vec::new();
+            encode_ids(board.ids(&span).expect("ids"), &mut ids);
+            assert_eq!(
+                ids_reply_len(span.count, span.id_digits),
+                ids.len() as u64,
+                "n={n}"
+            );
+            let mut messages = Vec::new();
+            encode_messages(board.messages(&span).expect("newest").iter(), &mut messages);
+            assert_eq!(
+                messages_reply_len(span.count, span.records),
+                messages.len() as u64,
+                "n={n}"
+            );
+        }
+        assert_eq!(MemoryBoard::new().span(0).expect("span"), Span::default());
+    }
+
+    #[test]
+    fn a_span_is_a_snapshot() {
+        let board = MemoryBoard::new();
+        block_on(async {
+            board
+                .publish(from(), Bytes::from("a"))
+                .await
+                .expect("publish");
+            let span = board.span(1).expect("span");
+            board
+                .publish(from(), Bytes::from("b"))
+                .await
+                .expect("publish");
+            let read = board.messages(&span).expect("read");
+            assert_eq!(read.len(), 1);
+            assert_eq!(read[0].entry.text, Bytes::from("a"));
+        });
+    }
+
+    #[test]
+    fn concurrent_publishers_get_distinct_increasing_ids() {
+        let board = Arc::new(MemoryBoard::new());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let board = board.clone();
+                std::thread::spawn(move || {
+                    block_on(async {
+                        let mut ids = Vec::new();
+                        for i in 0..500 {
+                            ids.push(
+                                board
+                                    .publish(from(), Bytes::from(format!("{t}/{i}")))
+                                    .await
+                                    .expect("publish"),
+                            );
+                        }
+                        ids
+                    })
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in threads {
+            let ids = t.join().expect("thread");
+            assert!(
+                ids.windows(2).all(|w| w[0] < w[1]),
+                "each publisher sees increasing ids"
+            );
+            all.extend(ids);
+        }
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 4000);
+        assert_eq!(all.last(), Some(&MessageId(3999)));
+    }
+}

@@ -1,0 +1,144 @@
+//! Server configuration: every limit is an option with a documented default.
+
+use std::time::Duration;
+
+use mboard_protocol::{DATA_HEADER_MAX, MAX_DATAGRAM};
+
+/// Limits on sessions and datagrams.
+///
+/// Defaults follow the contract: 16 MiB requests, 256 MiB buffered in all, 64 sessions per
+/// source address, 100,000 sessions, 30 s idle timeout, 1,472-byte response datagrams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request PDU an upload may carry (`a:` above it is answered `4`).
+    pub max_request_size: u64,
+    /// Bytes reserved by all sessions together (uploads, cached replies, downloads).
+    pub max_session_memory: u64,
+    /// Open sessions one source address (IP and port) may hold.
+    pub max_sessions_per_source: u32,
+    /// Open sessions in all.
+    pub max_sessions: u32,
+    /// A session with no datagram for this long is dropped.
+    pub session_timeout: Duration,
+    /// Largest response sent as one datagram; larger ones become download offers.
+    pub max_datagram: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_size: 16 * 1024 * 1024,
+            max_session_memory: 256 * 1024 * 1024,
+            max_sessions_per_source: 64,
+            max_sessions: 100_000,
+            session_timeout: Duration::from_secs(30),
+            max_datagram: 1_472,
+        }
+    }
+}
+
+/// The smallest `max_datagram` allowed: room for an offer, an error and a useful block.
+pub const MIN_DATAGRAM: usize = 128;
+
+/// A configuration value that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `max_datagram` outside what UDP and the protocol's headers allow.
+    #[error("max datagram must be between {MIN_DATAGRAM} and {MAX_DATAGRAM} bytes, not {0}")]
+    Datagram(usize),
+    /// A limit of zero would refuse every session.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    /// A zero session timeout would expire sessions before their first reply.
+    #[error("session timeout must be longer than zero")]
+    Timeout,
+}
+
+impl Limits {
+    /// Checks that the limits can serve at least one session.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(MIN_DATAGRAM..=MAX_DATAGRAM).contains(&self.max_datagram) {
+            return Err(ConfigError::Datagram(self.max_datagram));
+        }
+        if self.max_request_size == 0 {
+            return Err(ConfigError::Zero("max request size"));
+        }
+        if self.max_session_memory == 0 {
+            return Err(ConfigError::Zero("max session memory"));
+        }
+        if self.max_sessions_per_source == 0 {
+            return Err(ConfigError::Zero("max sessions per source"));
+        }
+        if self.max_sessions == 0 {
+            return Err(ConfigError::Zero("max sessions"));
+        }
+        if self.session_timeout.is_zero() {
+            return Err(ConfigError::Timeout);
+        }
+        Ok(())
+    }
+
+    /// Block size of download offers: a `g:` reply with the widest index still fits.
+    pub fn download_block_size(&self) -> usize {
+        self.max_datagram - DATA_HEADER_MAX
+    }
+}
+
+/// Everything [`crate::run`] needs besides the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Session and datagram limits.
+    pub limits: Limits,
+    /// Receive loops sharing the socket; a slow request occupies one of them.
+    pub workers: usize,
+    /// Seed for session ids; `None` seeds from the operating system.
+    pub seed: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Config {
+            limits: Limits::default(),
+            workers: 2 * cores,
+            seed: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_contract() {
+        let l = Limits::default();
+        assert_eq!(l.validate(), Ok(()));
+        assert_eq!(l.download_block_size(), 1_412);
+    }
+
+    #[test]
+    fn unworkable_limits_are_refused() {
+        let bad = |f: fn(&mut Limits)| {
+            let mut l = Limits::default();
+            f(&mut l);
+            l.validate()
+        };
+        assert_eq!(
+            bad(|l| l.max_datagram = 100),
+            Err(ConfigError::Datagram(100))
+        );
+        assert_eq!(
+            bad(|l| l.max_datagram = 65_508),
+            Err(ConfigError::Datagram(65_508))
+        );
+        assert!(bad(|l| l.max_sessions = 0).is_err());
+        assert!(bad(|l| l.max_sessions_per_source = 0).is_err());
+        assert!(bad(|l| l.max_session_memory = 0).is_err());
+        assert!(bad(|l| l.max_request_size = 0).is_err());
+        assert_eq!(
+            bad(|l| l.session_timeout = Duration::ZERO),
+            Err(ConfigError::Timeout)
+        );
+    }
+}

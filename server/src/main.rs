@@ -1,0 +1,125 @@
+//! `mboard-server`: serves the message board over UDP.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use mboard_server::{Config, Limits};
+use tokio::net::UdpSocket;
+use tracing_subscriber::EnvFilter;
+
+/// Message board over UDP: layer-1 board requests and layer-2 sessions on one port.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to serve on (IPv4 or IPv6, e.g. `[::1]:7777`).
+    #[arg(long, default_value = "127.0.0.1:7777")]
+    listen: SocketAddr,
+
+    /// Keep the board in memory only (lost when the server stops).
+    #[arg(long)]
+    in_memory: bool,
+
+    /// Drop a session after this long without a datagram (`30s`, `500ms`).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    session_timeout: Duration,
+
+    /// Largest request an upload session may carry, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_request_size)]
+    max_request_size: u64,
+
+    /// Largest response sent as one datagram, in bytes; larger ones become download offers.
+    #[arg(long, default_value_t = Limits::default().max_datagram)]
+    max_datagram: usize,
+
+    /// Bytes all sessions together may reserve (uploads, cached replies, downloads).
+    #[arg(long, default_value_t = Limits::default().max_session_memory)]
+    max_session_memory: u64,
+
+    /// Open sessions one source address (IP and port) may hold.
+    #[arg(long, default_value_t = Limits::default().max_sessions_per_source)]
+    max_sessions_per_source: u32,
+
+    /// Open sessions in all.
+    #[arg(long, default_value_t = Limits::default().max_sessions)]
+    max_sessions: u32,
+
+    /// Receive loops sharing the socket (default: twice the number of cores).
+    #[arg(long)]
+    workers: Option<usize>,
+
+    /// Log filter, e.g. `info` or `mboard_server=debug` (default: $RUST_LOG, else `info`).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = match &args.log_level {
+        Some(level) => EnvFilter::try_new(level).context("bad --log-level")?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let defaults = Config::default();
+    let config = Config {
+        limits: Limits {
+            max_request_size: args.max_request_size,
+            max_session_memory: args.max_session_memory,
+            max_sessions_per_source: args.max_sessions_per_source,
+            max_sessions: args.max_sessions,
+            session_timeout: args.session_timeout,
+            max_datagram: args.max_datagram,
+        },
+        workers: args.workers.unwrap_or(defaults.workers),
+        seed: None,
+    };
+    config.limits.validate()?;
+    // The durable journal is the only other store planned; until it lands, every board is
+    // in memory, and the flag is accepted so scripts written for it keep working.
+    let _ = args.in_memory;
+    tracing::info!("board is kept in memory: it is lost when the server stops");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let socket = UdpSocket::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot bind {}", args.listen))?;
+        mboard_server::run(socket, config, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on Ctrl+C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl+C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

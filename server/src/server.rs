@@ -1,0 +1,129 @@
+//! The UDP driver: receive loops sharing one socket, an expiry timer, clean shutdown.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
+use tracing::{debug, error, info};
+
+use crate::board::{Board, MemoryBoard};
+use crate::config::{Config, ConfigError};
+use crate::handler::Handler;
+
+/// Why the server stopped other than by being asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The socket failed in a way that retrying cannot fix.
+    #[error("socket error: {0}")]
+    Socket(#[from] io::Error),
+}
+
+/// Serves the board on `socket` until `shutdown` resolves or the socket fails.
+///
+/// `main` and the tests both start the server through here.
+pub async fn run(
+    socket: UdpSocket,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    config.limits.validate()?;
+    let seed = config.seed.unwrap_or_else(rand::random);
+    let handler = Arc::new(Handler::new(
+        MemoryBoard::new(),
+        config.limits.clone(),
+        seed,
+    ));
+    serve(socket, handler, config.workers.max(1), shutdown).await
+}
+
+/// Serves an existing handler (and so any board) on `socket`.
+pub async fn serve<B: Board>(
+    socket: UdpSocket,
+    handler: Arc<Handler<B>>,
+    workers: usize,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let socket = Arc::new(socket);
+    info!(addr = %socket.local_addr()?, workers, "serving");
+    let mut tasks = JoinSet::new();
+    for _ in 0..workers {
+        tasks.spawn(receive_loop(socket.clone(), handler.clone()));
+    }
+    tasks.spawn(expiry_loop(handler.clone()));
+    let result = tokio::select! {
+        () = shutdown => {
+            info!("shutting down");
+            Ok(())
+        }
+        Some(ended) = tasks.join_next() => match ended {
+            Ok(Err(e)) => {
+                error!(error = %e, "fatal socket error");
+                Err(ServerError::Socket(e))
+            }
+            // The loops never end on their own, and a panic is a bug worth surfacing.
+            Ok(Ok(())) => Ok(()),
+            Err(join) => Err(ServerError::Socket(io::Error::other(join))),
+        },
+    };
+    tasks.shutdown().await;
+    result
+}
+
+/// Errors from `recv_from`/`send_to` that concern one peer, not the socket.
+fn transient(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    // ICMP errors from earlier sends surface as refused/reset on some systems; a full
+    // buffer or an unroutable destination affects one datagram.
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionReset | Interrupted | WouldBlock | HostUnreachable | NetworkUnreachable
+    ) || e.raw_os_error() == Some(105) // ENOBUFS
+        || e.raw_os_error() == Some(90) // EMSGSIZE
+        || e.raw_os_error() == Some(22) // EINVAL (e.g. an address of the other family)
+}
+
+async fn receive_loop<B: Board>(
+    socket: Arc<UdpSocket>,
+    handler: Arc<Handler<B>>,
+) -> io::Result<()> {
+    // Room for the largest datagram the kernel can hand us, IPv6 included.
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (len, from) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(e) if transient(&e) => {
+                debug!(error = %e, "receive error ignored");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // One copy per datagram: published text keeps exactly its own bytes alive.
+        let datagram = Bytes::copy_from_slice(&buf[..len]);
+        if let Some(reply) = handler.handle(Instant::now(), from, datagram).await {
+            if let Err(e) = socket.send_to(&reply, from).await {
+                if !transient(&e) {
+                    return Err(e);
+                }
+                debug!(%from, error = %e, "send failed");
+            }
+        }
+    }
+}
+
+async fn expiry_loop<B: Board>(handler: Arc<Handler<B>>) -> io::Result<()> {
+    // New sessions expire no sooner than one timeout from now, so sleeping until the
+    // earliest known deadline (or one timeout) never misses one.
+    let idle = handler.session_timeout();
+    loop {
+        let now = Instant::now();
+        let next = handler.expire(now).unwrap_or(now + idle);
+        tokio::time::sleep_until(next.into()).await;
+    }
+}
