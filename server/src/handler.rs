@@ -195,3 +195,117 @@ impl<B: Board> Handler<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mboard_protocol::{Entry, Expect, Message, MessageId};
+
+    use super::*;
+    use crate::board::{MemoryBoard, Span};
+
+    fn from() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 5000))
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    fn ask<B: Board>(h: &Handler<B>, now: Instant, pdu: &[u8]) -> Option<Bytes> {
+        run(h.handle(now, from(), Bytes::copy_from_slice(pdu)))
+    }
+
+    fn text(reply: Option<Bytes>) -> String {
+        String::from_utf8_lossy(&reply.expect("a reply")).into_owned()
+    }
+
+    /// A board whose storage always fails.
+    struct Broken;
+
+    impl Board for Broken {
+        async fn publish(&self, _: SocketAddr, _: Bytes) -> Result<MessageId, BoardError> {
+            Err(BoardError::Io(std::io::Error::other("disk on fire")))
+        }
+        fn get(&self, _: MessageId) -> Result<Option<Entry>, BoardError> {
+            Err(BoardError::Poisoned)
+        }
+        fn span(&self, _: u64) -> Result<Span, BoardError> {
+            Ok(Span {
+                start: 0,
+                count: 1000,
+                id_digits: 3000,
+                records: 100_000,
+            })
+        }
+        fn ids(&self, _: &Span) -> Result<Vec<MessageId>, BoardError> {
+            Err(BoardError::Poisoned)
+        }
+        fn messages(&self, _: &Span) -> Result<Vec<Message>, BoardError> {
+            Err(BoardError::Poisoned)
+        }
+    }
+
+    #[test]
+    fn storage_failures_are_answered_and_release_reservations() {
+        let h = Handler::new(Broken, Limits::default(), 1);
+        let now = Instant::now();
+        assert_eq!(text(ask(&h, now, b"1:x")), "4:storage failure");
+        assert_eq!(text(ask(&h, now, b"3:1")), "4:storage failure");
+        // Sized as a download, then the read fails: the reservation is given back.
+        assert_eq!(text(ask(&h, now, b"4:0")), "4:storage failure");
+        assert_eq!(text(ask(&h, now, b"2:0")), "4:storage failure");
+        assert_eq!(h.stats().sessions, 0);
+        assert_eq!(h.stats().reserved, 0);
+    }
+
+    #[test]
+    fn assembled_requests_must_be_board_requests() {
+        let h = Handler::new(MemoryBoard::new(), Limits::default(), 1);
+        let now = Instant::now();
+        for (pdu, want) in [
+            (&b"a:1:1"[..], "3:not a board request"),
+            (b"9:x", "3:unknown request 9"),
+            (b"2:x", "1:bad number"),
+            (b"1:", "1:empty text"),
+        ] {
+            let open = ask(&h, now, format!("a:{}:100", pdu.len()).as_bytes()).expect("open");
+            let Ok(Response::Opened { sid, .. }) = Response::parse(open, Expect::Opened) else {
+                panic!("open")
+            };
+            let mut block = format!("b:{sid}:0:").into_bytes();
+            block.extend_from_slice(pdu);
+            ask(&h, now, &block);
+            assert_eq!(text(ask(&h, now, format!("c:{sid}").as_bytes())), want);
+            // The refusal is the committed reply, replayed like any other.
+            assert_eq!(text(ask(&h, now, format!("c:{sid}").as_bytes())), want);
+        }
+    }
+
+    #[test]
+    fn large_replies_become_offers_or_busy() {
+        let limits = Limits {
+            max_session_memory: 10_000,
+            ..Limits::default()
+        };
+        let h = Handler::new(MemoryBoard::new(), limits, 1);
+        let now = Instant::now();
+        assert_eq!(
+            text(ask(&h, now, &[b"1:".as_slice(), &[b'x'; 2000]].concat())),
+            "0:0"
+        );
+        let reply = ask(&h, now, b"3:0").expect("reply");
+        let Ok(Response::Offer(offer)) = Response::parse(reply, Expect::Entry) else {
+            panic!("offer")
+        };
+        assert!(offer.size > 2000 && offer.block_size == 1412, "{offer:?}");
+        for _ in 0..4 {
+            ask(&h, now, &[b"1:".as_slice(), &[b'y'; 2000]].concat());
+        }
+        // Five 2,000-byte messages exceed what is left of the 10,000-byte budget.
+        assert_eq!(text(ask(&h, now, b"4:0")), "4:busy");
+        assert_eq!(h.stats().sessions, 1);
+    }
+}

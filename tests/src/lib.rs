@@ -1,1 +1,196 @@
-//! Test support.
+//! Support for the end-to-end tests: servers on port 0, raw UDP peers, the real binaries.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use mboard_protocol::{Expect, Offer, Response, SessionId};
+use mboard_server::{Config, Limits};
+use tokio::sync::oneshot;
+
+/// A server started in-process through `mboard_server::run`, on its own runtime thread.
+///
+/// Dropping it shuts the server down and waits for `run` to return.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// A server with default limits on 127.0.0.1:0.
+    pub fn start() -> Self {
+        Self::with_limits(Limits::default())
+    }
+
+    /// A server with these limits on 127.0.0.1:0.
+    pub fn with_limits(limits: Limits) -> Self {
+        Self::on("127.0.0.1:0", limits)
+    }
+
+    /// A server on `listen` (port 0 picks a free one).
+    pub fn on(listen: &str, limits: Limits) -> Self {
+        let std_socket = UdpSocket::bind(listen).expect("bind test server");
+        std_socket.set_nonblocking(true).expect("nonblocking");
+        let addr = std_socket.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = Config {
+            limits,
+            workers: 2,
+            seed: Some(42),
+        };
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let socket = tokio::net::UdpSocket::from_std(std_socket).expect("tokio socket");
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                mboard_server::run(socket, config, shutdown)
+                    .await
+                    .expect("server ran");
+            });
+        });
+        TestServer {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A raw UDP peer with its own socket (and so its own source address).
+pub struct Peer {
+    socket: UdpSocket,
+    server: SocketAddr,
+}
+
+impl Peer {
+    /// A peer on a fresh ephemeral port, talking to `server`.
+    pub fn new(server: SocketAddr) -> Self {
+        let bind = if server.is_ipv4() {
+            "127.0.0.1:0"
+        } else {
+            "[::1]:0"
+        };
+        let socket = UdpSocket::bind(bind).expect("bind peer");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        Peer { socket, server }
+    }
+
+    /// This peer's address as the server sees it.
+    pub fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().expect("peer addr")
+    }
+
+    /// Sends one datagram without waiting.
+    pub fn send(&self, pdu: &[u8]) {
+        self.socket.send_to(pdu, self.server).expect("send");
+    }
+
+    /// Waits up to `timeout` for one datagram.
+    pub fn recv_within(&self, timeout: Duration) -> Option<Vec<u8>> {
+        self.socket
+            .set_read_timeout(Some(timeout))
+            .expect("timeout");
+        let mut buf = vec![0u8; 65_536];
+        let got = self
+            .socket
+            .recv_from(&mut buf)
+            .ok()
+            .map(|(n, _)| buf[..n].to_vec());
+        self.socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        got
+    }
+
+    /// Sends one datagram and returns the reply (loopback does not lose datagrams).
+    pub fn ask(&self, pdu: impl AsRef<[u8]>) -> Vec<u8> {
+        self.send(pdu.as_ref());
+        let mut buf = vec![0u8; 65_536];
+        let (n, _) = self.socket.recv_from(&mut buf).expect("reply within 5 s");
+        buf.truncate(n);
+        buf
+    }
+
+    /// [`Peer::ask`], as text (lossy) for readable assertions.
+    pub fn ask_str(&self, pdu: impl AsRef<[u8]>) -> String {
+        String::from_utf8_lossy(&self.ask(pdu)).into_owned()
+    }
+
+    /// Opens an upload session and returns its id and block size.
+    pub fn open(&self, size: usize, block_size: usize) -> Result<(SessionId, usize)> {
+        let reply = self.ask(format!("a:{size}:{block_size}"));
+        match Response::parse(Bytes::from(reply), Expect::Opened)? {
+            Response::Opened { sid, block_size } => Ok((sid, block_size as usize)),
+            other => bail!("open refused: {other:?}"),
+        }
+    }
+
+    /// Fetches every block of a download offer, in the given index order, and assembles it.
+    pub fn fetch(&self, offer: &Offer, order: impl IntoIterator<Item = u64>) -> Result<Vec<u8>> {
+        let mut blocks = vec![None; offer.blocks() as usize];
+        for index in order {
+            let reply = self.ask(format!("g:{}:{index}", offer.sid));
+            match Response::parse(Bytes::from(reply), Expect::Data)? {
+                Response::Data {
+                    sid,
+                    index: got,
+                    data,
+                } if sid == offer.sid && got == index => {
+                    blocks[index as usize] = Some(data);
+                }
+                other => bail!("bad block reply {other:?}"),
+            }
+        }
+        let mut out = Vec::with_capacity(offer.size as usize);
+        for (i, b) in blocks.into_iter().enumerate() {
+            out.extend_from_slice(&b.with_context(|| format!("block {i} never fetched"))?);
+        }
+        Ok(out)
+    }
+}
+
+/// The path of a workspace binary, built once per test process with the test's profile.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--workspace", "--bins", "--quiet"]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build --bins failed");
+    });
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile dir");
+    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
