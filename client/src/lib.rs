@@ -5,5 +5,9 @@
 //! followed transparently. Retransmission is driven by the sans-IO [`engine::Transfer`].
 #![warn(missing_docs)]
 
+mod client;
 pub mod engine;
+pub mod output;
 pub mod rtt;
+
+pub use client::{Client, ClientConfig, ClientError, PROGRESS_THRESHOLD, Progress, resolve};
