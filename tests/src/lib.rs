@@ -1,4 +1,7 @@
-//! Support for the end-to-end tests: servers on port 0, raw UDP peers, the real binaries.
+//! Support for the end-to-end tests: servers on port 0, raw UDP peers, the real binaries,
+//! and a fault-injecting proxy.
+
+pub mod proxy;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -193,4 +196,68 @@ pub fn binary(name: &str) -> PathBuf {
         .and_then(|d| d.parent())
         .expect("target profile dir");
     dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// What a run of `mboard-client` produced.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// Exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output, raw.
+    pub stdout: Vec<u8>,
+    /// Standard error, as text.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Standard output as text.
+    pub fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// Runs `mboard-client --server <server> <args>` with `stdin` as standard input.
+pub fn cli(server: SocketAddr, args: &[&str], stdin: &[u8]) -> CliOutput {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(binary("mboard-client"))
+        .arg("--server")
+        .arg(server.to_string())
+        .args(args)
+        .env_remove("MBOARD_SERVER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mboard-client");
+    let mut input = child.stdin.take().expect("stdin");
+    let stdin = stdin.to_vec();
+    // Written from a thread so that a large input cannot deadlock against the output pipes.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let out = child.wait_with_output().expect("wait for mboard-client");
+    let _ = writer.join();
+    CliOutput {
+        code: out.status.code(),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Every message on the board, read with raw datagrams (`4:0`, following the offer).
+pub fn board_contents(server: SocketAddr) -> Result<Vec<mboard_protocol::Message>> {
+    let peer = Peer::new(server);
+    let reply = match Response::parse(Bytes::from(peer.ask("4:0")), Expect::Messages)? {
+        Response::Offer(offer) => {
+            let whole = peer.fetch(&offer, 0..offer.blocks())?;
+            peer.send(format!("x:{}", offer.sid).as_bytes());
+            Response::parse(Bytes::from(whole), Expect::Messages)?
+        }
+        direct => direct,
+    };
+    match reply {
+        Response::Messages(messages) => Ok(messages),
+        other => bail!("unexpected reply to 4:0: {other:?}"),
+    }
 }

@@ -1,0 +1,264 @@
+//! The client over a lossy network, and every path of the `mboard-client` binary.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mboard_tests::proxy::{Faults, Proxy};
+use mboard_tests::{Peer, TestServer, board_contents, cli};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+#[test]
+fn lossy_network_publishes_exactly_once_and_reads_back_identical() {
+    let server = TestServer::start();
+    let proxy = Proxy::start(server.addr, Faults::lossy(), Faults::lossy(), 3);
+
+    let mut rng = StdRng::seed_from_u64(5);
+    let big: Vec<u8> = (0..5 << 20).map(|_| rng.random()).collect();
+    let published = cli(proxy.addr, &["--timeout", "120s", "publish", "-"], &big);
+    assert_eq!(published.code, Some(0), "{}", published.stderr);
+    let big_id = published.out().trim().to_string();
+    let got = cli(proxy.addr, &["--timeout", "120s", "get", &big_id], b"");
+    assert_eq!(got.code, Some(0), "{}", got.stderr);
+    assert!(
+        got.stdout == big,
+        "5 MiB read back differs ({} bytes)",
+        got.stdout.len()
+    );
+
+    // 50 small publishes, from eight threads.
+    let texts: Vec<String> = (0..50)
+        .map(|i| format!("small message {i}: a:b\nc"))
+        .collect();
+    std::thread::scope(|s| {
+        for chunk in texts.chunks(7) {
+            let proxy = &proxy;
+            s.spawn(move || {
+                for text in chunk {
+                    let out = cli(proxy.addr, &["--timeout", "60s", "publish", text], b"");
+                    assert_eq!(out.code, Some(0), "publishing {text:?}: {}", out.stderr);
+                    assert!(
+                        out.out().trim().parse::<u64>().is_ok(),
+                        "an id alone: {:?}",
+                        out.out()
+                    );
+                }
+            });
+        }
+    });
+
+    // Faults were really injected, both ways.
+    for (way, counts) in [("up", proxy.upward()), ("down", proxy.downward())] {
+        let (seen, dropped) = (
+            counts.seen.load(Ordering::Relaxed),
+            counts.dropped.load(Ordering::Relaxed),
+        );
+        assert!(
+            dropped * 20 > seen,
+            "{way}: only {dropped} of {seen} dropped"
+        );
+        assert!(
+            counts.duplicated.load(Ordering::Relaxed) > 0
+                && counts.delayed.load(Ordering::Relaxed) > 0
+        );
+    }
+
+    // Checked without the client: one copy of each, nothing else.
+    let board = board_contents(server.addr).expect("board");
+    assert_eq!(board.len(), 51, "exactly one copy of each publish");
+    assert_eq!(board.iter().filter(|m| m.entry.text == big).count(), 1);
+    for text in &texts {
+        assert_eq!(
+            board
+                .iter()
+                .filter(|m| m.entry.text == text.as_bytes())
+                .count(),
+            1,
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn lost_commit_replies_still_store_one_message() {
+    let server = TestServer::start();
+    let proxy = Proxy::start(server.addr, Faults::NONE, Faults::NONE, 1);
+    // A commit of a publish is answered `0:<id>`; nothing else in a publish looks like that.
+    proxy.drop_replies(
+        |d| d.len() > 2 && d.starts_with(b"0:") && d[2..].iter().all(u8::is_ascii_digit),
+        4,
+    );
+    let out = cli(
+        proxy.addr,
+        &["--timeout", "30s", "publish", "once only"],
+        b"",
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.out(), "0\n");
+    assert_eq!(
+        proxy.downward().targeted.load(Ordering::Relaxed),
+        4,
+        "four commit replies were lost"
+    );
+    let p = Peer::new(server.addr);
+    assert_eq!(p.ask_str("2:0"), "0:0", "stored once");
+    assert!(p.ask_str("3:0").ends_with(":once only"));
+}
+
+#[test]
+fn absent_server_exits_3_after_the_timeout() {
+    // A port that was just free: nothing answers there.
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port");
+    let started = Instant::now();
+    let out = cli(addr, &["--timeout", "1s", "ids"], b"");
+    let elapsed = started.elapsed();
+    assert_eq!(out.code, Some(3));
+    assert_eq!(
+        out.stderr,
+        format!("error: no reply from {addr} within 1s\n")
+    );
+    assert!(out.stdout.is_empty());
+    assert!(
+        elapsed >= Duration::from_millis(950),
+        "gave up early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "gave up late: {elapsed:?}"
+    );
+}
+
+#[test]
+fn cli_publish_paths() {
+    let server = TestServer::start();
+    let a = server.addr;
+    let out = cli(a, &["publish", "hello"], b"");
+    assert_eq!(
+        (out.code, out.out().as_str(), out.stderr.as_str()),
+        (Some(0), "0\n", "")
+    );
+    let out = cli(a, &["publish", "-"], b"from\nstdin\x00\xff");
+    assert_eq!(out.out(), "1\n");
+    let path = std::env::temp_dir().join(format!("mboard-cli-{}.bin", std::process::id()));
+    std::fs::write(&path, b"from a file:\n").expect("write");
+    let out = cli(a, &["publish", "--file", path.to_str().expect("path")], b"");
+    assert_eq!(out.out(), "2\n");
+    std::fs::remove_file(&path).ok();
+    // Stored byte for byte.
+    assert_eq!(cli(a, &["get", "1"], b"").stdout, b"from\nstdin\x00\xff");
+    assert_eq!(cli(a, &["get", "2"], b"").stdout, b"from a file:\n");
+    // A text with a leading dash or colon is still a text.
+    assert_eq!(
+        cli(a, &["publish", "--", "-n 5: not an option"], b"").out(),
+        "3\n"
+    );
+
+    let out = cli(a, &["publish", "-"], b"");
+    assert_eq!(out.code, Some(2));
+    assert_eq!(out.stderr, "error: cannot publish an empty text\n");
+    let out = cli(a, &["publish", "--file", "/nonexistent/file"], b"");
+    assert_eq!(out.code, Some(2));
+    assert!(
+        out.stderr
+            .starts_with("error: cannot read /nonexistent/file: "),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(cli(a, &["publish"], b"").code, Some(2));
+    assert_eq!(cli(a, &["publish", "x", "--file", "y"], b"").code, Some(2));
+    assert_eq!(
+        Peer::new(a).ask_str("2:0"),
+        "0:0:1:2:3",
+        "no failed command published anything"
+    );
+}
+
+#[test]
+fn cli_read_paths() {
+    let server = TestServer::start();
+    let a = server.addr;
+    for text in ["first", "two\nlines", "third"] {
+        assert_eq!(cli(a, &["publish", text], b"").code, Some(0));
+    }
+    let last = cli(a, &["last", "-n", "2"], b"").out();
+    let lines: Vec<&str> = last.lines().collect();
+    assert_eq!(lines.len(), 2, "{last}");
+    for (line, (id, text)) in lines.iter().zip([(1, "two\\nlines"), (2, "third")]) {
+        let fields: Vec<&str> = line.split("  ").collect();
+        assert_eq!(fields.len(), 4, "{line}");
+        assert_eq!(fields[0], format!("#{id}"));
+        assert!(humantime::parse_rfc3339(fields[1]).is_ok(), "{line}");
+        assert!(fields[2].starts_with("127.0.0.1:"), "{line}");
+        assert_eq!(fields[3], text);
+    }
+    assert_eq!(
+        cli(a, &["last"], b"").out().lines().count(),
+        3,
+        "default n is 10"
+    );
+    let json = cli(a, &["--json", "last", "-n", "1"], b"").out();
+    assert!(
+        json.starts_with("{\"id\":2,\"time\":\"") && json.ends_with(",\"text\":\"third\"}\n"),
+        "{json}"
+    );
+    assert!(json.contains("\"ip\":\"127.0.0.1\",\"port\":"), "{json}");
+    let json = cli(a, &["--json", "get", "1"], b"").out();
+    assert!(
+        json.starts_with("{\"id\":1,") && json.ends_with("\"text\":\"two\\nlines\"}\n"),
+        "{json}"
+    );
+
+    assert_eq!(cli(a, &["ids"], b"").out(), "0\n1\n2\n");
+    assert_eq!(cli(a, &["ids", "-n", "2"], b"").out(), "1\n2\n");
+    assert_eq!(cli(a, &["--json", "ids"], b"").out(), "[0,1,2]\n");
+
+    let out = cli(a, &["get", "99"], b"");
+    assert_eq!(
+        (out.code, out.stdout.is_empty(), out.stderr.as_str()),
+        (Some(1), true, "error: no message 99\n")
+    );
+    assert_eq!(cli(a, &["get", "x"], b"").code, Some(2));
+    assert_eq!(cli(a, &["last", "-n", "-1"], b"").code, Some(2));
+    assert_eq!(cli(a, &["nonsense"], b"").code, Some(2));
+}
+
+#[test]
+fn cli_raw_prints_exactly_the_reply() {
+    let server = TestServer::start();
+    let a = server.addr;
+    assert_eq!(cli(a, &["raw", "1:Hello world!"], b"").stdout, b"0:0");
+    assert_eq!(cli(a, &["raw", "2:10"], b"").stdout, b"0:0");
+    assert_eq!(cli(a, &["raw", "9:x"], b"").stdout, b"3:unknown request 9");
+    assert_eq!(cli(a, &["raw", "x"], b"").stdout, b"1:too short");
+    // A reply too big for a datagram is fetched through its offer and printed whole.
+    let long = "y".repeat(5_000);
+    assert_eq!(cli(a, &["publish", &long], b"").out(), "1\n");
+    let out = cli(a, &["raw", "3:1"], b"");
+    let reply = String::from_utf8(out.stdout).expect("utf8");
+    assert!(
+        reply.starts_with("0:") && reply.ends_with(&format!(":{long}")),
+        "{}",
+        &reply[..60]
+    );
+    let big = cli(a, &["get", "1"], b"");
+    assert_eq!(big.stdout, long.as_bytes());
+}
+
+#[test]
+fn cli_finds_the_server_by_environment_and_name() {
+    let server = TestServer::start();
+    let out = std::process::Command::new(mboard_tests::binary("mboard-client"))
+        .args(["publish", "via env"])
+        .env("MBOARD_SERVER", format!("localhost:{}", server.addr.port()))
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"0\n");
+}
