@@ -132,7 +132,15 @@ fn run(args: Args) -> Result<(), Failure> {
     let mut client = Client::new(server, config)?;
     let stderr_is_terminal = std::io::stderr().is_terminal();
     if stderr_is_terminal {
-        client.on_progress(Box::new(|done, total| {
+        // Redrawn only when the percentage moves: one write per block would cost a
+        // system call per datagram on a multi-megabyte transfer.
+        let mut shown = None;
+        client.on_progress(Box::new(move |done, total| {
+            let percent = done.min(total) * 100 / total.max(1);
+            if shown == Some(percent) {
+                return;
+            }
+            shown = Some(percent);
             let mut err = std::io::stderr();
             let _ = err.write_all(output::progress_bar(done, total).as_bytes());
             if done >= total {

@@ -2,6 +2,9 @@
 //!
 //! `cargo run --release -p mboard-tests --bin lossy-transfer -- --size 16MiB --loss 0.1`
 
+// Printing the figures is what this tool is for.
+#![allow(clippy::print_stdout)]
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -55,13 +58,24 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn main() -> Result<()> {
     let args = Args::parse();
     let size = parse_size(&args.size)?;
-    let server = TestServer::with_limits(Limits { max_request_size: size as u64 + 2, ..Limits::default() });
-    let faults = Faults { loss: args.loss, ..Faults::NONE };
-    let proxy = (args.proxy || args.loss > 0.0).then(|| Proxy::start(server.addr, faults, faults, 9));
+    let server = TestServer::with_limits(Limits {
+        max_request_size: size as u64 + 2,
+        ..Limits::default()
+    });
+    let faults = Faults {
+        loss: args.loss,
+        ..Faults::NONE
+    };
+    let proxy =
+        (args.proxy || args.loss > 0.0).then(|| Proxy::start(server.addr, faults, faults, 9));
     let target = proxy.as_ref().map_or(server.addr, |p| p.addr);
     let mut rng = StdRng::seed_from_u64(1);
     let text: Vec<u8> = (0..size).map(|_| rng.random()).collect();
-    let config = ClientConfig { timeout: Duration::from_secs(600), window: args.window, ..ClientConfig::default() };
+    let config = ClientConfig {
+        timeout: Duration::from_secs(600),
+        window: args.window,
+        ..ClientConfig::default()
+    };
     let (mut ups, mut downs) = (Vec::new(), Vec::new());
     for _ in 0..args.runs {
         let mut client = Client::new(target, config.clone())?;
