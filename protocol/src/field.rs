@@ -29,6 +29,27 @@ pub fn digits(n: u64) -> usize {
     }
 }
 
+/// The total number of decimal digits of every number in `start..end`.
+///
+/// Lets a store size a `2:` reply over a range of consecutive ids without walking it.
+pub fn digits_in_range(start: u64, end: u64) -> u64 {
+    let mut total = 0;
+    let mut low = 1u64; // smallest number with `d` digits (0 is counted with 1 digit)
+    for d in 1..=MAX_DIGITS as u64 {
+        let high = low.checked_mul(10).unwrap_or(u64::MAX); // first number with d + 1 digits
+        let from = if d == 1 { start } else { start.max(low) };
+        let to = end.min(high);
+        if from < to {
+            total += (to - from) * d;
+        }
+        if high == u64::MAX {
+            break;
+        }
+        low = high;
+    }
+    total
+}
+
 /// Appends the decimal form of `n`.
 pub(crate) fn put_u64(out: &mut Vec<u8>, n: u64) {
     let mut buf = [0u8; MAX_DIGITS];
@@ -115,6 +136,23 @@ mod tests {
             assert_eq!(out, n.to_string().as_bytes());
             assert_eq!(digits(n), out.len());
         }
+    }
+
+    #[test]
+    fn digits_in_range_matches_counting() {
+        for (start, end) in [
+            (0, 0),
+            (0, 1),
+            (0, 10),
+            (5, 123),
+            (9, 11),
+            (99, 1001),
+            (0, 100_000),
+        ] {
+            let counted: u64 = (start..end).map(|n| digits(n) as u64).sum();
+            assert_eq!(digits_in_range(start, end), counted, "{start}..{end}");
+        }
+        assert_eq!(digits_in_range(u64::MAX - 1, u64::MAX), 20);
     }
 
     #[test]

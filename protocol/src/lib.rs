@@ -14,7 +14,7 @@ mod message;
 mod request;
 mod response;
 
-pub use field::digits;
+pub use field::{digits, digits_in_range};
 pub use ids::{MessageId, SessionId};
 pub use message::{Entry, Message, Timestamp};
 pub use request::{BLOCK_HEADER_MAX, BoardRequest, ParseError, Request, SessionRequest};

@@ -183,16 +183,30 @@ impl Message {
     ///
     /// Stores keep running sums of this so they can size a `4:<n>` reply without building it.
     pub fn record_len(&self) -> usize {
-        let e = &self.entry;
-        1 + self.id.encoded_len()
+        Self::record_len_of(
+            self.id,
+            self.entry.time,
+            self.entry.from,
+            self.entry.text.len(),
+        )
+    }
+
+    /// [`Message::record_len`] from the parts, for stores that index without the text.
+    pub fn record_len_of(
+        id: MessageId,
+        time: Timestamp,
+        from: SocketAddr,
+        text_len: usize,
+    ) -> usize {
+        1 + id.encoded_len()
             + 1
-            + e.time.encoded_len()
+            + time.encoded_len()
             + 1
-            + addr_encoded_len(e.from)
+            + addr_encoded_len(from)
             + 1
-            + field::digits(e.text.len() as u64)
+            + field::digits(text_len as u64)
             + 1
-            + e.text.len()
+            + text_len
     }
 
     /// Parses one record (after its leading `:` has been consumed).

@@ -10,7 +10,7 @@ use std::sync::RwLock;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use mboard_protocol::{Entry, Message, MessageId, Timestamp};
+use mboard_protocol::{Entry, Message, MessageId, Timestamp, digits_in_range};
 
 /// A failure of the store itself (not of the request).
 #[derive(Debug, thiserror::Error)]
@@ -61,42 +61,59 @@ pub trait Board: Send + Sync + 'static {
     fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError>;
 }
 
+/// Running sums behind [`Span`]s: `records[i]` is the `4:` record bytes of messages `0..i`.
+///
+/// Ids are consecutive from 0, so id digits come from [`digits_in_range`] and only the
+/// record sizes need storing: 8 bytes a message.
+#[derive(Debug, Clone)]
+pub(crate) struct Sums {
+    records: Vec<u64>,
+}
+
+impl Default for Sums {
+    fn default() -> Self {
+        Sums { records: vec![0] }
+    }
+}
+
+impl Sums {
+    /// Messages counted.
+    pub(crate) fn len(&self) -> u64 {
+        self.records.len() as u64 - 1
+    }
+
+    /// Counts one more message whose `4:` record takes `record_len` bytes.
+    pub(crate) fn push(&mut self, record_len: u64) {
+        let last = self.records.last().copied().unwrap_or(0);
+        self.records.push(last + record_len);
+    }
+
+    /// The newest `n` messages (`n` = 0 or more than there are: all).
+    pub(crate) fn span(&self, n: u64) -> Span {
+        let len = self.len();
+        let start = if n == 0 || n >= len { 0 } else { len - n };
+        Span {
+            start,
+            count: len - start,
+            id_digits: digits_in_range(start, len),
+            records: self.records[len as usize] - self.records[start as usize],
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     /// Message `i` has id `i`.
     entries: Vec<Entry>,
-    /// `cum[i]` = (id digits, record bytes) of messages `0..i`, so spans are O(1).
-    cum: Vec<(u64, u64)>,
-}
-
-impl Inner {
-    fn first_of_newest(&self, n: u64) -> usize {
-        let len = self.entries.len();
-        if n == 0 || n >= len as u64 {
-            0
-        } else {
-            len - n as usize
-        }
-    }
+    sums: Sums,
 }
 
 /// A board held in memory only: gone when the server stops.
 ///
 /// Texts are kept as the `Bytes` slices they arrived in, so publishing copies nothing.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct MemoryBoard {
     inner: RwLock<Inner>,
-}
-
-impl Default for MemoryBoard {
-    fn default() -> Self {
-        MemoryBoard {
-            inner: RwLock::new(Inner {
-                entries: Vec::new(),
-                cum: vec![(0, 0)],
-            }),
-        }
-    }
 }
 
 impl MemoryBoard {
@@ -116,16 +133,10 @@ impl Board for MemoryBoard {
         let id = MessageId(inner.entries.len() as u64);
         // Taken under the lock so that timestamps never go backwards as ids go forwards.
         let time = Timestamp::from_system_time(SystemTime::now());
-        let message = Message {
-            id,
-            entry: Entry { time, from, text },
-        };
-        let (digits, records) = inner.cum.last().copied().unwrap_or_default();
-        inner.cum.push((
-            digits + id.encoded_len() as u64,
-            records + message.record_len() as u64,
-        ));
-        inner.entries.push(message.entry);
+        inner
+            .sums
+            .push(Message::record_len_of(id, time, from, text.len()) as u64);
+        inner.entries.push(Entry { time, from, text });
         Ok(id)
     }
 
@@ -138,15 +149,7 @@ impl Board for MemoryBoard {
     }
 
     fn span(&self, n: u64) -> Result<Span, BoardError> {
-        let inner = self.read()?;
-        let first = inner.first_of_newest(n);
-        let (end, start) = (inner.cum[inner.entries.len()], inner.cum[first]);
-        Ok(Span {
-            start: first as u64,
-            count: (inner.entries.len() - first) as u64,
-            id_digits: end.0 - start.0,
-            records: end.1 - start.1,
-        })
+        Ok(self.read()?.sums.span(n))
     }
 
     fn ids(&self, span: &Span) -> Result<Vec<MessageId>, BoardError> {
