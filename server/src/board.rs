@@ -21,6 +21,18 @@ pub enum BoardError {
     /// Another thread panicked while holding the board's lock.
     #[error("board lock poisoned")]
     Poisoned,
+    /// A stored record failed its checksum when read back.
+    #[error("record at offset {offset} failed its checksum")]
+    Corrupt {
+        /// Byte offset of the record in the journal.
+        offset: u64,
+    },
+    /// The text is larger than a journal record can hold (4 GiB).
+    #[error("text too large to store")]
+    TooLarge,
+    /// The journal writer has stopped (the server is shutting down).
+    #[error("journal closed")]
+    Closed,
 }
 
 /// The newest-n messages at one moment, and how big their replies are.
@@ -41,6 +53,11 @@ pub struct Span {
 
 /// A message board: ids strictly increase in publish order and are never reused.
 pub trait Board: Send + Sync + 'static {
+    /// Whether `publish` may wait (for a disk), so the driver should not run it inline.
+    fn defers_publish(&self) -> bool {
+        false
+    }
+
     /// Stores `text` published from `from` and returns its id once it is stored.
     fn publish(
         &self,

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use mboard_protocol::{DATA_HEADER_MAX, MAX_DATAGRAM};
 
+use crate::journal::JournalConfig;
+
 /// Limits on sessions and datagrams.
 ///
 /// Defaults follow the contract: 16 MiB requests, 256 MiB buffered in all, 64 sessions per
@@ -84,9 +86,20 @@ impl Limits {
     }
 }
 
+/// Where the board is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Store {
+    /// In memory only: lost when the server stops.
+    Memory,
+    /// In an append-only journal in a data directory.
+    Journal(JournalConfig),
+}
+
 /// Everything [`crate::run`] needs besides the socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// Where the board is kept.
+    pub store: Store,
     /// Session and datagram limits.
     pub limits: Limits,
     /// Receive loops sharing the socket; a slow request occupies one of them.
@@ -99,6 +112,7 @@ impl Default for Config {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Config {
+            store: Store::Memory,
             limits: Limits::default(),
             workers: 2 * cores,
             seed: None,

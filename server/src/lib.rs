@@ -7,8 +7,10 @@
 pub mod board;
 pub mod config;
 pub mod handler;
+pub mod journal;
 mod server;
 pub mod session;
 
-pub use config::{Config, ConfigError, Limits};
+pub use config::{Config, ConfigError, Limits, Store};
+pub use journal::{Fsync, JournalConfig};
 pub use server::{ServerError, run, serve};

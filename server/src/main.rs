@@ -1,11 +1,12 @@
 //! `mboard-server`: serves the message board over UDP.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use mboard_server::{Config, Limits};
+use mboard_server::{Config, Fsync, JournalConfig, Limits, Store};
 use tokio::net::UdpSocket;
 use tracing_subscriber::EnvFilter;
 
@@ -18,8 +19,17 @@ struct Args {
     listen: SocketAddr,
 
     /// Keep the board in memory only (lost when the server stops).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["data_dir", "fsync"])]
     in_memory: bool,
+
+    /// Directory of the durable board (created if missing).
+    #[arg(long, default_value = "mboard-data")]
+    data_dir: PathBuf,
+
+    /// When a publish is acknowledged: `always` after fsync, `never` after the write
+    /// (survives a server crash, not a power failure).
+    #[arg(long, default_value = "always")]
+    fsync: Fsync,
 
     /// Drop a session after this long without a datagram (`30s`, `500ms`).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -66,7 +76,17 @@ fn main() -> anyhow::Result<()> {
         .init();
 
     let defaults = Config::default();
+    let store = if args.in_memory {
+        tracing::info!("board is kept in memory: it is lost when the server stops");
+        Store::Memory
+    } else {
+        Store::Journal(JournalConfig {
+            dir: args.data_dir.clone(),
+            fsync: args.fsync,
+        })
+    };
     let config = Config {
+        store,
         limits: Limits {
             max_request_size: args.max_request_size,
             max_session_memory: args.max_session_memory,
@@ -79,10 +99,6 @@ fn main() -> anyhow::Result<()> {
         seed: None,
     };
     config.limits.validate()?;
-    // The durable journal is the only other store planned; until it lands, every board is
-    // in memory, and the flag is accepted so scripts written for it keep working.
-    let _ = args.in_memory;
-    tracing::info!("board is kept in memory: it is lost when the server stops");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

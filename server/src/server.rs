@@ -7,12 +7,18 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info};
 
 use crate::board::{Board, MemoryBoard};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Store};
 use crate::handler::Handler;
+use crate::journal::{Journal, JournalError};
+
+/// Publishes in flight at once when the board defers them; beyond this the receive loops
+/// wait, which pushes back on senders instead of queueing without bound.
+const DEFERRED_MAX: usize = 4_096;
 
 /// Why the server stopped other than by being asked to.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +29,9 @@ pub enum ServerError {
     /// The socket failed in a way that retrying cannot fix.
     #[error("socket error: {0}")]
     Socket(#[from] io::Error),
+    /// The journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 /// Serves the board on `socket` until `shutdown` resolves or the socket fails.
@@ -35,12 +44,22 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     config.limits.validate()?;
     let seed = config.seed.unwrap_or_else(rand::random);
-    let handler = Arc::new(Handler::new(
-        MemoryBoard::new(),
-        config.limits.clone(),
-        seed,
-    ));
-    serve(socket, handler, config.workers.max(1), shutdown).await
+    let workers = config.workers.max(1);
+    match &config.store {
+        Store::Memory => {
+            let handler = Arc::new(Handler::new(MemoryBoard::new(), config.limits, seed));
+            serve(socket, handler, workers, shutdown).await
+        }
+        Store::Journal(journal) => {
+            // Replay reads the whole file: keep it off the async workers.
+            let journal = journal.clone();
+            let (board, _) = tokio::task::spawn_blocking(move || Journal::open(&journal))
+                .await
+                .map_err(io::Error::other)??;
+            let handler = Arc::new(Handler::new(board, config.limits, seed));
+            serve(socket, handler, workers, shutdown).await
+        }
+    }
 }
 
 /// Serves an existing handler (and so any board) on `socket`.
@@ -53,8 +72,13 @@ pub async fn serve<B: Board>(
     let socket = Arc::new(socket);
     info!(addr = %socket.local_addr()?, workers, "serving");
     let mut tasks = JoinSet::new();
+    let deferred = Arc::new(Semaphore::new(DEFERRED_MAX));
     for _ in 0..workers {
-        tasks.spawn(receive_loop(socket.clone(), handler.clone()));
+        tasks.spawn(receive_loop(
+            socket.clone(),
+            handler.clone(),
+            deferred.clone(),
+        ));
     }
     tasks.spawn(expiry_loop(handler.clone()));
     let result = tokio::select! {
@@ -92,6 +116,7 @@ fn transient(e: &io::Error) -> bool {
 async fn receive_loop<B: Board>(
     socket: Arc<UdpSocket>,
     handler: Arc<Handler<B>>,
+    deferred: Arc<Semaphore>,
 ) -> io::Result<()> {
     // Room for the largest datagram the kernel can hand us, IPv6 included.
     let mut buf = vec![0u8; 65_536];
@@ -106,14 +131,39 @@ async fn receive_loop<B: Board>(
         };
         // One copy per datagram: published text keeps exactly its own bytes alive.
         let datagram = Bytes::copy_from_slice(&buf[..len]);
-        if let Some(reply) = handler.handle(Instant::now(), from, datagram).await {
-            if let Err(e) = socket.send_to(&reply, from).await {
-                if !transient(&e) {
-                    return Err(e);
+        // A publish (or a commit, which may be one) on a disk-backed board waits for its
+        // group commit; run it as its own task so this loop keeps receiving, and so that
+        // concurrent publishes can share one fsync.
+        if handler.board().defers_publish() && matches!(datagram.first(), Some(b'1' | b'c')) {
+            let permit = deferred
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(io::Error::other)?;
+            let (socket, handler) = (socket.clone(), handler.clone());
+            tokio::spawn(async move {
+                if let Some(reply) = handler.handle(Instant::now(), from, datagram).await {
+                    // Only this reply is lost if sending fails; the loop reports fatal errors.
+                    let _ = reply_to(&socket, &reply, from).await;
                 }
-                debug!(%from, error = %e, "send failed");
-            }
+                drop(permit);
+            });
+            continue;
         }
+        if let Some(reply) = handler.handle(Instant::now(), from, datagram).await {
+            reply_to(&socket, &reply, from).await?;
+        }
+    }
+}
+
+async fn reply_to(socket: &UdpSocket, reply: &[u8], to: std::net::SocketAddr) -> io::Result<()> {
+    match socket.send_to(reply, to).await {
+        Ok(_) => Ok(()),
+        Err(e) if transient(&e) => {
+            debug!(%to, error = %e, "send failed");
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

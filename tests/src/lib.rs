@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use mboard_protocol::{Expect, Offer, Response, SessionId};
-use mboard_server::{Config, Limits};
+use mboard_server::{Config, Limits, Store};
 use tokio::sync::oneshot;
 
 /// A server started in-process through `mboard_server::run`, on its own runtime thread.
@@ -37,11 +37,17 @@ impl TestServer {
 
     /// A server on `listen` (port 0 picks a free one).
     pub fn on(listen: &str, limits: Limits) -> Self {
+        Self::with_store(listen, Store::Memory, limits)
+    }
+
+    /// A server on `listen` keeping its board in `store`.
+    pub fn with_store(listen: &str, store: Store, limits: Limits) -> Self {
         let std_socket = UdpSocket::bind(listen).expect("bind test server");
         std_socket.set_nonblocking(true).expect("nonblocking");
         let addr = std_socket.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let config = Config {
+            store,
             limits,
             workers: 2,
             seed: Some(42),
