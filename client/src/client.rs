@@ -450,10 +450,10 @@ impl Client {
             let wait = t.poll_timeout().saturating_duration_since(Instant::now());
             match self.recv(wait)? {
                 Some(reply) => {
-                    if let Verdict::Answer(index, ()) = on_reply(self, reply)? {
-                        if t.on_ack(Instant::now(), index) {
-                            on_ack(self, t.acked());
-                        }
+                    if let Verdict::Answer(index, ()) = on_reply(self, reply)?
+                        && t.on_ack(Instant::now(), index)
+                    {
+                        on_ack(self, t.acked());
                     }
                 }
                 None => {
@@ -505,18 +505,18 @@ impl Client {
 
     /// A resent `a:` can open a second session; close it instead of leaving it to expire.
     fn close_stray_open(&mut self, reply: Bytes, ours: SessionId) {
-        if let Ok(Response::Opened { sid, .. }) = Response::parse(reply, Expect::Opened) {
-            if sid != ours {
-                self.close(sid);
-            }
+        if let Ok(Response::Opened { sid, .. }) = Response::parse(reply, Expect::Opened)
+            && sid != ours
+        {
+            self.close(sid);
         }
     }
 
     fn report(&mut self, done: u64, total: u64) {
-        if total > PROGRESS_THRESHOLD {
-            if let Some(progress) = &mut self.progress {
-                progress(done, total);
-            }
+        if total > PROGRESS_THRESHOLD
+            && let Some(progress) = &mut self.progress
+        {
+            progress(done, total);
         }
     }
 }

@@ -130,11 +130,11 @@ impl Transfer {
         }
         self.done[(index / 64) as usize] |= 1 << (index % 64);
         self.done_count += 1;
-        if let Some(flight) = self.in_flight.remove(&index) {
-            if !flight.retransmitted {
-                self.rtt
-                    .sample(now.saturating_duration_since(flight.sent_at));
-            }
+        if let Some(flight) = self.in_flight.remove(&index)
+            && !flight.retransmitted
+        {
+            self.rtt
+                .sample(now.saturating_duration_since(flight.sent_at));
         }
         true
     }

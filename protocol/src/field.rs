@@ -36,7 +36,7 @@ pub fn digits_in_range(start: u64, end: u64) -> u64 {
     let mut total = 0;
     let mut low = 1u64; // smallest number with `d` digits (0 is counted with 1 digit)
     for d in 1..=MAX_DIGITS as u64 {
-        let high = low.checked_mul(10).unwrap_or(u64::MAX); // first number with d + 1 digits
+        let high = low.saturating_mul(10); // first number with d + 1 digits
         let from = if d == 1 { start } else { start.max(low) };
         let to = end.min(high);
         if from < to {

@@ -167,13 +167,14 @@ fn back_loop(
         let data = buf[..n].to_vec();
         {
             let mut rule = shared.rule.lock().expect("rule");
-            if let Some((matches, left)) = rule.as_mut() {
-                if *left > 0 && matches(&data) {
-                    *left -= 1;
-                    shared.downward.seen.fetch_add(1, Ordering::Relaxed);
-                    shared.downward.targeted.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
+            if let Some((matches, left)) = rule.as_mut()
+                && *left > 0
+                && matches(&data)
+            {
+                *left -= 1;
+                shared.downward.seen.fetch_add(1, Ordering::Relaxed);
+                shared.downward.targeted.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
         }
         let front = front.clone();
