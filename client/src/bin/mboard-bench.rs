@@ -1,0 +1,158 @@
+//! `mboard-bench`: throughput and latency of an mboard server, against a bare UDP echo.
+
+// Printing the report is what this tool is for.
+#![allow(clippy::print_stdout)]
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use mboard_client::bench::{self, Load, Report, Scenario};
+
+/// Closed-loop load on an mboard server: requests/s and latency percentiles.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Server address (not used by `echo`, which starts its own).
+    #[arg(long, env = "MBOARD_SERVER", default_value = "127.0.0.1:7777")]
+    server: String,
+    /// Concurrent closed-loop clients, each on its own socket.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Measured time.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Unmeasured time first.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Resend a request after this long without a reply.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    resend: Duration,
+    /// Also run the echo ceiling, right after, and print the ratio.
+    #[arg(long)]
+    vs_echo: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    scenario: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A bare UDP echo server started in-process: the ceiling.
+    Echo,
+    /// `3:<id>` over existing messages (seeds 1,000 if the board is empty).
+    Get,
+    /// `4:<n>`.
+    Last {
+        /// Messages per request.
+        #[arg(short, default_value_t = 10)]
+        n: u64,
+    },
+    /// Single-datagram `1:<text>` (at-least-once, the classic path).
+    Publish {
+        /// Text bytes.
+        #[arg(long, default_value = "16", value_parser = parse_size)]
+        size: usize,
+    },
+    /// Exactly-once publish through an upload session, as the CLI does.
+    PublishSession {
+        /// Text bytes.
+        #[arg(long, default_value = "16", value_parser = parse_size)]
+        size: usize,
+    },
+    /// One large publish per operation: MB/s and time.
+    Upload {
+        /// Text bytes (`16MiB`).
+        #[arg(long, value_parser = parse_size)]
+        size: usize,
+    },
+    /// One large get per operation: MB/s and time.
+    Download {
+        /// Text bytes (`16MiB`).
+        #[arg(long, value_parser = parse_size)]
+        size: usize,
+    },
+}
+
+/// `16MiB`, `64KiB`, `1MB`, `1400`.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let digits = s.chars().take_while(char::is_ascii_digit).count();
+    let (n, unit) = s.split_at(digits);
+    let n: usize = n.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        _ => return Err(format!("bad size unit in {s:?} (use B, KB, KiB, MB, MiB)")),
+    };
+    Ok(n * mult)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let scenario = match args.scenario {
+        Command::Echo => Scenario::Echo,
+        Command::Get => Scenario::Get { messages: 1_000 },
+        Command::Last { n } => Scenario::Last { n },
+        Command::Publish { size } => Scenario::Publish { size },
+        Command::PublishSession { size } => Scenario::PublishSession { size },
+        Command::Upload { size } => Scenario::Upload { size },
+        Command::Download { size } => Scenario::Download { size, id: 0 },
+    };
+    let echo = || -> Result<Report> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let addr = bench::start_echo(cores).context("start echo server")?;
+        let load = Load {
+            server: addr,
+            clients: args.clients,
+            duration: args.duration,
+            warmup: args.warmup,
+            resend: args.resend,
+        };
+        Ok(bench::run(&load, &Scenario::Echo)?)
+    };
+    let report = if scenario == Scenario::Echo {
+        echo()?
+    } else {
+        let server = mboard_client::resolve(&args.server)?;
+        let load = Load {
+            server,
+            clients: args.clients,
+            duration: args.duration,
+            warmup: args.warmup,
+            resend: args.resend,
+        };
+        let scenario = bench::seed(&load, &scenario).context("seed the board")?;
+        bench::run(&load, &scenario)?
+    };
+    let ceiling = if args.vs_echo && scenario != Scenario::Echo {
+        Some(echo()?)
+    } else {
+        None
+    };
+    match (&ceiling, args.json) {
+        (None, true) => println!("{}", report.json()),
+        (None, false) => println!("{}", report.line()),
+        (Some(echo), true) => println!(
+            "{{\"run\":{},\"echo\":{},\"ratio\":{:.3},\"p99_ratio\":{:.3}}}",
+            report.json(),
+            echo.json(),
+            report.rate() / echo.rate(),
+            report.p99_us / echo.p99_us
+        ),
+        (Some(echo), false) => {
+            println!("{}", report.line());
+            println!("{}", echo.line());
+            println!(
+                "ratio {:.1}% of echo throughput; p99 {:.2}x echo's",
+                100.0 * report.rate() / echo.rate(),
+                report.p99_us / echo.p99_us
+            );
+        }
+    }
+    Ok(())
+}
