@@ -51,6 +51,13 @@ pub struct Span {
     pub records: u64,
 }
 
+impl Span {
+    /// The ids in the span, oldest first: ids are consecutive on every board.
+    pub fn ids(&self) -> impl Iterator<Item = MessageId> {
+        (self.start..self.start + self.count).map(MessageId)
+    }
+}
+
 /// A message board: ids strictly increase in publish order and are never reused.
 pub trait Board: Send + Sync + 'static {
     /// Whether `publish` may wait (for a disk), so the driver should not run it inline.
@@ -70,9 +77,6 @@ pub trait Board: Send + Sync + 'static {
 
     /// The newest `n` messages (`n` = 0 means all) and the sizes of their replies.
     fn span(&self, n: u64) -> Result<Span, BoardError>;
-
-    /// Ids of the messages in `span`, oldest first.
-    fn ids(&self, span: &Span) -> Result<Vec<MessageId>, BoardError>;
 
     /// The messages in `span`, oldest first.
     fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError>;
@@ -169,12 +173,6 @@ impl Board for MemoryBoard {
         Ok(self.read()?.sums.span(n))
     }
 
-    fn ids(&self, span: &Span) -> Result<Vec<MessageId>, BoardError> {
-        Ok((span.start..span.start + span.count)
-            .map(MessageId)
-            .collect())
-    }
-
     fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError> {
         let inner = self.read()?;
         let (start, end) = (span.start as usize, (span.start + span.count) as usize);
@@ -226,7 +224,7 @@ mod tests {
         );
         assert_eq!(board.get(MessageId(3)).expect("get"), None);
         assert_eq!(board.get(MessageId(u64::MAX)).expect("get"), None);
-        let ids = |n| board.ids(&board.span(n).expect("span")).expect("ids");
+        let ids = |n| board.span(n).expect("span").ids().collect::<Vec<_>>();
         assert_eq!(ids(2), vec![MessageId(1), MessageId(2)]);
         assert_eq!(ids(0).len(), 3);
         assert_eq!(ids(100).len(), 3);
@@ -259,7 +257,7 @@ mod tests {
         for n in [0, 1, 2, 9, 10, 11, 119, 120, 121, 1000] {
             let span = board.span(n).expect("span");
             let mut ids = Vec::new();
-            encode_ids(board.ids(&span).expect("ids"), &mut ids);
+            encode_ids(span.ids(), &mut ids);
             assert_eq!(
                 ids_reply_len(span.count, span.id_digits),
                 ids.len() as u64,

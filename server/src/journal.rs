@@ -679,12 +679,6 @@ impl Board for Journal {
         Ok(self.index()?.sums.span(n))
     }
 
-    fn ids(&self, span: &Span) -> Result<Vec<MessageId>, BoardError> {
-        Ok((span.start..span.start + span.count)
-            .map(MessageId)
-            .collect())
-    }
-
     fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError> {
         self.read(span.start, span.count)
     }
@@ -794,7 +788,10 @@ mod tests {
         assert_eq!(j.get(MessageId(4)).expect("get"), None);
         assert_eq!(publish_all(&j, &[b"next"]), vec![MessageId(4)]);
         let span = j.span(2).expect("span");
-        assert_eq!(j.ids(&span).expect("ids"), vec![MessageId(3), MessageId(4)]);
+        assert_eq!(
+            span.ids().collect::<Vec<_>>(),
+            vec![MessageId(3), MessageId(4)]
+        );
     }
 
     #[test]

@@ -10,21 +10,37 @@ fn bench(server: Option<std::net::SocketAddr>, args: &[&str]) -> String {
         cmd.args(["--server", &server.to_string()]);
     }
     let out = cmd
-        .args(["--clients", "4", "--duration", "300ms", "--warmup", "100ms", "--json"])
+        .args([
+            "--clients",
+            "4",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "100ms",
+            "--json",
+        ])
         .args(args)
         .env_remove("MBOARD_SERVER")
         .output()
         .expect("run mboard-bench");
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf8")
 }
 
 /// The number after `"key":` in a flat JSON object.
 fn field(json: &str, key: &str) -> f64 {
-    let at = json.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("no {key} in {json}"));
+    let at = json
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("no {key} in {json}"));
     let rest = &json[at + key.len() + 3..];
     let end = rest.find([',', '}']).expect("end of number");
-    rest[..end].parse().unwrap_or_else(|_| panic!("{key} in {json}"))
+    rest[..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} in {json}"))
 }
 
 #[test]
@@ -39,10 +55,16 @@ fn every_scenario_reports_operations_without_errors() {
         &["download", "--size", "64KiB"],
     ] {
         let json = bench(Some(server.addr), args);
-        assert!(json.starts_with(&format!("{{\"scenario\":\"{}\"", args[0])), "{json}");
+        assert!(
+            json.starts_with(&format!("{{\"scenario\":\"{}\"", args[0])),
+            "{json}"
+        );
         assert!(field(&json, "operations") > 0.0, "{json}");
         assert_eq!(field(&json, "errors"), 0.0, "{json}");
-        assert!(field(&json, "p50_us") > 0.0 && field(&json, "p99_us") >= field(&json, "p50_us"), "{json}");
+        assert!(
+            field(&json, "p50_us") > 0.0 && field(&json, "p99_us") >= field(&json, "p50_us"),
+            "{json}"
+        );
         if args[0] == "upload" || args[0] == "download" {
             assert!(field(&json, "mb_per_s") > 0.0, "{json}");
         }
@@ -62,7 +84,9 @@ fn echo_and_the_comparison_with_it() {
 
 #[test]
 fn an_absent_server_is_an_error_not_a_zero() {
-    let free = std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("port");
+    let free = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("port");
     let out = Command::new(binary("mboard-bench"))
         .args(["--server", &free.to_string(), "--duration", "100ms", "get"])
         .env("RUST_BACKTRACE", "0")
