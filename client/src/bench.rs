@@ -402,20 +402,51 @@ fn session_client(
     Ok(tally)
 }
 
-/// A bare UDP echo server on loopback: `threads` blocking loops sharing one socket.
-///
-/// The ceiling every scenario is compared with: it parses nothing and stores nothing.
+/// A bare UDP echo server on loopback, built like the mboard driver (receive loops on a
+/// multi-threaded runtime sharing one socket) so the comparison isolates what mboard does
+/// per request. It parses nothing and stores nothing: the ceiling for every scenario.
 pub fn start_echo(threads: usize) -> io::Result<SocketAddr> {
-    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0")?);
-    let addr = socket.local_addr()?;
-    for _ in 0..threads.max(1) {
-        let socket = socket.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65_536];
-            while let Ok((n, from)) = socket.recv_from(&mut buf) {
-                let _ = socket.send_to(&buf[..n], from);
+    let std_socket = UdpSocket::bind("127.0.0.1:0")?;
+    std_socket.set_nonblocking(true)?;
+    let addr = std_socket.local_addr()?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let socket = match tokio::net::UdpSocket::from_std(std_socket) {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            let loops: Vec<_> = (0..2 * threads.max(1))
+                .map(|_| {
+                    let socket = socket.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 65_536];
+                        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                            let _ = socket.send_to(&buf[..n], from).await;
+                        }
+                    })
+                })
+                .collect();
+            for l in loops {
+                let _ = l.await;
             }
         });
-    }
+    });
+    ready_rx.recv().map_err(io::Error::other)??;
     Ok(addr)
 }
