@@ -236,7 +236,7 @@ pub fn run(load: &Load, scenario: &Scenario) -> io::Result<Report> {
     for c in 0..load.clients {
         let (stop, measuring) = (stop.clone(), measuring.clone());
         let (load, scenario) = (load.clone(), scenario.clone());
-        if scenario.payload().is_none() && !matches!(scenario, Scenario::PublishSession { .. }) {
+        if scenario.payload().is_none() {
             tasks.push(runtime.spawn(async move {
                 datagram_client(c, &load, &scenario, &stop, &measuring).await
             }));
@@ -314,6 +314,102 @@ fn reply_ok(scenario: &Scenario, request: &[u8], reply: &[u8]) -> bool {
     }
 }
 
+/// Sends `request` until a reply that `accept` takes arrives, resending after `resend`;
+/// `None` after 5 s. Other replies (late answers to earlier requests) are skipped.
+async fn exchange(
+    socket: &tokio::net::UdpSocket,
+    request: &[u8],
+    buf: &mut [u8],
+    tally: &mut Tally,
+    resend: Duration,
+    accept: impl Fn(&[u8]) -> bool,
+) -> io::Result<Option<usize>> {
+    let give_up = Instant::now() + Duration::from_secs(5);
+    loop {
+        match socket.send(request).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(e) => return Err(e),
+        }
+        let resend_at = tokio::time::Instant::now() + resend;
+        loop {
+            match tokio::time::timeout_at(resend_at, socket.recv(buf)).await {
+                Ok(Ok(n)) if accept(&buf[..n]) => return Ok(Some(n)),
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) if e.kind() != io::ErrorKind::ConnectionRefused => return Err(e),
+                _ => break,
+            }
+        }
+        tally.timeouts += 1;
+        if Instant::now() >= give_up {
+            return Ok(None);
+        }
+    }
+}
+
+/// One exactly-once publish through a session, as the CLI does it: `a:`, the blocks,
+/// `c:`, then `x:` without waiting. Returns whether the commit answered with an id.
+async fn session_publish(
+    socket: &tokio::net::UdpSocket,
+    text: &[u8],
+    buf: &mut [u8],
+    tally: &mut Tally,
+    resend: Duration,
+) -> io::Result<bool> {
+    use bytes::Bytes;
+    use mboard_protocol::{Expect, Request, Response, SessionRequest};
+    let pdu = [b"1:".as_slice(), text].concat();
+    let open = Request::Session(SessionRequest::Open {
+        size: pdu.len() as u64,
+        block_size: 1_400,
+    })
+    .to_bytes();
+    let opened = |r: &[u8]| {
+        matches!(
+            Response::parse(Bytes::copy_from_slice(r), Expect::Opened),
+            Ok(Response::Opened { .. })
+        )
+    };
+    let Some(n) = exchange(socket, &open, buf, tally, resend, opened).await? else {
+        return Ok(false);
+    };
+    let Ok(Response::Opened { sid, block_size }) =
+        Response::parse(Bytes::copy_from_slice(&buf[..n]), Expect::Opened)
+    else {
+        return Ok(false);
+    };
+    for (index, block) in pdu.chunks(block_size.max(1) as usize).enumerate() {
+        let data = Bytes::copy_from_slice(block);
+        let b = Request::Session(SessionRequest::Block {
+            sid,
+            index: index as u64,
+            data,
+        })
+        .to_bytes();
+        let acked = |r: &[u8]| matches!(Response::parse(Bytes::copy_from_slice(r), Expect::Acked), Ok(Response::Acked { sid: s, .. }) if s == sid);
+        if exchange(socket, &b, buf, tally, resend, acked)
+            .await?
+            .is_none()
+        {
+            return Ok(false);
+        }
+    }
+    let commit = Request::Session(SessionRequest::Commit(sid)).to_bytes();
+    let published = |r: &[u8]| {
+        matches!(
+            Response::parse(Bytes::copy_from_slice(r), Expect::Published),
+            Ok(Response::Published(_))
+        )
+    };
+    let committed = exchange(socket, &commit, buf, tally, resend, published)
+        .await?
+        .is_some();
+    let _ = socket
+        .send(&Request::Session(SessionRequest::Close(sid)).to_bytes())
+        .await;
+    Ok(committed)
+}
+
 async fn datagram_client(
     c: usize,
     load: &Load,
@@ -331,41 +427,39 @@ async fn datagram_client(
     socket.connect(load.server).await?;
     let mut buf = vec![0u8; 65_536];
     let mut request = Vec::new();
+    let session_text = match scenario {
+        Scenario::PublishSession { size } => vec![b'a' + (c % 26) as u8; (*size).max(1)],
+        _ => Vec::new(),
+    };
     let mut i = c as u64;
     while !stop.load(Ordering::Relaxed) {
-        next_request(c, &mut i, scenario, &mut request);
         let started = Instant::now();
-        let give_up = started + Duration::from_secs(5);
-        let reply = loop {
-            match socket.send(&request).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
-                Err(e) => return Err(e),
-            }
-            match tokio::time::timeout(load.resend, socket.recv(&mut buf)).await {
-                Ok(Ok(n)) => break Some(n),
-                Ok(Err(e)) if e.kind() != io::ErrorKind::ConnectionRefused => return Err(e),
-                _ => {
-                    tally.timeouts += 1;
-                    if Instant::now() >= give_up {
-                        break None;
-                    }
-                }
+        let ok = if let Scenario::PublishSession { .. } = scenario {
+            session_publish(&socket, &session_text, &mut buf, &mut tally, load.resend).await?
+        } else {
+            next_request(c, &mut i, scenario, &mut request);
+            // Any reply answers a single-datagram request: errors are counted, not skipped.
+            match exchange(&socket, &request, &mut buf, &mut tally, load.resend, |_| {
+                true
+            })
+            .await?
+            {
+                Some(n) => reply_ok(scenario, &request, &buf[..n]),
+                None => false,
             }
         };
         if measuring.load(Ordering::Relaxed) {
-            match reply {
-                Some(n) if reply_ok(scenario, &request, &buf[..n]) => {
-                    tally.latencies_ns.push(started.elapsed().as_nanos() as u64)
-                }
-                _ => tally.errors += 1,
+            if ok {
+                tally.latencies_ns.push(started.elapsed().as_nanos() as u64);
+            } else {
+                tally.errors += 1;
             }
         }
     }
     Ok(tally)
 }
 
-/// Session scenarios use the blocking [`Client`], one thread each.
+/// Large transfers use the blocking [`Client`] (windows, retransmission), one thread each.
 fn session_client(
     c: usize,
     load: &Load,

@@ -95,6 +95,9 @@ pub struct Client {
     rtt: Rtt,
     buf: Vec<u8>,
     progress: Option<Progress>,
+    /// The upload session in progress: any other session a late `a:` reply names is a
+    /// stray opened by a resend, and is closed on sight.
+    uploading: Option<SessionId>,
 }
 
 impl std::fmt::Debug for Client {
@@ -142,6 +145,7 @@ impl Client {
             rtt,
             buf: vec![0; 65_536],
             progress: None,
+            uploading: None,
         })
     }
 
@@ -289,6 +293,7 @@ impl Client {
             Response::Error { code, reason } => return Err(ClientError::Server { code, reason }),
             other => return Err(unexpected(&other)),
         };
+        self.uploading = Some(sid);
         let result = self
             .upload_blocks(deadline, sid, &pdu, block_size)
             .and_then(|()| {
@@ -301,6 +306,7 @@ impl Client {
                     })?;
                 self.settle(deadline, reply, expect)
             });
+        self.uploading = None;
         // Free the server's state now rather than at expiry; if this is lost, expiry does it.
         self.close(sid);
         result
@@ -330,7 +336,7 @@ impl Client {
         let result = self.drive(
             &mut t,
             make,
-            |client, r| {
+            |_, r| {
                 match Response::parse(r.clone(), Expect::Acked) {
                     Ok(Response::Acked { sid: s, index, .. }) if s == sid => {
                         return Ok(Verdict::Answer(index, ()));
@@ -340,7 +346,6 @@ impl Client {
                     }
                     _ => {}
                 }
-                client.close_stray_open(r, sid);
                 Ok(Verdict::Ignore)
             },
             |client, acked| {
@@ -449,13 +454,18 @@ impl Client {
             }
             let wait = t.poll_timeout().saturating_duration_since(Instant::now());
             match self.recv(wait)? {
-                Some(reply) => {
-                    if let Verdict::Answer(index, ()) = on_reply(self, reply)?
-                        && t.on_ack(Instant::now(), index)
-                    {
-                        on_ack(self, t.acked());
+                Some(reply) => match on_reply(self, reply.clone())? {
+                    Verdict::Answer(index, ()) => {
+                        if t.on_ack(Instant::now(), index) {
+                            on_ack(self, t.acked());
+                        }
                     }
-                }
+                    Verdict::Ignore => {
+                        if let Some(ours) = self.uploading {
+                            self.close_stray_open(reply, ours);
+                        }
+                    }
+                },
                 None => {
                     t.handle_timeout(Instant::now())
                         .map_err(|_| ClientError::Timeout {

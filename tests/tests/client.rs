@@ -264,3 +264,28 @@ fn cli_finds_the_server_by_environment_and_name() {
     );
     assert_eq!(out.stdout, b"0\n");
 }
+
+#[test]
+fn sessions_opened_by_duplicated_opens_are_closed() {
+    // Every datagram to the server arrives twice, so every `a:` opens two sessions. Unless
+    // the client closes the one it does not use, 64 publishes from one address exhaust the
+    // per-source limit and the next `a:` is answered `4:busy`.
+    let server = TestServer::start();
+    let twice = Faults {
+        duplicate: 1.0,
+        ..Faults::NONE
+    };
+    let proxy = Proxy::start(server.addr, twice, Faults::NONE, 4);
+    let config = mboard_client::ClientConfig {
+        timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let mut client = mboard_client::Client::new(proxy.addr, config).expect("client");
+    for i in 0..80 {
+        let id = client
+            .publish(format!("publish {i}").as_bytes())
+            .unwrap_or_else(|e| panic!("publish {i}: {e}"));
+        assert_eq!(id.0, i);
+    }
+    assert!(proxy.upward().duplicated.load(Ordering::Relaxed) >= 80 * 3);
+}
