@@ -98,6 +98,8 @@ pub struct Client {
     /// The upload session in progress: any other session a late `a:` reply names is a
     /// stray opened by a resend, and is closed on sight.
     uploading: Option<SessionId>,
+    /// Whether `socket` has carried an operation (the next one gets a fresh socket).
+    used: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -117,6 +119,18 @@ enum Verdict<T> {
     Ignore,
 }
 
+/// A new ephemeral socket connected to `server`: the kernel drops datagrams from anyone else.
+fn connect(server: SocketAddr) -> Result<UdpSocket, ClientError> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(bind)?;
+    socket.connect(server)?;
+    Ok(socket)
+}
+
 /// Resolves `server` (`host:port`, names included) to its first address.
 pub fn resolve(server: &str) -> Result<SocketAddr, ClientError> {
     server
@@ -127,26 +141,33 @@ pub fn resolve(server: &str) -> Result<SocketAddr, ClientError> {
 }
 
 impl Client {
-    /// A client of `server` on a fresh ephemeral socket.
+    /// A client of `server`.
     pub fn new(server: SocketAddr, config: ClientConfig) -> Result<Self, ClientError> {
-        let bind: SocketAddr = if server.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = UdpSocket::bind(bind)?;
-        // Connected: the kernel drops datagrams from anyone but the server.
-        socket.connect(server)?;
         let rtt = Rtt::new(config.initial_rto);
         Ok(Client {
-            socket,
+            socket: connect(server)?,
             server,
             config,
             rtt,
             buf: vec![0; 65_536],
             progress: None,
             uploading: None,
+            used: false,
         })
+    }
+
+    /// Starts an operation: on a fresh socket, and with its deadline.
+    ///
+    /// Layer-1 replies name nothing of their request, so a late reply to an earlier
+    /// operation (resent after a timeout, or duplicated by the network) would be taken for
+    /// this one's: `get(6)` could return message 5. A new socket has a new port, where no
+    /// earlier reply can arrive.
+    fn begin(&mut self) -> Result<Instant, ClientError> {
+        if self.used {
+            self.socket = connect(self.server)?;
+        }
+        self.used = true;
+        Ok(Instant::now() + self.config.timeout)
     }
 
     /// Reports progress of transfers larger than [`PROGRESS_THRESHOLD`] to `progress`.
@@ -159,18 +180,14 @@ impl Client {
         self.server
     }
 
-    /// The local address replies come to.
+    /// The local address replies to the current (or last) operation come to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
     }
 
-    fn deadline(&self) -> Instant {
-        Instant::now() + self.config.timeout
-    }
-
     /// Publishes `text` through an upload session: stored exactly once, whatever is lost.
     pub fn publish(&mut self, text: &[u8]) -> Result<MessageId, ClientError> {
-        let deadline = self.deadline();
+        let deadline = self.begin()?;
         let mut pdu = Vec::with_capacity(text.len() + 2);
         pdu.extend_from_slice(b"1:");
         pdu.extend_from_slice(text);
@@ -183,11 +200,7 @@ impl Client {
     /// Publishes `text` as one `1:` datagram: one round trip, but at-least-once (a resend
     /// after a lost reply may store it twice). For texts that fit in a datagram.
     pub fn publish_datagram(&mut self, text: &[u8]) -> Result<MessageId, ClientError> {
-        let deadline = self.deadline();
-        match self.board(
-            deadline,
-            BoardRequest::Publish(Bytes::copy_from_slice(text)),
-        )? {
+        match self.board(BoardRequest::Publish(Bytes::copy_from_slice(text)))? {
             Response::Published(id) => Ok(id),
             other => Err(unexpected(&other)),
         }
@@ -195,7 +208,7 @@ impl Client {
 
     /// One message.
     pub fn get(&mut self, id: MessageId) -> Result<Entry, ClientError> {
-        match self.board(self.deadline(), BoardRequest::Get(id))? {
+        match self.board(BoardRequest::Get(id))? {
             Response::Entry(entry) => Ok(entry),
             other => Err(unexpected(&other)),
         }
@@ -203,7 +216,7 @@ impl Client {
 
     /// The newest `n` messages, oldest first (`n` = 0: all).
     pub fn last(&mut self, n: u64) -> Result<Vec<Message>, ClientError> {
-        match self.board(self.deadline(), BoardRequest::Last(n))? {
+        match self.board(BoardRequest::Last(n))? {
             Response::Messages(messages) => Ok(messages),
             other => Err(unexpected(&other)),
         }
@@ -211,7 +224,7 @@ impl Client {
 
     /// The ids of the newest `n` messages, oldest first (`n` = 0: all).
     pub fn ids(&mut self, n: u64) -> Result<Vec<MessageId>, ClientError> {
-        match self.board(self.deadline(), BoardRequest::Ids(n))? {
+        match self.board(BoardRequest::Ids(n))? {
             Response::Ids(ids) => Ok(ids),
             other => Err(unexpected(&other)),
         }
@@ -220,7 +233,7 @@ impl Client {
     /// Sends one raw datagram (resent until answered) and returns the reply exactly; a
     /// download offer is followed and the assembled response returned instead.
     pub fn raw(&mut self, pdu: &[u8]) -> Result<Bytes, ClientError> {
-        let deadline = self.deadline();
+        let deadline = self.begin()?;
         let reply = self.exchange(deadline, Bytes::copy_from_slice(pdu), |r| {
             Verdict::Answer(0, r)
         })?;
@@ -231,7 +244,8 @@ impl Client {
     }
 
     /// Runs a layer-1 request in one datagram, following a download offer if one comes.
-    fn board(&mut self, deadline: Instant, req: BoardRequest) -> Result<Response, ClientError> {
+    fn board(&mut self, req: BoardRequest) -> Result<Response, ClientError> {
+        let deadline = self.begin()?;
         let expect = req.expect();
         let pdu = Request::Board(req).to_bytes();
         let reply = self.exchange(deadline, pdu, |r| match Response::parse(r, expect) {

@@ -289,3 +289,47 @@ fn sessions_opened_by_duplicated_opens_are_closed() {
     }
     assert!(proxy.upward().duplicated.load(Ordering::Relaxed) >= 80 * 3);
 }
+
+#[test]
+fn a_reused_client_never_takes_an_earlier_reply_for_a_later_one() {
+    // Every reply arrives twice. The second copy of one answer must not be read as the
+    // answer to the next request, which layer-1 replies cannot tell apart.
+    let server = TestServer::start();
+    let p = Peer::new(server.addr);
+    for i in 0..10 {
+        assert_eq!(p.ask_str(format!("1:m{i}")), format!("0:{i}"));
+    }
+    let twice = Faults {
+        duplicate: 1.0,
+        ..Faults::NONE
+    };
+    let proxy = Proxy::start(server.addr, Faults::NONE, twice, 5);
+    let mut client = mboard_client::Client::new(proxy.addr, Default::default()).expect("client");
+    for i in 0..10u64 {
+        let entry = client.get(mboard_protocol::MessageId(i)).expect("get");
+        assert_eq!(entry.text, format!("m{i}").as_bytes(), "get({i})");
+    }
+    assert_eq!(
+        client
+            .ids(3)
+            .expect("ids")
+            .iter()
+            .map(|id| id.0)
+            .collect::<Vec<_>>(),
+        vec![7, 8, 9]
+    );
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            client
+                .publish_datagram(format!("d{i}").as_bytes())
+                .expect("publish")
+                .0,
+        );
+    }
+    assert_eq!(
+        ids,
+        (10..20).collect::<Vec<_>>(),
+        "each publish got its own id"
+    );
+}
