@@ -171,6 +171,19 @@ struct Tally {
     errors: u64,
 }
 
+impl Tally {
+    /// Counts one operation begun at `started`, if the measured window is open.
+    fn record(&mut self, measuring: &AtomicBool, started: Instant, ok: bool) {
+        if measuring.load(Ordering::Relaxed) {
+            if ok {
+                self.latencies_ns.push(started.elapsed().as_nanos() as u64);
+            } else {
+                self.errors += 1;
+            }
+        }
+    }
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -448,13 +461,7 @@ async fn datagram_client(
                 None => false,
             }
         };
-        if measuring.load(Ordering::Relaxed) {
-            if ok {
-                tally.latencies_ns.push(started.elapsed().as_nanos() as u64);
-            } else {
-                tally.errors += 1;
-            }
-        }
+        tally.record(measuring, started, ok);
     }
     Ok(tally)
 }
@@ -485,13 +492,7 @@ fn session_client(
             Scenario::Download { id, .. } => client.get(mboard_protocol::MessageId(*id)).is_ok(),
             _ => client.publish(&text).is_ok(),
         };
-        if measuring.load(Ordering::Relaxed) {
-            if ok {
-                tally.latencies_ns.push(started.elapsed().as_nanos() as u64);
-            } else {
-                tally.errors += 1;
-            }
-        }
+        tally.record(measuring, started, ok);
     }
     Ok(tally)
 }
