@@ -5,7 +5,7 @@
 //! handler runs the same under the UDP driver and in tests without sockets.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -83,115 +83,175 @@ impl<B: Board> Handler<B> {
         sessions.next_expiry()
     }
 
-    /// Answers one datagram from `from`; `None` means send nothing.
-    pub async fn handle(&self, now: Instant, from: SocketAddr, datagram: Bytes) -> Option<Bytes> {
+    /// Answers one datagram from `from`.
+    ///
+    /// Takes the handler by `Arc` because a reply that must be built as a download comes
+    /// back as [`Answer::Build`], which outlives this call.
+    pub async fn handle(
+        self: &Arc<Self>,
+        now: Instant,
+        from: SocketAddr,
+        datagram: Bytes,
+    ) -> Answer {
         let request = match Request::parse(datagram) {
             Ok(request) => request,
             Err(e) => {
                 debug!(%from, error = %e, "refused datagram");
-                return Some(error(e.code(), e.to_string()));
+                return Answer::Reply(error(e.code(), e.to_string()));
             }
         };
-        match request {
-            Request::Board(req) => Some(self.execute(now, from, req).await),
-            Request::Session(req) => {
-                let outcome = self.sessions().handle(now, from, req);
-                match outcome {
-                    Outcome::Reply(reply) => Some(reply),
-                    Outcome::Nothing => None,
-                    Outcome::Execute { sid, request } => {
-                        let reply = match Request::parse(request) {
-                            Ok(Request::Board(req)) => self.execute(now, from, req).await,
-                            Ok(Request::Session(_)) => {
-                                error(ErrorCode::UnknownControl, "not a board request")
-                            }
-                            Err(e) => error(e.code(), e.to_string()),
-                        };
-                        self.sessions().finish(sid, reply.clone());
-                        Some(reply)
-                    }
-                }
+        let req = match request {
+            Request::Board(req) => return self.execute(now, from, req).await,
+            Request::Session(req) => req,
+        };
+        let outcome = self.sessions().handle(now, from, req);
+        let (sid, request) = match outcome {
+            Outcome::Reply(reply) => return Answer::Reply(reply),
+            Outcome::Nothing => return Answer::Silent,
+            Outcome::Execute { sid, request } => (sid, request),
+        };
+        let answer = match Request::parse(request) {
+            Ok(Request::Board(req)) => self.execute(now, from, req).await,
+            Ok(Request::Session(_)) => {
+                Answer::Reply(error(ErrorCode::UnknownControl, "not a board request"))
             }
+            Err(e) => Answer::Reply(error(e.code(), e.to_string())),
+        };
+        // Whenever the reply is ready, it becomes what every later commit replays.
+        match answer {
+            Answer::Reply(reply) => {
+                self.sessions().finish(sid, reply.clone());
+                Answer::Reply(reply)
+            }
+            Answer::Build(build) => {
+                let this = self.clone();
+                Answer::Build(Box::new(move || {
+                    let reply = build();
+                    this.sessions().finish(sid, reply.clone());
+                    reply
+                }))
+            }
+            Answer::Silent => Answer::Silent,
         }
     }
 
-    /// Runs a layer-1 request and returns its reply, or a download offer if it is too large.
-    async fn execute(&self, now: Instant, from: SocketAddr, req: BoardRequest) -> Bytes {
+    /// Runs a layer-1 request; a reply too large for a datagram becomes a download.
+    async fn execute(
+        self: &Arc<Self>,
+        now: Instant,
+        from: SocketAddr,
+        req: BoardRequest,
+    ) -> Answer {
         match req {
-            BoardRequest::Publish(text) => match self.board.publish(from, text).await {
-                Ok(id) => Response::Published(id).to_bytes(),
-                Err(e) => storage_failure(&e),
-            },
+            BoardRequest::Publish(text) => {
+                Answer::Reply(match self.board.publish(from, text).await {
+                    Ok(id) => Response::Published(id).to_bytes(),
+                    Err(e) => storage_failure(&e),
+                })
+            }
             BoardRequest::Get(id) => match self.board.get(id) {
                 Ok(Some(entry)) => {
                     let size = 2 + entry.encoded_len() as u64;
-                    self.sized(now, from, size, |out| {
+                    self.sized(now, from, size, move |_, out| {
                         Response::Entry(entry).encode(out);
                         Ok(())
                     })
                 }
-                Ok(None) => error(ErrorCode::MsgNotFound, format!("no message {id}")),
-                Err(e) => storage_failure(&e),
+                Ok(None) => {
+                    Answer::Reply(error(ErrorCode::MsgNotFound, format!("no message {id}")))
+                }
+                Err(e) => Answer::Reply(storage_failure(&e)),
             },
             BoardRequest::Ids(n) => match self.board.span(n) {
                 Ok(span) => self.sized(
                     now,
                     from,
                     ids_reply_len(span.count, span.id_digits),
-                    |out| {
+                    move |_, out| {
                         encode_ids(span.ids(), out);
                         Ok(())
                     },
                 ),
-                Err(e) => storage_failure(&e),
+                Err(e) => Answer::Reply(storage_failure(&e)),
             },
             BoardRequest::Last(n) => match self.board.span(n) {
                 Ok(span) => self.sized(
                     now,
                     from,
                     messages_reply_len(span.count, span.records),
-                    |out| {
-                        encode_messages(self.board.messages(&span)?.iter(), out);
+                    move |board, out| {
+                        encode_messages(board.messages(&span)?.iter(), out);
                         Ok(())
                     },
                 ),
-                Err(e) => storage_failure(&e),
+                Err(e) => Answer::Reply(storage_failure(&e)),
             },
         }
     }
 
-    /// Builds a reply of a known `size`: directly if it fits a datagram, else as a download
-    /// reserved *before* building, so that an oversized reply is refused without copying.
-    fn sized(
-        &self,
-        now: Instant,
-        from: SocketAddr,
-        size: u64,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), BoardError>,
-    ) -> Bytes {
-        let reservation = if size > self.max_datagram as u64 {
-            match self.sessions().reserve(now, from, size) {
-                Ok(r) => Some(r),
-                Err(busy) => return busy,
-            }
-        } else {
-            None
+    /// A reply of a known `size`: built now if it fits a datagram; otherwise a download,
+    /// reserved now (so an oversized reply is refused before anything is copied) and built
+    /// later, off the receive loop.
+    fn sized<F>(self: &Arc<Self>, now: Instant, from: SocketAddr, size: u64, encode: F) -> Answer
+    where
+        F: FnOnce(&B, &mut Vec<u8>) -> Result<(), BoardError> + Send + 'static,
+    {
+        if size <= self.max_datagram as u64 {
+            let mut out = Vec::with_capacity(size as usize);
+            return Answer::Reply(match encode(&self.board, &mut out) {
+                Ok(()) => Bytes::from(out),
+                Err(e) => storage_failure(&e),
+            });
+        }
+        let reservation = match self.sessions().reserve(now, from, size) {
+            Ok(r) => r,
+            Err(busy) => return Answer::Reply(busy),
         };
-        let mut out = Vec::with_capacity(size as usize);
-        let built = encode(&mut out);
-        debug_assert!(
-            built.is_err() || out.len() as u64 == size,
-            "span disagrees with reply"
-        );
-        match (built, reservation) {
-            (Ok(()), None) => Bytes::from(out),
-            (Ok(()), Some(r)) => self.sessions().fill(r, Bytes::from(out)),
-            (Err(e), r) => {
-                if let Some(r) = r {
-                    self.sessions().cancel(r);
+        let this = self.clone();
+        Answer::Build(Box::new(move || {
+            let mut out = Vec::with_capacity(size as usize);
+            match encode(&this.board, &mut out) {
+                Ok(()) => {
+                    debug_assert_eq!(out.len() as u64, size, "span disagrees with reply");
+                    this.sessions().fill(reservation, Bytes::from(out))
                 }
-                storage_failure(&e)
+                Err(e) => {
+                    this.sessions().cancel(reservation);
+                    storage_failure(&e)
+                }
             }
+        }))
+    }
+}
+
+/// What to send back for one datagram.
+pub enum Answer {
+    /// Nothing (a commit that is already executing: the client's resend gets the reply).
+    Silent,
+    /// This reply, now.
+    Reply(Bytes),
+    /// A reply that takes a while to build (a large download): run this away from the
+    /// receive loop, such as on a blocking thread, then send what it returns.
+    Build(Box<dyn FnOnce() -> Bytes + Send>),
+}
+
+impl Answer {
+    /// The reply to send, building it here if need be.
+    pub fn resolve(self) -> Option<Bytes> {
+        match self {
+            Answer::Silent => None,
+            Answer::Reply(reply) => Some(reply),
+            Answer::Build(build) => Some(build()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Silent => f.write_str("Silent"),
+            Answer::Reply(reply) => f.debug_tuple("Reply").field(reply).finish(),
+            Answer::Build(_) => f.write_str("Build(..)"),
         }
     }
 }
@@ -214,8 +274,8 @@ mod tests {
             .block_on(f)
     }
 
-    fn ask<B: Board>(h: &Handler<B>, now: Instant, pdu: &[u8]) -> Option<Bytes> {
-        run(h.handle(now, from(), Bytes::copy_from_slice(pdu)))
+    fn ask<B: Board>(h: &Arc<Handler<B>>, now: Instant, pdu: &[u8]) -> Option<Bytes> {
+        run(h.handle(now, from(), Bytes::copy_from_slice(pdu))).resolve()
     }
 
     fn text(reply: Option<Bytes>) -> String {
@@ -248,7 +308,7 @@ mod tests {
 
     #[test]
     fn storage_failures_are_answered_and_release_reservations() {
-        let h = Handler::new(Broken, Limits::default(), 1);
+        let h = Arc::new(Handler::new(Broken, Limits::default(), 1));
         let now = Instant::now();
         assert_eq!(text(ask(&h, now, b"1:x")), "4:storage failure");
         assert_eq!(text(ask(&h, now, b"3:1")), "4:storage failure");
@@ -262,7 +322,7 @@ mod tests {
 
     #[test]
     fn assembled_requests_must_be_board_requests() {
-        let h = Handler::new(MemoryBoard::new(), Limits::default(), 1);
+        let h = Arc::new(Handler::new(MemoryBoard::new(), Limits::default(), 1));
         let now = Instant::now();
         for (pdu, want) in [
             (&b"a:1:1"[..], "3:not a board request"),
@@ -289,7 +349,7 @@ mod tests {
             max_session_memory: 10_000,
             ..Limits::default()
         };
-        let h = Handler::new(MemoryBoard::new(), limits, 1);
+        let h = Arc::new(Handler::new(MemoryBoard::new(), limits, 1));
         let now = Instant::now();
         assert_eq!(
             text(ask(&h, now, &[b"1:".as_slice(), &[b'x'; 2000]].concat())),

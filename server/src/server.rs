@@ -13,11 +13,12 @@ use tracing::{debug, error, info};
 
 use crate::board::{Board, MemoryBoard};
 use crate::config::{Config, ConfigError, Store};
-use crate::handler::Handler;
+use crate::handler::{Answer, Handler};
 use crate::journal::{Journal, JournalError};
 
-/// Publishes in flight at once when the board defers them; beyond this the receive loops
-/// wait, which pushes back on senders instead of queueing without bound.
+/// Requests handled in their own tasks at once (publishes waiting for the journal, large
+/// replies being built); beyond this the receive loops wait, which pushes back on senders
+/// instead of queueing without bound.
 const DEFERRED_MAX: usize = 4_096;
 
 /// Why the server stopped other than by being asked to.
@@ -142,18 +143,45 @@ async fn receive_loop<B: Board>(
                 .map_err(io::Error::other)?;
             let (socket, handler) = (socket.clone(), handler.clone());
             tokio::spawn(async move {
-                if let Some(reply) = handler.handle(Instant::now(), from, datagram).await {
-                    // Only this reply is lost if sending fails; the loop reports fatal errors.
-                    let _ = reply_to(&socket, &reply, from).await;
-                }
+                let answer = handler.handle(Instant::now(), from, datagram).await;
+                // Only this reply is lost if sending fails; the loop reports fatal errors.
+                let _ = deliver(&socket, answer, from).await;
                 drop(permit);
             });
             continue;
         }
-        if let Some(reply) = handler.handle(Instant::now(), from, datagram).await {
-            reply_to(&socket, &reply, from).await?;
+        match handler.handle(Instant::now(), from, datagram).await {
+            Answer::Silent => {}
+            Answer::Reply(reply) => reply_to(&socket, &reply, from).await?,
+            // A large reply is copied on a blocking thread and sent from its own task, so a
+            // burst of them cannot occupy the receive loops. Each holds a reservation in
+            // the session budget, which bounds how many can exist.
+            build @ Answer::Build(_) => {
+                let permit = deferred
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(io::Error::other)?;
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    let _ = deliver(&socket, build, from).await;
+                    drop(permit);
+                });
+            }
         }
     }
+}
+
+/// Sends an answer, building it on a blocking thread first if it is a large one.
+async fn deliver(socket: &UdpSocket, answer: Answer, to: std::net::SocketAddr) -> io::Result<()> {
+    let reply = match answer {
+        Answer::Silent => return Ok(()),
+        Answer::Reply(reply) => reply,
+        Answer::Build(build) => tokio::task::spawn_blocking(build)
+            .await
+            .map_err(io::Error::other)?,
+    };
+    reply_to(socket, &reply, to).await
 }
 
 async fn reply_to(socket: &UdpSocket, reply: &[u8], to: std::net::SocketAddr) -> io::Result<()> {
