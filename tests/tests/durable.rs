@@ -274,3 +274,13 @@ fn fsync_never_also_survives_a_process_crash() {
             .all(|(i, m)| m.entry.text == format!("n{i}").as_bytes())
     );
 }
+
+#[test]
+fn an_unusable_data_directory_is_named_in_the_error() {
+    let Err((code, log)) = ServerProcess::start(&["--data-dir", "/proc/mboard-cannot-be-here"])
+    else {
+        panic!("a data directory that cannot be created must stop start-up")
+    };
+    assert_ne!(code, Some(0));
+    assert!(log.contains("/proc/mboard-cannot-be-here"), "{log}");
+}

@@ -198,4 +198,23 @@ fn the_binary_refuses_bad_options_clearly() {
         .output()
         .expect("run mboard-server");
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+    let out = Command::new(binary("mboard-server"))
+        .args(["--fsync", "sometimes"])
+        .output()
+        .expect("run mboard-server");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown fsync policy \"sometimes\" (use always or never)"),
+        "{err}"
+    );
+    let out = Command::new(binary("mboard-server"))
+        .args(["--in-memory", "--data-dir", "/tmp/x"])
+        .output()
+        .expect("run mboard-server");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a memory board takes no data directory"
+    );
 }
