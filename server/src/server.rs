@@ -136,18 +136,9 @@ async fn receive_loop<B: Board>(
         // group commit; run it as its own task so this loop keeps receiving, and so that
         // concurrent publishes can share one fsync.
         if handler.board().defers_publish() && matches!(datagram.first(), Some(b'1' | b'c')) {
-            let permit = deferred
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(io::Error::other)?;
-            let (socket, handler) = (socket.clone(), handler.clone());
-            tokio::spawn(async move {
-                let answer = handler.handle(Instant::now(), from, datagram).await;
-                // Only this reply is lost if sending fails; the loop reports fatal errors.
-                let _ = deliver(&socket, answer, from).await;
-                drop(permit);
-            });
+            let handler = handler.clone();
+            let work = async move { handler.handle(Instant::now(), from, datagram).await };
+            detach(&deferred, &socket, from, work).await?;
             continue;
         }
         match handler.handle(Instant::now(), from, datagram).await {
@@ -157,19 +148,34 @@ async fn receive_loop<B: Board>(
             // burst of them cannot occupy the receive loops. Each holds a reservation in
             // the session budget, which bounds how many can exist.
             build @ Answer::Build(_) => {
-                let permit = deferred
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(io::Error::other)?;
-                let socket = socket.clone();
-                tokio::spawn(async move {
-                    let _ = deliver(&socket, build, from).await;
-                    drop(permit);
-                });
+                detach(&deferred, &socket, from, std::future::ready(build)).await?
             }
         }
     }
+}
+
+/// Runs `work` in a task of its own, under a permit, and sends what it answers to `to`.
+///
+/// Waits for a permit first, so that a flood of such requests slows the receive loop
+/// rather than piling up tasks.
+async fn detach(
+    deferred: &Arc<Semaphore>,
+    socket: &Arc<UdpSocket>,
+    to: std::net::SocketAddr,
+    work: impl Future<Output = Answer> + Send + 'static,
+) -> io::Result<()> {
+    let permit = deferred
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(io::Error::other)?;
+    let socket = socket.clone();
+    tokio::spawn(async move {
+        // Only this reply is lost if sending fails; the loop reports fatal socket errors.
+        let _ = deliver(&socket, work.await, to).await;
+        drop(permit);
+    });
+    Ok(())
 }
 
 /// Sends an answer, building it on a blocking thread first if it is a large one.
