@@ -24,6 +24,17 @@ pub struct Limits {
     pub session_timeout: Duration,
     /// Largest response sent as one datagram; larger ones become download offers.
     pub max_datagram: usize,
+    /// An address not yet validated is sent at most this many times the bytes of its
+    /// request (or 64 bytes, whichever is more); larger replies become download offers.
+    /// 0 turns the rule off.
+    pub amplification_factor: u32,
+    /// Apply the amplification rule to loopback sources too (they cannot be spoofed from
+    /// another host, so they are exempt unless this is set).
+    pub amplification_loopback: bool,
+    /// How long an address stays validated after it last echoed one of our session ids.
+    pub validation_ttl: Duration,
+    /// Validated addresses remembered at once; beyond it new ones stay unvalidated.
+    pub max_validated: usize,
 }
 
 impl Default for Limits {
@@ -35,9 +46,17 @@ impl Default for Limits {
             max_sessions: 100_000,
             session_timeout: Duration::from_secs(30),
             max_datagram: 1_472,
+            amplification_factor: 3,
+            amplification_loopback: false,
+            validation_ttl: Duration::from_secs(600),
+            max_validated: 65_536,
         }
     }
 }
+
+/// Replies up to this size go to any address: session opens, acknowledgements, errors and
+/// download offers all fit, so a client can always reach the step that validates it.
+pub const AMPLIFICATION_FLOOR: usize = 64;
 
 /// The smallest `max_datagram` allowed: room for an offer, an error and a useful block.
 pub const MIN_DATAGRAM: usize = 128;
@@ -78,6 +97,24 @@ impl Limits {
             return Err(ConfigError::Timeout);
         }
         Ok(())
+    }
+
+    /// The most bytes an unvalidated `from` may be sent for a request of `request_len`
+    /// bytes, or `None` when the rule does not apply to it.
+    pub fn amplification_allowance(
+        &self,
+        from: std::net::SocketAddr,
+        request_len: usize,
+    ) -> Option<usize> {
+        if self.amplification_factor == 0
+            || (from.ip().is_loopback() && !self.amplification_loopback)
+        {
+            return None;
+        }
+        Some(
+            (request_len.saturating_mul(self.amplification_factor as usize))
+                .max(AMPLIFICATION_FLOOR),
+        )
     }
 
     /// Block size of download offers: a `g:` reply with the widest index still fits.

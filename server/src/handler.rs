@@ -25,8 +25,7 @@ pub struct Handler<B> {
     board: B,
     /// Held only for table operations, never across an await or a board call.
     sessions: Mutex<SessionManager>,
-    max_datagram: usize,
-    session_timeout: Duration,
+    limits: Limits,
 }
 
 fn error(code: ErrorCode, reason: impl Into<Bytes>) -> Bytes {
@@ -41,18 +40,16 @@ fn storage_failure(e: &BoardError) -> Bytes {
 impl<B: Board> Handler<B> {
     /// A handler over `board` with these limits; `seed` seeds session ids.
     pub fn new(board: B, limits: Limits, seed: u64) -> Self {
-        let (max_datagram, session_timeout) = (limits.max_datagram, limits.session_timeout);
         Handler {
             board,
-            sessions: Mutex::new(SessionManager::new(limits, seed)),
-            max_datagram,
-            session_timeout,
+            sessions: Mutex::new(SessionManager::new(limits.clone(), seed)),
+            limits,
         }
     }
 
     /// How long an idle session lives.
     pub fn session_timeout(&self) -> Duration {
-        self.session_timeout
+        self.limits.session_timeout
     }
 
     /// The board this handler serves.
@@ -93,6 +90,41 @@ impl<B: Board> Handler<B> {
         from: SocketAddr,
         datagram: Bytes,
     ) -> Answer {
+        let request_len = datagram.len();
+        let answer = self.answer(now, from, datagram).await;
+        self.limit_amplification(now, from, request_len, answer)
+    }
+
+    /// Keeps what an unvalidated address is sent within the amplification allowance.
+    ///
+    /// A spoofed request makes us send to its victim; until an address has echoed a
+    /// session id we sent it, a direct reply larger than the allowance goes out as a
+    /// download offer instead, which only the real requester will follow. Offers, errors,
+    /// session opens and acknowledgements fit in the allowance's 64-byte floor.
+    fn limit_amplification(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        request_len: usize,
+        answer: Answer,
+    ) -> Answer {
+        let Answer::Reply(reply) = answer else {
+            return answer;
+        };
+        match self.limits.amplification_allowance(from, request_len) {
+            Some(allowance) if reply.len() > allowance => {
+                let mut sessions = self.sessions();
+                if sessions.is_validated(from, now) {
+                    Answer::Reply(reply)
+                } else {
+                    Answer::Reply(sessions.offer(now, from, reply))
+                }
+            }
+            _ => Answer::Reply(reply),
+        }
+    }
+
+    async fn answer(self: &Arc<Self>, now: Instant, from: SocketAddr, datagram: Bytes) -> Answer {
         let request = match Request::parse(datagram) {
             Ok(request) => request,
             Err(e) => {
@@ -196,7 +228,7 @@ impl<B: Board> Handler<B> {
     where
         F: FnOnce(&B, &mut Vec<u8>) -> Result<(), BoardError> + Send + 'static,
     {
-        if size <= self.max_datagram as u64 {
+        if size <= self.limits.max_datagram as u64 {
             let mut out = Vec::with_capacity(size as usize);
             return Answer::Reply(match encode(&self.board, &mut out) {
                 Ok(()) => Bytes::from(out),

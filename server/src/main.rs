@@ -56,6 +56,24 @@ struct Args {
     #[arg(long, default_value_t = Limits::default().max_sessions)]
     max_sessions: u32,
 
+    /// Until an address has proved it receives our datagrams, send it at most this many
+    /// times the bytes of its request (or 64 bytes); larger replies become download
+    /// offers. 0 turns the rule off.
+    #[arg(long, default_value_t = Limits::default().amplification_factor)]
+    amplification_factor: u32,
+
+    /// Apply the amplification rule to loopback sources too (exempt by default).
+    #[arg(long)]
+    amplification_loopback: bool,
+
+    /// How long an address stays validated after echoing one of our session ids.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    validation_ttl: Duration,
+
+    /// Validated addresses remembered at once.
+    #[arg(long, default_value_t = Limits::default().max_validated)]
+    max_validated: usize,
+
     /// Receive loops sharing the socket (default: twice the number of cores).
     #[arg(long)]
     workers: Option<usize>,
@@ -96,6 +114,10 @@ fn main() -> anyhow::Result<()> {
             max_sessions: args.max_sessions,
             session_timeout: args.session_timeout,
             max_datagram: args.max_datagram,
+            amplification_factor: args.amplification_factor,
+            amplification_loopback: args.amplification_loopback,
+            validation_ttl: args.validation_ttl,
+            max_validated: args.max_validated,
         },
         workers: args.workers.unwrap_or(defaults.workers),
         seed: None,

@@ -119,6 +119,8 @@ pub struct SessionManager {
     reserved: u64,
     /// Deadlines, possibly stale: an entry is checked against the session when it comes due.
     expiry: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    /// Addresses that echoed a session id we sent them, until when.
+    validated: HashMap<SocketAddr, Instant>,
 }
 
 fn reply(r: Response) -> Bytes {
@@ -143,6 +145,7 @@ impl SessionManager {
             per_source: HashMap::new(),
             reserved: 0,
             expiry: BinaryHeap::new(),
+            validated: HashMap::new(),
         }
     }
 
@@ -215,6 +218,11 @@ impl SessionManager {
             ));
         }
         session.last_seen = now;
+        // Only the address the id was sent to could echo it: it receives our datagrams.
+        self.validate(from, now);
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return Outcome::Nothing;
+        };
         match req {
             SessionRequest::Open { .. } => Outcome::Nothing,
             SessionRequest::Block { index, data, .. } => {
@@ -382,6 +390,27 @@ impl SessionManager {
         match self.reserve(now, from, data.len() as u64) {
             Ok(r) => self.fill(r, data),
             Err(busy) => busy,
+        }
+    }
+
+    /// Whether `from` has proved, recently enough, that it receives what we send it.
+    pub fn is_validated(&self, from: SocketAddr, now: Instant) -> bool {
+        self.validated.get(&from).is_some_and(|&until| until > now)
+    }
+
+    fn validate(&mut self, from: SocketAddr, now: Instant) {
+        let until = now + self.limits.validation_ttl;
+        if let Some(slot) = self.validated.get_mut(&from) {
+            *slot = until;
+            return;
+        }
+        if self.validated.len() >= self.limits.max_validated {
+            self.validated.retain(|_, until| *until > now);
+        }
+        // A full table of live entries leaves newcomers unvalidated: they still get every
+        // reply, only large ones as offers.
+        if self.validated.len() < self.limits.max_validated {
+            self.validated.insert(from, until);
         }
     }
 
@@ -852,6 +881,47 @@ mod tests {
         assert_eq!(x, y);
         assert_eq!(x.0.get_version_num(), 4);
         assert_ne!(a.open(addr(1), 5, 5), x);
+    }
+
+    #[test]
+    fn echoing_a_session_id_validates_the_address_for_a_while() {
+        let limits = Limits {
+            validation_ttl: Duration::from_secs(10),
+            max_validated: 2,
+            ..Limits::default()
+        };
+        let mut sim = Sim::new(limits);
+        let (owner, other) = (addr(1000), addr(1001));
+        let sid = sim.open(owner, 10, 10);
+        assert!(
+            !sim.mgr.is_validated(owner, sim.now),
+            "an open alone proves nothing"
+        );
+        sim.reply(other, format!("c:{sid}"));
+        assert!(
+            !sim.mgr.is_validated(other, sim.now),
+            "a foreign echo proves nothing"
+        );
+        sim.reply(owner, format!("c:{sid}"));
+        assert!(sim.mgr.is_validated(owner, sim.now));
+        sim.advance(Duration::from_millis(9_999));
+        assert!(sim.mgr.is_validated(owner, sim.now));
+        sim.advance(Duration::from_millis(1));
+        assert!(!sim.mgr.is_validated(owner, sim.now), "validation lapses");
+        // The table is bounded: a third live address is not remembered.
+        for (i, port) in [2000u16, 2001, 2002].into_iter().enumerate() {
+            let a = addr(port);
+            let sid = sim.open(a, 10, 10);
+            sim.reply(a, format!("x:{sid}"));
+            assert_eq!(sim.mgr.is_validated(a, sim.now), i < 2, "address {i}");
+        }
+        assert!(sim.mgr.validated.len() <= 2);
+        // Once entries lapse, there is room again.
+        sim.advance(Duration::from_secs(10));
+        let a = addr(2003);
+        let sid = sim.open(a, 10, 10);
+        sim.reply(a, format!("x:{sid}"));
+        assert!(sim.mgr.is_validated(a, sim.now));
     }
 
     #[test]
