@@ -5,6 +5,7 @@ use std::time::Duration;
 use mboard_protocol::{DATA_HEADER_MAX, MAX_DATAGRAM};
 
 use crate::journal::JournalConfig;
+use crate::limiter::RateLimit;
 
 /// Limits on sessions and datagrams.
 ///
@@ -133,13 +134,15 @@ pub enum Store {
 }
 
 /// Everything [`crate::run`] needs besides the socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Where the board is kept.
     pub store: Store,
     /// Session and datagram limits.
     pub limits: Limits,
-    /// Receive loops sharing the socket; a slow request occupies one of them.
+    /// Per-source rate limit on incoming datagrams.
+    pub rate_limit: RateLimit,
+    /// Receive loops sharing the socket.
     pub workers: usize,
     /// Seed for session ids; `None` seeds from the operating system.
     pub seed: Option<u64>,
@@ -151,6 +154,7 @@ impl Default for Config {
         Config {
             store: Store::Memory,
             limits: Limits::default(),
+            rate_limit: RateLimit::default(),
             workers: 2 * cores,
             seed: None,
         }

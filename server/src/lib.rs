@@ -8,9 +8,11 @@ pub mod board;
 pub mod config;
 pub mod handler;
 pub mod journal;
+pub mod limiter;
 mod server;
 pub mod session;
 
 pub use config::{Config, ConfigError, Limits, Store};
 pub use journal::{Fsync, JournalConfig};
+pub use limiter::RateLimit;
 pub use server::{ServerError, run, serve};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use mboard_server::{Config, Fsync, JournalConfig, Limits, Store};
+use mboard_server::{Config, Fsync, JournalConfig, Limits, RateLimit, Store};
 use tokio::net::UdpSocket;
 use tracing_subscriber::EnvFilter;
 
@@ -74,6 +74,19 @@ struct Args {
     #[arg(long, default_value_t = Limits::default().max_validated)]
     max_validated: usize,
 
+    /// Datagrams per second one source address may sustain; more are dropped without a
+    /// reply (0 turns rate limiting off).
+    #[arg(long, default_value_t = RateLimit::default().rate)]
+    rate_limit: f64,
+
+    /// Datagrams one source address may send at once after being quiet.
+    #[arg(long, default_value_t = RateLimit::default().burst)]
+    rate_burst: f64,
+
+    /// Source addresses the rate limiter tracks at once.
+    #[arg(long, default_value_t = RateLimit::default().max_sources)]
+    rate_sources: usize,
+
     /// Receive loops sharing the socket (default: twice the number of cores).
     #[arg(long)]
     workers: Option<usize>,
@@ -118,6 +131,11 @@ fn main() -> anyhow::Result<()> {
             amplification_loopback: args.amplification_loopback,
             validation_ttl: args.validation_ttl,
             max_validated: args.max_validated,
+        },
+        rate_limit: RateLimit {
+            rate: args.rate_limit,
+            burst: args.rate_burst,
+            max_sources: args.rate_sources,
         },
         workers: args.workers.unwrap_or(defaults.workers),
         seed: None,

@@ -9,12 +9,13 @@ use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::board::{Board, MemoryBoard};
 use crate::config::{Config, ConfigError, Store};
 use crate::handler::{Answer, Handler};
 use crate::journal::{Journal, JournalError};
+use crate::limiter::{RateLimit, RateLimiter};
 
 /// Requests handled in their own tasks at once (publishes waiting for the journal, large
 /// replies being built); beyond this the receive loops wait, which pushes back on senders
@@ -49,7 +50,7 @@ pub async fn run(
     match &config.store {
         Store::Memory => {
             let handler = Arc::new(Handler::new(MemoryBoard::new(), config.limits, seed));
-            serve(socket, handler, workers, shutdown).await
+            serve(socket, handler, workers, config.rate_limit, shutdown).await
         }
         Store::Journal(journal) => {
             // Replay reads the whole file: keep it off the async workers.
@@ -58,7 +59,7 @@ pub async fn run(
                 .await
                 .map_err(io::Error::other)??;
             let handler = Arc::new(Handler::new(board, config.limits, seed));
-            serve(socket, handler, workers, shutdown).await
+            serve(socket, handler, workers, config.rate_limit, shutdown).await
         }
     }
 }
@@ -68,17 +69,21 @@ pub async fn serve<B: Board>(
     socket: UdpSocket,
     handler: Arc<Handler<B>>,
     workers: usize,
+    rate_limit: RateLimit,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let socket = Arc::new(socket);
     info!(addr = %socket.local_addr()?, workers, "serving");
     let mut tasks = JoinSet::new();
     let deferred = Arc::new(Semaphore::new(DEFERRED_MAX));
+    let limiter = Arc::new(RateLimiter::new(rate_limit));
+    tasks.spawn(report_drops(limiter.clone()));
     for _ in 0..workers {
         tasks.spawn(receive_loop(
             socket.clone(),
             handler.clone(),
             deferred.clone(),
+            limiter.clone(),
         ));
     }
     tasks.spawn(expiry_loop(handler.clone()));
@@ -118,6 +123,7 @@ async fn receive_loop<B: Board>(
     socket: Arc<UdpSocket>,
     handler: Arc<Handler<B>>,
     deferred: Arc<Semaphore>,
+    limiter: Arc<RateLimiter>,
 ) -> io::Result<()> {
     // Room for the largest datagram the kernel can hand us, IPv6 included.
     let mut buf = vec![0u8; 65_536];
@@ -130,6 +136,10 @@ async fn receive_loop<B: Board>(
             }
             Err(e) => return Err(e),
         };
+        // Over its source's limit: dropped without a reply (and counted), before any work.
+        if !limiter.allow(from, Instant::now()) {
+            continue;
+        }
         // One copy per datagram: published text keeps exactly its own bytes alive.
         let datagram = Bytes::copy_from_slice(&buf[..len]);
         // A publish (or a commit, which may be one) on a disk-backed board waits for its
@@ -198,6 +208,25 @@ async fn reply_to(socket: &UdpSocket, reply: &[u8], to: std::net::SocketAddr) ->
             Ok(())
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Says, at most once a second, how many datagrams the rate limit dropped.
+async fn report_drops(limiter: Arc<RateLimiter>) -> io::Result<()> {
+    let mut reported = (0, 0);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = (limiter.dropped(), limiter.untracked());
+        if now != reported {
+            warn!(
+                dropped = now.0 - reported.0,
+                untracked = now.1 - reported.1,
+                sources = limiter.sources(),
+                "rate limit: datagrams dropped in the last second (untracked: let through, table full)"
+            );
+            reported = now;
+        }
     }
 }
 

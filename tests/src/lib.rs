@@ -49,6 +49,7 @@ impl TestServer {
         let config = Config {
             store,
             limits,
+            rate_limit: mboard_server::RateLimit::default(),
             workers: 2,
             seed: Some(42),
         };

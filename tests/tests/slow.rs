@@ -70,9 +70,15 @@ fn slow_replies_do_not_hold_up_fast_ones() {
             let handler = Arc::new(Handler::new(SlowBoard::new(), Limits::default(), 1));
             // Two receive loops, so that six slow requests would occupy them all if
             // they were built inline.
-            mboard_server::serve(socket, handler, 2, async {
-                let _ = stopped.await;
-            })
+            mboard_server::serve(
+                socket,
+                handler,
+                2,
+                mboard_server::RateLimit::default(),
+                async {
+                    let _ = stopped.await;
+                },
+            )
             .await
             .expect("serve");
         });
