@@ -184,9 +184,12 @@ impl SessionManager {
         }
         let block_size = block_size.min(MAX_BLOCK_SIZE);
         let shape = Shape { size, block_size };
-        // The bitmap is part of the cost: `a:<16 MiB>:1` needs 2 MiB of it.
+        // The bitmap is part of the cost: `a:<16 MiB>:1` needs 2 MiB of it. And at least one
+        // response datagram is reserved, so that the committed reply (which replaces the
+        // upload) always fits in what the session already holds: the budget is never
+        // exceeded, not even briefly.
         let have_words = shape.blocks().div_ceil(64);
-        let cost = size + have_words * 8;
+        let cost = (size + have_words * 8).max(self.limits.max_datagram as u64);
         let Some(sid) = self.admit(now, from, cost) else {
             return Outcome::Reply(busy());
         };
@@ -321,7 +324,12 @@ impl SessionManager {
             return;
         };
         if let State::Executing(shape) = session.state {
-            let cost = response.len() as u64;
+            // Replies are at most a datagram (larger ones are offers), within the reservation.
+            debug_assert!(
+                response.len() as u64 <= session.reserved,
+                "reply larger than its reservation"
+            );
+            let cost = (response.len() as u64).min(session.reserved);
             self.reserved = self.reserved - session.reserved + cost;
             session.reserved = cost;
             session.state = State::Committed {
@@ -826,6 +834,27 @@ mod tests {
             .expect("room after close");
         sim.mgr.cancel(r);
         assert_eq!(sim.mgr.stats().sessions, 1);
+    }
+
+    #[test]
+    fn an_upload_reserves_room_for_its_reply() {
+        // A 3-byte upload whose reply may be a whole datagram: the reservation covers the
+        // reply, so committing never takes the budget past its limit.
+        let mut sim = Sim::new(Limits {
+            max_session_memory: 2_000,
+            ..Limits::default()
+        });
+        let c = addr(1000);
+        let sid = sim.open(c, 3, 3);
+        assert_eq!(sim.mgr.stats().reserved, 1_472);
+        assert_eq!(
+            sim.reply(c, "a:3:3"),
+            "4:busy",
+            "a second one would not fit"
+        );
+        sim.reply(c, block(sid, 0, b"4:0"));
+        sim.commit_and_run(c, sid, b"0:big reply");
+        assert_eq!(sim.mgr.stats().reserved, 11);
     }
 
     #[test]
