@@ -42,17 +42,45 @@ impl TestServer {
 
     /// A server on `listen` keeping its board in `store`.
     pub fn with_store(listen: &str, store: Store, limits: Limits) -> Self {
+        let rate_limit = mboard_server::RateLimit::default();
+        let config = Config {
+            store,
+            limits,
+            rate_limit,
+            workers: 2,
+            seed: Some(42),
+        };
+        Self::spawn(listen, move |socket, shutdown| {
+            mboard_server::run(socket, config, shutdown)
+        })
+    }
+
+    /// A server on 127.0.0.1:0 answering through `handler`, over any board.
+    pub fn serving<B: mboard_server::board::Board>(
+        handler: std::sync::Arc<mboard_server::handler::Handler<B>>,
+    ) -> Self {
+        let rate_limit = mboard_server::RateLimit::default();
+        Self::spawn("127.0.0.1:0", move |socket, shutdown| {
+            mboard_server::serve(socket, handler, 2, rate_limit, shutdown)
+        })
+    }
+
+    /// Binds `listen` and runs the server `start` builds on a two-thread runtime of its
+    /// own, until the `TestServer` is dropped.
+    fn spawn<F, Fut>(listen: &str, start: F) -> Self
+    where
+        F: FnOnce(
+                tokio::net::UdpSocket,
+                std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+            ) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = Result<(), mboard_server::ServerError>>,
+    {
         let std_socket = UdpSocket::bind(listen).expect("bind test server");
         std_socket.set_nonblocking(true).expect("nonblocking");
         let addr = std_socket.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = Config {
-            store,
-            limits,
-            rate_limit: mboard_server::RateLimit::default(),
-            workers: 2,
-            seed: Some(42),
-        };
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -61,12 +89,10 @@ impl TestServer {
                 .expect("runtime");
             runtime.block_on(async move {
                 let socket = tokio::net::UdpSocket::from_std(std_socket).expect("tokio socket");
-                let shutdown = async {
+                let shutdown = Box::pin(async {
                     let _ = stopped.await;
-                };
-                mboard_server::run(socket, config, shutdown)
-                    .await
-                    .expect("server ran");
+                });
+                start(socket, shutdown).await.expect("server ran");
             });
         });
         TestServer {

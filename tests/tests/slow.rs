@@ -1,6 +1,6 @@
 //! A slow request never stalls the others: large replies are built off the receive loops.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use mboard_protocol::{Entry, Message, MessageId, Timestamp};
 use mboard_server::Limits;
 use mboard_server::board::{Board, BoardError, Span};
 use mboard_server::handler::Handler;
-use mboard_tests::Peer;
+use mboard_tests::{Peer, TestServer};
 
 /// One message, whose bulk read (`4:`) takes two seconds, like a cold disk.
 struct SlowBoard {
@@ -55,34 +55,14 @@ impl Board for SlowBoard {
 
 #[test]
 fn slow_replies_do_not_hold_up_fast_ones() {
-    let std_socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    std_socket.set_nonblocking(true).expect("nonblocking");
-    let addr = std_socket.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(async move {
-            let socket = tokio::net::UdpSocket::from_std(std_socket).expect("socket");
-            let handler = Arc::new(Handler::new(SlowBoard::new(), Limits::default(), 1));
-            // Two receive loops, so that six slow requests would occupy them all if
-            // they were built inline.
-            mboard_server::serve(
-                socket,
-                handler,
-                2,
-                mboard_server::RateLimit::default(),
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-            .expect("serve");
-        });
-    });
+    // Two receive loops, so that six slow requests would occupy them all if they were
+    // built inline.
+    let server = TestServer::serving(Arc::new(Handler::new(
+        SlowBoard::new(),
+        Limits::default(),
+        1,
+    )));
+    let addr = server.addr;
 
     let slow: Vec<Peer> = (0..6).map(|_| Peer::new(addr)).collect();
     for p in &slow {
@@ -111,6 +91,4 @@ fn slow_replies_do_not_hold_up_fast_ones() {
             String::from_utf8_lossy(&reply)
         );
     }
-    let _ = stop.send(());
-    server.join().expect("server thread");
 }
