@@ -65,6 +65,11 @@ pub trait Board: Send + Sync + 'static {
         false
     }
 
+    /// Adds this board's own metrics (a journal's fsyncs, say) to `registry`.
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let _ = registry;
+    }
+
     /// Stores `text` published from `from` and returns its id once it is stored.
     fn publish(
         &self,

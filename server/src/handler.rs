@@ -5,6 +5,7 @@
 //! handler runs the same under the UDP driver and in tests without sockets.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ pub struct Handler<B> {
     /// Held only for table operations, never across an await or a board call.
     sessions: Mutex<SessionManager>,
     limits: Limits,
+    /// Messages published through this handler, for metrics.
+    publishes: AtomicU64,
 }
 
 fn error(code: ErrorCode, reason: impl Into<Bytes>) -> Bytes {
@@ -44,7 +47,18 @@ impl<B: Board> Handler<B> {
             board,
             sessions: Mutex::new(SessionManager::new(limits.clone(), seed)),
             limits,
+            publishes: AtomicU64::new(0),
         }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Messages published (acknowledged) through this handler.
+    pub fn publishes(&self) -> u64 {
+        self.publishes.load(Ordering::Relaxed)
     }
 
     /// How long an idle session lives.
@@ -177,7 +191,10 @@ impl<B: Board> Handler<B> {
         match req {
             BoardRequest::Publish(text) => {
                 Answer::Reply(match self.board.publish(from, text).await {
-                    Ok(id) => Response::Published(id).to_bytes(),
+                    Ok(id) => {
+                        self.publishes.fetch_add(1, Ordering::Relaxed);
+                        Response::Published(id).to_bytes()
+                    }
                     Err(e) => storage_failure(&e),
                 })
             }

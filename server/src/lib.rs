@@ -9,10 +9,11 @@ pub mod config;
 pub mod handler;
 pub mod journal;
 pub mod limiter;
+pub mod metrics;
 mod server;
 pub mod session;
 
 pub use config::{Config, ConfigError, Limits, Store};
 pub use journal::{Fsync, JournalConfig};
 pub use limiter::RateLimit;
-pub use server::{ServerError, run, serve};
+pub use server::{Listeners, ServerError, run, serve};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use mboard_server::{Config, Fsync, JournalConfig, Limits, RateLimit, Store};
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tracing_subscriber::EnvFilter;
 
 /// Message board over UDP: layer-1 board requests and layer-2 sessions on one port.
@@ -87,6 +87,11 @@ struct Args {
     #[arg(long, default_value_t = RateLimit::default().max_sources)]
     rate_sources: usize,
 
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (off by default; keep ADDR
+    /// private, e.g. `127.0.0.1:9477`).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+
     /// Receive loops sharing the socket (default: twice the number of cores).
     #[arg(long)]
     workers: Option<usize>,
@@ -146,10 +151,19 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let socket = UdpSocket::bind(args.listen)
+        let udp = UdpSocket::bind(args.listen)
             .await
             .with_context(|| format!("cannot bind {}", args.listen))?;
-        mboard_server::run(socket, config, shutdown_signal()).await?;
+        let metrics = match args.metrics {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind metrics address {addr}"))?,
+            ),
+            None => None,
+        };
+        let listeners = mboard_server::Listeners { udp, metrics };
+        mboard_server::run(listeners, config, shutdown_signal()).await?;
         Ok(())
     })
 }

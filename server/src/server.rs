@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::net::UdpSocket;
+use prometheus_client::registry::Registry;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
@@ -16,6 +17,7 @@ use crate::config::{Config, ConfigError, Store};
 use crate::handler::{Answer, Handler};
 use crate::journal::{Journal, JournalError};
 use crate::limiter::{RateLimit, RateLimiter};
+use crate::metrics::{DropReason, Metrics, ServerCollector, Shard, request_type, serve_metrics};
 
 /// Requests handled in their own tasks at once (publishes waiting for the journal, large
 /// replies being built); beyond this the receive loops wait, which pushes back on senders
@@ -36,14 +38,33 @@ pub enum ServerError {
     Journal(#[from] JournalError),
 }
 
-/// Serves the board on `socket` until `shutdown` resolves or the socket fails.
+/// Where the server listens: the board's UDP socket, and optionally a TCP listener for
+/// the metrics endpoint (`--metrics`).
+///
+/// A bare [`UdpSocket`] converts into one without metrics.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The board's socket.
+    pub udp: UdpSocket,
+    /// Where `GET /metrics` is served, if anywhere.
+    pub metrics: Option<TcpListener>,
+}
+
+impl From<UdpSocket> for Listeners {
+    fn from(udp: UdpSocket) -> Self {
+        Listeners { udp, metrics: None }
+    }
+}
+
+/// Serves the board on `listeners` until `shutdown` resolves or the socket fails.
 ///
 /// `main` and the tests both start the server through here.
 pub async fn run(
-    socket: UdpSocket,
+    listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let socket = listeners.into();
     config.limits.validate()?;
     let seed = config.seed.unwrap_or_else(rand::random);
     let workers = config.workers.max(1);
@@ -64,26 +85,43 @@ pub async fn run(
     }
 }
 
-/// Serves an existing handler (and so any board) on `socket`.
+/// Serves an existing handler (and so any board) on `listeners`.
 pub async fn serve<B: Board>(
-    socket: UdpSocket,
+    listeners: impl Into<Listeners>,
     handler: Arc<Handler<B>>,
     workers: usize,
     rate_limit: RateLimit,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let socket = Arc::new(socket);
+    let Listeners { udp, metrics } = listeners.into();
+    let socket = Arc::new(udp);
     info!(addr = %socket.local_addr()?, workers, "serving");
     let mut tasks = JoinSet::new();
     let deferred = Arc::new(Semaphore::new(DEFERRED_MAX));
     let limiter = Arc::new(RateLimiter::new(rate_limit));
+    let counters = Arc::new(Metrics::new(workers));
     tasks.spawn(report_drops(limiter.clone()));
-    for _ in 0..workers {
+    if let Some(listener) = metrics {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ServerCollector {
+            metrics: counters.clone(),
+            handler: handler.clone(),
+            limiter: limiter.clone(),
+            socket: socket.clone(),
+        }));
+        handler.board().register_metrics(&mut registry);
+        tasks.spawn(serve_metrics(listener, registry));
+    }
+    for shard in 0..workers {
         tasks.spawn(receive_loop(
             socket.clone(),
             handler.clone(),
             deferred.clone(),
             limiter.clone(),
+            Tally {
+                metrics: counters.clone(),
+                shard,
+            },
         ));
     }
     tasks.spawn(expiry_loop(handler.clone()));
@@ -119,19 +157,35 @@ fn transient(e: &io::Error) -> bool {
         || e.raw_os_error() == Some(22) // EINVAL (e.g. an address of the other family)
 }
 
+/// Where a receive loop counts what it does: its own shard of the metrics.
+#[derive(Debug, Clone)]
+struct Tally {
+    metrics: Arc<Metrics>,
+    shard: usize,
+}
+
+impl Tally {
+    fn get(&self) -> &Shard {
+        self.metrics.shard(self.shard)
+    }
+}
+
 async fn receive_loop<B: Board>(
     socket: Arc<UdpSocket>,
     handler: Arc<Handler<B>>,
     deferred: Arc<Semaphore>,
     limiter: Arc<RateLimiter>,
+    tally: Tally,
 ) -> io::Result<()> {
     // Room for the largest datagram the kernel can hand us, IPv6 included.
     let mut buf = vec![0u8; 65_536];
+    let shard = tally.get();
     loop {
         let (len, from) = match socket.recv_from(&mut buf).await {
             Ok(received) => received,
             Err(e) if transient(&e) => {
                 debug!(error = %e, "receive error ignored");
+                shard.dropped(DropReason::ReceiveError);
                 continue;
             }
             Err(e) => return Err(e),
@@ -142,36 +196,58 @@ async fn receive_loop<B: Board>(
         }
         // One copy per datagram: published text keeps exactly its own bytes alive.
         let datagram = Bytes::copy_from_slice(&buf[..len]);
+        let kind = request_type(&datagram);
         // A publish (or a commit, which may be one) on a disk-backed board waits for its
         // group commit; run it as its own task so this loop keeps receiving, and so that
         // concurrent publishes can share one fsync.
         if handler.board().defers_publish() && matches!(datagram.first(), Some(b'1' | b'c')) {
             let handler = handler.clone();
             let work = async move { handler.handle(Instant::now(), from, datagram).await };
-            detach(&deferred, &socket, from, work).await?;
+            let request = Request { kind, len, from };
+            detach(&deferred, &socket, request, &tally, work).await?;
             continue;
         }
         match handler.handle(Instant::now(), from, datagram).await {
-            Answer::Silent => {}
-            Answer::Reply(reply) => reply_to(&socket, &reply, from).await?,
+            Answer::Silent => shard.answered(kind, len, None),
+            Answer::Reply(reply) => {
+                shard.answered(kind, len, Some(&reply));
+                reply_to(&socket, &reply, from, shard).await?
+            }
             // A large reply is copied on a blocking thread and sent from its own task, so a
             // burst of them cannot occupy the receive loops. Each holds a reservation in
             // the session budget, which bounds how many can exist.
             build @ Answer::Build(_) => {
-                detach(&deferred, &socket, from, std::future::ready(build)).await?
+                let request = Request { kind, len, from };
+                detach(
+                    &deferred,
+                    &socket,
+                    request,
+                    &tally,
+                    std::future::ready(build),
+                )
+                .await?
             }
         }
     }
 }
 
-/// Runs `work` in a task of its own, under a permit, and sends what it answers to `to`.
+/// A request answered off the receive loop: what metrics need to count it.
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    kind: usize,
+    len: usize,
+    from: std::net::SocketAddr,
+}
+
+/// Runs `work` in a task of its own, under a permit, and sends what it answers back.
 ///
 /// Waits for a permit first, so that a flood of such requests slows the receive loop
 /// rather than piling up tasks.
 async fn detach(
     deferred: &Arc<Semaphore>,
     socket: &Arc<UdpSocket>,
-    to: std::net::SocketAddr,
+    request: Request,
+    tally: &Tally,
     work: impl Future<Output = Answer> + Send + 'static,
 ) -> io::Result<()> {
     let permit = deferred
@@ -180,31 +256,50 @@ async fn detach(
         .await
         .map_err(io::Error::other)?;
     let socket = socket.clone();
+    let tally = tally.clone();
     tokio::spawn(async move {
         // Only this reply is lost if sending fails; the loop reports fatal socket errors.
-        let _ = deliver(&socket, work.await, to).await;
+        let _ = deliver(&socket, work.await, request, tally.get()).await;
         drop(permit);
     });
     Ok(())
 }
 
 /// Sends an answer, building it on a blocking thread first if it is a large one.
-async fn deliver(socket: &UdpSocket, answer: Answer, to: std::net::SocketAddr) -> io::Result<()> {
+async fn deliver(
+    socket: &UdpSocket,
+    answer: Answer,
+    request: Request,
+    shard: &Shard,
+) -> io::Result<()> {
     let reply = match answer {
-        Answer::Silent => return Ok(()),
+        Answer::Silent => {
+            shard.answered(request.kind, request.len, None);
+            return Ok(());
+        }
         Answer::Reply(reply) => reply,
         Answer::Build(build) => tokio::task::spawn_blocking(build)
             .await
             .map_err(io::Error::other)?,
     };
-    reply_to(socket, &reply, to).await
+    shard.answered(request.kind, request.len, Some(&reply));
+    reply_to(socket, &reply, request.from, shard).await
 }
 
-async fn reply_to(socket: &UdpSocket, reply: &[u8], to: std::net::SocketAddr) -> io::Result<()> {
+async fn reply_to(
+    socket: &UdpSocket,
+    reply: &[u8],
+    to: std::net::SocketAddr,
+    shard: &Shard,
+) -> io::Result<()> {
     match socket.send_to(reply, to).await {
-        Ok(_) => Ok(()),
+        Ok(sent) => {
+            shard.sent(sent);
+            Ok(())
+        }
         Err(e) if transient(&e) => {
             debug!(%to, error = %e, "send failed");
+            shard.dropped(DropReason::SendError);
             Ok(())
         }
         Err(e) => Err(e),

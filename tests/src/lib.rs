@@ -20,6 +20,8 @@ use tokio::sync::oneshot;
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its metrics endpoint listens, if it has one.
+    pub metrics: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -42,16 +44,25 @@ impl TestServer {
 
     /// A server on `listen` keeping its board in `store`.
     pub fn with_store(listen: &str, store: Store, limits: Limits) -> Self {
-        let rate_limit = mboard_server::RateLimit::default();
-        let config = Config {
+        Self::with_config(listen, Self::config(store, limits), false)
+    }
+
+    /// The configuration the other constructors use: two receive loops, a fixed seed.
+    pub fn config(store: Store, limits: Limits) -> Config {
+        Config {
             store,
             limits,
-            rate_limit,
+            rate_limit: mboard_server::RateLimit::default(),
             workers: 2,
             seed: Some(42),
-        };
-        Self::spawn(listen, move |socket, shutdown| {
-            mboard_server::run(socket, config, shutdown)
+        }
+    }
+
+    /// A server on `listen` with this configuration, and a metrics endpoint on
+    /// 127.0.0.1:0 if `metrics` is set.
+    pub fn with_config(listen: &str, config: Config, metrics: bool) -> Self {
+        Self::spawn(listen, metrics, move |listeners, shutdown| {
+            mboard_server::run(listeners, config, shutdown)
         })
     }
 
@@ -60,17 +71,17 @@ impl TestServer {
         handler: std::sync::Arc<mboard_server::handler::Handler<B>>,
     ) -> Self {
         let rate_limit = mboard_server::RateLimit::default();
-        Self::spawn("127.0.0.1:0", move |socket, shutdown| {
-            mboard_server::serve(socket, handler, 2, rate_limit, shutdown)
+        Self::spawn("127.0.0.1:0", false, move |listeners, shutdown| {
+            mboard_server::serve(listeners, handler, 2, rate_limit, shutdown)
         })
     }
 
     /// Binds `listen` and runs the server `start` builds on a two-thread runtime of its
     /// own, until the `TestServer` is dropped.
-    fn spawn<F, Fut>(listen: &str, start: F) -> Self
+    fn spawn<F, Fut>(listen: &str, metrics: bool, start: F) -> Self
     where
         F: FnOnce(
-                tokio::net::UdpSocket,
+                mboard_server::Listeners,
                 std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
             ) -> Fut
             + Send
@@ -80,6 +91,14 @@ impl TestServer {
         let std_socket = UdpSocket::bind(listen).expect("bind test server");
         std_socket.set_nonblocking(true).expect("nonblocking");
         let addr = std_socket.local_addr().expect("local addr");
+        let std_listener = metrics.then(|| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind metrics");
+            listener.set_nonblocking(true).expect("nonblocking");
+            listener
+        });
+        let metrics = std_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("metrics addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -88,15 +107,19 @@ impl TestServer {
                 .build()
                 .expect("runtime");
             runtime.block_on(async move {
-                let socket = tokio::net::UdpSocket::from_std(std_socket).expect("tokio socket");
+                let udp = tokio::net::UdpSocket::from_std(std_socket).expect("tokio socket");
+                let metrics = std_listener
+                    .map(|l| tokio::net::TcpListener::from_std(l).expect("tokio listener"));
                 let shutdown = Box::pin(async {
                     let _ = stopped.await;
                 });
-                start(socket, shutdown).await.expect("server ran");
+                let listeners = mboard_server::Listeners { udp, metrics };
+                start(listeners, shutdown).await.expect("server ran");
             });
         });
         TestServer {
             addr,
+            metrics,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -293,6 +316,71 @@ pub fn board_contents(server: SocketAddr) -> Result<Vec<mboard_protocol::Message
         Response::Messages(messages) => Ok(messages),
         other => bail!("unexpected reply to 4:0: {other:?}"),
     }
+}
+
+/// One HTTP response from a metrics endpoint.
+#[derive(Debug)]
+pub struct Scrape {
+    /// The status line, e.g. `HTTP/1.1 200 OK`.
+    pub status: String,
+    /// Header lines, as sent.
+    pub headers: Vec<String>,
+    /// The body.
+    pub body: String,
+}
+
+impl Scrape {
+    /// The value of the sample named exactly `series` (name and labels, as printed), if
+    /// the body has it.
+    pub fn value(&self, series: &str) -> Option<f64> {
+        self.body.lines().find_map(|line| {
+            let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+    }
+
+    /// The value of the header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find_map(|h| {
+            let (key, value) = h.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// Sends `<method> <path> HTTP/1.1` to a metrics endpoint and reads the whole response
+/// (the request asks the server to close the connection after it).
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> Result<Scrape> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).context("connect to metrics")?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    stream
+        .read_to_string(&mut raw)
+        .context("read metrics response")?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .context("response without a blank line after its headers")?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or_default().to_owned();
+    Ok(Scrape {
+        status,
+        headers: lines.map(str::to_owned).collect(),
+        body: body.to_owned(),
+    })
+}
+
+/// `GET /metrics`, which must answer 200.
+pub fn scrape(addr: SocketAddr) -> Result<Scrape> {
+    let s = http(addr, "GET", "/metrics")?;
+    if !s.status.contains(" 200 ") {
+        bail!("scrape answered {}", s.status);
+    }
+    Ok(s)
 }
 
 /// The real `mboard-server` binary, running as a child process.

@@ -1,0 +1,482 @@
+//! Server metrics and the `--metrics` endpoint (Prometheus/OpenMetrics text over HTTP).
+//!
+//! The hot path only adds to plain atomics in a [`Shard`] owned by its receive loop, so
+//! the two cores never write the same cache line; everything is summed, and the gauges
+//! (sessions, buffered bytes, …) read, only when the endpoint is scraped.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::Semaphore;
+use tracing::{debug, info};
+
+use crate::board::Board;
+use crate::handler::Handler;
+use crate::limiter::RateLimiter;
+
+/// What a request datagram asks for, by its code byte (`other`: not a request code).
+pub const REQUEST_TYPES: [&str; 10] = [
+    "publish", "ids", "get", "last", "open", "block", "commit", "fetch", "close", "other",
+];
+
+/// What was answered, by the reply's code byte (`offer` is `d:`, `none` is no reply).
+pub const REPLY_CODES: [&str; 7] = ["0", "1", "2", "3", "4", "offer", "none"];
+
+/// Index into [`REQUEST_TYPES`] of a request datagram.
+pub fn request_type(datagram: &[u8]) -> usize {
+    match datagram.first() {
+        Some(b'1') => 0,
+        Some(b'2') => 1,
+        Some(b'3') => 2,
+        Some(b'4') => 3,
+        Some(b'a') => 4,
+        Some(b'b') => 5,
+        Some(b'c') => 6,
+        Some(b'g') => 7,
+        Some(b'x') => 8,
+        _ => 9,
+    }
+}
+
+/// Index into [`REPLY_CODES`] of a reply (`None`: nothing was sent).
+pub fn reply_code(reply: Option<&[u8]>) -> usize {
+    match reply.and_then(|r| r.first()) {
+        None => 6,
+        Some(b @ b'0'..=b'4') => usize::from(b - b'0'),
+        // The only other reply the server sends is a download offer.
+        Some(_) => 5,
+    }
+}
+
+/// Why a datagram was dropped without being answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Its source was over its rate limit (counted by the [`RateLimiter`]).
+    RateLimit,
+    /// Receiving failed for it (e.g. an ICMP error surfacing on the socket).
+    ReceiveError,
+    /// Sending its reply failed (e.g. the kernel's send buffer was full).
+    SendError,
+}
+
+/// One receive loop's counters, on a cache line pair of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Shard {
+    requests: [[AtomicU64; REPLY_CODES.len()]; REQUEST_TYPES.len()],
+    received_bytes: AtomicU64,
+    sent_bytes: AtomicU64,
+    receive_errors: AtomicU64,
+    send_errors: AtomicU64,
+}
+
+impl Shard {
+    /// Counts a request of type `kind` (see [`request_type`]) and the reply it got.
+    pub fn answered(&self, kind: usize, request_len: usize, reply: Option<&[u8]>) {
+        self.requests[kind][reply_code(reply)].fetch_add(1, Relaxed);
+        self.received_bytes.fetch_add(request_len as u64, Relaxed);
+    }
+
+    /// Counts a reply's bytes once sent.
+    pub fn sent(&self, len: usize) {
+        self.sent_bytes.fetch_add(len as u64, Relaxed);
+    }
+
+    /// Counts a datagram dropped for `why`.
+    pub fn dropped(&self, why: DropReason) {
+        match why {
+            // The limiter keeps its own count, read when scraped.
+            DropReason::RateLimit => {}
+            DropReason::ReceiveError => {
+                self.receive_errors.fetch_add(1, Relaxed);
+            }
+            DropReason::SendError => {
+                self.send_errors.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// The driver's counters: one [`Shard`] per receive loop.
+#[derive(Debug)]
+pub struct Metrics {
+    shards: Box<[Shard]>,
+}
+
+/// Totals over all shards.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Requests by [`REQUEST_TYPES`] index, then [`REPLY_CODES`] index.
+    pub requests: [[u64; REPLY_CODES.len()]; REQUEST_TYPES.len()],
+    /// Bytes of datagrams received and let through the rate limit.
+    pub received_bytes: u64,
+    /// Bytes of replies sent.
+    pub sent_bytes: u64,
+    /// Datagrams whose receive failed.
+    pub receive_errors: u64,
+    /// Replies whose send failed.
+    pub send_errors: u64,
+}
+
+impl Metrics {
+    /// Counters for `loops` receive loops.
+    pub fn new(loops: usize) -> Self {
+        Metrics {
+            shards: (0..loops.max(1)).map(|_| Shard::default()).collect(),
+        }
+    }
+
+    /// The shard of receive loop `i`.
+    pub fn shard(&self, i: usize) -> &Shard {
+        &self.shards[i % self.shards.len()]
+    }
+
+    /// Sums the shards.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for s in self.shards.iter() {
+            for (kind, replies) in s.requests.iter().enumerate() {
+                for (code, n) in replies.iter().enumerate() {
+                    t.requests[kind][code] += n.load(Relaxed);
+                }
+            }
+            t.received_bytes += s.received_bytes.load(Relaxed);
+            t.sent_bytes += s.sent_bytes.load(Relaxed);
+            t.receive_errors += s.receive_errors.load(Relaxed);
+            t.send_errors += s.send_errors.load(Relaxed);
+        }
+        t
+    }
+}
+
+/// Everything the endpoint reports, read when scraped.
+pub(crate) struct ServerCollector<B> {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) handler: Arc<Handler<B>>,
+    pub(crate) limiter: Arc<RateLimiter>,
+    pub(crate) socket: Arc<UdpSocket>,
+}
+
+impl<B> fmt::Debug for ServerCollector<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerCollector").finish_non_exhaustive()
+    }
+}
+
+fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> fmt::Result {
+    let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl<B: Board> Collector for ServerCollector<B> {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> fmt::Result {
+        let t = self.metrics.totals();
+        {
+            let mut family = e.encode_descriptor(
+                "mboard_requests",
+                "Request datagrams handled, by request type and reply code (none: no reply).",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (kind, replies) in t.requests.iter().enumerate() {
+                for (code, &n) in replies.iter().enumerate() {
+                    // Only what happened: most pairs (a publish answered by an offer, …)
+                    // never do.
+                    if n > 0 {
+                        let labels = [("type", REQUEST_TYPES[kind]), ("reply", REPLY_CODES[code])];
+                        ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "mboard_datagrams_dropped",
+                "Datagrams dropped without an answer, by reason.",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            let mut reasons = vec![
+                ("rate_limit", self.limiter.dropped()),
+                ("receive_error", t.receive_errors),
+                ("send_error", t.send_errors),
+            ];
+            if let Some(n) = receive_queue_drops(&self.socket) {
+                reasons.push(("receive_queue_full", n));
+            }
+            for (reason, n) in reasons {
+                ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+            }
+        }
+        counter(
+            &mut e,
+            "mboard_rate_limit_untracked",
+            "Datagrams let through unlimited because the rate limiter's table was full.",
+            self.limiter.untracked(),
+        )?;
+        gauge(
+            &mut e,
+            "mboard_rate_limit_sources",
+            "Source addresses the rate limiter tracks.",
+            self.limiter.sources() as u64,
+        )?;
+        counter(
+            &mut e,
+            "mboard_received_bytes",
+            "Bytes of request datagrams handled.",
+            t.received_bytes,
+        )?;
+        counter(
+            &mut e,
+            "mboard_sent_bytes",
+            "Bytes of replies sent.",
+            t.sent_bytes,
+        )?;
+        let stats = self.handler.stats();
+        gauge(
+            &mut e,
+            "mboard_sessions",
+            "Sessions open.",
+            stats.sessions as u64,
+        )?;
+        gauge(
+            &mut e,
+            "mboard_session_reserved_bytes",
+            "Session memory reserved (uploads, cached replies, downloads).",
+            stats.reserved,
+        )?;
+        gauge(
+            &mut e,
+            "mboard_session_buffered_bytes",
+            "Session memory allocated (at most what is reserved).",
+            stats.buffered,
+        )?;
+        gauge(
+            &mut e,
+            "mboard_session_memory_limit_bytes",
+            "The session memory budget (--max-session-memory).",
+            self.handler.limits().max_session_memory,
+        )?;
+        gauge(
+            &mut e,
+            "mboard_validated_addresses",
+            "Addresses exempt from the amplification limit because they echoed a session id.",
+            stats.validated as u64,
+        )?;
+        counter(
+            &mut e,
+            "mboard_publishes",
+            "Messages published (acknowledged) since the server started.",
+            self.handler.publishes(),
+        )?;
+        if let Ok(span) = self.handler.board().span(0) {
+            gauge(
+                &mut e,
+                "mboard_messages",
+                "Messages on the board.",
+                span.count,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Datagrams the kernel dropped because `socket`'s receive queue was full.
+///
+/// Linux counts them per socket in `/proc/net/udp{,6}`; under a flood this is where most
+/// loss happens, so it is worth the scrape-time read. `None` where it cannot be read.
+#[cfg(target_os = "linux")]
+pub fn receive_queue_drops(socket: &UdpSocket) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
+    let inode = link
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .to_owned();
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            text.lines().skip(1).find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+                (fields.get(9) == Some(&inode.as_str())).then(|| fields.last()?.parse().ok())?
+            })
+        })
+}
+
+/// Datagrams the kernel dropped because `socket`'s receive queue was full.
+#[cfg(not(target_os = "linux"))]
+pub fn receive_queue_drops(_: &UdpSocket) -> Option<u64> {
+    None
+}
+
+/// Scrapes served at once; more wait for the listener to accept them.
+const MAX_SCRAPES: usize = 16;
+
+/// How long one metrics connection may stay open, idle keep-alive included, so a few idle
+/// connections cannot lock Prometheus out.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// The content type of the OpenMetrics text format, which Prometheus scrapes natively.
+const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub(crate) async fn serve_metrics(
+    listener: TcpListener,
+    registry: Registry,
+) -> std::io::Result<()> {
+    info!(addr = %listener.local_addr()?, "serving metrics");
+    let registry = Arc::new(registry);
+    let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
+    loop {
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(std::io::Error::other)?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // A peer that went away before we accepted it, or out of file descriptors:
+            // neither ends the endpoint.
+            Err(e) => {
+                debug!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                std::future::ready(Ok::<_, Infallible>(respond(&registry, &req)))
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5));
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            // Past its lifetime the connection is simply dropped; the scraper reconnects.
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                debug!(%peer, error = %e, "metrics connection failed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn respond(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let reply = |status, body: &'static str| {
+        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *r.status_mut() = status;
+        r
+    };
+    if req.uri().path() != "/metrics" {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "not found: metrics are at /metrics\n",
+        );
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let mut text = String::with_capacity(8_192);
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        return reply(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n");
+    }
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(CONTENT_TYPE_OPENMETRICS),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_types_follow_the_code_byte() {
+        let cases: [(&[u8], &str); 11] = [
+            (b"1:hi", "publish"),
+            (b"2:0", "ids"),
+            (b"3:7", "get"),
+            (b"4:10", "last"),
+            (b"a:10:5", "open"),
+            (b"b:x", "block"),
+            (b"c:x", "commit"),
+            (b"g:x:0", "fetch"),
+            (b"x:x", "close"),
+            (b"9:", "other"),
+            (b"", "other"),
+        ];
+        for (datagram, name) in cases {
+            assert_eq!(REQUEST_TYPES[request_type(datagram)], name);
+        }
+    }
+
+    #[test]
+    fn reply_codes_follow_the_first_byte() {
+        assert_eq!(REPLY_CODES[reply_code(Some(b"0:5"))], "0");
+        assert_eq!(REPLY_CODES[reply_code(Some(b"4:busy"))], "4");
+        assert_eq!(REPLY_CODES[reply_code(Some(b"d:sid:9:1"))], "offer");
+        assert_eq!(REPLY_CODES[reply_code(None)], "none");
+    }
+
+    #[test]
+    fn shards_sum_into_totals() {
+        let m = Metrics::new(3);
+        m.shard(0).answered(0, 4, Some(b"0:1"));
+        m.shard(1).answered(0, 5, Some(b"0:2"));
+        m.shard(5).answered(9, 2, Some(b"3:unknown"));
+        m.shard(2).sent(7);
+        m.shard(2).dropped(DropReason::SendError);
+        m.shard(1).dropped(DropReason::RateLimit);
+        let t = m.totals();
+        assert_eq!(t.requests[0][0], 2);
+        assert_eq!(t.requests[9][3], 1);
+        assert_eq!(t.received_bytes, 11);
+        assert_eq!((t.sent_bytes, t.send_errors, t.receive_errors), (7, 1, 0));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn kernel_queue_drops_are_read_for_this_socket() {
+        let full = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let quiet = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        assert_eq!(receive_queue_drops(&quiet), Some(0));
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = full.local_addr().expect("addr");
+        // Loopback delivers synchronously; a receive queue nobody reads overflows long
+        // before this many datagrams.
+        for _ in 0..20_000 {
+            let _ = sender.send_to(b"x", to);
+        }
+        assert!(receive_queue_drops(&full).is_some_and(|n| n > 0));
+        assert_eq!(receive_queue_drops(&quiet), Some(0));
+    }
+}

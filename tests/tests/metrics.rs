@@ -1,0 +1,216 @@
+//! `--metrics`: the Prometheus endpoint reports what the server did, exactly.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use mboard_server::{Fsync, JournalConfig, Limits, RateLimit, Store};
+use mboard_tests::{Peer, Scrape, ServerProcess, TempDir, TestServer, http, scrape};
+
+/// Scrapes until `check` passes: a reply can reach the peer a moment before the server
+/// has counted its bytes as sent.
+fn eventually(addr: std::net::SocketAddr, check: impl Fn(&Scrape) -> Result<()>) -> Scrape {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = scrape(addr).expect("scrape");
+        match check(&s) {
+            Ok(()) => return s,
+            Err(e) if Instant::now() > deadline => panic!("{e}\n{}", s.body),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn expect(s: &Scrape, series: &str, want: f64) -> Result<()> {
+    match s.value(series) {
+        Some(v) if v == want => Ok(()),
+        other => bail!("{series}: want {want}, have {other:?}"),
+    }
+}
+
+fn requests(kind: &str, reply: &str) -> String {
+    format!("mboard_requests_total{{type=\"{kind}\",reply=\"{reply}\"}}")
+}
+
+#[test]
+fn requests_are_counted_by_type_and_reply_and_bytes_exactly() {
+    let config = TestServer::config(Store::Memory, Limits::default());
+    let server = TestServer::with_config("127.0.0.1:0", config, true);
+    let metrics = server.metrics.expect("metrics endpoint");
+    let peer = Peer::new(server.addr);
+
+    let s = scrape(metrics).expect("scrape");
+    assert_eq!(s.value("mboard_sessions"), Some(0.0));
+    assert_eq!(s.value("mboard_publishes_total"), Some(0.0));
+    assert!(!s.body.contains("mboard_requests_total{"), "{}", s.body);
+
+    let exchange: [(&[u8], &str); 6] = [
+        (b"1:hello", "0:0"),
+        (b"1:world", "0:1"),
+        (b"3:9", "2:no message 9"),
+        (b"9:what", "3:unknown request 9"),
+        (b"2:x", "1:bad number"),
+        (b"a:10:5", ""),
+    ];
+    let (mut sent, mut received) = (0, 0);
+    for (request, reply) in exchange {
+        let answer = peer.ask(request);
+        if !reply.is_empty() {
+            assert_eq!(String::from_utf8_lossy(&answer), reply);
+        }
+        sent += request.len();
+        received += answer.len();
+    }
+    eventually(metrics, |s| {
+        expect(s, &requests("publish", "0"), 2.0)?;
+        expect(s, &requests("get", "2"), 1.0)?;
+        expect(s, &requests("other", "3"), 1.0)?;
+        expect(s, &requests("ids", "1"), 1.0)?;
+        expect(s, &requests("open", "0"), 1.0)?;
+        expect(s, "mboard_received_bytes_total", sent as f64)?;
+        expect(s, "mboard_sent_bytes_total", received as f64)?;
+        expect(s, "mboard_publishes_total", 2.0)?;
+        expect(s, "mboard_messages", 2.0)?;
+        expect(s, "mboard_sessions", 1.0)?;
+        expect(
+            s,
+            "mboard_session_memory_limit_bytes",
+            256.0 * 1024.0 * 1024.0,
+        )?;
+        expect(
+            s,
+            "mboard_datagrams_dropped_total{reason=\"rate_limit\"}",
+            0.0,
+        )
+    });
+    let s = scrape(metrics).expect("scrape");
+    assert!(s.value("mboard_session_reserved_bytes").unwrap_or(0.0) >= 10.0);
+    assert_eq!(
+        s.body.matches("mboard_requests_total{").count(),
+        5,
+        "only pairs that happened are reported:\n{}",
+        s.body
+    );
+}
+
+#[test]
+fn the_endpoint_speaks_openmetrics_at_metrics_only() {
+    let config = TestServer::config(Store::Memory, Limits::default());
+    let server = TestServer::with_config("127.0.0.1:0", config, true);
+    let metrics = server.metrics.expect("metrics endpoint");
+
+    let s = scrape(metrics).expect("scrape");
+    assert_eq!(
+        s.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(s.body.ends_with("# EOF\n"), "{}", s.body);
+    assert!(s.body.contains("# TYPE mboard_datagrams_dropped counter\n"));
+
+    let head = http(metrics, "HEAD", "/metrics").expect("head");
+    assert!(head.status.contains(" 200 "), "{}", head.status);
+    assert!(head.body.is_empty());
+
+    let other = http(metrics, "GET", "/").expect("get /");
+    assert!(other.status.contains(" 404 "), "{}", other.status);
+
+    let post = http(metrics, "POST", "/metrics").expect("post");
+    assert!(post.status.contains(" 405 "), "{}", post.status);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+}
+
+#[test]
+fn rate_limited_datagrams_are_counted_as_dropped() {
+    let mut config = TestServer::config(Store::Memory, Limits::default());
+    config.rate_limit = RateLimit {
+        rate: 0.001,
+        burst: 5.0,
+        max_sources: 16,
+    };
+    let server = TestServer::with_config("127.0.0.1:0", config, true);
+    let metrics = server.metrics.expect("metrics endpoint");
+    let peer = Peer::new(server.addr);
+    for _ in 0..20 {
+        peer.send(b"4:1");
+    }
+    for _ in 0..5 {
+        assert!(peer.recv_within(Duration::from_secs(5)).is_some());
+    }
+    eventually(metrics, |s| {
+        expect(
+            s,
+            "mboard_datagrams_dropped_total{reason=\"rate_limit\"}",
+            15.0,
+        )?;
+        expect(s, &requests("last", "0"), 5.0)?;
+        expect(s, "mboard_rate_limit_sources", 1.0)
+    });
+}
+
+#[test]
+fn the_journal_reports_its_commits_and_fsyncs() {
+    let dir = TempDir::new("metrics-journal");
+    let store = Store::Journal(JournalConfig {
+        dir: dir.0.clone(),
+        fsync: Fsync::Always,
+    });
+    let config = TestServer::config(store, Limits::default());
+    let server = TestServer::with_config("127.0.0.1:0", config, true);
+    let metrics = server.metrics.expect("metrics endpoint");
+    let peer = Peer::new(server.addr);
+    // One at a time, so each publish is a group commit of its own.
+    for (i, text) in ["one", "two", "three"].iter().enumerate() {
+        assert_eq!(peer.ask_str(format!("1:{text}")), format!("0:{i}"));
+    }
+    let s = eventually(metrics, |s| {
+        expect(s, "mboard_journal_commits_total", 3.0)?;
+        expect(s, "mboard_journal_records_total", 3.0)?;
+        expect(s, "mboard_journal_fsync_seconds_count", 3.0)?;
+        expect(s, "mboard_publishes_total", 3.0)?;
+        expect(s, "mboard_messages", 3.0)
+    });
+    let file = std::fs::metadata(dir.0.join("journal"))
+        .expect("journal")
+        .len();
+    assert_eq!(s.value("mboard_journal_bytes"), Some(file as f64));
+    assert!(
+        s.body
+            .contains("mboard_journal_fsync_seconds_bucket{le=\"+Inf\"} 3")
+    );
+}
+
+#[test]
+fn the_binary_serves_metrics_only_when_asked() {
+    let plain = ServerProcess::start(&["--in-memory"]).expect("server starts");
+    let with =
+        ServerProcess::start(&["--in-memory", "--metrics", "127.0.0.1:0"]).expect("server starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = loop {
+        let log = with.log();
+        if let Some(addr) = log
+            .split("serving metrics addr=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        {
+            break addr;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metrics address logged:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(Peer::new(with.addr).ask_str("1:hi"), "0:0");
+    eventually(addr, |s| expect(s, "mboard_publishes_total", 1.0));
+    assert_eq!(Peer::new(plain.addr).ask_str("1:hi"), "0:0");
+    assert!(!plain.log().contains("metrics"), "{}", plain.log());
+
+    // A metrics address that cannot be bound is a start-up error, not a silent omission.
+    let taken = addr.to_string();
+    match ServerProcess::start(&["--in-memory", "--metrics", &taken]) {
+        Ok(_) => panic!("started with its metrics address taken"),
+        Err((code, log)) => {
+            assert_eq!(code, Some(1), "{log}");
+            assert!(log.contains("cannot bind metrics address"), "{log}");
+        }
+    }
+}
