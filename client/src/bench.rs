@@ -113,6 +113,8 @@ pub struct Report {
     pub errors: u64,
     /// Megabytes per second moved, for transfer scenarios.
     pub mb_per_s: Option<f64>,
+    /// What the first failed operation reported, so a run that fails says why.
+    pub first_error: Option<String>,
 }
 
 impl Report {
@@ -139,6 +141,10 @@ impl Report {
         if let Some(mb) = self.mb_per_s {
             let _ = write!(s, ",\"mb_per_s\":{mb:.1}");
         }
+        if let Some(e) = &self.first_error {
+            let escaped: String = e.chars().flat_map(char::escape_default).collect();
+            let _ = write!(s, ",\"first_error\":\"{escaped}\"");
+        }
         s.push('}');
         s
     }
@@ -159,6 +165,9 @@ impl Report {
         if let Some(mb) = self.mb_per_s {
             let _ = write!(s, "  {mb:.1} MB/s");
         }
+        if let Some(e) = &self.first_error {
+            let _ = write!(s, "  (first error: {e})");
+        }
         s
     }
 }
@@ -169,6 +178,7 @@ struct Tally {
     latencies_ns: Vec<u64>,
     timeouts: u64,
     errors: u64,
+    first_error: Option<String>,
 }
 
 impl Tally {
@@ -181,6 +191,19 @@ impl Tally {
                 self.errors += 1;
             }
         }
+    }
+
+    /// Counts one operation and keeps the first failure's description.
+    fn record_result<T, E: std::fmt::Display>(
+        &mut self,
+        measuring: &AtomicBool,
+        started: Instant,
+        result: Result<T, E>,
+    ) {
+        if let Err(e) = &result {
+            self.first_error.get_or_insert_with(|| e.to_string());
+        }
+        self.record(measuring, started, result.is_ok());
     }
 }
 
@@ -281,6 +304,9 @@ pub fn run(load: &Load, scenario: &Scenario) -> io::Result<Report> {
         all.latencies_ns.extend(tally.latencies_ns);
         all.timeouts += tally.timeouts;
         all.errors += tally.errors;
+        if all.first_error.is_none() {
+            all.first_error = tally.first_error;
+        }
     }
     all.latencies_ns.sort_unstable();
     let operations = all.latencies_ns.len() as u64;
@@ -297,6 +323,7 @@ pub fn run(load: &Load, scenario: &Scenario) -> io::Result<Report> {
         mb_per_s: scenario
             .payload()
             .map(|size| operations as f64 * size as f64 / seconds / 1e6),
+        first_error: all.first_error,
     })
 }
 
@@ -457,7 +484,14 @@ async fn datagram_client(
             })
             .await?
             {
-                Some(n) => reply_ok(scenario, &request, &buf[..n]),
+                Some(n) => {
+                    let ok = reply_ok(scenario, &request, &buf[..n]);
+                    if !ok && tally.first_error.is_none() {
+                        tally.first_error =
+                            Some(format!("reply {:?}", String::from_utf8_lossy(&buf[..n])));
+                    }
+                    ok
+                }
                 None => false,
             }
         };
@@ -488,11 +522,16 @@ fn session_client(
     };
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let ok = match scenario {
-            Scenario::Download { id, .. } => client.get(mboard_protocol::MessageId(*id)).is_ok(),
-            _ => client.publish(&text).is_ok(),
-        };
-        tally.record(measuring, started, ok);
+        match scenario {
+            Scenario::Download { id, .. } => {
+                let result = client.get(mboard_protocol::MessageId(*id));
+                tally.record_result(measuring, started, result);
+            }
+            _ => {
+                let result = client.publish(&text);
+                tally.record_result(measuring, started, result);
+            }
+        }
     }
     Ok(tally)
 }

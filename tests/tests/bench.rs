@@ -95,3 +95,18 @@ fn an_absent_server_is_an_error_not_a_zero() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("no reply from {free}")));
 }
+
+#[test]
+fn a_run_whose_operations_fail_says_why() {
+    let server = TestServer::with_limits(mboard_server::Limits {
+        max_request_size: 10_000,
+        ..mboard_server::Limits::default()
+    });
+    let json = bench(Some(server.addr), &["upload", "--size", "20000"]);
+    assert_eq!(field(&json, "operations"), 0.0, "{json}");
+    assert!(field(&json, "errors") > 0.0, "{json}");
+    assert!(
+        json.contains("\"first_error\":\"too large: max 10000 bytes\""),
+        "{json}"
+    );
+}
