@@ -36,6 +36,11 @@ pub struct Limits {
     pub validation_ttl: Duration,
     /// Validated addresses remembered at once; beyond it new ones stay unvalidated.
     pub max_validated: usize,
+    /// A session its owner has not used since it was created (an upload with no block
+    /// yet, a download offer never fetched) may be dropped to make room for a new one once
+    /// it is this old, when the server is full. A real client uses its session within one
+    /// round trip; a spoofed request never does.
+    pub claim_grace: Duration,
 }
 
 impl Default for Limits {
@@ -51,6 +56,7 @@ impl Default for Limits {
             amplification_loopback: false,
             validation_ttl: Duration::from_secs(600),
             max_validated: 65_536,
+            claim_grace: Duration::from_millis(500),
         }
     }
 }

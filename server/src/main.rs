@@ -70,6 +70,12 @@ struct Args {
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     validation_ttl: Duration,
 
+    /// When the server is full, a session nobody has used since it was created (an
+    /// upload with no block, an offer never fetched) may be dropped for a new one once it
+    /// is this old.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    claim_grace: Duration,
+
     /// Validated addresses remembered at once.
     #[arg(long, default_value_t = Limits::default().max_validated)]
     max_validated: usize,
@@ -136,6 +142,7 @@ fn main() -> anyhow::Result<()> {
             amplification_loopback: args.amplification_loopback,
             validation_ttl: args.validation_ttl,
             max_validated: args.max_validated,
+            claim_grace: args.claim_grace,
         },
         rate_limit: RateLimit {
             rate: args.rate_limit,

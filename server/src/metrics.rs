@@ -259,6 +259,18 @@ impl<B: Board> Collector for ServerCollector<B> {
             "Sessions open.",
             stats.sessions as u64,
         )?;
+        counter(
+            &mut e,
+            "mboard_sessions_expired",
+            "Sessions dropped after the session timeout without a datagram.",
+            stats.expired,
+        )?;
+        counter(
+            &mut e,
+            "mboard_sessions_evicted",
+            "Unclaimed sessions (never used by their owner) dropped to make room for new ones.",
+            stats.evicted,
+        )?;
         gauge(
             &mut e,
             "mboard_session_reserved_bytes",

@@ -9,7 +9,7 @@
 //! opens costs nothing but table entries.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -48,6 +48,10 @@ pub struct Stats {
     pub buffered: u64,
     /// Addresses in the validated table (some may have lapsed and await a sweep).
     pub validated: usize,
+    /// Sessions dropped after the session timeout, since the start.
+    pub expired: u64,
+    /// Unclaimed sessions dropped to make room for new ones, since the start.
+    pub evicted: u64,
 }
 
 /// A download reservation made before its response is built.
@@ -108,6 +112,9 @@ struct Session {
     owner: SocketAddr,
     last_seen: Instant,
     reserved: u64,
+    /// Its owner has sent a datagram naming it since it was created. Until then it may be
+    /// a spoofed request's, and may be dropped to make room (see `Limits::claim_grace`).
+    claimed: bool,
     state: State,
 }
 
@@ -123,6 +130,14 @@ pub struct SessionManager {
     expiry: BinaryHeap<Reverse<(Instant, SessionId)>>,
     /// Addresses that echoed a session id we sent them, until when.
     validated: HashMap<SocketAddr, Instant>,
+    /// Sessions not yet claimed, oldest first, with when they were created; possibly
+    /// stale (claimed or gone since), which is checked when an entry reaches the front.
+    unclaimed: VecDeque<(Instant, SessionId)>,
+    /// Bytes reserved by unclaimed sessions.
+    unclaimed_reserved: u64,
+    /// Sessions dropped by expiry, and to make room, since the start.
+    expired_total: u64,
+    evicted_total: u64,
 }
 
 fn reply(r: Response) -> Bytes {
@@ -148,6 +163,10 @@ impl SessionManager {
             reserved: 0,
             expiry: BinaryHeap::new(),
             validated: HashMap::new(),
+            unclaimed: VecDeque::new(),
+            unclaimed_reserved: 0,
+            expired_total: 0,
+            evicted_total: 0,
         }
     }
 
@@ -170,6 +189,8 @@ impl SessionManager {
             reserved: self.reserved,
             buffered,
             validated: self.validated.len(),
+            expired: self.expired_total,
+            evicted: self.evicted_total,
         }
     }
 
@@ -224,6 +245,10 @@ impl SessionManager {
             ));
         }
         session.last_seen = now;
+        if !session.claimed {
+            session.claimed = true;
+            self.unclaimed_reserved -= session.reserved;
+        }
         // Only the address the id was sent to could echo it: it receives our datagrams.
         self.validate(from, now);
         let Some(session) = self.sessions.get_mut(&sid) else {
@@ -441,6 +466,7 @@ impl SessionManager {
             if real <= now {
                 self.remove(sid);
                 expired += 1;
+                self.expired_total += 1;
             } else {
                 self.expiry.push(Reverse((real, sid)));
             }
@@ -453,16 +479,56 @@ impl SessionManager {
         self.expiry.peek().map(|Reverse((deadline, _))| *deadline)
     }
 
+    /// Whether a new session of `cost` bytes fits the server-wide limits.
+    fn fits(&self, cost: u64) -> bool {
+        self.sessions.len() < self.limits.max_sessions as usize
+            && self.reserved.saturating_add(cost) <= self.limits.max_session_memory
+    }
+
+    /// Drops unclaimed sessions older than the claim grace, oldest first, until a new
+    /// session of `cost` bytes fits.
+    ///
+    /// Without this, a few spoofed requests for large replies (or `a:` opens) would hold
+    /// the whole budget for a session timeout, and every real client would be told busy.
+    /// Nothing is dropped unless dropping every unclaimed session would make room.
+    fn make_room(&mut self, now: Instant, cost: u64) {
+        let claimed_reserved = self.reserved - self.unclaimed_reserved;
+        if claimed_reserved.saturating_add(cost) > self.limits.max_session_memory {
+            return;
+        }
+        while !self.fits(cost) {
+            let Some(&(created, sid)) = self.unclaimed.front() else {
+                return;
+            };
+            match self.sessions.get(&sid) {
+                Some(session) if !session.claimed => {
+                    if created + self.limits.claim_grace > now {
+                        return;
+                    }
+                    self.unclaimed.pop_front();
+                    self.remove(sid);
+                    self.evicted_total += 1;
+                }
+                _ => {
+                    self.unclaimed.pop_front();
+                }
+            }
+        }
+    }
+
     /// Checks the limits for a new session of `cost` bytes and picks its id.
     fn admit(&mut self, now: Instant, from: SocketAddr, cost: u64) -> Option<SessionId> {
         // Expire first, so idle sessions never make a live client busy.
         self.expire(now);
         let per_source = self.per_source.get(&from).copied().unwrap_or(0);
-        if per_source >= self.limits.max_sessions_per_source
-            || self.sessions.len() >= self.limits.max_sessions as usize
-            || self.reserved.saturating_add(cost) > self.limits.max_session_memory
-        {
+        if per_source >= self.limits.max_sessions_per_source {
             return None;
+        }
+        if !self.fits(cost) {
+            self.make_room(now, cost);
+            if !self.fits(cost) {
+                return None;
+            }
         }
         loop {
             let mut bytes = [0u8; 16];
@@ -476,6 +542,7 @@ impl SessionManager {
 
     fn insert(&mut self, sid: SessionId, now: Instant, owner: SocketAddr, cost: u64, state: State) {
         self.reserved += cost;
+        self.unclaimed_reserved += cost;
         *self.per_source.entry(owner).or_insert(0) += 1;
         self.sessions.insert(
             sid,
@@ -483,9 +550,17 @@ impl SessionManager {
                 owner,
                 last_seen: now,
                 reserved: cost,
+                claimed: false,
                 state,
             },
         );
+        self.unclaimed.push_back((now, sid));
+        // Claimed and closed sessions leave stale entries; drop them before they pile up.
+        if self.unclaimed.len() > 2 * self.sessions.len() + 1024 {
+            let sessions = &self.sessions;
+            self.unclaimed
+                .retain(|(_, sid)| sessions.get(sid).is_some_and(|s| !s.claimed));
+        }
         self.expiry
             .push(Reverse((now + self.limits.session_timeout, sid)));
         // Closed sessions leave stale heap entries; rebuild before they outnumber live ones.
@@ -502,6 +577,9 @@ impl SessionManager {
     fn remove(&mut self, sid: SessionId) {
         if let Some(session) = self.sessions.remove(&sid) {
             self.reserved -= session.reserved;
+            if !session.claimed {
+                self.unclaimed_reserved -= session.reserved;
+            }
             if let Some(n) = self.per_source.get_mut(&session.owner) {
                 *n -= 1;
                 if *n == 0 {
@@ -756,11 +834,12 @@ mod tests {
         assert_eq!(sim.mgr.expire(sim.now), 0);
         sim.at(1900);
         assert_eq!(sim.mgr.expire(sim.now), 1);
-        let validated = Stats {
+        let after = Stats {
             validated: 1,
+            expired: 2,
             ..Stats::default()
         };
-        assert_eq!(sim.mgr.stats(), validated);
+        assert_eq!(sim.mgr.stats(), after);
         assert_eq!(sim.mgr.next_expiry(), None);
     }
 
@@ -818,6 +897,107 @@ mod tests {
         // Once the others have expired, there is room again without a separate sweep.
         sim.advance(Duration::from_secs(30));
         sim.open(addr(3), 10, 10);
+    }
+
+    #[test]
+    fn unclaimed_sessions_make_room_once_the_grace_has_passed() {
+        let mut sim = Sim::new(Limits {
+            max_session_memory: 10_000,
+            ..Limits::default()
+        });
+        // A spoofed open: its owner never sends a block.
+        let spoofed = sim.open(addr(1), 8_000, 1_000);
+        let c = addr(2);
+        assert_eq!(sim.reply(c, "a:5000:1000"), "4:busy");
+        sim.at(499);
+        assert_eq!(
+            sim.reply(c, "a:5000:1000"),
+            "4:busy",
+            "still within the grace"
+        );
+        sim.at(500);
+        let sid = sim.open(c, 5_000, 1_000);
+        assert_eq!(sim.mgr.stats().evicted, 1);
+        assert_eq!(sim.mgr.stats().sessions, 1);
+        assert_eq!(
+            sim.reply(addr(1), format!("c:{spoofed}")),
+            "4:unknown session"
+        );
+        // A claimed session is never dropped to make room, however old.
+        sim.reply(c, block(sid, 0, &[b'x'; 1_000]));
+        sim.at(5_000);
+        assert_eq!(sim.reply(addr(3), "a:6000:1000"), "4:busy");
+        assert_eq!(sim.mgr.stats().evicted, 1);
+    }
+
+    #[test]
+    fn unfetched_offers_make_room_but_fetched_ones_stay() {
+        let mut sim = Sim::new(Limits {
+            max_session_memory: 10_000,
+            ..Limits::default()
+        });
+        let (spoofed, real) = (addr(1), addr(2));
+        let offer = |r: Bytes| match Response::parse(r, Expect::Published) {
+            Ok(Response::Offer(o)) => o,
+            other => panic!("not an offer: {other:?}"),
+        };
+        offer(
+            sim.mgr
+                .offer(sim.now, spoofed, Bytes::from(vec![b'a'; 6_000])),
+        );
+        let fetched = offer(sim.mgr.offer(sim.now, real, Bytes::from(vec![b'b'; 3_000])));
+        sim.reply(real, format!("g:{}:0", fetched.sid));
+        assert!(sim.mgr.reserve(sim.now, addr(3), 5_000).is_err());
+        sim.at(600);
+        let r = sim
+            .mgr
+            .reserve(sim.now, addr(3), 5_000)
+            .expect("the unfetched offer makes room");
+        sim.mgr.cancel(r);
+        assert_eq!(sim.mgr.stats().evicted, 1);
+        assert!(
+            sim.reply(real, format!("g:{}:1", fetched.sid))
+                .starts_with(&format!("0:{}:1:", fetched.sid))
+        );
+    }
+
+    #[test]
+    fn the_session_table_makes_room_the_same_way() {
+        let mut sim = Sim::new(Limits {
+            max_sessions: 2,
+            ..Limits::default()
+        });
+        sim.open(addr(1), 10, 10);
+        let kept = sim.open(addr(2), 10, 10);
+        sim.reply(addr(2), block(kept, 0, &[b'k'; 10]));
+        assert_eq!(sim.reply(addr(3), "a:10:10"), "4:busy");
+        sim.at(500);
+        sim.open(addr(3), 10, 10);
+        assert_eq!(sim.mgr.stats().evicted, 1);
+        assert_eq!(
+            sim.reply(addr(4), "a:10:10"),
+            "4:busy",
+            "the new one is in its grace"
+        );
+    }
+
+    #[test]
+    fn nothing_is_dropped_when_dropping_could_not_make_room() {
+        let mut sim = Sim::new(Limits {
+            max_session_memory: 10_000,
+            ..Limits::default()
+        });
+        let claimed = sim.open(addr(1), 7_000, 1_000);
+        sim.reply(addr(1), block(claimed, 0, &[b'c'; 1_000]));
+        let unclaimed = sim.open(addr(2), 1_500, 1_500);
+        sim.at(1_000);
+        // 7,007 claimed + 3,000 > 10,000 even without the unclaimed session: keep it.
+        assert_eq!(sim.reply(addr(3), "a:3000:1000"), "4:busy");
+        assert_eq!(sim.mgr.stats().evicted, 0);
+        assert!(
+            sim.reply(addr(2), block(unclaimed, 0, &[b'u'; 1_500]))
+                .starts_with("0:")
+        );
     }
 
     #[test]

@@ -453,6 +453,22 @@ impl ServerProcess {
         Some(kb * 1024)
     }
 
+    /// Where its metrics endpoint listens (started with `--metrics`), from its log.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .log()
+                .split("serving metrics addr=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next()?.parse().ok());
+            if found.is_some() || std::time::Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Everything it has logged so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log").clone()

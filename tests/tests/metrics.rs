@@ -183,22 +183,9 @@ fn the_binary_serves_metrics_only_when_asked() {
     let plain = ServerProcess::start(&["--in-memory"]).expect("server starts");
     let with =
         ServerProcess::start(&["--in-memory", "--metrics", "127.0.0.1:0"]).expect("server starts");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let addr = loop {
-        let log = with.log();
-        if let Some(addr) = log
-            .split("serving metrics addr=")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        {
-            break addr;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no metrics address logged:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let addr = with
+        .metrics_addr()
+        .unwrap_or_else(|| panic!("no metrics address logged:\n{}", with.log()));
     assert_eq!(Peer::new(with.addr).ask_str("1:hi"), "0:0");
     eventually(addr, |s| expect(s, "mboard_publishes_total", 1.0));
     assert_eq!(Peer::new(plain.addr).ask_str("1:hi"), "0:0");
@@ -213,4 +200,35 @@ fn the_binary_serves_metrics_only_when_asked() {
             assert!(log.contains("cannot bind metrics address"), "{log}");
         }
     }
+}
+
+#[test]
+fn unfetched_downloads_give_way_to_new_requests_and_are_counted() {
+    // Room for one large reply at a time.
+    let limits = Limits {
+        max_session_memory: 6_000,
+        ..Limits::default()
+    };
+    let config = TestServer::config(Store::Memory, limits);
+    let server = TestServer::with_config("127.0.0.1:0", config, true);
+    let metrics = server.metrics.expect("metrics endpoint");
+    let publisher = Peer::new(server.addr);
+    let text = "m".repeat(1_300);
+    for i in 0..3 {
+        assert_eq!(publisher.ask_str(format!("1:{text}")), format!("0:{i}"));
+    }
+    // `4:0` is about 4 KB: an offer. Asked and abandoned, as a spoofed request would be.
+    let abandoner = Peer::new(server.addr);
+    assert!(abandoner.ask_str("4:0").starts_with("d:"));
+    let client = Peer::new(server.addr);
+    assert_eq!(client.ask_str("4:0"), "4:busy", "within the claim grace");
+    std::thread::sleep(Duration::from_millis(600));
+    let offer = client.ask_str("4:0");
+    assert!(offer.starts_with("d:"), "{offer}");
+    eventually(metrics, |s| {
+        expect(s, "mboard_sessions_evicted_total", 1.0)?;
+        expect(s, "mboard_sessions", 1.0)?;
+        expect(s, &requests("last", "4"), 1.0)?;
+        expect(s, &requests("last", "offer"), 2.0)
+    });
 }

@@ -85,8 +85,15 @@ fn attack(server: std::net::SocketAddr, seed: u64, stop: Arc<AtomicBool>) {
 
 fn soak(duration: Duration) {
     let memory = SESSION_MEMORY.to_string();
-    let server = ServerProcess::start(&["--in-memory", "--max-session-memory", &memory])
-        .unwrap_or_else(|(code, log)| panic!("exit {code:?}: {log}"));
+    let server = ServerProcess::start(&[
+        "--in-memory",
+        "--max-session-memory",
+        &memory,
+        "--metrics",
+        "127.0.0.1:0",
+    ])
+    .unwrap_or_else(|(code, log)| panic!("exit {code:?}: {log}"));
+    let metrics = server.metrics_addr().expect("metrics address");
     let checker = Peer::new(server.addr);
     for i in 0..5 {
         checker.ask(format!("1:seed {i}"));
@@ -149,6 +156,26 @@ fn soak(duration: Duration) {
     assert!(
         peak < SESSION_MEMORY + MARGIN,
         "peak resident memory {peak} bytes"
+    );
+    // What the server saw, by its own count.
+    let scrape = mboard_tests::scrape(metrics).expect("scrape");
+    let series = |name: &str| scrape.value(name).unwrap_or(0.0) as u64;
+    let handled: u64 = scrape
+        .body
+        .lines()
+        .filter(|l| l.starts_with("mboard_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    println!(
+        "server: {handled} datagrams handled; dropped: {} over the rate limit, {} by the kernel (receive queue full); sessions: {} evicted unclaimed, {} expired",
+        series("mboard_datagrams_dropped_total{reason=\"rate_limit\"}"),
+        series("mboard_datagrams_dropped_total{reason=\"receive_queue_full\"}"),
+        series("mboard_sessions_evicted_total"),
+        series("mboard_sessions_expired_total"),
+    );
+    assert!(
+        handled > asked,
+        "the server counted fewer datagrams than the checker sent"
     );
     // Still fully working afterwards.
     assert!(Peer::new(server.addr).ask_str("3:0").ends_with(":seed 0"));
