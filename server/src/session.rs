@@ -83,7 +83,8 @@ impl Shape {
 #[derive(Debug)]
 struct Upload {
     shape: Shape,
-    /// Grows to cover the highest block received, never past `shape.size`.
+    /// Empty until the first block, then `shape.size` of capacity; its length covers the
+    /// highest block received.
     buf: Vec<u8>,
     /// One bit per block.
     have: Vec<u64>,
@@ -328,13 +329,20 @@ impl SessionManager {
         if up.have[word] & bit == 0 {
             let start = (index * shape.block_size) as usize;
             let end = start + data.len();
-            if up.buf.len() < end {
-                // Grow geometrically but never past the declared size, which was reserved.
-                let cap = (up.buf.capacity() * 2).clamp(end, shape.size as usize);
-                up.buf.reserve_exact(cap - up.buf.len());
-                up.buf.resize(end, 0);
+            if up.buf.capacity() == 0 {
+                // The declared size, reserved at the open, allocated once at the first block:
+                // growing instead cost a copy of everything received at every doubling, and
+                // the page faults of touching it twice (a third of the server's time on a
+                // 16 MiB upload). The kernel still commits pages only as blocks land in them.
+                up.buf = Vec::with_capacity(shape.size as usize);
             }
-            up.buf[start..end].copy_from_slice(data);
+            if start >= up.buf.len() {
+                // Blocks in order are appended; a gap before this one is zeroed until filled.
+                up.buf.resize(start, 0);
+                up.buf.extend_from_slice(data);
+            } else {
+                up.buf[start..end].copy_from_slice(data);
+            }
             up.have[word] |= bit;
             up.received += 1;
         }
@@ -1001,7 +1009,7 @@ mod tests {
     }
 
     #[test]
-    fn memory_limit_counts_reservations_but_allocates_lazily() {
+    fn memory_limit_counts_reservations_and_allocates_at_the_first_block() {
         let mut sim = Sim::new(Limits {
             max_session_memory: 10_000,
             ..Limits::default()
@@ -1013,10 +1021,11 @@ mod tests {
         assert_eq!(sim.mgr.stats().buffered, 0, "an open allocates no buffer");
         assert_eq!(sim.reply(c, "a:1993:1000"), "4:busy");
         sim.open(c, 1_900, 1_000);
-        sim.reply(c, block(sid, 0, &[b'1'; 1_000]));
-        assert!(sim.mgr.stats().buffered <= 2_000, "{:?}", sim.mgr.stats());
-        sim.reply(c, block(sid, 7, &[b'1'; 1_000]));
-        assert!(sim.mgr.stats().buffered <= 8_000, "{:?}", sim.mgr.stats());
+        // The first block allocates the declared size, once, within the reservation.
+        sim.reply(c, block(sid, 7, &[b'7'; 1_000]));
+        assert_eq!(sim.mgr.stats().buffered, 8_000, "{:?}", sim.mgr.stats());
+        sim.reply(c, block(sid, 0, &[b'0'; 1_000]));
+        assert_eq!(sim.mgr.stats().buffered, 8_000, "{:?}", sim.mgr.stats());
         // A download that would not fit is refused before anything is built.
         assert!(sim.mgr.reserve(sim.now, c, 1_000).is_err());
         sim.reply(c, format!("x:{sid}"));
