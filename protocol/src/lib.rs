@@ -19,7 +19,7 @@ pub use ids::{MessageId, SessionId};
 pub use message::{Entry, Message, Timestamp};
 pub use request::{BLOCK_HEADER_MAX, BoardRequest, ParseError, Request, SessionRequest};
 pub use response::{
-    DATA_HEADER_MAX, ErrorCode, Expect, Offer, Response, ResponseError, encode_ids,
+    DATA_HEADER_MAX, ErrorCode, Expect, Offer, Response, ResponseError, encode_entries, encode_ids,
     encode_messages, ids_reply_len, messages_reply_len,
 };
 

@@ -164,19 +164,27 @@ pub struct Message {
     pub entry: Entry,
 }
 
+impl Entry {
+    /// Appends this entry as message `id`'s `4:` record (see [`Message::encode_record`]),
+    /// for stores that encode from where they keep entries, without building a [`Message`].
+    pub fn encode_record(&self, id: MessageId, out: &mut Vec<u8>) {
+        out.push(b':');
+        id.encode(out);
+        out.push(b':');
+        self.time.encode(out);
+        out.push(b':');
+        encode_addr(self.from, out);
+        out.push(b':');
+        field::put_u64(out, self.text.len() as u64);
+        out.push(b':');
+        out.extend_from_slice(&self.text);
+    }
+}
+
 impl Message {
     /// Appends one `4:` record: `:<id>:<ts>:<ip>:<port>:<len>:<text>` (leading `:` included).
     pub fn encode_record(&self, out: &mut Vec<u8>) {
-        out.push(b':');
-        self.id.encode(out);
-        out.push(b':');
-        self.entry.time.encode(out);
-        out.push(b':');
-        encode_addr(self.entry.from, out);
-        out.push(b':');
-        field::put_u64(out, self.entry.text.len() as u64);
-        out.push(b':');
-        out.extend_from_slice(&self.entry.text);
+        self.entry.encode_record(self.id, out);
     }
 
     /// Bytes [`Message::encode_record`] appends.

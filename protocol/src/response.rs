@@ -371,6 +371,20 @@ pub fn encode_messages<'a>(
     }
 }
 
+/// Appends the `4:` reply for `entries`, which are messages `first`, `first + 1`, … (the same
+/// bytes as [`encode_messages`], for stores that keep entries rather than messages).
+pub fn encode_entries<'a>(
+    first: MessageId,
+    entries: impl ExactSizeIterator<Item = &'a Entry>,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"0:");
+    field::put_u64(out, entries.len() as u64);
+    for (entry, id) in entries.zip(first.0..) {
+        entry.encode_record(MessageId(id), out);
+    }
+}
+
 /// Bytes of a `4:` reply holding `count` records whose [`Message::record_len`]s sum to `records`.
 pub fn messages_reply_len(count: u64, records: u64) -> u64 {
     2 + field::digits(count) as u64 + records

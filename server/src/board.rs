@@ -10,7 +10,9 @@ use std::sync::RwLock;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use mboard_protocol::{Entry, Message, MessageId, Timestamp, digits_in_range};
+use mboard_protocol::{
+    Entry, Message, MessageId, Timestamp, digits_in_range, encode_entries, encode_messages,
+};
 
 /// A failure of the store itself (not of the request).
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,16 @@ pub trait Board: Send + Sync + 'static {
 
     /// The messages in `span`, oldest first.
     fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError>;
+
+    /// Appends the `4:` reply for `span` (as [`encode_messages`] would) to `out`.
+    ///
+    /// A store that keeps entries in memory overrides this to encode straight from them,
+    /// without cloning each entry (whose shared reference counts every reader would
+    /// otherwise bump from every core).
+    fn encode_messages(&self, span: &Span, out: &mut Vec<u8>) -> Result<(), BoardError> {
+        encode_messages(self.messages(span)?.iter(), out);
+        Ok(())
+    }
 }
 
 /// Running sums behind [`Span`]s: `records[i]` is the `4:` record bytes of messages `0..i`.
@@ -190,6 +202,13 @@ impl Board for MemoryBoard {
             })
             .collect())
     }
+
+    fn encode_messages(&self, span: &Span, out: &mut Vec<u8>) -> Result<(), BoardError> {
+        let inner = self.read()?;
+        let (start, end) = (span.start as usize, (span.start + span.count) as usize);
+        encode_entries(MessageId(span.start), inner.entries[start..end].iter(), out);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +228,34 @@ mod tests {
             .build()
             .expect("runtime")
             .block_on(f)
+    }
+
+    #[test]
+    fn encoding_from_entries_matches_encoding_messages() {
+        let board = MemoryBoard::new();
+        block_on(async {
+            for text in ["one", "two:with:colons", "", "four\n"] {
+                board
+                    .publish(from(), Bytes::from(text))
+                    .await
+                    .expect("publish");
+            }
+        });
+        for n in [0, 1, 3, 4, 9] {
+            let span = board.span(n).expect("span");
+            let mut direct = Vec::new();
+            board.encode_messages(&span, &mut direct).expect("encode");
+            let mut via_messages = Vec::new();
+            encode_messages(
+                board.messages(&span).expect("messages").iter(),
+                &mut via_messages,
+            );
+            assert_eq!(direct, via_messages, "n = {n}");
+            assert_eq!(
+                direct.len() as u64,
+                messages_reply_len(span.count, span.records)
+            );
+        }
     }
 
     #[test]

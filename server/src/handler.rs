@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mboard_protocol::{
-    BoardRequest, ErrorCode, Request, Response, encode_ids, encode_messages, ids_reply_len,
-    messages_reply_len,
+    BoardRequest, ErrorCode, Request, Response, encode_ids, ids_reply_len, messages_reply_len,
 };
 use tracing::{debug, warn};
 
@@ -228,10 +227,7 @@ impl<B: Board> Handler<B> {
                     now,
                     from,
                     messages_reply_len(span.count, span.records),
-                    move |board, out| {
-                        encode_messages(board.messages(&span)?.iter(), out);
-                        Ok(())
-                    },
+                    move |board, out| board.encode_messages(&span, out),
                 ),
                 Err(e) => Answer::Reply(storage_failure(&e)),
             },
