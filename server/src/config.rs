@@ -80,6 +80,31 @@ pub enum ConfigError {
     /// A zero session timeout would expire sessions before their first reply.
     #[error("session timeout must be longer than zero")]
     Timeout,
+    /// A rate limit that is not a number, or a burst that lets nothing through.
+    #[error("{0}: the rate must be a number of at least 0 and the burst at least 1")]
+    Rate(&'static str),
+}
+
+impl RateLimit {
+    /// Checks that the limit is a number and, when on, lets at least one datagram through.
+    pub fn validate(&self, what: &'static str) -> Result<(), ConfigError> {
+        let rate_ok = self.rate.is_finite() && self.rate >= 0.0;
+        let burst_ok = self.rate == 0.0 || (self.burst.is_finite() && self.burst >= 1.0);
+        if rate_ok && burst_ok && self.max_sources > 0 {
+            Ok(())
+        } else {
+            Err(ConfigError::Rate(what))
+        }
+    }
+}
+
+impl Config {
+    /// Checks every limit.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.validate()?;
+        self.rate_limit.validate("rate limit")?;
+        self.error_limit.validate("error reply limit")
+    }
 }
 
 impl Limits {
@@ -148,6 +173,8 @@ pub struct Config {
     pub limits: Limits,
     /// Per-source rate limit on incoming datagrams.
     pub rate_limit: RateLimit,
+    /// Per-destination limit on replies to malformed input (codes `1` and `3`).
+    pub error_limit: RateLimit,
     /// Receive loops sharing the socket.
     pub workers: usize,
     /// Seed for session ids; `None` seeds from the operating system.
@@ -161,6 +188,7 @@ impl Default for Config {
             store: Store::Memory,
             limits: Limits::default(),
             rate_limit: RateLimit::default(),
+            error_limit: RateLimit::ERROR_REPLIES,
             workers: 2 * cores,
             seed: None,
         }
@@ -176,6 +204,47 @@ mod tests {
         let l = Limits::default();
         assert_eq!(l.validate(), Ok(()));
         assert_eq!(l.download_block_size(), 1_412);
+    }
+
+    #[test]
+    fn unworkable_rate_limits_are_refused() {
+        let ok = RateLimit::default();
+        assert_eq!(ok.validate("x"), Ok(()));
+        let off = RateLimit {
+            rate: 0.0,
+            burst: 0.0,
+            ..ok
+        };
+        assert_eq!(off.validate("x"), Ok(()), "0 turns limiting off");
+        for bad in [
+            RateLimit {
+                rate: f64::NAN,
+                ..ok
+            },
+            RateLimit { rate: -1.0, ..ok },
+            RateLimit { burst: 0.5, ..ok },
+            RateLimit {
+                burst: f64::INFINITY,
+                ..ok
+            },
+            RateLimit {
+                max_sources: 0,
+                ..ok
+            },
+        ] {
+            assert_eq!(bad.validate("x"), Err(ConfigError::Rate("x")), "{bad:?}");
+        }
+        let config = Config {
+            error_limit: RateLimit {
+                burst: 0.0,
+                ..RateLimit::ERROR_REPLIES
+            },
+            ..Config::default()
+        };
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::Rate("error reply limit"))
+        );
     }
 
     #[test]

@@ -34,6 +34,17 @@ impl Default for RateLimit {
     }
 }
 
+impl RateLimit {
+    /// The default limit on replies to malformed input, per destination: 100 a second,
+    /// 200 at once. A client needs a handful; a reflection loop between two servers is
+    /// cut off after the burst.
+    pub const ERROR_REPLIES: RateLimit = RateLimit {
+        rate: 100.0,
+        burst: 200.0,
+        max_sources: 65_536,
+    };
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,

@@ -89,6 +89,15 @@ struct Args {
     #[arg(long, default_value_t = RateLimit::default().burst)]
     rate_burst: f64,
 
+    /// Replies to malformed input (codes 1 and 3) one destination may be sent per second;
+    /// more are dropped, which ends any reflection loop with another server (0: off).
+    #[arg(long, default_value_t = RateLimit::ERROR_REPLIES.rate)]
+    error_reply_rate: f64,
+
+    /// Replies to malformed input one destination may be sent at once.
+    #[arg(long, default_value_t = RateLimit::ERROR_REPLIES.burst)]
+    error_reply_burst: f64,
+
     /// Source addresses the rate limiter tracks at once.
     #[arg(long, default_value_t = RateLimit::default().max_sources)]
     rate_sources: usize,
@@ -149,10 +158,15 @@ fn main() -> anyhow::Result<()> {
             burst: args.rate_burst,
             max_sources: args.rate_sources,
         },
+        error_limit: RateLimit {
+            rate: args.error_reply_rate,
+            burst: args.error_reply_burst,
+            ..RateLimit::ERROR_REPLIES
+        },
         workers: args.workers.unwrap_or(defaults.workers),
         seed: None,
     };
-    config.limits.validate()?;
+    config.validate()?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -169,6 +169,7 @@ pub(crate) struct ServerCollector<B> {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) handler: Arc<Handler<B>>,
     pub(crate) limiter: Arc<RateLimiter>,
+    pub(crate) errors: Arc<RateLimiter>,
     pub(crate) socket: Arc<UdpSocket>,
 }
 
@@ -218,6 +219,7 @@ impl<B: Board> Collector for ServerCollector<B> {
             )?;
             let mut reasons = vec![
                 ("rate_limit", self.limiter.dropped()),
+                ("error_reply_limit", self.errors.dropped()),
                 ("receive_error", t.receive_errors),
                 ("send_error", t.send_errors),
             ];

@@ -65,13 +65,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let socket = listeners.into();
-    config.limits.validate()?;
+    config.validate()?;
     let seed = config.seed.unwrap_or_else(rand::random);
     let workers = config.workers.max(1);
     match &config.store {
         Store::Memory => {
             let handler = Arc::new(Handler::new(MemoryBoard::new(), config.limits, seed));
-            serve(socket, handler, workers, config.rate_limit, shutdown).await
+            serve(
+                socket,
+                handler,
+                workers,
+                config.rate_limit,
+                config.error_limit,
+                shutdown,
+            )
+            .await
         }
         Store::Journal(journal) => {
             // Replay reads the whole file: keep it off the async workers.
@@ -80,7 +88,15 @@ pub async fn run(
                 .await
                 .map_err(io::Error::other)??;
             let handler = Arc::new(Handler::new(board, config.limits, seed));
-            serve(socket, handler, workers, config.rate_limit, shutdown).await
+            serve(
+                socket,
+                handler,
+                workers,
+                config.rate_limit,
+                config.error_limit,
+                shutdown,
+            )
+            .await
         }
     }
 }
@@ -91,6 +107,7 @@ pub async fn serve<B: Board>(
     handler: Arc<Handler<B>>,
     workers: usize,
     rate_limit: RateLimit,
+    error_limit: RateLimit,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let Listeners { udp, metrics } = listeners.into();
@@ -99,6 +116,7 @@ pub async fn serve<B: Board>(
     let mut tasks = JoinSet::new();
     let deferred = Arc::new(Semaphore::new(DEFERRED_MAX));
     let limiter = Arc::new(RateLimiter::new(rate_limit));
+    let errors = Arc::new(RateLimiter::new(error_limit));
     let counters = Arc::new(Metrics::new(workers));
     tasks.spawn(report_drops(limiter.clone()));
     if let Some(listener) = metrics {
@@ -107,6 +125,7 @@ pub async fn serve<B: Board>(
             metrics: counters.clone(),
             handler: handler.clone(),
             limiter: limiter.clone(),
+            errors: errors.clone(),
             socket: socket.clone(),
         }));
         handler.board().register_metrics(&mut registry);
@@ -118,9 +137,10 @@ pub async fn serve<B: Board>(
             handler.clone(),
             deferred.clone(),
             limiter.clone(),
-            Tally {
+            Sending {
                 metrics: counters.clone(),
                 shard,
+                errors: errors.clone(),
             },
         ));
     }
@@ -157,14 +177,16 @@ fn transient(e: &io::Error) -> bool {
         || e.raw_os_error() == Some(22) // EINVAL (e.g. an address of the other family)
 }
 
-/// Where a receive loop counts what it does: its own shard of the metrics.
+/// What a receive loop, and the tasks it detaches, need to send: the loop's own shard of
+/// the metrics, and the per-destination limit on error replies.
 #[derive(Debug, Clone)]
-struct Tally {
+struct Sending {
     metrics: Arc<Metrics>,
     shard: usize,
+    errors: Arc<RateLimiter>,
 }
 
-impl Tally {
+impl Sending {
     fn get(&self) -> &Shard {
         self.metrics.shard(self.shard)
     }
@@ -175,11 +197,11 @@ async fn receive_loop<B: Board>(
     handler: Arc<Handler<B>>,
     deferred: Arc<Semaphore>,
     limiter: Arc<RateLimiter>,
-    tally: Tally,
+    sending: Sending,
 ) -> io::Result<()> {
     // Room for the largest datagram the kernel can hand us, IPv6 included.
     let mut buf = vec![0u8; 65_536];
-    let shard = tally.get();
+    let shard = sending.get();
     loop {
         let (len, from) = match socket.recv_from(&mut buf).await {
             Ok(received) => received,
@@ -204,14 +226,14 @@ async fn receive_loop<B: Board>(
             let handler = handler.clone();
             let work = async move { handler.handle(Instant::now(), from, datagram).await };
             let request = Request { kind, len, from };
-            detach(&deferred, &socket, request, &tally, work).await?;
+            detach(&deferred, &socket, request, &sending, work).await?;
             continue;
         }
         match handler.handle(Instant::now(), from, datagram).await {
             Answer::Silent => shard.answered(kind, len, None),
             Answer::Reply(reply) => {
                 shard.answered(kind, len, Some(&reply));
-                reply_to(&socket, &reply, from, shard).await?
+                reply_to(&socket, &reply, from, &sending).await?
             }
             // A large reply is copied on a blocking thread and sent from its own task, so a
             // burst of them cannot occupy the receive loops. Each holds a reservation in
@@ -222,7 +244,7 @@ async fn receive_loop<B: Board>(
                     &deferred,
                     &socket,
                     request,
-                    &tally,
+                    &sending,
                     std::future::ready(build),
                 )
                 .await?
@@ -247,7 +269,7 @@ async fn detach(
     deferred: &Arc<Semaphore>,
     socket: &Arc<UdpSocket>,
     request: Request,
-    tally: &Tally,
+    sending: &Sending,
     work: impl Future<Output = Answer> + Send + 'static,
 ) -> io::Result<()> {
     let permit = deferred
@@ -256,10 +278,10 @@ async fn detach(
         .await
         .map_err(io::Error::other)?;
     let socket = socket.clone();
-    let tally = tally.clone();
+    let sending = sending.clone();
     tokio::spawn(async move {
         // Only this reply is lost if sending fails; the loop reports fatal socket errors.
-        let _ = deliver(&socket, work.await, request, tally.get()).await;
+        let _ = deliver(&socket, work.await, request, &sending).await;
         drop(permit);
     });
     Ok(())
@@ -270,8 +292,9 @@ async fn deliver(
     socket: &UdpSocket,
     answer: Answer,
     request: Request,
-    shard: &Shard,
+    sending: &Sending,
 ) -> io::Result<()> {
+    let shard = sending.get();
     let reply = match answer {
         Answer::Silent => {
             shard.answered(request.kind, request.len, None);
@@ -283,15 +306,24 @@ async fn deliver(
             .map_err(io::Error::other)?,
     };
     shard.answered(request.kind, request.len, Some(&reply));
-    reply_to(socket, &reply, request.from, shard).await
+    reply_to(socket, &reply, request.from, sending).await
 }
 
 async fn reply_to(
     socket: &UdpSocket,
     reply: &[u8],
     to: std::net::SocketAddr,
-    shard: &Shard,
+    sending: &Sending,
 ) -> io::Result<()> {
+    // Replies to malformed input (`1` bad format, `3` unknown request) are limited per
+    // destination. Every reply of ours that another mboard (or an echo service) receives
+    // makes it answer `1` or `3` or publish, so one spoofed datagram naming another
+    // server's address could otherwise start a loop between the two that never ends; a
+    // loop carries one datagram, and the first reply dropped ends it.
+    if matches!(reply.first(), Some(b'1' | b'3')) && !sending.errors.allow(to, Instant::now()) {
+        return Ok(());
+    }
+    let shard = sending.get();
     match socket.send_to(reply, to).await {
         Ok(sent) => {
             shard.sent(sent);

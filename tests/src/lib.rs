@@ -53,6 +53,7 @@ impl TestServer {
             store,
             limits,
             rate_limit: mboard_server::RateLimit::default(),
+            error_limit: mboard_server::RateLimit::ERROR_REPLIES,
             workers: 2,
             seed: Some(42),
         }
@@ -72,7 +73,8 @@ impl TestServer {
     ) -> Self {
         let rate_limit = mboard_server::RateLimit::default();
         Self::spawn("127.0.0.1:0", false, move |listeners, shutdown| {
-            mboard_server::serve(listeners, handler, 2, rate_limit, shutdown)
+            let errors = mboard_server::RateLimit::ERROR_REPLIES;
+            mboard_server::serve(listeners, handler, 2, rate_limit, errors, shutdown)
         })
     }
 
