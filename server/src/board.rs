@@ -82,6 +82,16 @@ pub trait Board: Send + Sync + 'static {
     /// One message, or `None` if there is no message with that id.
     fn get(&self, id: MessageId) -> Result<Option<Entry>, BoardError>;
 
+    /// The encoded length of message `id` (what [`Entry::encoded_len`] would say), or
+    /// `None` if there is none.
+    ///
+    /// A `3:` reply is sized and reserved before it is read, so a store that reads from
+    /// disk overrides this to find the length without reading a 16 MiB text on the
+    /// receive loop — only to refuse it as busy, perhaps.
+    fn entry_len(&self, id: MessageId) -> Result<Option<usize>, BoardError> {
+        Ok(self.get(id)?.map(|e| e.encoded_len()))
+    }
+
     /// The newest `n` messages (`n` = 0 means all) and the sizes of their replies.
     fn span(&self, n: u64) -> Result<Span, BoardError>;
 

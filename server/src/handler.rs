@@ -197,10 +197,16 @@ impl<B: Board> Handler<B> {
                     Err(e) => storage_failure(&e),
                 })
             }
-            BoardRequest::Get(id) => match self.board.get(id) {
-                Ok(Some(entry)) => {
-                    let size = 2 + entry.encoded_len() as u64;
-                    self.sized(now, from, size, move |_, out| {
+            // Sized first, read when built: a large text is read off the receive loop, and
+            // not at all if the reply is refused as busy.
+            BoardRequest::Get(id) => match self.board.entry_len(id) {
+                Ok(Some(len)) => {
+                    let size = 2 + len as u64;
+                    self.sized(now, from, size, move |board, out| {
+                        // Boards only grow, so a message that had a length still exists.
+                        let entry = board.get(id)?.ok_or_else(|| {
+                            BoardError::Io(std::io::Error::other(format!("message {id} vanished")))
+                        })?;
                         Response::Entry(entry).encode(out);
                         Ok(())
                     })
@@ -386,6 +392,56 @@ mod tests {
             // The refusal is the committed reply, replayed like any other.
             assert_eq!(text(ask(&h, now, format!("c:{sid}").as_bytes())), want);
         }
+    }
+
+    /// A board that counts full reads.
+    struct Counting {
+        inner: MemoryBoard,
+        gets: std::sync::atomic::AtomicU32,
+    }
+
+    impl Board for Counting {
+        async fn publish(&self, from: SocketAddr, text: Bytes) -> Result<MessageId, BoardError> {
+            self.inner.publish(from, text).await
+        }
+        fn get(&self, id: MessageId) -> Result<Option<Entry>, BoardError> {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.get(id)
+        }
+        fn entry_len(&self, id: MessageId) -> Result<Option<usize>, BoardError> {
+            self.inner.entry_len(id)
+        }
+        fn span(&self, n: u64) -> Result<Span, BoardError> {
+            self.inner.span(n)
+        }
+        fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError> {
+            self.inner.messages(span)
+        }
+    }
+
+    #[test]
+    fn a_large_get_is_sized_before_it_is_read() {
+        let limits = Limits {
+            max_session_memory: 3_000,
+            ..Limits::default()
+        };
+        let board = Counting {
+            inner: MemoryBoard::new(),
+            gets: Default::default(),
+        };
+        let h = Arc::new(Handler::new(board, limits, 1));
+        let now = Instant::now();
+        assert_eq!(
+            text(ask(&h, now, &[b"1:".as_slice(), &[b'x'; 5_000]].concat())),
+            "0:0"
+        );
+        assert_eq!(text(ask(&h, now, b"3:0")), "4:busy");
+        let gets = || h.board().gets.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(gets(), 0, "refused without reading the message");
+        // A reply that fits is read once, when built.
+        assert_eq!(text(ask(&h, now, b"1:small")), "0:1");
+        assert!(text(ask(&h, now, b"3:1")).ends_with(":small"));
+        assert_eq!(gets(), 1);
     }
 
     #[test]

@@ -368,6 +368,35 @@ impl Journal {
         self.index.read().map_err(|_| BoardError::Poisoned)
     }
 
+    /// Reads the start of message `id`'s record, enough for its length: header, id, time
+    /// and address. The full read that follows checks the whole body's checksum.
+    fn read_len(&self, id: MessageId) -> Result<Option<usize>, BoardError> {
+        let offset = {
+            let index = self.index()?;
+            match usize::try_from(id.0)
+                .ok()
+                .and_then(|i| index.offsets.get(i))
+            {
+                Some(&offset) => offset,
+                None => return Ok(None),
+            }
+        };
+        // Header, then id, time, family, an IPv6 address and the port: at most 51 bytes.
+        let mut head = [0u8; RECORD_HEADER + 35];
+        let corrupt = || BoardError::Corrupt { offset };
+        let n = self.reader.read_at(&mut head, offset)?;
+        let head = &head[..n];
+        let (body_len, _) = parse_header(head).ok_or_else(corrupt)?;
+        let (_, time, from, text_at) = decode_body(&head[RECORD_HEADER..]).ok_or_else(corrupt)?;
+        let text_len = body_len.checked_sub(text_at).ok_or_else(corrupt)?;
+        let entry = Entry {
+            time,
+            from,
+            text: Bytes::new(),
+        };
+        Ok(Some(entry.encoded_len() + text_len))
+    }
+
     /// Reads `count` consecutive messages from position `start` in one positioned read.
     fn read(&self, start: u64, count: u64) -> Result<Vec<Message>, BoardError> {
         if count == 0 {
@@ -752,6 +781,10 @@ impl Board for Journal {
         Ok(self.read(id.0, 1)?.pop().map(|m| m.entry))
     }
 
+    fn entry_len(&self, id: MessageId) -> Result<Option<usize>, BoardError> {
+        self.read_len(id)
+    }
+
     fn span(&self, n: u64) -> Result<Span, BoardError> {
         Ok(self.index()?.sums.span(n))
     }
@@ -828,6 +861,31 @@ mod tests {
     }
 
     const TEXTS: [&[u8]; 4] = [b"Hello world!", b"a:b:c", b"\x00\xff binary \n", b"last"];
+
+    #[test]
+    fn entry_lengths_come_from_the_record_start_and_match_the_entries() {
+        let dir = TempDir::new();
+        let (j, _) = Journal::open(&dir.config(Fsync::Never)).expect("open");
+        let big = vec![b'b'; 100_000];
+        let mut texts: Vec<&[u8]> = TEXTS.to_vec();
+        texts.push(&big);
+        let ids = publish_all(&j, &texts);
+        let v6 = runtime().block_on(async {
+            let from = SocketAddr::from(([0xfe80, 0, 0, 0, 0, 0, 0, 1], 65_535));
+            j.publish(from, Bytes::from_static(b"over IPv6"))
+                .await
+                .expect("publish")
+        });
+        for id in ids.into_iter().chain([v6]) {
+            let entry = j.get(id).expect("get").expect("exists");
+            assert_eq!(
+                j.entry_len(id).expect("len"),
+                Some(entry.encoded_len()),
+                "{id}"
+            );
+        }
+        assert_eq!(j.entry_len(MessageId(99)).expect("len"), None);
+    }
 
     #[test]
     fn messages_survive_reopening_and_ids_continue() {
