@@ -83,6 +83,8 @@ impl Shape {
 #[derive(Debug)]
 struct Upload {
     shape: Shape,
+    /// What it reserves from the session budget, at its first block (see `SessionManager::handle`).
+    cost: u64,
     /// Empty until the first block, then `shape.size` of capacity; its length covers the
     /// highest block received.
     buf: Vec<u8>,
@@ -215,16 +217,20 @@ impl SessionManager {
         // exceeded, not even briefly.
         let have_words = shape.blocks().div_ceil(64);
         let cost = (size + have_words * 8).max(self.limits.max_datagram as u64);
+        // The open is refused when the budget has no room for it now, but it reserves (and
+        // allocates) nothing until its first block proves its owner receives our replies:
+        // `a:` from spoofed sources, which costs a dozen bytes, then cannot hold the budget.
         let Some(sid) = self.admit(now, from, cost) else {
             return Outcome::Reply(busy());
         };
         let upload = Upload {
             shape,
+            cost,
             buf: Vec::new(),
-            have: vec![0; have_words as usize],
+            have: Vec::new(),
             received: 0,
         };
-        self.insert(sid, now, from, cost, State::Upload(upload));
+        self.insert(sid, now, from, 0, State::Upload(upload));
         Outcome::Reply(reply(Response::Opened { sid, block_size }))
     }
 
@@ -252,6 +258,20 @@ impl SessionManager {
         }
         // Only the address the id was sent to could echo it: it receives our datagrams.
         self.validate(from, now);
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return Outcome::Nothing;
+        };
+        // An upload's first block takes its reservation; without room it is refused busy
+        // and changes nothing (the client may resend it later).
+        let unreserved = match &session.state {
+            State::Upload(up) if session.reserved == 0 => Some(up.cost),
+            _ => None,
+        };
+        if let (SessionRequest::Block { .. }, Some(cost)) = (&req, unreserved)
+            && !self.reserve_upload(now, sid, cost)
+        {
+            return Outcome::Reply(busy());
+        }
         let Some(session) = self.sessions.get_mut(&sid) else {
             return Outcome::Nothing;
         };
@@ -489,8 +509,32 @@ impl SessionManager {
 
     /// Whether a new session of `cost` bytes fits the server-wide limits.
     fn fits(&self, cost: u64) -> bool {
-        self.sessions.len() < self.limits.max_sessions as usize
-            && self.reserved.saturating_add(cost) <= self.limits.max_session_memory
+        self.sessions.len() < self.limits.max_sessions as usize && self.fits_memory(cost)
+    }
+
+    /// Whether `cost` more bytes fit the session budget.
+    fn fits_memory(&self, cost: u64) -> bool {
+        self.reserved.saturating_add(cost) <= self.limits.max_session_memory
+    }
+
+    /// Reserves `cost` for the claimed upload `sid` and allocates its block bitmap, making
+    /// room if need be; false if there is none.
+    fn reserve_upload(&mut self, now: Instant, sid: SessionId, cost: u64) -> bool {
+        if !self.fits_memory(cost) {
+            self.make_room(now, cost, false);
+            if !self.fits_memory(cost) {
+                return false;
+            }
+        }
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return false;
+        };
+        if let State::Upload(up) = &mut session.state {
+            up.have = vec![0; up.shape.blocks().div_ceil(64) as usize];
+        }
+        session.reserved = cost;
+        self.reserved += cost;
+        true
     }
 
     /// Drops unclaimed sessions older than the claim grace, oldest first, until a new
@@ -499,12 +543,19 @@ impl SessionManager {
     /// Without this, a few spoofed requests for large replies (or `a:` opens) would hold
     /// the whole budget for a session timeout, and every real client would be told busy.
     /// Nothing is dropped unless dropping every unclaimed session would make room.
-    fn make_room(&mut self, now: Instant, cost: u64) {
+    fn make_room(&mut self, now: Instant, cost: u64, new_session: bool) {
         let claimed_reserved = self.reserved - self.unclaimed_reserved;
         if claimed_reserved.saturating_add(cost) > self.limits.max_session_memory {
             return;
         }
-        while !self.fits(cost) {
+        let fits = |m: &Self| {
+            if new_session {
+                m.fits(cost)
+            } else {
+                m.fits_memory(cost)
+            }
+        };
+        while !fits(self) {
             let Some(&(created, sid)) = self.unclaimed.front() else {
                 return;
             };
@@ -533,7 +584,7 @@ impl SessionManager {
             return None;
         }
         if !self.fits(cost) {
-            self.make_room(now, cost);
+            self.make_room(now, cost, true);
             if !self.fits(cost) {
                 return None;
             }
@@ -908,33 +959,73 @@ mod tests {
     }
 
     #[test]
-    fn unclaimed_sessions_make_room_once_the_grace_has_passed() {
+    fn opens_reserve_nothing_until_their_first_block() {
         let mut sim = Sim::new(Limits {
             max_session_memory: 10_000,
             ..Limits::default()
         });
-        // A spoofed open: its owner never sends a block.
-        let spoofed = sim.open(addr(1), 8_000, 1_000);
+        // Spoofed opens: their owners never send a block, and they hold no budget.
+        for port in 1..=5 {
+            sim.open(addr(port), 8_000, 1_000);
+        }
+        assert_eq!(sim.mgr.stats().reserved, 0);
+        let c = addr(100);
+        let sid = sim.open(c, 8_000, 1_000);
+        assert!(
+            sim.reply(c, block(sid, 0, &[b'x'; 1_000]))
+                .starts_with("0:")
+        );
+        assert_eq!(sim.mgr.stats().reserved, 8_008);
+        // Another open is refused while its reservation could not fit ...
+        assert_eq!(sim.reply(addr(101), "a:5000:1000"), "4:busy");
+        // ... and one that fitted at its open but not at its first block is refused there,
+        // unchanged, so that its block can be sent again once there is room.
+        let late = sim.open(addr(102), 1_000, 1_000);
+        let other = sim.open(addr(103), 1_500, 1_500);
+        assert!(
+            sim.reply(addr(103), block(other, 0, &[b'o'; 1_500]))
+                .starts_with("0:")
+        );
+        assert_eq!(
+            sim.reply(addr(102), block(late, 0, &[b'l'; 1_000])),
+            "4:busy"
+        );
+        sim.reply(addr(103), format!("x:{other}"));
+        assert_eq!(
+            sim.reply(addr(102), block(late, 0, &[b'l'; 1_000])),
+            format!("0:{late}:0:1")
+        );
+    }
+
+    #[test]
+    fn a_first_block_makes_room_among_unfetched_offers() {
+        let mut sim = Sim::new(Limits {
+            max_session_memory: 10_000,
+            ..Limits::default()
+        });
         let c = addr(2);
-        assert_eq!(sim.reply(c, "a:5000:1000"), "4:busy");
+        let sid = sim.open(c, 5_000, 1_000);
+        // A spoofed request for a large reply: an offer nobody fetches.
+        let _ = sim
+            .mgr
+            .offer(sim.now, addr(1), Bytes::from(vec![b'a'; 8_000]));
+        assert_eq!(sim.reply(c, block(sid, 0, &[b'x'; 1_000])), "4:busy");
         sim.at(499);
         assert_eq!(
-            sim.reply(c, "a:5000:1000"),
+            sim.reply(c, block(sid, 0, &[b'x'; 1_000])),
             "4:busy",
             "still within the grace"
         );
         sim.at(500);
-        let sid = sim.open(c, 5_000, 1_000);
+        assert_eq!(
+            sim.reply(c, block(sid, 0, &[b'x'; 1_000])),
+            format!("0:{sid}:0:1")
+        );
         assert_eq!(sim.mgr.stats().evicted, 1);
         assert_eq!(sim.mgr.stats().sessions, 1);
-        assert_eq!(
-            sim.reply(addr(1), format!("c:{spoofed}")),
-            "4:unknown session"
-        );
         // A claimed session is never dropped to make room, however old.
-        sim.reply(c, block(sid, 0, &[b'x'; 1_000]));
         sim.at(5_000);
-        assert_eq!(sim.reply(addr(3), "a:6000:1000"), "4:busy");
+        assert!(sim.mgr.reserve(sim.now, addr(3), 6_000).is_err());
         assert_eq!(sim.mgr.stats().evicted, 1);
     }
 
@@ -1017,15 +1108,18 @@ mod tests {
         let c = addr(1000);
         // 8,000 bytes in blocks of 1,000: 8 bitmap bytes on top.
         let sid = sim.open(c, 8_000, 1_000);
-        assert_eq!(sim.mgr.stats().reserved, 8_008);
-        assert_eq!(sim.mgr.stats().buffered, 0, "an open allocates no buffer");
-        assert_eq!(sim.reply(c, "a:1993:1000"), "4:busy");
-        sim.open(c, 1_900, 1_000);
-        // The first block allocates the declared size, once, within the reservation.
+        assert_eq!(sim.mgr.stats().reserved, 0, "an open reserves nothing yet");
+        assert_eq!(sim.mgr.stats().buffered, 0, "and allocates nothing");
+        // The first block reserves, and allocates the declared size once.
         sim.reply(c, block(sid, 7, &[b'7'; 1_000]));
+        assert_eq!(sim.mgr.stats().reserved, 8_008);
         assert_eq!(sim.mgr.stats().buffered, 8_000, "{:?}", sim.mgr.stats());
+        assert_eq!(sim.reply(c, "a:1993:1000"), "4:busy");
+        let second = sim.open(c, 1_900, 1_000);
+        sim.reply(c, block(second, 0, &[b's'; 1_000]));
+        assert_eq!(sim.mgr.stats().reserved, 9_916);
         sim.reply(c, block(sid, 0, &[b'0'; 1_000]));
-        assert_eq!(sim.mgr.stats().buffered, 8_000, "{:?}", sim.mgr.stats());
+        assert_eq!(sim.mgr.stats().buffered, 9_900, "{:?}", sim.mgr.stats());
         // A download that would not fit is refused before anything is built.
         assert!(sim.mgr.reserve(sim.now, c, 1_000).is_err());
         sim.reply(c, format!("x:{sid}"));
@@ -1047,13 +1141,13 @@ mod tests {
         });
         let c = addr(1000);
         let sid = sim.open(c, 3, 3);
+        sim.reply(c, block(sid, 0, b"4:0"));
         assert_eq!(sim.mgr.stats().reserved, 1_472);
         assert_eq!(
             sim.reply(c, "a:3:3"),
             "4:busy",
             "a second one would not fit"
         );
-        sim.reply(c, block(sid, 0, b"4:0"));
         sim.commit_and_run(c, sid, b"0:big reply");
         assert_eq!(sim.mgr.stats().reserved, 11);
     }

@@ -47,7 +47,7 @@ fn attack(server: std::net::SocketAddr, seed: u64, stop: Arc<AtomicBool>) {
                 let junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
                 let _ = s.send_to(&junk, server);
             }
-            // Opens that are never used: each reserves 8 MB of the session budget.
+            // Opens that are never used: 8 MB each, which they would reserve at a first block.
             1 => {
                 let _ = s.send_to(b"a:8000000:1400", server);
             }
