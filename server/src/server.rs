@@ -64,41 +64,40 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let socket = listeners.into();
+    let listeners = listeners.into();
     config.validate()?;
-    let seed = config.seed.unwrap_or_else(rand::random);
-    let workers = config.workers.max(1);
     match &config.store {
-        Store::Memory => {
-            let handler = Arc::new(Handler::new(MemoryBoard::new(), config.limits, seed));
-            serve(
-                socket,
-                handler,
-                workers,
-                config.rate_limit,
-                config.error_limit,
-                shutdown,
-            )
-            .await
-        }
+        Store::Memory => serve_board(listeners, MemoryBoard::new(), config, shutdown).await,
         Store::Journal(journal) => {
             // Replay reads the whole file: keep it off the async workers.
             let journal = journal.clone();
             let (board, _) = tokio::task::spawn_blocking(move || Journal::open(&journal))
                 .await
                 .map_err(io::Error::other)??;
-            let handler = Arc::new(Handler::new(board, config.limits, seed));
-            serve(
-                socket,
-                handler,
-                workers,
-                config.rate_limit,
-                config.error_limit,
-                shutdown,
-            )
-            .await
+            serve_board(listeners, board, config, shutdown).await
         }
     }
+}
+
+/// [`serve`] with a handler over `board` built from `config`.
+async fn serve_board<B: Board>(
+    listeners: Listeners,
+    board: B,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let seed = config.seed.unwrap_or_else(rand::random);
+    let handler = Arc::new(Handler::new(board, config.limits, seed));
+    let workers = config.workers.max(1);
+    serve(
+        listeners,
+        handler,
+        workers,
+        config.rate_limit,
+        config.error_limit,
+        shutdown,
+    )
+    .await
 }
 
 /// Serves an existing handler (and so any board) on `listeners`.
