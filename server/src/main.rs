@@ -116,7 +116,20 @@ struct Args {
     log_level: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Runs the server; any error that stops it is one line on standard error and exit code 1.
+#[allow(clippy::print_stderr)]
+fn main() -> std::process::ExitCode {
+    match serve() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` puts the causes on the same line: `cannot bind …: Address in use`.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = match &args.log_level {
         Some(level) => EnvFilter::try_new(level).context("bad --log-level")?,
@@ -166,7 +179,7 @@ fn main() -> anyhow::Result<()> {
         workers: args.workers.unwrap_or(defaults.workers),
         seed: None,
     };
-    config.validate()?;
+    config.validate().context("invalid configuration")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -36,3 +36,30 @@ fn a_source_over_its_limit_is_dropped_and_others_are_not() {
     let log = server.log();
     assert!(log.contains("rate limit: datagrams dropped"), "{log}");
 }
+
+#[test]
+fn unworkable_limits_stop_the_binary_with_one_line() {
+    for (args, says) in [
+        (
+            &["--rate-burst", "0.5"][..],
+            "error: invalid configuration: rate limit: the rate must be a number of at least 0 and the burst at least 1\n",
+        ),
+        (
+            &["--error-reply-rate", "nan"],
+            "error: invalid configuration: error reply limit",
+        ),
+        (
+            &["--max-datagram", "100"],
+            "error: invalid configuration: max datagram must be between",
+        ),
+    ] {
+        let mut all = vec!["--in-memory"];
+        all.extend_from_slice(args);
+        let Err((code, log)) = ServerProcess::start(&all) else {
+            panic!("{args:?}: started");
+        };
+        assert_eq!(code, Some(1), "{args:?}: {log}");
+        assert!(log.contains(says), "{args:?}: {log}");
+        assert!(!log.contains("Stack backtrace"), "{args:?}: {log}");
+    }
+}
