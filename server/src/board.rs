@@ -196,6 +196,14 @@ impl Board for MemoryBoard {
             .cloned())
     }
 
+    fn entry_len(&self, id: MessageId) -> Result<Option<usize>, BoardError> {
+        let inner = self.read()?;
+        Ok(usize::try_from(id.0)
+            .ok()
+            .and_then(|i| inner.entries.get(i))
+            .map(Entry::encoded_len))
+    }
+
     fn span(&self, n: u64) -> Result<Span, BoardError> {
         Ok(self.read()?.sums.span(n))
     }
@@ -286,6 +294,13 @@ mod tests {
         );
         assert_eq!(board.get(MessageId(3)).expect("get"), None);
         assert_eq!(board.get(MessageId(u64::MAX)).expect("get"), None);
+        let entry = board.get(MessageId(0)).expect("get").expect("exists");
+        assert_eq!(
+            board.entry_len(MessageId(0)).expect("len"),
+            Some(entry.encoded_len())
+        );
+        assert_eq!(board.entry_len(MessageId(3)).expect("len"), None);
+        assert_eq!(board.entry_len(MessageId(u64::MAX)).expect("len"), None);
         let ids = |n| board.span(n).expect("span").ids().collect::<Vec<_>>();
         assert_eq!(ids(2), vec![MessageId(1), MessageId(2)]);
         assert_eq!(ids(0).len(), 3);

@@ -217,42 +217,34 @@ async fn receive_loop<B: Board>(
         }
         // One copy per datagram: published text keeps exactly its own bytes alive.
         let datagram = Bytes::copy_from_slice(&buf[..len]);
-        let kind = request_type(&datagram);
+        let request = Request {
+            kind: request_type(&datagram),
+            len,
+            from,
+        };
         // A publish (or a commit, which may be one) on a disk-backed board waits for its
         // group commit; run it as its own task so this loop keeps receiving, and so that
         // concurrent publishes can share one fsync.
         if handler.board().defers_publish() && matches!(datagram.first(), Some(b'1' | b'c')) {
             let handler = handler.clone();
             let work = async move { handler.handle(Instant::now(), from, datagram).await };
-            let request = Request { kind, len, from };
             detach(&deferred, &socket, request, &sending, work).await?;
             continue;
         }
         match handler.handle(Instant::now(), from, datagram).await {
-            Answer::Silent => shard.answered(kind, len, None),
-            Answer::Reply(reply) => {
-                shard.answered(kind, len, Some(&reply));
-                reply_to(&socket, &reply, from, &sending).await?
-            }
             // A large reply is copied on a blocking thread and sent from its own task, so a
             // burst of them cannot occupy the receive loops. Each holds a reservation in
             // the session budget, which bounds how many can exist.
             build @ Answer::Build(_) => {
-                let request = Request { kind, len, from };
-                detach(
-                    &deferred,
-                    &socket,
-                    request,
-                    &sending,
-                    std::future::ready(build),
-                )
-                .await?
+                let ready = std::future::ready(build);
+                detach(&deferred, &socket, request, &sending, ready).await?
             }
+            answer => deliver(&socket, answer, request, &sending).await?,
         }
     }
 }
 
-/// A request answered off the receive loop: what metrics need to count it.
+/// A request being answered: where its reply goes, and what metrics need to count it.
 #[derive(Debug, Clone, Copy)]
 struct Request {
     kind: usize,
