@@ -8,18 +8,20 @@
 //! Payloads (published text, block data) are `Bytes` slices of the datagram they came in.
 #![warn(missing_docs)]
 
+mod code;
 mod field;
 mod ids;
 mod message;
 mod request;
 mod response;
 
+pub use code::{ErrorCode, ReplyCode, RequestKind};
 pub use field::{digits, digits_in_range};
 pub use ids::{MessageId, SessionId};
 pub use message::{Entry, Message, Timestamp};
-pub use request::{BLOCK_HEADER_MAX, BoardRequest, ParseError, Request, SessionRequest};
+pub use request::{BLOCK_HEADER_MAX, BoardRequest, ParseError, Rejected, Request, SessionRequest};
 pub use response::{
-    DATA_HEADER_MAX, ErrorCode, Expect, Offer, Response, ResponseError, encode_entries, encode_ids,
+    DATA_HEADER_MAX, Expect, Offer, Response, ResponseError, encode_entries, encode_ids,
     encode_messages, ids_reply_len, messages_reply_len,
 };
 

@@ -2,9 +2,9 @@
 
 use bytes::Bytes;
 
+use crate::code::{ErrorCode, RequestKind};
 use crate::field::{self, Fields};
 use crate::ids::{MessageId, SessionId};
-use crate::response::ErrorCode;
 
 /// Why a request datagram was refused by the parser.
 ///
@@ -47,6 +47,21 @@ impl ParseError {
             ParseError::UnknownCode(_) => ErrorCode::UnknownControl,
             _ => ErrorCode::BadFormat,
         }
+    }
+}
+
+/// A datagram the parser refused, and the request its code byte named if it named one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The request the datagram claimed to be (`None`: too short, no `:`, unknown code).
+    pub kind: Option<RequestKind>,
+    /// Why it was refused.
+    pub error: ParseError,
+}
+
+impl Rejected {
+    fn unnamed(error: ParseError) -> Self {
+        Rejected { kind: None, error }
     }
 }
 
@@ -144,25 +159,57 @@ impl Request {
     ///
     /// Takes `Bytes` so that text and block data come out as slices of the datagram.
     pub fn parse(datagram: Bytes) -> Result<Request, ParseError> {
+        Self::parse_classified(datagram).map_err(|rejected| rejected.error)
+    }
+
+    /// Parses one request datagram; a refusal also says which request its code byte named,
+    /// so that a server can count a malformed `b:` as a block without reading it again.
+    pub fn parse_classified(datagram: Bytes) -> Result<Request, Rejected> {
         if datagram.len() < 2 {
-            return Err(ParseError::TooShort);
+            return Err(Rejected::unnamed(ParseError::TooShort));
         }
         if datagram[1] != b':' {
-            return Err(ParseError::MissingColon);
+            return Err(Rejected::unnamed(ParseError::MissingColon));
         }
         let code = datagram[0];
-        if !matches!(code, b'1'..=b'4' | b'a' | b'b' | b'c' | b'g' | b'x') {
-            return Err(ParseError::UnknownCode(code));
+        let Some(kind) = RequestKind::from_byte(code) else {
+            return Err(Rejected::unnamed(ParseError::UnknownCode(code)));
+        };
+        Self::parse_payload(kind, datagram).map_err(|error| Rejected {
+            kind: Some(kind),
+            error,
+        })
+    }
+
+    /// Which request this is.
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Request::Board(BoardRequest::Publish(_)) => RequestKind::Publish,
+            Request::Board(BoardRequest::Ids(_)) => RequestKind::Ids,
+            Request::Board(BoardRequest::Get(_)) => RequestKind::Get,
+            Request::Board(BoardRequest::Last(_)) => RequestKind::Last,
+            Request::Session(SessionRequest::Open { .. }) => RequestKind::Open,
+            Request::Session(SessionRequest::Block { .. }) => RequestKind::Block,
+            Request::Session(SessionRequest::Commit(_)) => RequestKind::Commit,
+            Request::Session(SessionRequest::Fetch { .. }) => RequestKind::Fetch,
+            Request::Session(SessionRequest::Close(_)) => RequestKind::Close,
         }
+    }
+
+    fn parse_payload(kind: RequestKind, datagram: Bytes) -> Result<Request, ParseError> {
         let payload = datagram.slice(2..);
         let mut fields = Fields::new(payload.clone());
-        let request = match code {
-            b'1' if payload.is_empty() => return Err(ParseError::EmptyText),
-            b'1' => Request::Board(BoardRequest::Publish(payload)),
-            b'2' => Request::Board(BoardRequest::Ids(number(Some(payload), "count")?)),
-            b'3' => Request::Board(BoardRequest::Get(MessageId(number(Some(payload), "id")?))),
-            b'4' => Request::Board(BoardRequest::Last(number(Some(payload), "count")?)),
-            b'a' => {
+        let request = match kind {
+            RequestKind::Publish if payload.is_empty() => return Err(ParseError::EmptyText),
+            RequestKind::Publish => Request::Board(BoardRequest::Publish(payload)),
+            RequestKind::Ids => Request::Board(BoardRequest::Ids(number(Some(payload), "count")?)),
+            RequestKind::Get => {
+                Request::Board(BoardRequest::Get(MessageId(number(Some(payload), "id")?)))
+            }
+            RequestKind::Last => {
+                Request::Board(BoardRequest::Last(number(Some(payload), "count")?))
+            }
+            RequestKind::Open => {
                 let size = number(fields.next(), "block size")?;
                 let block_size = number(Some(fields.rest()), "block size")?;
                 if size == 0 {
@@ -173,7 +220,7 @@ impl Request {
                 }
                 Request::Session(SessionRequest::Open { size, block_size })
             }
-            b'b' => {
+            RequestKind::Block => {
                 let sid = sid(fields.next())?;
                 let index = number(fields.next(), "block data")?;
                 Request::Session(SessionRequest::Block {
@@ -182,14 +229,13 @@ impl Request {
                     data: fields.rest(),
                 })
             }
-            b'c' => Request::Session(SessionRequest::Commit(sid(Some(payload))?)),
-            b'g' => {
+            RequestKind::Commit => Request::Session(SessionRequest::Commit(sid(Some(payload))?)),
+            RequestKind::Fetch => {
                 let sid = sid(fields.next())?;
                 let index = number(Some(fields.rest()), "index")?;
                 Request::Session(SessionRequest::Fetch { sid, index })
             }
-            b'x' => Request::Session(SessionRequest::Close(sid(Some(payload))?)),
-            _ => return Err(ParseError::UnknownCode(code)),
+            RequestKind::Close => Request::Session(SessionRequest::Close(sid(Some(payload))?)),
         };
         Ok(request)
     }
@@ -197,29 +243,41 @@ impl Request {
     /// Appends the wire form.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Request::Board(BoardRequest::Publish(text)) => {
+            Request::Board(r) => Self::encode_board(r, out),
+            Request::Session(r) => Self::encode_session(r, out),
+        }
+    }
+
+    fn encode_board(r: &BoardRequest, out: &mut Vec<u8>) {
+        match r {
+            BoardRequest::Publish(text) => {
                 out.extend_from_slice(b"1:");
                 out.extend_from_slice(text);
             }
-            Request::Board(BoardRequest::Ids(n)) => {
+            BoardRequest::Ids(n) => {
                 out.extend_from_slice(b"2:");
                 field::put_u64(out, *n);
             }
-            Request::Board(BoardRequest::Get(id)) => {
+            BoardRequest::Get(id) => {
                 out.extend_from_slice(b"3:");
                 id.encode(out);
             }
-            Request::Board(BoardRequest::Last(n)) => {
+            BoardRequest::Last(n) => {
                 out.extend_from_slice(b"4:");
                 field::put_u64(out, *n);
             }
-            Request::Session(SessionRequest::Open { size, block_size }) => {
+        }
+    }
+
+    fn encode_session(r: &SessionRequest, out: &mut Vec<u8>) {
+        match r {
+            SessionRequest::Open { size, block_size } => {
                 out.extend_from_slice(b"a:");
                 field::put_u64(out, *size);
                 out.push(b':');
                 field::put_u64(out, *block_size);
             }
-            Request::Session(SessionRequest::Block { sid, index, data }) => {
+            SessionRequest::Block { sid, index, data } => {
                 out.extend_from_slice(b"b:");
                 sid.encode(out);
                 out.push(b':');
@@ -227,17 +285,17 @@ impl Request {
                 out.push(b':');
                 out.extend_from_slice(data);
             }
-            Request::Session(SessionRequest::Commit(sid)) => {
+            SessionRequest::Commit(sid) => {
                 out.extend_from_slice(b"c:");
                 sid.encode(out);
             }
-            Request::Session(SessionRequest::Fetch { sid, index }) => {
+            SessionRequest::Fetch { sid, index } => {
                 out.extend_from_slice(b"g:");
                 sid.encode(out);
                 out.push(b':');
                 field::put_u64(out, *index);
             }
-            Request::Session(SessionRequest::Close(sid)) => {
+            SessionRequest::Close(sid) => {
                 out.extend_from_slice(b"x:");
                 sid.encode(out);
             }
@@ -248,6 +306,24 @@ impl Request {
     pub fn to_bytes(&self) -> Bytes {
         let mut out = Vec::new();
         self.encode(&mut out);
+        Bytes::from(out)
+    }
+}
+
+impl BoardRequest {
+    /// The wire form as a new buffer.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = Vec::new();
+        Request::encode_board(self, &mut out);
+        Bytes::from(out)
+    }
+}
+
+impl SessionRequest {
+    /// The wire form as a new buffer.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = Vec::new();
+        Request::encode_session(self, &mut out);
         Bytes::from(out)
     }
 }
@@ -378,5 +454,36 @@ mod tests {
         );
         assert_eq!(parse(b"x:"), Err(ParseError::BadSessionId));
         assert_eq!(parse(b"b:"), Err(ParseError::MissingField("session id")));
+    }
+
+    fn classify(pdu: &[u8]) -> Result<RequestKind, Rejected> {
+        Request::parse_classified(Bytes::copy_from_slice(pdu)).map(|r| r.kind())
+    }
+
+    #[test]
+    fn refusals_name_the_request_their_code_byte_names() {
+        assert_eq!(classify(b"2:10"), Ok(RequestKind::Ids));
+        assert_eq!(
+            classify(b"x:not-a-sid").unwrap_err().kind,
+            Some(RequestKind::Close)
+        );
+        let bad_block = classify(b"b:zz:0:x").unwrap_err();
+        assert_eq!(bad_block.kind, Some(RequestKind::Block));
+        assert_eq!(bad_block.error, ParseError::BadSessionId);
+        for pdu in [&b"x"[..], b"1-", b"9:x"] {
+            assert_eq!(classify(pdu).unwrap_err().kind, None, "{pdu:?}");
+        }
+    }
+
+    #[test]
+    fn session_and_board_requests_encode_as_requests_do() {
+        let open = SessionRequest::Open {
+            size: 7,
+            block_size: 2,
+        };
+        assert_eq!(open.to_bytes(), Request::Session(open.clone()).to_bytes());
+        assert_eq!(&open.to_bytes()[..], b"a:7:2");
+        let last = BoardRequest::Last(3);
+        assert_eq!(&last.to_bytes()[..], b"4:3");
     }
 }

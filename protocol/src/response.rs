@@ -5,44 +5,10 @@
 
 use bytes::Bytes;
 
+use crate::code::{ErrorCode, ReplyCode};
 use crate::field::{self, Fields};
 use crate::ids::{MessageId, SessionId};
 use crate::message::{Entry, Message};
-
-/// The error codes of PROTOCOL.md §2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    /// `1`: the request could not be parsed.
-    BadFormat,
-    /// `2`: no message with that id.
-    MsgNotFound,
-    /// `3`: the code byte is not a known request.
-    UnknownControl,
-    /// `4`: session or transmission error (unknown session, too large, busy, ...).
-    ErrTransm,
-}
-
-impl ErrorCode {
-    /// The code byte on the wire.
-    pub fn byte(self) -> u8 {
-        match self {
-            ErrorCode::BadFormat => b'1',
-            ErrorCode::MsgNotFound => b'2',
-            ErrorCode::UnknownControl => b'3',
-            ErrorCode::ErrTransm => b'4',
-        }
-    }
-
-    fn from_byte(b: u8) -> Option<Self> {
-        Some(match b {
-            b'1' => ErrorCode::BadFormat,
-            b'2' => ErrorCode::MsgNotFound,
-            b'3' => ErrorCode::UnknownControl,
-            b'4' => ErrorCode::ErrTransm,
-            _ => return None,
-        })
-    }
-}
 
 /// A download offer: the response is `size` bytes, fetch it with `g:` in `block_size` blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +133,15 @@ fn number(field: Option<Bytes>) -> Option<u64> {
 }
 
 impl Response {
+    /// The code its first byte carries.
+    pub fn code(&self) -> ReplyCode {
+        match self {
+            Response::Offer(_) => ReplyCode::Offer,
+            Response::Error { code, .. } => ReplyCode::Error(*code),
+            _ => ReplyCode::Ok,
+        }
+    }
+
     /// An error response with a reason.
     pub fn error(code: ErrorCode, reason: impl Into<Bytes>) -> Self {
         Response::Error {
