@@ -1,22 +1,29 @@
 //! The request handler: one datagram in, at most one datagram out.
 //!
-//! It parses each datagram once, runs layer-1 requests against the board, and routes
-//! layer-2 requests through the session manager. Time comes in as an argument, so the
-//! handler runs the same under the UDP driver and in tests without sockets.
+//! [`Handler::handle`] is the one entry point of the datagram path: it parses each datagram
+//! once into a [`Request`], runs layer-1 requests against the board and routes layer-2
+//! requests through the session manager, and says in typed values what the driver needs
+//! (the request's kind, the reply and its code, whether the work must leave the receive
+//! loop). Time comes in as an argument, so the handler runs the same under the UDP driver
+//! and in tests without sockets.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mboard_protocol::{
-    BoardRequest, ErrorCode, Request, Response, encode_ids, ids_reply_len, messages_reply_len,
+    BoardRequest, ErrorCode, Request, RequestKind, Response, SessionId, encode_ids, ids_reply_len,
+    messages_reply_len,
 };
 use tracing::{debug, warn};
 
 use crate::board::{Board, BoardError};
 use crate::config::Limits;
+use crate::reply::Reply;
 use crate::session::{Outcome, SessionManager, Stats};
 
 /// Answers datagrams for one board.
@@ -30,13 +37,18 @@ pub struct Handler<B> {
     publishes: AtomicU64,
 }
 
-fn error(code: ErrorCode, reason: impl Into<Bytes>) -> Bytes {
-    Response::error(code, reason).to_bytes()
+/// What [`Handler::handle`] made of one datagram.
+#[derive(Debug)]
+pub struct Handled {
+    /// The request it was, or claimed to be (`None`: not a request at all).
+    pub kind: Option<RequestKind>,
+    /// What to send back.
+    pub answer: Answer,
 }
 
-fn storage_failure(e: &BoardError) -> Bytes {
+fn storage_failure(e: &BoardError) -> Reply {
     warn!(error = %e, "board failure");
-    error(ErrorCode::ErrTransm, "storage failure")
+    Reply::error(ErrorCode::ErrTransm, "storage failure")
 }
 
 impl<B: Board> Handler<B> {
@@ -93,19 +105,36 @@ impl<B: Board> Handler<B> {
         sessions.next_expiry()
     }
 
-    /// Answers one datagram from `from`.
+    /// Answers one datagram from `from`: the datagram path's one entry point.
     ///
-    /// Takes the handler by `Arc` because a reply that must be built as a download comes
-    /// back as [`Answer::Build`], which outlives this call.
+    /// Takes the handler by `Arc` because work that must leave the receive loop (a large
+    /// reply to build, a publish waiting for the disk) comes back as an [`Answer`] that
+    /// outlives this call.
     pub async fn handle(
         self: &Arc<Self>,
         now: Instant,
         from: SocketAddr,
         datagram: Bytes,
-    ) -> Answer {
+    ) -> Handled {
         let request_len = datagram.len();
-        let answer = self.answer(now, from, datagram).await;
-        self.limit_amplification(now, from, request_len, answer)
+        let request = match Request::parse_classified(datagram) {
+            Ok(request) => request,
+            Err(rejected) => {
+                debug!(%from, error = %rejected.error, "refused datagram");
+                let reply = Reply::error(rejected.error.code(), rejected.error.to_string());
+                return Handled {
+                    kind: rejected.kind,
+                    answer: Answer::Reply(reply),
+                };
+            }
+        };
+        let kind = Some(request.kind());
+        let answer = match request {
+            Request::Board(req) => self.execute(now, from, req).await,
+            Request::Session(req) => self.session(now, from, req).await,
+        };
+        let answer = self.limit_amplification(now, from, request_len, answer);
+        Handled { kind, answer }
     }
 
     /// Keeps what an unvalidated address is sent within the amplification allowance.
@@ -130,54 +159,51 @@ impl<B: Board> Handler<B> {
                 if sessions.is_validated(from, now) {
                     Answer::Reply(reply)
                 } else {
-                    Answer::Reply(sessions.offer(now, from, reply))
+                    Answer::Reply(legacy(sessions.offer(now, from, reply.into_bytes())))
                 }
             }
             _ => Answer::Reply(reply),
         }
     }
 
-    async fn answer(self: &Arc<Self>, now: Instant, from: SocketAddr, datagram: Bytes) -> Answer {
-        let request = match Request::parse(datagram) {
-            Ok(request) => request,
-            Err(e) => {
-                debug!(%from, error = %e, "refused datagram");
-                return Answer::Reply(error(e.code(), e.to_string()));
-            }
-        };
-        let req = match request {
-            Request::Board(req) => return self.execute(now, from, req).await,
-            Request::Session(req) => req,
-        };
+    /// A layer-2 request: the session manager answers it, or hands back an assembled
+    /// request to execute.
+    async fn session(
+        self: &Arc<Self>,
+        now: Instant,
+        from: SocketAddr,
+        req: mboard_protocol::SessionRequest,
+    ) -> Answer {
         let outcome = self.sessions().handle(now, from, req);
-        let (sid, request) = match outcome {
-            Outcome::Reply(reply) => return Answer::Reply(reply),
-            Outcome::Nothing => return Answer::Silent,
-            Outcome::Execute { sid, request } => (sid, request),
-        };
+        match outcome {
+            Outcome::Reply(reply) => Answer::Reply(legacy(reply)),
+            Outcome::Nothing => Answer::Silent,
+            Outcome::Execute { sid, request } => self.commit(now, from, sid, request).await,
+        }
+    }
+
+    /// Executes a committed upload; whenever its reply is ready, it becomes what every
+    /// later commit of the session replays.
+    async fn commit(
+        self: &Arc<Self>,
+        now: Instant,
+        from: SocketAddr,
+        sid: SessionId,
+        request: Bytes,
+    ) -> Answer {
         let answer = match Request::parse(request) {
             Ok(Request::Board(req)) => self.execute(now, from, req).await,
-            Ok(Request::Session(_)) => {
-                Answer::Reply(error(ErrorCode::UnknownControl, "not a board request"))
-            }
-            Err(e) => Answer::Reply(error(e.code(), e.to_string())),
+            Ok(Request::Session(_)) => Answer::Reply(Reply::error(
+                ErrorCode::UnknownControl,
+                "not a board request",
+            )),
+            Err(e) => Answer::Reply(Reply::error(e.code(), e.to_string())),
         };
-        // Whenever the reply is ready, it becomes what every later commit replays.
-        match answer {
-            Answer::Reply(reply) => {
-                self.sessions().finish(sid, reply.clone());
-                Answer::Reply(reply)
-            }
-            Answer::Build(build) => {
-                let this = self.clone();
-                Answer::Build(Box::new(move || {
-                    let reply = build();
-                    this.sessions().finish(sid, reply.clone());
-                    reply
-                }))
-            }
-            Answer::Silent => Answer::Silent,
-        }
+        let this = self.clone();
+        answer.then(move |reply| {
+            this.sessions().finish(sid, reply.bytes().clone());
+            reply
+        })
     }
 
     /// Runs a layer-1 request; a reply too large for a datagram becomes a download.
@@ -188,34 +214,14 @@ impl<B: Board> Handler<B> {
         req: BoardRequest,
     ) -> Answer {
         match req {
-            BoardRequest::Publish(text) => {
-                Answer::Reply(match self.board.publish(from, text).await {
-                    Ok(id) => {
-                        self.publishes.fetch_add(1, Ordering::Relaxed);
-                        Response::Published(id).to_bytes()
-                    }
-                    Err(e) => storage_failure(&e),
-                })
+            // A disk-backed board makes a publish wait for its group commit: that leaves the
+            // receive loop, so the loop keeps receiving and concurrent publishes share a sync.
+            BoardRequest::Publish(text) if self.board.defers_publish() => {
+                let this = self.clone();
+                Answer::Wait(Box::pin(async move { this.publish(from, text).await }))
             }
-            // Sized first, read when built: a large text is read off the receive loop, and
-            // not at all if the reply is refused as busy.
-            BoardRequest::Get(id) => match self.board.entry_len(id) {
-                Ok(Some(len)) => {
-                    let size = 2 + len as u64;
-                    self.sized(now, from, size, move |board, out| {
-                        // Boards only grow, so a message that had a length still exists.
-                        let entry = board.get(id)?.ok_or_else(|| {
-                            BoardError::Io(std::io::Error::other(format!("message {id} vanished")))
-                        })?;
-                        Response::Entry(entry).encode(out);
-                        Ok(())
-                    })
-                }
-                Ok(None) => {
-                    Answer::Reply(error(ErrorCode::MsgNotFound, format!("no message {id}")))
-                }
-                Err(e) => Answer::Reply(storage_failure(&e)),
-            },
+            BoardRequest::Publish(text) => Answer::Reply(self.publish(from, text).await),
+            BoardRequest::Get(id) => self.get(now, from, id),
             BoardRequest::Ids(n) => match self.board.span(n) {
                 Ok(span) => self.sized(
                     now,
@@ -240,6 +246,44 @@ impl<B: Board> Handler<B> {
         }
     }
 
+    async fn publish(&self, from: SocketAddr, text: Bytes) -> Reply {
+        match self.board.publish(from, text).await {
+            Ok(id) => {
+                self.publishes.fetch_add(1, Ordering::Relaxed);
+                Reply::new(&Response::Published(id))
+            }
+            Err(e) => storage_failure(&e),
+        }
+    }
+
+    /// `3:<id>`, sized first and read when built: a large text is read off the receive
+    /// loop, and not at all if the reply is refused as busy.
+    fn get(
+        self: &Arc<Self>,
+        now: Instant,
+        from: SocketAddr,
+        id: mboard_protocol::MessageId,
+    ) -> Answer {
+        match self.board.entry_len(id) {
+            Ok(Some(len)) => {
+                let size = 2 + len as u64;
+                self.sized(now, from, size, move |board, out| {
+                    // Boards only grow, so a message that had a length still exists.
+                    let entry = board.get(id)?.ok_or_else(|| {
+                        BoardError::Io(std::io::Error::other(format!("message {id} vanished")))
+                    })?;
+                    Response::Entry(entry).encode(out);
+                    Ok(())
+                })
+            }
+            Ok(None) => Answer::Reply(Reply::error(
+                ErrorCode::MsgNotFound,
+                format!("no message {id}"),
+            )),
+            Err(e) => Answer::Reply(storage_failure(&e)),
+        }
+    }
+
     /// A reply of a known `size`: built now if it fits a datagram; otherwise a download,
     /// reserved now (so an oversized reply is refused before anything is copied) and built
     /// later, off the receive loop.
@@ -250,13 +294,13 @@ impl<B: Board> Handler<B> {
         if size <= self.limits.max_datagram as u64 {
             let mut out = Vec::with_capacity(size as usize);
             return Answer::Reply(match encode(&self.board, &mut out) {
-                Ok(()) => Bytes::from(out),
+                Ok(()) => Reply::ok(Bytes::from(out)),
                 Err(e) => storage_failure(&e),
             });
         }
         let reservation = match self.sessions().reserve(now, from, size) {
             Ok(r) => r,
-            Err(busy) => return Answer::Reply(busy),
+            Err(busy) => return Answer::Reply(legacy(busy)),
         };
         let this = self.clone();
         Answer::Build(Box::new(move || {
@@ -264,7 +308,7 @@ impl<B: Board> Handler<B> {
             match encode(&this.board, &mut out) {
                 Ok(()) => {
                     debug_assert_eq!(out.len() as u64, size, "span disagrees with reply");
-                    this.sessions().fill(reservation, Bytes::from(out))
+                    legacy(this.sessions().fill(reservation, Bytes::from(out)))
                 }
                 Err(e) => {
                     this.sessions().cancel(reservation);
@@ -275,24 +319,54 @@ impl<B: Board> Handler<B> {
     }
 }
 
+/// A reply the session manager encoded (until it answers in typed values).
+fn legacy(bytes: Bytes) -> Reply {
+    match bytes.first().copied().and_then(ErrorCode::from_byte) {
+        Some(code) => Reply::error(code, bytes.slice(2..)),
+        None if bytes.first() == Some(&b'd') => {
+            match Response::parse(bytes.clone(), mboard_protocol::Expect::Closed) {
+                Ok(r) => Reply::new(&r),
+                Err(_) => Reply::ok(bytes),
+            }
+        }
+        None => Reply::ok(bytes),
+    }
+}
+
+/// A reply that waits for the board (a publish waiting for its group commit).
+pub type Waiting = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
 /// What to send back for one datagram.
 pub enum Answer {
     /// Nothing (a commit that is already executing: the client's resend gets the reply).
     Silent,
     /// This reply, now.
-    Reply(Bytes),
+    Reply(Reply),
     /// A reply that takes a while to build (a large download): run this away from the
     /// receive loop, such as on a blocking thread, then send what it returns.
-    Build(Box<dyn FnOnce() -> Bytes + Send>),
+    Build(Box<dyn FnOnce() -> Reply + Send>),
+    /// A reply that waits for the board: await it in a task of its own, then send it.
+    Wait(Waiting),
 }
 
 impl Answer {
-    /// The reply to send, building it here if need be.
-    pub fn resolve(self) -> Option<Bytes> {
+    /// The reply to send, building or awaiting it here if need be.
+    pub async fn resolve(self) -> Option<Reply> {
         match self {
             Answer::Silent => None,
             Answer::Reply(reply) => Some(reply),
             Answer::Build(build) => Some(build()),
+            Answer::Wait(wait) => Some(wait.await),
+        }
+    }
+
+    /// The same answer, with `f` applied to its reply whenever that is ready.
+    fn then(self, f: impl FnOnce(Reply) -> Reply + Send + 'static) -> Answer {
+        match self {
+            Answer::Silent => Answer::Silent,
+            Answer::Reply(reply) => Answer::Reply(f(reply)),
+            Answer::Build(build) => Answer::Build(Box::new(move || f(build()))),
+            Answer::Wait(wait) => Answer::Wait(Box::pin(async move { f(wait.await) })),
         }
     }
 }
@@ -303,6 +377,7 @@ impl std::fmt::Debug for Answer {
             Answer::Silent => f.write_str("Silent"),
             Answer::Reply(reply) => f.debug_tuple("Reply").field(reply).finish(),
             Answer::Build(_) => f.write_str("Build(..)"),
+            Answer::Wait(_) => f.write_str("Wait(..)"),
         }
     }
 }
@@ -326,7 +401,9 @@ mod tests {
     }
 
     fn ask<B: Board>(h: &Arc<Handler<B>>, now: Instant, pdu: &[u8]) -> Option<Bytes> {
-        run(h.handle(now, from(), Bytes::copy_from_slice(pdu))).resolve()
+        let datagram = Bytes::copy_from_slice(pdu);
+        run(async { h.handle(now, from(), datagram).await.answer.resolve().await })
+            .map(Reply::into_bytes)
     }
 
     fn text(reply: Option<Bytes>) -> String {

@@ -25,6 +25,8 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Semaphore;
 use tracing::{debug, info};
 
+use mboard_protocol::{ReplyCode, RequestKind};
+
 use crate::board::Board;
 use crate::handler::Handler;
 use crate::limiter::RateLimiter;
@@ -37,29 +39,19 @@ pub const REQUEST_TYPES: [&str; 10] = [
 /// What was answered, by the reply's code byte (`offer` is `d:`, `none` is no reply).
 pub const REPLY_CODES: [&str; 7] = ["0", "1", "2", "3", "4", "offer", "none"];
 
-/// Index into [`REQUEST_TYPES`] of a request datagram.
-pub fn request_type(datagram: &[u8]) -> usize {
-    match datagram.first() {
-        Some(b'1') => 0,
-        Some(b'2') => 1,
-        Some(b'3') => 2,
-        Some(b'4') => 3,
-        Some(b'a') => 4,
-        Some(b'b') => 5,
-        Some(b'c') => 6,
-        Some(b'g') => 7,
-        Some(b'x') => 8,
-        _ => 9,
-    }
+/// Index into [`REQUEST_TYPES`] of a request (`None`: not a request at all).
+pub fn request_index(kind: Option<RequestKind>) -> usize {
+    // `RequestKind::ALL` is in the order of `REQUEST_TYPES`; a test holds them together.
+    kind.map_or(REQUEST_TYPES.len() - 1, |k| k as usize)
 }
 
-/// Index into [`REPLY_CODES`] of a reply (`None`: nothing was sent).
-pub fn reply_code(reply: Option<&[u8]>) -> usize {
-    match reply.and_then(|r| r.first()) {
+/// Index into [`REPLY_CODES`] of a reply's code (`None`: nothing was sent).
+pub fn reply_index(code: Option<ReplyCode>) -> usize {
+    match code {
         None => 6,
-        Some(b @ b'0'..=b'4') => usize::from(b - b'0'),
-        // The only other reply the server sends is a download offer.
-        Some(_) => 5,
+        Some(ReplyCode::Ok) => 0,
+        Some(ReplyCode::Error(code)) => usize::from(code.byte() - b'0'),
+        Some(ReplyCode::Offer) => 5,
     }
 }
 
@@ -86,9 +78,14 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Counts a request of type `kind` (see [`request_type`]) and the reply it got.
-    pub fn answered(&self, kind: usize, request_len: usize, reply: Option<&[u8]>) {
-        self.requests[kind][reply_code(reply)].fetch_add(1, Relaxed);
+    /// Counts a request of type `kind` and the code of the reply it got.
+    pub fn answered(
+        &self,
+        kind: Option<RequestKind>,
+        request_len: usize,
+        reply: Option<ReplyCode>,
+    ) {
+        self.requests[request_index(kind)][reply_index(reply)].fetch_add(1, Relaxed);
         self.received_bytes.fetch_add(request_len as u64, Relaxed);
     }
 
@@ -449,24 +446,42 @@ mod tests {
             (b"", "other"),
         ];
         for (datagram, name) in cases {
-            assert_eq!(REQUEST_TYPES[request_type(datagram)], name);
+            let kind = match mboard_protocol::Request::parse_classified(Bytes::copy_from_slice(
+                datagram,
+            )) {
+                Ok(request) => Some(request.kind()),
+                Err(rejected) => rejected.kind,
+            };
+            assert_eq!(REQUEST_TYPES[request_index(kind)], name);
+        }
+        for kind in RequestKind::ALL {
+            assert_eq!(REQUEST_TYPES[request_index(Some(kind))], kind.name());
         }
     }
 
     #[test]
     fn reply_codes_follow_the_first_byte() {
-        assert_eq!(REPLY_CODES[reply_code(Some(b"0:5"))], "0");
-        assert_eq!(REPLY_CODES[reply_code(Some(b"4:busy"))], "4");
-        assert_eq!(REPLY_CODES[reply_code(Some(b"d:sid:9:1"))], "offer");
-        assert_eq!(REPLY_CODES[reply_code(None)], "none");
+        let code = |pdu: &'static [u8]| {
+            let expect = mboard_protocol::Expect::Published;
+            mboard_protocol::Response::parse(Bytes::from_static(pdu), expect)
+                .map(|r| r.code())
+                .ok()
+        };
+        assert_eq!(REPLY_CODES[reply_index(code(b"0:5"))], "0");
+        assert_eq!(REPLY_CODES[reply_index(code(b"4:busy"))], "4");
+        let offer = b"d:3f2b8c1e-9a4d-4e6f-8b1a-2c3d4e5f6a7b:9:1";
+        assert_eq!(REPLY_CODES[reply_index(code(offer))], "offer");
+        assert_eq!(REPLY_CODES[reply_index(None)], "none");
     }
 
     #[test]
     fn shards_sum_into_totals() {
         let m = Metrics::new(3);
-        m.shard(0).answered(0, 4, Some(b"0:1"));
-        m.shard(1).answered(0, 5, Some(b"0:2"));
-        m.shard(5).answered(9, 2, Some(b"3:unknown"));
+        let (publish, ok) = (Some(RequestKind::Publish), Some(ReplyCode::Ok));
+        m.shard(0).answered(publish, 4, ok);
+        m.shard(1).answered(publish, 5, ok);
+        let unknown = Some(ReplyCode::Error(mboard_protocol::ErrorCode::UnknownControl));
+        m.shard(5).answered(None, 2, unknown);
         m.shard(2).sent(7);
         m.shard(2).dropped(DropReason::SendError);
         m.shard(1).dropped(DropReason::RateLimit);

@@ -2,10 +2,12 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use mboard_protocol::RequestKind;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Semaphore;
@@ -17,11 +19,11 @@ use crate::config::{Config, ConfigError, Store};
 use crate::handler::{Answer, Handler};
 use crate::journal::{Journal, JournalError};
 use crate::limiter::{RateLimit, RateLimiter};
-use crate::metrics::{DropReason, Metrics, ServerCollector, Shard, request_type, serve_metrics};
+use crate::metrics::{DropReason, Metrics, ServerCollector, Shard, serve_metrics};
+use crate::reply::Reply;
 
 /// Requests handled in their own tasks at once (publishes waiting for the journal, large
-/// replies being built); beyond this the receive loops wait, which pushes back on senders
-/// instead of queueing without bound.
+/// replies being built); see [`Receiver::deferred`].
 const DEFERRED_MAX: usize = 4_096;
 
 /// Why the server stopped other than by being asked to.
@@ -131,17 +133,18 @@ pub async fn serve<B: Board>(
         tasks.spawn(serve_metrics(listener, registry));
     }
     for shard in 0..workers {
-        tasks.spawn(receive_loop(
-            socket.clone(),
-            handler.clone(),
-            deferred.clone(),
-            limiter.clone(),
-            Sending {
+        let receiver = Receiver {
+            handler: handler.clone(),
+            deferred: deferred.clone(),
+            limiter: limiter.clone(),
+            sender: Sender {
+                socket: socket.clone(),
                 metrics: counters.clone(),
                 shard,
                 errors: errors.clone(),
             },
-        ));
+        };
+        tasks.spawn(receiver.run());
     }
     tasks.spawn(expiry_loop(handler.clone()));
     let result = tokio::select! {
@@ -176,156 +179,145 @@ fn transient(e: &io::Error) -> bool {
         || e.raw_os_error() == Some(22) // EINVAL (e.g. an address of the other family)
 }
 
-/// What a receive loop, and the tasks it detaches, need to send: the loop's own shard of
-/// the metrics, and the per-destination limit on error replies.
+/// One receive loop: takes datagrams off the shared socket, hands each to the handler, and
+/// sends what it answers, detaching work that would stall the loop.
+struct Receiver<B> {
+    /// Answers datagrams.
+    handler: Arc<Handler<B>>,
+    /// Permits for work detached from the loops (publishes waiting for the disk, large
+    /// replies being built); when none is left the loop waits, which pushes back on
+    /// senders instead of queueing without bound.
+    deferred: Arc<Semaphore>,
+    /// Per-source rate limit, applied before any work.
+    limiter: Arc<RateLimiter>,
+    /// Where replies go out, shared with the tasks this loop detaches.
+    sender: Sender,
+}
+
+/// What sending a reply needs: the socket, the loop's own shard of the metrics, and the
+/// per-destination limit on error replies.
 #[derive(Debug, Clone)]
-struct Sending {
+struct Sender {
+    socket: Arc<UdpSocket>,
     metrics: Arc<Metrics>,
     shard: usize,
     errors: Arc<RateLimiter>,
 }
 
-impl Sending {
-    fn get(&self) -> &Shard {
-        self.metrics.shard(self.shard)
-    }
+/// A request being answered: where its reply goes, and what metrics count of it.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    kind: Option<RequestKind>,
+    len: usize,
+    from: SocketAddr,
 }
 
-async fn receive_loop<B: Board>(
-    socket: Arc<UdpSocket>,
-    handler: Arc<Handler<B>>,
-    deferred: Arc<Semaphore>,
-    limiter: Arc<RateLimiter>,
-    sending: Sending,
-) -> io::Result<()> {
-    // Room for the largest datagram the kernel can hand us, IPv6 included.
-    let mut buf = vec![0u8; 65_536];
-    let shard = sending.get();
-    loop {
-        let (len, from) = match socket.recv_from(&mut buf).await {
-            Ok(received) => received,
-            Err(e) if transient(&e) => {
-                debug!(error = %e, "receive error ignored");
-                shard.dropped(DropReason::ReceiveError);
+impl<B: Board> Receiver<B> {
+    async fn run(self) -> io::Result<()> {
+        // Room for the largest datagram the kernel can hand us, IPv6 included.
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let (len, from) = match self.sender.socket.recv_from(&mut buf).await {
+                Ok(received) => received,
+                Err(e) if transient(&e) => {
+                    debug!(error = %e, "receive error ignored");
+                    self.sender.shard().dropped(DropReason::ReceiveError);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            // Over its source's limit: dropped without a reply (and counted), before any work.
+            if !self.limiter.allow(from, Instant::now()) {
                 continue;
             }
-            Err(e) => return Err(e),
-        };
-        // Over its source's limit: dropped without a reply (and counted), before any work.
-        if !limiter.allow(from, Instant::now()) {
-            continue;
-        }
-        // One copy per datagram: published text keeps exactly its own bytes alive.
-        let datagram = Bytes::copy_from_slice(&buf[..len]);
-        let request = Request {
-            kind: request_type(&datagram),
-            len,
-            from,
-        };
-        // A publish (or a commit, which may be one) on a disk-backed board waits for its
-        // group commit; run it as its own task so this loop keeps receiving, and so that
-        // concurrent publishes can share one fsync.
-        if handler.board().defers_publish() && matches!(datagram.first(), Some(b'1' | b'c')) {
-            let handler = handler.clone();
-            let work = async move { handler.handle(Instant::now(), from, datagram).await };
-            detach(&deferred, &socket, request, &sending, work).await?;
-            continue;
-        }
-        match handler.handle(Instant::now(), from, datagram).await {
-            // A large reply is copied on a blocking thread and sent from its own task, so a
-            // burst of them cannot occupy the receive loops. Each holds a reservation in
-            // the session budget, which bounds how many can exist.
-            build @ Answer::Build(_) => {
-                let ready = std::future::ready(build);
-                detach(&deferred, &socket, request, &sending, ready).await?
+            // One copy per datagram: published text keeps exactly its own bytes alive.
+            let datagram = Bytes::copy_from_slice(&buf[..len]);
+            let handled = self.handler.handle(Instant::now(), from, datagram).await;
+            let source = Source {
+                kind: handled.kind,
+                len,
+                from,
+            };
+            match handled.answer {
+                // A large reply is copied on a blocking thread, and a publish waits for its
+                // group commit, in tasks of their own, so neither occupies the receive loop.
+                // Each large reply holds a reservation in the session budget, which bounds
+                // how many can exist.
+                answer @ (Answer::Build(_) | Answer::Wait(_)) => {
+                    self.detach(source, answer).await?
+                }
+                answer => self.sender.deliver(answer, source).await?,
             }
-            answer => deliver(&socket, answer, request, &sending).await?,
         }
+    }
+
+    /// Sends `answer` from a task of its own, under a permit.
+    ///
+    /// Waits for a permit first, so that a flood of such requests slows the receive loop
+    /// rather than piling up tasks.
+    async fn detach(&self, source: Source, answer: Answer) -> io::Result<()> {
+        let permit = self
+            .deferred
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(io::Error::other)?;
+        let sender = self.sender.clone();
+        tokio::spawn(async move {
+            // Only this reply is lost if sending fails; the loop reports fatal socket errors.
+            let _ = sender.deliver(answer, source).await;
+            drop(permit);
+        });
+        Ok(())
     }
 }
 
-/// A request being answered: where its reply goes, and what metrics need to count it.
-#[derive(Debug, Clone, Copy)]
-struct Request {
-    kind: usize,
-    len: usize,
-    from: std::net::SocketAddr,
-}
+impl Sender {
+    fn shard(&self) -> &Shard {
+        self.metrics.shard(self.shard)
+    }
 
-/// Runs `work` in a task of its own, under a permit, and sends what it answers back.
-///
-/// Waits for a permit first, so that a flood of such requests slows the receive loop
-/// rather than piling up tasks.
-async fn detach(
-    deferred: &Arc<Semaphore>,
-    socket: &Arc<UdpSocket>,
-    request: Request,
-    sending: &Sending,
-    work: impl Future<Output = Answer> + Send + 'static,
-) -> io::Result<()> {
-    let permit = deferred
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(io::Error::other)?;
-    let socket = socket.clone();
-    let sending = sending.clone();
-    tokio::spawn(async move {
-        // Only this reply is lost if sending fails; the loop reports fatal socket errors.
-        let _ = deliver(&socket, work.await, request, &sending).await;
-        drop(permit);
-    });
-    Ok(())
-}
+    /// Sends an answer, building it on a blocking thread, or awaiting it, first if need be.
+    async fn deliver(&self, answer: Answer, source: Source) -> io::Result<()> {
+        let reply = match answer {
+            Answer::Silent => None,
+            Answer::Reply(reply) => Some(reply),
+            Answer::Build(build) => Some(
+                tokio::task::spawn_blocking(build)
+                    .await
+                    .map_err(io::Error::other)?,
+            ),
+            Answer::Wait(wait) => Some(wait.await),
+        };
+        self.shard()
+            .answered(source.kind, source.len, reply.as_ref().map(Reply::code));
+        match reply {
+            Some(reply) => self.send(&reply, source.from).await,
+            None => Ok(()),
+        }
+    }
 
-/// Sends an answer, building it on a blocking thread first if it is a large one.
-async fn deliver(
-    socket: &UdpSocket,
-    answer: Answer,
-    request: Request,
-    sending: &Sending,
-) -> io::Result<()> {
-    let shard = sending.get();
-    let reply = match answer {
-        Answer::Silent => {
-            shard.answered(request.kind, request.len, None);
+    async fn send(&self, reply: &Reply, to: SocketAddr) -> io::Result<()> {
+        // Replies to malformed input (`1` bad format, `3` unknown request) are limited per
+        // destination. Every reply of ours that another mboard (or an echo service)
+        // receives makes it answer `1` or `3` or publish, so one spoofed datagram naming
+        // another server's address could otherwise start a loop between the two that never
+        // ends; a loop carries one datagram, and the first reply dropped ends it.
+        if reply.code().is_refusal() && !self.errors.allow(to, Instant::now()) {
             return Ok(());
         }
-        Answer::Reply(reply) => reply,
-        Answer::Build(build) => tokio::task::spawn_blocking(build)
-            .await
-            .map_err(io::Error::other)?,
-    };
-    shard.answered(request.kind, request.len, Some(&reply));
-    reply_to(socket, &reply, request.from, sending).await
-}
-
-async fn reply_to(
-    socket: &UdpSocket,
-    reply: &[u8],
-    to: std::net::SocketAddr,
-    sending: &Sending,
-) -> io::Result<()> {
-    // Replies to malformed input (`1` bad format, `3` unknown request) are limited per
-    // destination. Every reply of ours that another mboard (or an echo service) receives
-    // makes it answer `1` or `3` or publish, so one spoofed datagram naming another
-    // server's address could otherwise start a loop between the two that never ends; a
-    // loop carries one datagram, and the first reply dropped ends it.
-    if matches!(reply.first(), Some(b'1' | b'3')) && !sending.errors.allow(to, Instant::now()) {
-        return Ok(());
-    }
-    let shard = sending.get();
-    match socket.send_to(reply, to).await {
-        Ok(sent) => {
-            shard.sent(sent);
-            Ok(())
+        match self.socket.send_to(reply.bytes(), to).await {
+            Ok(sent) => {
+                self.shard().sent(sent);
+                Ok(())
+            }
+            Err(e) if transient(&e) => {
+                debug!(%to, error = %e, "send failed");
+                self.shard().dropped(DropReason::SendError);
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
-        Err(e) if transient(&e) => {
-            debug!(%to, error = %e, "send failed");
-            shard.dropped(DropReason::SendError);
-            Ok(())
-        }
-        Err(e) => Err(e),
     }
 }
 
