@@ -3,7 +3,6 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,6 +10,7 @@ use mboard_protocol::{Expect, Response, SessionId, SessionRequest};
 use tokio::net::UdpSocket;
 
 use crate::report::Tally;
+use crate::run::Window;
 use crate::scenario::{self, Load, Scenario};
 
 /// A request unanswered this long, resends included, counts as failed.
@@ -19,13 +19,12 @@ const GIVE_UP: Duration = Duration::from_secs(5);
 /// Block size asked for in `a:`, as the CLI asks: fits an Ethernet path unfragmented.
 const BLOCK_SIZE: u64 = 1_400;
 
-/// Client `c` of a datagram scenario, until `stop`.
+/// Client `c` of a datagram scenario, until the run stops.
 pub(crate) async fn client(
     c: usize,
     load: &Load,
     scenario: &Scenario,
-    stop: &AtomicBool,
-    measuring: &AtomicBool,
+    window: &Window,
 ) -> io::Result<Tally> {
     let mut tally = Tally::default();
     // The unspecified address lets the kernel pick the interface that routes to the
@@ -44,7 +43,7 @@ pub(crate) async fn client(
         _ => Vec::new(),
     };
     let mut i = c as u64;
-    while !stop.load(Ordering::Relaxed) {
+    while !window.is_stopped() {
         let started = Instant::now();
         let mut peer = Peer {
             socket: &socket,
@@ -58,7 +57,7 @@ pub(crate) async fn client(
             next_request(c, &mut i, scenario, &mut request);
             peer.single(scenario, &request).await?
         };
-        tally.record(measuring, started, ok);
+        tally.record(window, started, ok);
     }
     Ok(tally)
 }

@@ -1,11 +1,11 @@
 //! What a run measured: per-client tallies, their sum, and the report as text or JSON.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use mboard_client::output::json_string;
 
+use crate::run::Window;
 use crate::scenario::{Load, Scenario};
 
 /// What a run measured.
@@ -144,8 +144,8 @@ pub(crate) struct Tally {
 
 impl Tally {
     /// Counts one operation begun at `started`, if the measured window is open.
-    pub(crate) fn record(&mut self, measuring: &AtomicBool, started: Instant, ok: bool) {
-        if measuring.load(Ordering::Relaxed) {
+    pub(crate) fn record(&mut self, window: &Window, started: Instant, ok: bool) {
+        if window.is_measuring() {
             if ok {
                 self.latencies_ns.push(started.elapsed().as_nanos() as u64);
             } else {
@@ -157,14 +157,14 @@ impl Tally {
     /// Counts one operation and keeps the first failure's description.
     pub(crate) fn record_result<T, E: std::fmt::Display>(
         &mut self,
-        measuring: &AtomicBool,
+        window: &Window,
         started: Instant,
         result: Result<T, E>,
     ) {
         if let Err(e) = &result {
             self.fail(|| e.to_string());
         }
-        self.record(measuring, started, result.is_ok());
+        self.record(window, started, result.is_ok());
     }
 
     /// Keeps `why` as the failure to report, unless an earlier one is kept already.

@@ -56,6 +56,25 @@ pub(crate) fn seed(load: &Load, scenario: &Scenario) -> io::Result<Scenario> {
     }
 }
 
+/// The phases of a run as the clients see them: warming up, measured, then stopped.
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    measuring: AtomicBool,
+    stopped: AtomicBool,
+}
+
+impl Window {
+    /// Whether operations that end now count.
+    pub(crate) fn is_measuring(&self) -> bool {
+        self.measuring.load(Ordering::Relaxed)
+    }
+
+    /// Whether the clients should stop.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+}
+
 /// The clients of one run, whichever way they run.
 struct Clients {
     runtime: tokio::runtime::Runtime,
@@ -64,12 +83,7 @@ struct Clients {
 }
 
 impl Clients {
-    fn start(
-        load: &Load,
-        scenario: &Scenario,
-        stop: &Arc<AtomicBool>,
-        measuring: &Arc<AtomicBool>,
-    ) -> io::Result<Self> {
+    fn start(load: &Load, scenario: &Scenario, window: &Arc<Window>) -> io::Result<Self> {
         // Datagram scenarios run as tasks on one small runtime: 32 blocking threads on two
         // cores would measure the load generator's context switches instead of the server.
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -83,15 +97,17 @@ impl Clients {
             threads: Vec::new(),
         };
         for c in 0..load.clients {
-            let (stop, measuring) = (stop.clone(), measuring.clone());
+            let window = window.clone();
             let (load, scenario) = (load.clone(), scenario.clone());
             if scenario.payload().is_none() {
-                clients.tasks.push(clients.runtime.spawn(async move {
-                    datagram::client(c, &load, &scenario, &stop, &measuring).await
-                }));
+                clients.tasks.push(
+                    clients
+                        .runtime
+                        .spawn(async move { datagram::client(c, &load, &scenario, &window).await }),
+                );
             } else {
                 clients.threads.push(std::thread::spawn(move || {
-                    session::client(c, &load, &scenario, &stop, &measuring)
+                    session::client(c, &load, &scenario, &window)
                 }));
             }
         }
@@ -116,16 +132,15 @@ impl Clients {
 
 /// Runs `scenario` against `load.server` and reports.
 pub(crate) fn run(load: &Load, scenario: &Scenario) -> io::Result<Report> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let measuring = Arc::new(AtomicBool::new(false));
-    let clients = Clients::start(load, scenario, &stop, &measuring)?;
+    let window = Arc::new(Window::default());
+    let clients = Clients::start(load, scenario, &window)?;
     std::thread::sleep(load.warmup);
-    measuring.store(true, Ordering::Relaxed);
+    window.measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     std::thread::sleep(load.duration);
-    measuring.store(false, Ordering::Relaxed);
+    window.measuring.store(false, Ordering::Relaxed);
     let seconds = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
+    window.stopped.store(true, Ordering::Relaxed);
     let tally = clients.join()?;
     Ok(Report::new(load, scenario, seconds, tally))
 }

@@ -2,22 +2,21 @@
 //! retransmission, one thread each, as the CLI moves large texts.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mboard_client::{Client, ClientConfig};
 use mboard_protocol::MessageId;
 
 use crate::report::Tally;
+use crate::run::Window;
 use crate::scenario::{self, Load, Scenario};
 
-/// Client `c` of a transfer scenario, until `stop`.
+/// Client `c` of a transfer scenario, until the run stops.
 pub(crate) fn client(
     c: usize,
     load: &Load,
     scenario: &Scenario,
-    stop: &AtomicBool,
-    measuring: &AtomicBool,
+    window: &Window,
 ) -> io::Result<Tally> {
     let mut tally = Tally::default();
     let config = ClientConfig {
@@ -29,16 +28,16 @@ pub(crate) fn client(
         Scenario::Upload { size } => scenario::text(c, *size),
         _ => Vec::new(),
     };
-    while !stop.load(Ordering::Relaxed) {
+    while !window.is_stopped() {
         let started = Instant::now();
         match scenario {
             Scenario::Download { id, .. } => {
                 let result = client.get(MessageId(*id));
-                tally.record_result(measuring, started, result);
+                tally.record_result(window, started, result);
             }
             _ => {
                 let result = client.publish(&text);
-                tally.record_result(measuring, started, result);
+                tally.record_result(window, started, result);
             }
         }
     }
