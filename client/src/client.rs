@@ -9,8 +9,8 @@ use mboard_protocol::{
     BoardRequest, Entry, ErrorCode, Expect, MAX_DATAGRAM, Message, MessageId, Response, SessionId,
 };
 
-use crate::deadline::{Deadline, REFUSAL_GRACE};
-use crate::error::{ClientError, excerpt, text_limit, unexpected_detail};
+use crate::deadline::Deadline;
+use crate::error::{ClientError, excerpt, unexpected_detail};
 use crate::link::Link;
 use crate::rtt::Rtt;
 use crate::target::{Target, resolve_all};
@@ -28,8 +28,10 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// A deadline for each operation as a whole, however lively the server (off if `None`).
     pub max_time: Option<Duration>,
-    /// How long refusals (ICMP port unreachable) are retried through before giving up.
-    pub refusal_grace: Duration,
+    /// How long refusals (ICMP port unreachable) are retried through before giving up
+    /// with [`ClientError::Refused`]; `None` (the default) retries through them until the
+    /// timeout, as through silence. The CLI uses [`crate::deadline::REFUSAL_GRACE`].
+    pub refusal_grace: Option<Duration>,
     /// Speak only what classic servers know: `1:` `2:` `3:`, no sessions, no offers.
     pub classic: bool,
     /// Upload block size; 1,400 bytes crosses an Ethernet path without IP fragmentation.
@@ -45,7 +47,7 @@ impl Default for ClientConfig {
         ClientConfig {
             timeout: Duration::from_secs(5),
             max_time: None,
-            refusal_grace: REFUSAL_GRACE,
+            refusal_grace: None,
             classic: false,
             block_size: 1_400,
             window: 64,
@@ -149,6 +151,10 @@ impl Client {
 
     /// Publishes `text`: through an upload session, stored exactly once whatever is lost;
     /// in classic mode as one `1:` datagram ([`Client::publish_datagram`]).
+    ///
+    /// A text over the server's size limit is refused with the server's own words, which
+    /// count the request (`too large: max 16777216 bytes`); [`ClientError::for_text`]
+    /// restates that for the text.
     pub fn publish(&mut self, text: &[u8]) -> Result<MessageId, ClientError> {
         if self.config.classic {
             return self.publish_datagram(text);
@@ -157,24 +163,9 @@ impl Client {
         let mut pdu = Vec::with_capacity(text.len() + 2);
         pdu.extend_from_slice(b"1:");
         pdu.extend_from_slice(text);
-        match self.upload(Bytes::from(pdu), Expect::Published) {
-            Ok(Response::Published(id)) => Ok(id),
-            Ok(other) => Err(self.unexpected(&other, Expect::Published)),
-            // The limit is on the whole request; say what it means for the text.
-            Err(ClientError::Server {
-                code: ErrorCode::ErrTransm,
-                reason,
-            }) => Err(match text_limit(&reason) {
-                Some(max) => ClientError::TooLarge {
-                    size: text.len() as u64,
-                    max,
-                },
-                None => ClientError::Server {
-                    code: ErrorCode::ErrTransm,
-                    reason,
-                },
-            }),
-            Err(e) => Err(e),
+        match self.upload(Bytes::from(pdu), Expect::Published)? {
+            Response::Published(id) => Ok(id),
+            other => Err(self.unexpected(&other, Expect::Published)),
         }
     }
 

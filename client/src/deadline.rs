@@ -6,13 +6,14 @@
 //!   16 MiB transfer over a slow path takes as long as it takes while replies keep coming.
 //! - **total** (`--max-time`, off by default): a deadline for the whole operation, however
 //!   lively the server is.
-//! - **refusal**: ICMP "port unreachable" says nobody listens there. One refusal may be a
-//!   server in the middle of a restart, so refusals end the operation only once they have
-//!   gone on, with nothing heard, for the refusal grace (one second by default).
+//! - **refusal** (opt-in): ICMP "port unreachable" says nobody listens there. One refusal
+//!   may be a server in the middle of a restart, so refusals end the operation only once
+//!   they have gone on, with nothing heard, for the refusal grace ([`REFUSAL_GRACE`] in the
+//!   CLI). Without a grace, refusals count as silence.
 
 use std::time::{Duration, Instant};
 
-/// The default refusal grace: long enough to ride out a quick restart, short enough that
+/// The CLI's refusal grace: long enough to ride out a quick restart, short enough that
 /// a server that is not running is reported at once rather than after the timeout.
 pub const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 
@@ -32,26 +33,26 @@ pub enum Expiry {
 pub struct Deadline {
     silence: Duration,
     total: Option<(Instant, Duration)>,
-    grace: Duration,
+    grace: Option<Duration>,
     heard: Instant,
     refused_since: Option<Instant>,
 }
 
 impl Deadline {
     /// The clocks of an operation starting `now`: `silence` without a datagram is fatal,
-    /// and so is `max_time` in all, if given.
+    /// and so is `max_time` in all, if given. Refusals end nothing until a grace is set.
     pub fn new(now: Instant, silence: Duration, max_time: Option<Duration>) -> Self {
         Deadline {
             silence,
             total: max_time.map(|d| (now + d, d)),
-            grace: REFUSAL_GRACE,
+            grace: None,
             heard: now,
             refused_since: None,
         }
     }
 
-    /// The same clocks with another refusal grace.
-    pub fn with_refusal_grace(mut self, grace: Duration) -> Self {
+    /// The same clocks, ended by refusals that go on for `grace` (`None`: never).
+    pub fn with_refusal_grace(mut self, grace: Option<Duration>) -> Self {
         self.grace = grace;
         self
     }
@@ -78,7 +79,12 @@ impl Deadline {
                 self.total.map(|(at, _)| at),
                 Expiry::Total(self.total.map_or(Duration::ZERO, |(_, d)| d)),
             ),
-            (self.refused_since.map(|at| at + self.grace), Expiry::Refused),
+            (
+                self.refused_since
+                    .zip(self.grace)
+                    .map(|(at, grace)| at + grace),
+                Expiry::Refused,
+            ),
         ]
     }
 
@@ -121,10 +127,7 @@ mod tests {
         d.heard(start + 90 * MS);
         assert_eq!(d.check(start + 150 * MS), Ok(()), "a datagram restarted it");
         assert_eq!(d.next(), start + 190 * MS);
-        assert_eq!(
-            d.check(start + 190 * MS),
-            Err(Expiry::Silence(100 * MS))
-        );
+        assert_eq!(d.check(start + 190 * MS), Err(Expiry::Silence(100 * MS)));
         // A datagram seen late (clock order) never moves the silence backwards.
         d.heard(start + 10 * MS);
         assert_eq!(d.next(), start + 190 * MS);
@@ -161,14 +164,19 @@ mod tests {
     #[test]
     fn refusals_end_it_after_the_grace_unless_the_server_comes_back() {
         let start = Instant::now();
-        let mut d = Deadline::new(start, 5_000 * MS, None);
+        let grace = Some(REFUSAL_GRACE);
+        let mut d = Deadline::new(start, 5_000 * MS, None).with_refusal_grace(grace);
         d.refused(start + MS);
         d.refused(start + 500 * MS);
-        assert_eq!(d.next(), start + 1_001 * MS, "counted from the first refusal");
+        assert_eq!(
+            d.next(),
+            start + 1_001 * MS,
+            "counted from the first refusal"
+        );
         assert_eq!(d.check(start + 1_000 * MS), Ok(()));
         assert_eq!(d.check(start + 1_001 * MS), Err(Expiry::Refused));
         // A restart: refused, then answered; the grace starts over at the next refusal.
-        let mut d = Deadline::new(start, 5_000 * MS, None);
+        let mut d = Deadline::new(start, 5_000 * MS, None).with_refusal_grace(grace);
         d.refused(start);
         d.heard(start + 300 * MS);
         assert_eq!(d.check(start + 2_000 * MS), Ok(()));
@@ -182,11 +190,27 @@ mod tests {
         // The silence is counted from the start, a refusal only from the first reply to
         // the first datagram, so with `--timeout 1s` the timeout is what runs out.
         let start = Instant::now();
-        let mut d = Deadline::new(start, 1_000 * MS, None);
+        let mut d = Deadline::new(start, 1_000 * MS, None).with_refusal_grace(Some(REFUSAL_GRACE));
         d.refused(start + Duration::from_micros(50));
-        assert_eq!(d.check(start + 1_000 * MS), Err(Expiry::Silence(1_000 * MS)));
-        let mut d = Deadline::new(start, 1_000 * MS, None).with_refusal_grace(200 * MS);
+        assert_eq!(
+            d.check(start + 1_000 * MS),
+            Err(Expiry::Silence(1_000 * MS))
+        );
+        let mut d = Deadline::new(start, 1_000 * MS, None).with_refusal_grace(Some(200 * MS));
         d.refused(start + MS);
         assert_eq!(d.check(start + 1_000 * MS), Err(Expiry::Refused));
+    }
+
+    #[test]
+    fn without_a_grace_refusals_are_silence() {
+        let start = Instant::now();
+        let mut d = Deadline::new(start, 2_000 * MS, None);
+        d.refused(start + MS);
+        assert_eq!(d.next(), start + 2_000 * MS);
+        assert_eq!(d.check(start + 1_999 * MS), Ok(()));
+        assert_eq!(
+            d.check(start + 2_000 * MS),
+            Err(Expiry::Silence(2_000 * MS))
+        );
     }
 }

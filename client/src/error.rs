@@ -75,6 +75,30 @@ pub enum ClientError {
     Io(#[from] io::Error),
 }
 
+impl ClientError {
+    /// This error as a person publishing a `size`-byte text should read it: an upload
+    /// refused as `too large: max <n> bytes` counts the whole request (`1:` and the text),
+    /// so a file of exactly the limit "fails at the limit"; say the largest text instead.
+    pub fn for_text(self, size: usize) -> ClientError {
+        match self {
+            ClientError::Server {
+                code: ErrorCode::ErrTransm,
+                reason,
+            } => match text_limit(&reason) {
+                Some(max) => ClientError::TooLarge {
+                    size: size as u64,
+                    max,
+                },
+                None => ClientError::Server {
+                    code: ErrorCode::ErrTransm,
+                    reason,
+                },
+            },
+            other => other,
+        }
+    }
+}
+
 fn server_reason(code: ErrorCode, reason: &[u8]) -> String {
     if reason.is_empty() {
         let name = match code {
@@ -104,7 +128,11 @@ pub(crate) fn describe(resp: &Response) -> String {
         Response::Closed => "an empty reply".into(),
         Response::Offer(offer) => format!("a download offer of {} bytes", offer.size),
         Response::Error { code, reason } => {
-            format!("error {}: {}", code.byte() as char, server_reason(*code, reason))
+            format!(
+                "error {}: {}",
+                code.byte() as char,
+                server_reason(*code, reason)
+            )
         }
     }
 }
@@ -127,8 +155,10 @@ pub(crate) fn unexpected_detail(got: &Response, want: Expect) -> String {
 
 /// The largest text a `too large: max <n> bytes` refusal of an upload allows: the upload
 /// carries the whole request, `1:` and the text, so the text gets two bytes less.
-pub(crate) fn text_limit(reason: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(reason).ok()?.strip_prefix("too large")?;
+fn text_limit(reason: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(reason)
+        .ok()?
+        .strip_prefix("too large")?;
     let after = text.split("max ").nth(1)?;
     let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
     digits.parse::<u64>().ok()?.checked_sub(2)
@@ -170,18 +200,27 @@ mod tests {
 
     #[test]
     fn the_limit_is_stated_for_the_text() {
-        assert_eq!(text_limit(b"too large: max 16777216 bytes"), Some(16_777_214));
+        assert_eq!(
+            text_limit(b"too large: max 16777216 bytes"),
+            Some(16_777_214)
+        );
         assert_eq!(text_limit(b"too large"), None);
         assert_eq!(text_limit(b"too large: max 1 bytes"), None);
         assert_eq!(text_limit(b"busy: max 5 sessions"), None);
-        let e = ClientError::TooLarge {
-            size: 16_777_216,
-            max: 16_777_214,
+        let refused = ClientError::Server {
+            code: ErrorCode::ErrTransm,
+            reason: Bytes::from_static(b"too large: max 16777216 bytes"),
         };
+        let e = refused.for_text(16_777_216);
         assert_eq!(
             e.to_string(),
             "text too large: 16777216 bytes, the server takes at most 16777214"
         );
+        let busy = ClientError::Server {
+            code: ErrorCode::ErrTransm,
+            reason: Bytes::from_static(b"busy"),
+        };
+        assert_eq!(busy.for_text(5).to_string(), "busy", "other refusals pass");
     }
 
     #[test]
@@ -191,7 +230,10 @@ mod tests {
             server: server.clone(),
             after: Duration::from_secs(5),
         };
-        assert_eq!(silence.to_string(), "no reply from 127.0.0.1:7777 within 5s");
+        assert_eq!(
+            silence.to_string(),
+            "no reply from 127.0.0.1:7777 within 5s"
+        );
         let total = ClientError::MaxTime {
             server: server.clone(),
             after: Duration::from_secs(30),

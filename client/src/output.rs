@@ -56,8 +56,13 @@ fn escape_units(text: &[u8], mut f: impl FnMut(&str)) {
 /// East Asian Width without its tables: enough to cut a line without overflowing it.
 pub fn char_width(c: char) -> usize {
     match c as u32 {
-        0x0300..=0x036f | 0x1ab0..=0x1aff | 0x1dc0..=0x1dff | 0x200b..=0x200f | 0x20d0..=0x20ff
-        | 0xfe00..=0xfe0f | 0xfe20..=0xfe2f => 0,
+        0x0300..=0x036f
+        | 0x1ab0..=0x1aff
+        | 0x1dc0..=0x1dff
+        | 0x200b..=0x200f
+        | 0x20d0..=0x20ff
+        | 0xfe00..=0xfe0f
+        | 0xfe20..=0xfe2f => 0,
         0x1100..=0x115f
         | 0x2e80..=0x303e
         | 0x3041..=0x33ff
@@ -292,7 +297,10 @@ mod tests {
         );
         assert_eq!(
             progress_bar(4 << 20, 4 << 20, Duration::from_secs(2)),
-            format!("\r[{}] 100%  4.0/4.0 MiB  2.0 MiB/s  0s left\x1b[K", "#".repeat(30))
+            format!(
+                "\r[{}] 100%  4.0/4.0 MiB  2.0 MiB/s  0s left\x1b[K",
+                "#".repeat(30)
+            )
         );
         assert!(progress_bar(1 << 20, 100 << 20, Duration::from_secs(1)).contains("1m39s left"));
         assert!(progress_bar(1, 1 << 30, Duration::from_secs(1)).contains("1 B/s  99h59m left"));
@@ -312,14 +320,22 @@ mod tests {
             assert_eq!(one_line(text.as_bytes()), format!("a{escaped}b"));
         }
         assert_eq!(one_line("\u{2067}".as_bytes()), "\\u{2067}");
-        assert_eq!(one_line("\u{2065}é".as_bytes()), "\u{2065}é", "neighbours pass");
+        assert_eq!(
+            one_line("\u{2065}é".as_bytes()),
+            "\u{2065}é",
+            "neighbours pass"
+        );
     }
 
     #[test]
     fn widths_count_wide_and_zero_width_characters() {
         assert_eq!(str_width("abc"), 3);
         assert_eq!(str_width("日本"), 4);
-        assert_eq!(str_width("e\u{301}"), 1, "a combining accent takes no column");
+        assert_eq!(
+            str_width("e\u{301}"),
+            1,
+            "a combining accent takes no column"
+        );
         assert_eq!(str_width("🙂"), 2);
     }
 
@@ -327,7 +343,10 @@ mod tests {
     fn lines_are_cut_to_the_terminal_with_a_marker_and_the_size() {
         let prefix = "#7  2025-11-21T16:45:00.123456Z  127.0.0.1:40154  ";
         let short = entry(b"fits");
-        assert_eq!(line_fitted(MessageId(7), &short, 80), format!("{prefix}fits"));
+        assert_eq!(
+            line_fitted(MessageId(7), &short, 80),
+            format!("{prefix}fits")
+        );
         let long = Entry {
             text: Bytes::from(vec![b'x'; 500]),
             ..entry(b"")

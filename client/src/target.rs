@@ -124,13 +124,19 @@ mod tests {
     #[test]
     fn addresses_alternate_between_families() {
         let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
-        let (v6a, v6b, v4a, v4b) = (a("[::1]:1"), a("[::2]:1"), a("127.0.0.1:1"), a("10.0.0.1:1"));
-        assert_eq!(
-            interleave([v6a, v6b, v4a, v4b]),
-            vec![v6a, v4a, v6b, v4b]
+        let (v6a, v6b, v4a, v4b) = (
+            a("[::1]:1"),
+            a("[::2]:1"),
+            a("127.0.0.1:1"),
+            a("10.0.0.1:1"),
         );
+        assert_eq!(interleave([v6a, v6b, v4a, v4b]), vec![v6a, v4a, v6b, v4b]);
         assert_eq!(interleave([v4a, v4b, v6a]), vec![v4a, v6a, v4b]);
-        assert_eq!(interleave([v4a, v4a, v6a, v6a]), vec![v4a, v6a], "no repeats");
+        assert_eq!(
+            interleave([v4a, v4a, v6a, v6a]),
+            vec![v4a, v6a],
+            "no repeats"
+        );
         assert_eq!(interleave([]), Vec::<SocketAddr>::new());
     }
 
@@ -139,7 +145,11 @@ mod tests {
         let t = resolve_all("127.0.0.1").expect("resolves");
         assert_eq!(t.addrs, vec!["127.0.0.1:7777".parse().expect("addr")]);
         let t = resolve_all("localhost:5").expect("localhost resolves");
-        assert!(t.addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 5));
+        assert!(
+            t.addrs
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 5)
+        );
         assert!(resolve_all("no-such-host.invalid").is_err());
     }
 }

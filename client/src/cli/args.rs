@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Parser, Subcommand};
 use clap_complete::Shell;
 
@@ -16,7 +17,7 @@ connection was refused).";
 
 /// Publish to and read from an mboard message board over UDP.
 #[derive(Debug, Parser)]
-#[command(name = "mboard-client", version, about, after_help = AFTER_HELP)]
+#[command(name = "mboard-client", version, after_help = AFTER_HELP)]
 pub struct Args {
     /// Server address: `host:port`, or `host` for port 7777. Every address a name resolves
     /// to is tried until one answers.
@@ -46,7 +47,7 @@ pub struct Args {
     /// Speak only the classic protocol (`1:` `2:` `3:`; no sessions, no `4:`), for
     /// classic servers. A publish is then one `1:` datagram, at-least-once: it is resent
     /// only when no reply comes, so a lost reply can store the text twice.
-    #[arg(long, global = true, env = "MBOARD_CLASSIC")]
+    #[arg(long, global = true, env = "MBOARD_CLASSIC", value_parser = BoolishValueParser::new())]
     pub classic: bool,
 
     /// What to do.
@@ -61,7 +62,11 @@ pub enum Command {
     Publish {
         /// The text; several words are joined by spaces (`publish hello world`). `-`
         /// reads standard input; after `--`, a text may start with `-`.
-        #[arg(required_unless_present = "file", conflicts_with = "file", value_name = "TEXT")]
+        #[arg(
+            required_unless_present = "file",
+            conflicts_with = "file",
+            value_name = "TEXT"
+        )]
         text: Vec<String>,
         /// Publish this file's contents.
         #[arg(long, value_name = "PATH")]
@@ -129,8 +134,17 @@ mod tests {
 
     #[test]
     fn options_work_after_the_command_too() {
-        let a = parse(&["last", "--json", "--server", "h:1", "--timeout", "2s", "-n", "3"])
-            .expect("parses");
+        let a = parse(&[
+            "last",
+            "--json",
+            "--server",
+            "h:1",
+            "--timeout",
+            "2s",
+            "-n",
+            "3",
+        ])
+        .expect("parses");
         assert!(a.json);
         assert_eq!(a.server, "h:1");
         assert_eq!(a.timeout, Duration::from_secs(2));

@@ -78,7 +78,10 @@ mod tests {
             .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
             .collect();
         assert!(names.contains(&"mboard-client.1".to_string()), "{names:?}");
-        assert!(names.contains(&"mboard-client-publish.1".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"mboard-client-publish.1".to_string()),
+            "{names:?}"
+        );
         assert!(!names.iter().any(|n| n.contains("manpage")), "{names:?}");
         std::fs::remove_dir_all(&dir).ok();
     }

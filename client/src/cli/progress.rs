@@ -38,7 +38,11 @@ impl Bar {
         self.shown = Some(percent);
         self.drawn_at = Some(now);
         self.visible = true;
-        Some(progress_bar(done, total, now.saturating_duration_since(begun)))
+        Some(progress_bar(
+            done,
+            total,
+            now.saturating_duration_since(begun),
+        ))
     }
 
     /// What erases the bar, if one is showing: written before an error message, so that
@@ -62,8 +66,14 @@ mod tests {
         assert!(bar.update(MB / 2, 100 * MB, t0).is_none(), "still 0%");
         let drawn = bar.update(MB, 100 * MB, t0 + Duration::from_millis(500));
         assert!(drawn.is_some_and(|d| d.contains("  1%") && d.contains("left")));
-        assert!(bar.update(MB, 100 * MB, t0 + Duration::from_millis(900)).is_none());
-        assert!(bar.update(MB, 100 * MB, t0 + Duration::from_millis(1_600)).is_some());
+        assert!(
+            bar.update(MB, 100 * MB, t0 + Duration::from_millis(900))
+                .is_none()
+        );
+        assert!(
+            bar.update(MB, 100 * MB, t0 + Duration::from_millis(1_600))
+                .is_some()
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::manual;
 use super::progress::Bar;
 use super::term::Term;
 use super::{Args, Command};
+use crate::deadline::REFUSAL_GRACE;
 use crate::{Client, ClientConfig, ClientError, output};
 
 /// Why the command stopped, and its exit code.
@@ -101,8 +102,8 @@ fn run(args: Args, term: Term, bar: &Rc<RefCell<Bar>>) -> Result<(), Failure> {
         }
         Command::Manpage { dir: None } => manual::manpage(Args::command(), &mut out)?,
         Command::Manpage { dir: Some(dir) } => {
-            for page in manual::write_manpages(Args::command(), &dir)
-                .map_err(|e| usage_io(&dir, e))?
+            for page in
+                manual::write_manpages(Args::command(), &dir).map_err(|e| usage_io(&dir, e))?
             {
                 writeln!(out, "{}", page.display())?;
             }
@@ -112,6 +113,8 @@ fn run(args: Args, term: Term, bar: &Rc<RefCell<Bar>>) -> Result<(), Failure> {
                 timeout: args.timeout,
                 max_time: args.max_time,
                 classic: args.classic,
+                // A closed port is said at once, after riding out a quick restart.
+                refusal_grace: Some(REFUSAL_GRACE),
                 ..ClientConfig::default()
             };
             let mut client = Client::connect(&args.server, config)?;
@@ -161,7 +164,7 @@ fn board_command(
             if text.is_empty() {
                 return Err(Failure::usage("cannot publish an empty text".into()));
             }
-            let id = client.publish(&text)?;
+            let id = client.publish(&text).map_err(|e| e.for_text(text.len()))?;
             writeln!(out, "{id}")?;
         }
         Command::Get { id, force, output } => get(client, id, force, output, how, out)?,
@@ -285,9 +288,26 @@ mod tests {
         let code = |e: ClientError| Failure::from(e).code;
         let server = "s".to_string();
         let after = std::time::Duration::from_secs(1);
-        assert_eq!(code(ClientError::Timeout { server: server.clone(), after }), 3);
-        assert_eq!(code(ClientError::MaxTime { server: server.clone(), after }), 3);
-        assert_eq!(code(ClientError::Refused { server: server.clone() }), 3);
+        assert_eq!(
+            code(ClientError::Timeout {
+                server: server.clone(),
+                after
+            }),
+            3
+        );
+        assert_eq!(
+            code(ClientError::MaxTime {
+                server: server.clone(),
+                after
+            }),
+            3
+        );
+        assert_eq!(
+            code(ClientError::Refused {
+                server: server.clone()
+            }),
+            3
+        );
         assert_eq!(code(ClientError::Resolve("x".into())), 2);
         let detail = "x".to_string();
         assert_eq!(code(ClientError::Malformed { server, detail }), 1);

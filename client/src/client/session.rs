@@ -73,13 +73,11 @@ impl Client {
             other => return Err(self.unexpected(&other, Expect::Opened)),
         };
         self.uploading = Some(sid);
-        let result = self
-            .upload_blocks(sid, &pdu, block_size)
-            .and_then(|()| {
-                let commit = SessionRequest::Commit(sid).to_bytes();
-                let reply = self.exchange(commit, |r| expected_or_stale(r, expect))?;
-                self.settle(reply, expect)
-            });
+        let result = self.upload_blocks(sid, &pdu, block_size).and_then(|()| {
+            let commit = SessionRequest::Commit(sid).to_bytes();
+            let reply = self.exchange(commit, |r| expected_or_stale(r, expect))?;
+            self.settle(reply, expect)
+        });
         self.uploading = None;
         // Free the server's state now rather than at expiry; if this is lost, expiry does it.
         self.close(sid);
@@ -249,8 +247,7 @@ impl Client {
                 Event::Refused => t.on_refused(now),
                 Event::Idle => {}
             }
-            t.handle_timeout(now)
-                .map_err(|e| self.expired(e.expiry))?;
+            t.handle_timeout(now).map_err(|e| self.expired(e.expiry))?;
         }
     }
 

@@ -289,7 +289,8 @@ fn stray_datagrams_are_not_progress_but_end_the_silence() {
 #[test]
 fn refusals_end_a_transfer_after_the_grace_not_the_timeout() {
     let start = Instant::now();
-    let limits = Deadline::new(start, 5_000 * MS, None);
+    let limits = Deadline::new(start, 5_000 * MS, None)
+        .with_refusal_grace(Some(crate::deadline::REFUSAL_GRACE));
     let mut t = Transfer::new(1, 1, limits, Rtt::new(200 * MS));
     let mut now = start;
     let mut sends = Vec::new();
@@ -306,5 +307,9 @@ fn refusals_end_a_transfer_after_the_grace_not_the_timeout() {
     };
     assert_eq!(err.expiry, Expiry::Refused);
     assert_eq!(now, start + 1_001 * MS, "a second after the first refusal");
-    assert_eq!(sends, vec![Duration::ZERO, 200 * MS, 600 * MS], "retried meanwhile");
+    assert_eq!(
+        sends,
+        vec![Duration::ZERO, 200 * MS, 600 * MS],
+        "retried meanwhile"
+    );
 }
