@@ -43,7 +43,7 @@ pub fn split_host_port(server: &str) -> Result<(String, u16), ClientError> {
     match server.rsplit_once(':') {
         None if !server.is_empty() => Ok((server.to_string(), DEFAULT_PORT)),
         None => Err(bad("no host")),
-        Some((host, _)) if host.is_empty() => Err(bad("no host")),
+        Some(("", _)) => Err(bad("no host")),
         Some((host, port)) => {
             let port = port.parse().map_err(|_| bad("the port is not a number"))?;
             Ok((host.trim_matches(['[', ']']).to_string(), port))
