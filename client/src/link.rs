@@ -300,3 +300,101 @@ impl Link {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::{Client, ClientConfig, ClientError};
+
+    /// A socket that answers every datagram with `0:7` (one id), until dropped.
+    fn answering() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("timeout");
+        let addr = socket.local_addr().expect("addr");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(b"0:7", from);
+                }
+            }
+        });
+        (addr, stop)
+    }
+
+    fn closed_port() -> SocketAddr {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.local_addr().expect("addr")
+    }
+
+    fn config() -> ClientConfig {
+        ClientConfig {
+            refusal_grace: Some(Duration::from_secs(1)),
+            ..ClientConfig::default()
+        }
+    }
+
+    #[test]
+    fn every_address_is_tried_until_one_answers() {
+        let (live, stop) = answering();
+        let quiet = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        // The first address refuses (the next is tried at once), or stays silent (the
+        // next is tried after the stagger): either way the live one answers.
+        for dead in [closed_port(), quiet.local_addr().expect("addr")] {
+            let target = Target {
+                name: "board.test".into(),
+                addrs: vec![dead, live],
+            };
+            let started = Instant::now();
+            let mut client = Client::to_target(target, config()).expect("client");
+            assert_eq!(client.ids(0).expect("ids").len(), 1, "via {dead}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+            assert_eq!(client.server(), live, "it is the server from now on");
+            let started = Instant::now();
+            client.ids(0).expect("ids");
+            assert!(
+                started.elapsed() < STAGGER,
+                "straight to it: {:?}",
+                started.elapsed()
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    #[test]
+    fn when_every_address_refuses_the_error_names_them_all() {
+        let target = Target {
+            name: "nowhere.test:9".into(),
+            addrs: vec![closed_port(), closed_port()],
+        };
+        let started = Instant::now();
+        let err = Client::to_target(target.clone(), config())
+            .expect("client")
+            .ids(1)
+            .expect_err("all refused");
+        assert!(matches!(err, ClientError::Refused { .. }), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("connection refused by nowhere.test:9 ("),
+            "{msg}"
+        );
+        for a in &target.addrs {
+            assert!(msg.contains(&a.to_string()), "{msg}");
+        }
+    }
+}
