@@ -187,7 +187,9 @@ impl Link {
         if self.racing() {
             self.last_sent = Some(Bytes::copy_from_slice(pdu));
         }
-        let several = self.tried.len() > 1;
+        // While other addresses remain, one that cannot be reached (no route to it, say)
+        // is as good as refused: the race moves on to the next.
+        let others = self.tried.len() > 1 || self.untried();
         for c in &mut self.tried {
             match c.socket.send(pdu) {
                 Ok(_) => {}
@@ -199,8 +201,7 @@ impl Link {
                     let _ = c.socket.send(pdu);
                 }
                 Err(e) if matches!(classify(&e), Failure::Again) => {}
-                // One address of several being unreachable is what trying them is for.
-                Err(_) if several => c.refused = true,
+                Err(_) if others => c.refused = true,
                 Err(e) => return Err(e),
             }
         }
