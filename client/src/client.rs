@@ -89,17 +89,17 @@ const MAX_DATAGRAM_TEXT: usize = MAX_DATAGRAM - 2;
 impl Client {
     /// A client of the server at `server`.
     pub fn new(server: SocketAddr, config: ClientConfig) -> Result<Self, ClientError> {
-        Self::to_target(Target::addr(server), config)
+        Self::for_target(Target::addr(server), config)
     }
 
     /// A client of `server` as people write it (`host:port`, or `host` for port 7777),
     /// trying every address the name resolves to until one answers.
     pub fn connect(server: &str, config: ClientConfig) -> Result<Self, ClientError> {
-        Self::to_target(resolve_all(server)?, config)
+        Self::for_target(resolve_all(server)?, config)
     }
 
     /// A client of whichever of `target`'s addresses answers first.
-    pub fn to_target(target: Target, config: ClientConfig) -> Result<Self, ClientError> {
+    pub fn for_target(target: Target, config: ClientConfig) -> Result<Self, ClientError> {
         let deadline = Deadline::new(Instant::now(), config.timeout, config.max_time);
         Ok(Client {
             link: Link::new(target)?,

@@ -353,7 +353,7 @@ mod tests {
                 addrs: vec![dead, live],
             };
             let started = Instant::now();
-            let mut client = Client::to_target(target, config()).expect("client");
+            let mut client = Client::for_target(target, config()).expect("client");
             assert_eq!(client.ids(0).expect("ids").len(), 1, "via {dead}");
             assert!(
                 started.elapsed() < Duration::from_secs(2),
@@ -379,7 +379,7 @@ mod tests {
             addrs: vec![closed_port(), closed_port()],
         };
         let started = Instant::now();
-        let err = Client::to_target(target.clone(), config())
+        let err = Client::for_target(target.clone(), config())
             .expect("client")
             .ids(1)
             .expect_err("all refused");
