@@ -79,15 +79,7 @@ impl RateLimiter {
             return true;
         }
         if let Some(mut bucket) = self.buckets.get_mut(&from) {
-            let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-            bucket.tokens = (bucket.tokens + elapsed * self.limit.rate).min(self.limit.burst);
-            bucket.at = now;
-            if bucket.tokens >= 1.0 {
-                bucket.tokens -= 1.0;
-                return true;
-            }
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
+            return self.take(&mut bucket, now);
         }
         if self.buckets.len() >= self.limit.max_sources {
             self.sweep(now);
@@ -98,14 +90,31 @@ impl RateLimiter {
                 return true;
             }
         }
-        self.buckets.insert(
-            from,
-            Bucket {
-                tokens: self.limit.burst - 1.0,
-                at: now,
-            },
-        );
-        true
+        // Two receive loops may meet a new source at once: the entry decides which one
+        // creates its bucket, and the other takes from that bucket, so a burst is a burst.
+        match self.buckets.entry(from) {
+            dashmap::Entry::Occupied(mut bucket) => self.take(bucket.get_mut(), now),
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(Bucket {
+                    tokens: self.limit.burst - 1.0,
+                    at: now,
+                });
+                true
+            }
+        }
+    }
+
+    /// Refills `bucket` for the time since it was last used and takes a datagram from it.
+    fn take(&self, bucket: &mut Bucket, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.limit.rate).min(self.limit.burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return true;
+        }
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        false
     }
 
     /// Forgets sources whose buckets have refilled: they would start full anyway.
@@ -145,6 +154,25 @@ mod tests {
     }
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_new_source_met_by_many_loops_at_once_gets_one_burst() {
+        for _ in 0..200 {
+            let limiter = RateLimiter::new(RateLimit {
+                rate: 0.001,
+                burst: 4.0,
+                max_sources: 100,
+            });
+            let now = Instant::now();
+            let allowed: usize = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..4)
+                    .map(|_| scope.spawn(|| (0..4).filter(|_| limiter.allow(addr(1), now)).count()))
+                    .collect();
+                workers.into_iter().map(|w| w.join().expect("worker")).sum()
+            });
+            assert_eq!(allowed, 4);
+        }
+    }
 
     #[test]
     fn a_burst_then_the_rate() {

@@ -152,6 +152,7 @@ fn serve() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
         let udp = UdpSocket::bind(args.listen)
             .await
             .with_context(|| format!("cannot bind {}", args.listen))?;
@@ -164,7 +165,7 @@ fn serve() -> anyhow::Result<()> {
             None => None,
         };
         let listeners = mboard_server::Listeners { udp, metrics };
-        mboard_server::run(listeners, config, shutdown_signal()).await?;
+        mboard_server::run(listeners, config, shutdown).await?;
         Ok(())
     })
 }
@@ -210,32 +211,28 @@ fn config(args: &Args) -> Config {
     }
 }
 
-/// Resolves on Ctrl+C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl+C");
-            std::future::pending::<()>().await;
+/// Listens for Ctrl+C and SIGTERM from now on, before the socket is served: a signal that
+/// arrives right after start-up must stop the server cleanly, not kill it by the default
+/// action (tokio installs its handler when the listener is created, not when awaited).
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for Ctrl+C")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    })
+}
+
+/// Listens for Ctrl+C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 #[cfg(test)]
