@@ -58,10 +58,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn main() -> Result<()> {
     let args = Args::parse();
     let size = parse_size(&args.size)?;
-    let server = TestServer::with_limits(Limits {
-        max_request_size: size as u64 + 2,
-        ..Limits::default()
-    });
+    let server = TestServer::builder()
+        .limits(Limits {
+            max_request_size: size as u64 + 2,
+            ..Limits::default()
+        })
+        .start();
     let faults = Faults {
         loss: args.loss,
         ..Faults::NONE

@@ -1,6 +1,7 @@
 //! The durable board, with the real binary: crashes, torn tails, corruption, restarts.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,62 +9,63 @@ use std::time::Duration;
 use bytes::Bytes;
 use mboard_client::{Client, ClientConfig};
 use mboard_protocol::{Expect, Response};
-use mboard_tests::{Peer, ServerProcess, TempDir, board_contents};
+use mboard_tests::{DataDir, Peer, ServerProcess, board_contents, gate};
 
-fn start(dir: &TempDir) -> ServerProcess {
-    ServerProcess::start(&["--data-dir", &dir.arg()])
-        .unwrap_or_else(|(code, log)| panic!("exit {code:?}: {log}"))
+fn start(dir: &DataDir) -> ServerProcess {
+    ServerProcess::must_start(&["--data-dir", dir.arg()])
 }
 
-fn journal(dir: &TempDir) -> std::path::PathBuf {
-    dir.0.join("journal")
+/// Every message the server acknowledged, by id.
+type Acked = Mutex<BTreeMap<u64, Vec<u8>>>;
+
+/// Publisher `t`: publishes until `stop` is set or a publish fails, recording what was
+/// acknowledged. Sizes go from a few bytes to several blocks; odd publishers publish
+/// single datagrams, even ones through sessions.
+fn publish_until_stopped(addr: SocketAddr, t: usize, acked: &Acked, stop: &AtomicBool) {
+    let config = ClientConfig {
+        timeout: Duration::from_millis(1_500),
+        ..ClientConfig::default()
+    };
+    let mut client = Client::new(addr, config).expect("client");
+    for i in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut text = format!(
+            "publisher {t} message {i} {}",
+            "x".repeat((i * 131 + t * 17) % 5_000)
+        )
+        .into_bytes();
+        let result = if t.is_multiple_of(2) {
+            client.publish(&text)
+        } else {
+            // What fits one datagram.
+            text.truncate(1_400);
+            client.publish_datagram(&text)
+        };
+        match result {
+            Ok(id) => {
+                acked.lock().expect("acked").insert(id.0, text);
+            }
+            // The server was killed: whatever was not acknowledged is not promised.
+            Err(_) => break,
+        }
+    }
 }
 
 #[test]
 fn acknowledged_publishes_survive_sigkill() {
-    let dir = TempDir::new("sigkill");
+    // A publisher that waits 1.5 s for a reply stops, and 300 acknowledgements are needed.
+    let _gate = gate::timed();
+    let dir = DataDir::new();
     let server = start(&dir);
-    let acked: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
+    let acked: Arc<Acked> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let addr = server.addr;
     let publishers: Vec<_> = (0..8)
         .map(|t| {
             let (acked, stop) = (acked.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let config = ClientConfig {
-                    timeout: Duration::from_millis(1_500),
-                    ..ClientConfig::default()
-                };
-                let mut client = Client::new(addr, config).expect("client");
-                for i in 0.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    // Sizes from a few bytes to several blocks; half through sessions.
-                    let text = format!(
-                        "publisher {t} message {i} {}",
-                        "x".repeat((i * 131 + t * 17) % 5_000)
-                    )
-                    .into_bytes();
-                    let result = if t % 2 == 0 {
-                        client.publish(&text)
-                    } else {
-                        client.publish_datagram(&text[..text.len().min(1_400)])
-                    };
-                    match result {
-                        Ok(id) => {
-                            let stored = if t % 2 == 0 {
-                                text
-                            } else {
-                                text[..text.len().min(1_400)].to_vec()
-                            };
-                            acked.lock().expect("acked").insert(id.0, stored);
-                        }
-                        // The server was killed: whatever was not acknowledged is not promised.
-                        Err(_) => break,
-                    }
-                }
-            })
+            std::thread::spawn(move || publish_until_stopped(addr, t, &acked, &stop))
         })
         .collect();
     while acked.lock().expect("acked").len() < 300 {
@@ -116,7 +118,8 @@ fn answer(p: &Peer, q: &str) -> Vec<u8> {
 
 #[test]
 fn restart_keeps_every_answer_identical() {
-    let dir = TempDir::new("restart");
+    let _gate = gate::plain();
+    let dir = DataDir::new();
     let server = start(&dir);
     let p = Peer::new(server.addr);
     for text in ["Hello world!", "a:b:c", "third\nline"] {
@@ -149,19 +152,20 @@ fn restart_keeps_every_answer_identical() {
 
 #[test]
 fn torn_tails_are_cut_off_with_a_warning() {
-    let dir = TempDir::new("torn");
+    let _gate = gate::plain();
+    let dir = DataDir::new();
     let server = start(&dir);
     let p = Peer::new(server.addr);
     for i in 0..5 {
         assert_eq!(p.ask_str(format!("1:message {i}")), format!("0:{i}"));
     }
     server.stop();
-    let good = std::fs::metadata(journal(&dir)).expect("journal").len();
+    let good = std::fs::metadata(dir.journal()).expect("journal").len();
 
     // Bytes appended after the last record, as by a write that never finished.
-    let mut bytes = std::fs::read(journal(&dir)).expect("read");
+    let mut bytes = std::fs::read(dir.journal()).expect("read");
     bytes.extend_from_slice(b"MBR1\x10\x00\x00\x00garbage");
-    std::fs::write(journal(&dir), &bytes).expect("write");
+    std::fs::write(dir.journal(), &bytes).expect("write");
     let server = start(&dir);
     let log = server.log();
     assert!(
@@ -173,14 +177,14 @@ fn torn_tails_are_cut_off_with_a_warning() {
     assert_eq!(Peer::new(server.addr).ask_str("2:0"), "0:0:1:2:3:4");
     server.stop();
     assert_eq!(
-        std::fs::metadata(journal(&dir)).expect("journal").len(),
+        std::fs::metadata(dir.journal()).expect("journal").len(),
         good
     );
 
     // The file cut in the middle of its last record.
     let f = std::fs::OpenOptions::new()
         .write(true)
-        .open(journal(&dir))
+        .open(dir.journal())
         .expect("open");
     f.set_len(good - 5).expect("cut");
     drop(f);
@@ -202,19 +206,20 @@ fn torn_tails_are_cut_off_with_a_warning() {
 
 #[test]
 fn corruption_stops_start_up_and_changes_nothing() {
-    let dir = TempDir::new("corrupt");
+    let _gate = gate::plain();
+    let dir = DataDir::new();
     let server = start(&dir);
     let p = Peer::new(server.addr);
     for i in 0..20 {
         p.ask(format!("1:message number {i}"));
     }
     server.stop();
-    let mut bytes = std::fs::read(journal(&dir)).expect("read");
+    let mut bytes = std::fs::read(dir.journal()).expect("read");
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
-    std::fs::write(journal(&dir), &bytes).expect("write");
-    let snapshot = |d: &TempDir| {
-        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&d.0)
+    std::fs::write(dir.journal(), &bytes).expect("write");
+    let snapshot = |d: &DataDir| {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(d.path())
             .expect("dir")
             .map(|e| e.expect("entry"))
             .map(|e| {
@@ -228,11 +233,11 @@ fn corruption_stops_start_up_and_changes_nothing() {
         files
     };
     let before = snapshot(&dir);
-    let Err((code, log)) = ServerProcess::start(&["--data-dir", &dir.arg()]) else {
+    let Err((code, log)) = ServerProcess::start(&["--data-dir", dir.arg()]) else {
         panic!("a corrupt journal must stop start-up")
     };
     assert_ne!(code, Some(0));
-    let path = journal(&dir).display().to_string();
+    let path = dir.journal().display().to_string();
     assert!(
         log.contains(&format!("journal {path} is corrupt at offset ")),
         "{log}"
@@ -242,9 +247,10 @@ fn corruption_stops_start_up_and_changes_nothing() {
 
 #[test]
 fn one_server_per_data_directory() {
-    let dir = TempDir::new("lock");
+    let _gate = gate::plain();
+    let dir = DataDir::new();
     let first = start(&dir);
-    let Err((code, log)) = ServerProcess::start(&["--data-dir", &dir.arg()]) else {
+    let Err((code, log)) = ServerProcess::start(&["--data-dir", dir.arg()]) else {
         panic!("a second server must be refused")
     };
     assert_ne!(code, Some(0));
@@ -256,9 +262,9 @@ fn one_server_per_data_directory() {
 
 #[test]
 fn fsync_never_also_survives_a_process_crash() {
-    let dir = TempDir::new("never");
-    let server =
-        ServerProcess::start(&["--data-dir", &dir.arg(), "--fsync", "never"]).expect("start");
+    let _gate = gate::plain();
+    let dir = DataDir::new();
+    let server = ServerProcess::must_start(&["--data-dir", dir.arg(), "--fsync", "never"]);
     let p = Peer::new(server.addr);
     for i in 0..50 {
         assert_eq!(p.ask_str(format!("1:n{i}")), format!("0:{i}"));
@@ -277,6 +283,7 @@ fn fsync_never_also_survives_a_process_crash() {
 
 #[test]
 fn an_unusable_data_directory_is_named_in_the_error() {
+    let _gate = gate::plain();
     let Err((code, log)) = ServerProcess::start(&["--data-dir", "/proc/mboard-cannot-be-here"])
     else {
         panic!("a data directory that cannot be created must stop start-up")

@@ -4,20 +4,23 @@
 use bytes::Bytes;
 use mboard_protocol::{Expect, Response};
 use mboard_server::Limits;
-use mboard_tests::{Peer, TestServer, cli};
+use mboard_tests::{Peer, TestServer, cli, gate};
 
 /// A server that applies the rule to loopback, as it does to every other source by default.
 fn strict() -> TestServer {
-    TestServer::with_limits(Limits {
-        amplification_loopback: true,
-        ..Limits::default()
-    })
+    TestServer::builder()
+        .limits(Limits {
+            amplification_loopback: true,
+            ..Limits::default()
+        })
+        .start()
 }
 
 #[test]
 // The measured figure is shown with `--nocapture`.
 #[allow(clippy::print_stdout)]
 fn every_request_type_stays_within_the_allowance() {
+    let _gate = gate::plain();
     let server = strict();
     // Content to amplify: long texts, many messages.
     let seeder = Peer::new(server.addr);
@@ -76,6 +79,7 @@ fn every_request_type_stays_within_the_allowance() {
 
 #[test]
 fn fetching_an_offer_validates_the_address() {
+    let _gate = gate::plain();
     let server = strict();
     let p = Peer::new(server.addr);
     assert_eq!(p.ask_str(format!("1:{}", "y".repeat(200))), "0:0");
@@ -98,13 +102,16 @@ fn fetching_an_offer_validates_the_address() {
 
 #[test]
 fn loopback_is_exempt_by_default_and_factor_zero_turns_the_rule_off() {
+    let _gate = gate::plain();
     for server in [
-        TestServer::start(),
-        TestServer::with_limits(Limits {
-            amplification_loopback: true,
-            amplification_factor: 0,
-            ..Limits::default()
-        }),
+        TestServer::builder().start(),
+        TestServer::builder()
+            .limits(Limits {
+                amplification_loopback: true,
+                amplification_factor: 0,
+                ..Limits::default()
+            })
+            .start(),
     ] {
         let p = Peer::new(server.addr);
         p.ask(format!("1:{}", "z".repeat(300)));
@@ -114,6 +121,7 @@ fn loopback_is_exempt_by_default_and_factor_zero_turns_the_rule_off() {
 
 #[test]
 fn the_cli_works_unchanged_under_the_rule() {
+    let _gate = gate::plain();
     let server = strict();
     let a = server.addr;
     for text in [

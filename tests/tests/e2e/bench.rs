@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use mboard_tests::{TestServer, binary};
+use mboard_tests::{TestServer, binary, gate, vacant_addr};
 
 fn bench(server: Option<std::net::SocketAddr>, args: &[&str]) -> String {
     let mut cmd = Command::new(binary("mboard-bench"));
@@ -45,7 +45,9 @@ fn field(json: &str, key: &str) -> f64 {
 
 #[test]
 fn every_scenario_reports_operations_without_errors() {
-    let server = TestServer::start();
+    // mboard-bench is a load generator.
+    let _gate = gate::load();
+    let server = TestServer::builder().start();
     for args in [
         &["get"][..],
         &["last", "-n", "5"],
@@ -73,9 +75,11 @@ fn every_scenario_reports_operations_without_errors() {
 
 #[test]
 fn echo_and_the_comparison_with_it() {
+    // mboard-bench is a load generator.
+    let _gate = gate::load();
     let json = bench(None, &["echo"]);
     assert!(field(&json, "rate") > 0.0, "{json}");
-    let server = TestServer::start();
+    let server = TestServer::builder().start();
     let json = bench(Some(server.addr), &["--vs-echo", "get"]);
     assert!(json.starts_with("{\"run\":{\"scenario\":\"get\""), "{json}");
     assert!(json.contains("\"echo\":{\"scenario\":\"echo\""), "{json}");
@@ -84,9 +88,8 @@ fn echo_and_the_comparison_with_it() {
 
 #[test]
 fn an_absent_server_is_an_error_not_a_zero() {
-    let free = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("port");
+    let _gate = gate::plain();
+    let free = vacant_addr();
     let out = Command::new(binary("mboard-bench"))
         .args(["--server", &free.to_string(), "--duration", "100ms", "get"])
         .env("RUST_BACKTRACE", "0")
@@ -98,10 +101,14 @@ fn an_absent_server_is_an_error_not_a_zero() {
 
 #[test]
 fn a_run_whose_operations_fail_says_why() {
-    let server = TestServer::with_limits(mboard_server::Limits {
-        max_request_size: 10_000,
-        ..mboard_server::Limits::default()
-    });
+    // mboard-bench is a load generator.
+    let _gate = gate::load();
+    let server = TestServer::builder()
+        .limits(mboard_server::Limits {
+            max_request_size: 10_000,
+            ..mboard_server::Limits::default()
+        })
+        .start();
     let json = bench(Some(server.addr), &["upload", "--size", "20000"]);
     assert_eq!(field(&json, "operations"), 0.0, "{json}");
     assert!(field(&json, "errors") > 0.0, "{json}");

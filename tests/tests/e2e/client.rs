@@ -1,16 +1,56 @@
 //! The client over a lossy network, and every path of the `mboard-client` binary.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mboard_tests::proxy::{Faults, Proxy};
-use mboard_tests::{Peer, TestServer, board_contents, cli};
+use mboard_tests::{Peer, TestServer, board_contents, cli, gate, vacant_addr};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// Publishes every text with its own `mboard-client` run, `per_thread` texts a thread.
+fn publish_each_with_the_cli(server: SocketAddr, texts: &[String], per_thread: usize) {
+    std::thread::scope(|s| {
+        for chunk in texts.chunks(per_thread) {
+            s.spawn(move || {
+                for text in chunk {
+                    let out = cli(server, &["--timeout", "60s", "publish", text], b"");
+                    assert_eq!(out.code, Some(0), "publishing {text:?}: {}", out.stderr);
+                    assert!(
+                        out.out().trim().parse::<u64>().is_ok(),
+                        "an id alone: {:?}",
+                        out.out()
+                    );
+                }
+            });
+        }
+    });
+}
+
+/// Faults were really injected, both ways.
+fn assert_faults_injected(proxy: &Proxy) {
+    for (way, counts) in [("up", proxy.upward()), ("down", proxy.downward())] {
+        let (seen, dropped) = (
+            counts.seen.load(Ordering::Relaxed),
+            counts.dropped.load(Ordering::Relaxed),
+        );
+        assert!(
+            dropped * 20 > seen,
+            "{way}: only {dropped} of {seen} dropped"
+        );
+        assert!(
+            counts.duplicated.load(Ordering::Relaxed) > 0
+                && counts.delayed.load(Ordering::Relaxed) > 0
+        );
+    }
+}
+
 #[test]
 fn lossy_network_publishes_exactly_once_and_reads_back_identical() {
-    let server = TestServer::start();
+    // 5 MiB and 50 publishes through the proxy, whose delays are a thread each.
+    let _gate = gate::load();
+    let server = TestServer::builder().start();
     let proxy = Proxy::start(server.addr, Faults::lossy(), Faults::lossy(), 3);
 
     let mut rng = StdRng::seed_from_u64(5);
@@ -30,38 +70,8 @@ fn lossy_network_publishes_exactly_once_and_reads_back_identical() {
     let texts: Vec<String> = (0..50)
         .map(|i| format!("small message {i}: a:b\nc"))
         .collect();
-    std::thread::scope(|s| {
-        for chunk in texts.chunks(7) {
-            let proxy = &proxy;
-            s.spawn(move || {
-                for text in chunk {
-                    let out = cli(proxy.addr, &["--timeout", "60s", "publish", text], b"");
-                    assert_eq!(out.code, Some(0), "publishing {text:?}: {}", out.stderr);
-                    assert!(
-                        out.out().trim().parse::<u64>().is_ok(),
-                        "an id alone: {:?}",
-                        out.out()
-                    );
-                }
-            });
-        }
-    });
-
-    // Faults were really injected, both ways.
-    for (way, counts) in [("up", proxy.upward()), ("down", proxy.downward())] {
-        let (seen, dropped) = (
-            counts.seen.load(Ordering::Relaxed),
-            counts.dropped.load(Ordering::Relaxed),
-        );
-        assert!(
-            dropped * 20 > seen,
-            "{way}: only {dropped} of {seen} dropped"
-        );
-        assert!(
-            counts.duplicated.load(Ordering::Relaxed) > 0
-                && counts.delayed.load(Ordering::Relaxed) > 0
-        );
-    }
+    publish_each_with_the_cli(proxy.addr, &texts, 7);
+    assert_faults_injected(&proxy);
 
     // Checked without the client: one copy of each, nothing else.
     let board = board_contents(server.addr).expect("board");
@@ -81,7 +91,8 @@ fn lossy_network_publishes_exactly_once_and_reads_back_identical() {
 
 #[test]
 fn lost_commit_replies_still_store_one_message() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let proxy = Proxy::start(server.addr, Faults::NONE, Faults::NONE, 1);
     // A commit of a publish is answered `0:<id>`; nothing else in a publish looks like that.
     proxy.drop_replies(
@@ -107,10 +118,9 @@ fn lost_commit_replies_still_store_one_message() {
 
 #[test]
 fn absent_server_exits_3_after_the_timeout() {
-    // A port that was just free: nothing answers there.
-    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port");
+    // Gives up between 0.95 and 3 s.
+    let _gate = gate::timed();
+    let addr = vacant_addr();
     // Built before the clock starts: the first call may run cargo.
     mboard_tests::binary("mboard-client");
     let started = Instant::now();
@@ -134,7 +144,8 @@ fn absent_server_exits_3_after_the_timeout() {
 
 #[test]
 fn cli_publish_paths() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let a = server.addr;
     let out = cli(a, &["publish", "hello"], b"");
     assert_eq!(
@@ -143,11 +154,11 @@ fn cli_publish_paths() {
     );
     let out = cli(a, &["publish", "-"], b"from\nstdin\x00\xff");
     assert_eq!(out.out(), "1\n");
-    let path = std::env::temp_dir().join(format!("mboard-cli-{}.bin", std::process::id()));
-    std::fs::write(&path, b"from a file:\n").expect("write");
-    let out = cli(a, &["publish", "--file", path.to_str().expect("path")], b"");
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), b"from a file:\n").expect("write");
+    let path = file.path().to_str().expect("temp file paths are UTF-8");
+    let out = cli(a, &["publish", "--file", path], b"");
     assert_eq!(out.out(), "2\n");
-    std::fs::remove_file(&path).ok();
     // Stored byte for byte.
     assert_eq!(cli(a, &["get", "1"], b"").stdout, b"from\nstdin\x00\xff");
     assert_eq!(cli(a, &["get", "2"], b"").stdout, b"from a file:\n");
@@ -179,7 +190,8 @@ fn cli_publish_paths() {
 
 #[test]
 fn cli_read_paths() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let a = server.addr;
     for text in ["first", "two\nlines", "third"] {
         assert_eq!(cli(a, &["publish", text], b"").code, Some(0));
@@ -228,7 +240,8 @@ fn cli_read_paths() {
 
 #[test]
 fn cli_raw_prints_exactly_the_reply() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let a = server.addr;
     assert_eq!(cli(a, &["raw", "1:Hello world!"], b"").stdout, b"0:0");
     assert_eq!(cli(a, &["raw", "2:10"], b"").stdout, b"0:0");
@@ -250,7 +263,8 @@ fn cli_raw_prints_exactly_the_reply() {
 
 #[test]
 fn cli_finds_the_server_by_environment_and_name() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let out = std::process::Command::new(mboard_tests::binary("mboard-client"))
         .args(["publish", "via env"])
         .env("MBOARD_SERVER", format!("localhost:{}", server.addr.port()))
@@ -267,10 +281,11 @@ fn cli_finds_the_server_by_environment_and_name() {
 
 #[test]
 fn sessions_opened_by_duplicated_opens_are_closed() {
+    let _gate = gate::plain();
     // Every datagram to the server arrives twice, so every `a:` opens two sessions. Unless
     // the client closes the one it does not use, 64 publishes from one address exhaust the
     // per-source limit and the next `a:` is answered `4:busy`.
-    let server = TestServer::start();
+    let server = TestServer::builder().start();
     let twice = Faults {
         duplicate: 1.0,
         ..Faults::NONE
@@ -292,9 +307,13 @@ fn sessions_opened_by_duplicated_opens_are_closed() {
 
 #[test]
 fn a_reused_client_never_takes_an_earlier_reply_for_a_later_one() {
+    // A datagram publish is resent when its reply is slower than the client's retransmit
+    // timeout, which loopback replies bring down to its 5 ms floor; resent, it is stored
+    // twice and the ids below skip.
+    let _gate = gate::timed();
     // Every reply arrives twice. The second copy of one answer must not be read as the
     // answer to the next request, which layer-1 replies cannot tell apart.
-    let server = TestServer::start();
+    let server = TestServer::builder().start();
     let p = Peer::new(server.addr);
     for i in 0..10 {
         assert_eq!(p.ask_str(format!("1:m{i}")), format!("0:{i}"));

@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mboard_server::Limits;
-use mboard_tests::{Peer, TempDir, TestServer, binary, board_contents, cli};
+use mboard_tests::{DataDir, Peer, TestServer, binary, board_contents, cli, gate};
 
 /// A path that lets one client datagram through every `gap`: a slow link on which a
 /// transfer keeps making progress and is never silent for long. Stops on drop.
@@ -105,7 +104,8 @@ fn in_terminal(cols: u16, args: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn a_slow_transfer_still_making_progress_outlives_the_timeout() {
-    let server = TestServer::start();
+    let _gate = gate::timed();
+    let server = TestServer::builder().start();
     let path = SlowPath::start(server.addr, Duration::from_millis(2));
     let text = vec![b'z'; 1_500_000];
     let started = Instant::now();
@@ -147,6 +147,7 @@ fn a_slow_transfer_still_making_progress_outlives_the_timeout() {
 
 #[test]
 fn a_silent_server_runs_out_the_timeout_or_the_max_time_whichever_is_first() {
+    let _gate = gate::timed();
     // Bound, and never answering.
     let quiet = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let addr = quiet.local_addr().expect("addr");
@@ -173,6 +174,7 @@ fn a_silent_server_runs_out_the_timeout_or_the_max_time_whichever_is_first() {
 
 #[test]
 fn a_closed_port_is_reported_within_about_a_second() {
+    let _gate = gate::timed();
     let addr = closed_port();
     binary("mboard-client");
     let started = Instant::now();
@@ -191,7 +193,8 @@ fn a_closed_port_is_reported_within_about_a_second() {
 
 #[test]
 fn a_brief_restart_is_ridden_out() {
-    let first = TestServer::start();
+    let _gate = gate::timed();
+    let first = TestServer::builder().start();
     let addr = first.addr;
     drop(first);
     let child = Command::new(binary("mboard-client"))
@@ -203,7 +206,7 @@ fn a_brief_restart_is_ridden_out() {
         .expect("start");
     // Refused for 300 ms, then served again on the same port.
     std::thread::sleep(Duration::from_millis(300));
-    let _second = TestServer::on(&addr.to_string(), Limits::default());
+    let _second = TestServer::builder().listen(&addr.to_string()).start();
     let out = child.wait_with_output().expect("wait");
     assert_eq!(
         out.status.code(),
@@ -220,7 +223,8 @@ fn a_brief_restart_is_ridden_out() {
 
 #[test]
 fn names_and_a_missing_port_resolve_as_people_expect() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let name = format!("localhost:{}", server.addr.port());
     assert_eq!(run(&["--server", &name, "publish", "named"]).stdout, b"0\n");
     // No port: 7777, whatever answers there (maybe nothing).
@@ -234,7 +238,8 @@ fn names_and_a_missing_port_resolve_as_people_expect() {
 
 #[test]
 fn flags_and_words_go_where_people_put_them() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let s = server.addr.to_string();
     let out = run(&["publish", "hello", "world", "--server", &s]);
     assert_eq!(
@@ -269,7 +274,8 @@ fn flags_and_words_go_where_people_put_them() {
 
 #[test]
 fn last_on_a_terminal_fits_its_width_and_pipes_get_everything() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let p = Peer::new(server.addr);
     p.ask("1:short");
     p.ask(format!("1:{}", "x".repeat(500)));
@@ -300,7 +306,8 @@ fn last_on_a_terminal_fits_its_width_and_pipes_get_everything() {
 
 #[test]
 fn get_keeps_binary_off_a_terminal_and_ends_text_with_a_newline() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let p = Peer::new(server.addr);
     p.ask(b"1:\xff\xfebinary\x00".as_slice());
     p.ask("1:plain text");
@@ -314,9 +321,9 @@ fn get_keeps_binary_off_a_terminal_and_ends_text_with_a_newline() {
     );
     let (code, _) = in_terminal(80, &["get", "0", "--force", "--server", &s]);
     assert_eq!(code, Some(0));
-    let dir = TempDir::new("get-o");
-    std::fs::create_dir_all(&dir.0).expect("dir");
-    let file = dir.0.join("out.bin");
+    let dir = DataDir::new();
+    std::fs::create_dir_all(dir.path()).expect("dir");
+    let file = dir.path().join("out.bin");
     let (code, shown) = in_terminal(
         80,
         &["get", "0", "-o", &file.to_string_lossy(), "--server", &s],
@@ -340,11 +347,12 @@ fn get_keeps_binary_off_a_terminal_and_ends_text_with_a_newline() {
 
 #[test]
 fn the_progress_bar_shows_rate_and_time_left_then_clears() {
-    let server = TestServer::start();
+    let _gate = gate::timed();
+    let server = TestServer::builder().start();
     let path = SlowPath::start(server.addr, Duration::from_millis(1));
-    let dir = TempDir::new("bar");
-    std::fs::create_dir_all(&dir.0).expect("dir");
-    let file = dir.0.join("big");
+    let dir = DataDir::new();
+    std::fs::create_dir_all(dir.path()).expect("dir");
+    let file = dir.path().join("big");
     std::fs::write(&file, vec![b'b'; 1_600_000]).expect("write");
     let (file, s) = (file.to_string_lossy().into_owned(), path.addr.to_string());
     let (code, shown) = in_terminal(100, &["publish", "--file", &file, "--server", &s]);
@@ -374,7 +382,8 @@ fn the_progress_bar_shows_rate_and_time_left_then_clears() {
 
 #[test]
 fn errors_say_what_went_wrong_for_the_text_given() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let out = cli(server.addr, &["publish", "-"], &vec![b'q'; 16 << 20]);
     assert_eq!(out.code, Some(1));
     assert_eq!(
@@ -404,7 +413,8 @@ fn errors_say_what_went_wrong_for_the_text_given() {
 
 #[test]
 fn a_closed_pipe_ends_quietly() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let p = Peer::new(server.addr);
     for i in 0..300 {
         p.ask(format!("1:{i} {}", "p".repeat(1_000)));
@@ -429,6 +439,7 @@ fn a_closed_pipe_ends_quietly() {
 
 #[test]
 fn completions_and_man_pages_come_from_the_binary() {
+    let _gate = gate::plain();
     for shell in ["bash", "zsh", "fish"] {
         let out = run(&["completions", shell]);
         assert!(out.status.success(), "{shell}");
@@ -442,8 +453,8 @@ fn completions_and_man_pages_come_from_the_binary() {
     let page = run(&["manpage"]);
     assert!(page.status.success());
     assert!(String::from_utf8_lossy(&page.stdout).contains(".TH mboard-client 1"));
-    let dir = TempDir::new("man");
-    let out = run(&["manpage", &dir.arg()]);
+    let dir = DataDir::new();
+    let out = run(&["manpage", dir.arg()]);
     assert!(out.status.success());
     let listed = String::from_utf8_lossy(&out.stdout).into_owned();
     for page in [
@@ -451,7 +462,7 @@ fn completions_and_man_pages_come_from_the_binary() {
         "mboard-client-publish.1",
         "mboard-client-get.1",
     ] {
-        assert!(dir.0.join(page).exists(), "{page} in {listed}");
+        assert!(dir.path().join(page).exists(), "{page} in {listed}");
         assert!(listed.contains(page), "{listed}");
     }
 }

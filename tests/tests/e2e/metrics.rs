@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use mboard_server::{Fsync, JournalConfig, Limits, RateLimit, Store};
-use mboard_tests::{Peer, Scrape, ServerProcess, TempDir, TestServer, http, scrape};
+use mboard_tests::{DataDir, Peer, Scrape, ServerProcess, TestServer, gate, http, scrape};
 
 /// Scrapes until `check` passes: a reply can reach the peer a moment before the server
 /// has counted its bytes as sent.
@@ -33,8 +33,8 @@ fn requests(kind: &str, reply: &str) -> String {
 
 #[test]
 fn requests_are_counted_by_type_and_reply_and_bytes_exactly() {
-    let config = TestServer::config(Store::Memory, Limits::default());
-    let server = TestServer::with_config("127.0.0.1:0", config, true);
+    let _gate = gate::plain();
+    let server = TestServer::builder().metrics().start();
     let metrics = server.metrics.expect("metrics endpoint");
     let peer = Peer::new(server.addr);
 
@@ -95,8 +95,8 @@ fn requests_are_counted_by_type_and_reply_and_bytes_exactly() {
 
 #[test]
 fn the_endpoint_speaks_openmetrics_at_metrics_only() {
-    let config = TestServer::config(Store::Memory, Limits::default());
-    let server = TestServer::with_config("127.0.0.1:0", config, true);
+    let _gate = gate::plain();
+    let server = TestServer::builder().metrics().start();
     let metrics = server.metrics.expect("metrics endpoint");
 
     let s = scrape(metrics).expect("scrape");
@@ -121,13 +121,15 @@ fn the_endpoint_speaks_openmetrics_at_metrics_only() {
 
 #[test]
 fn rate_limited_datagrams_are_counted_as_dropped() {
-    let mut config = TestServer::config(Store::Memory, Limits::default());
-    config.rate_limit = RateLimit {
-        rate: 0.001,
-        burst: 5.0,
-        max_sources: 16,
-    };
-    let server = TestServer::with_config("127.0.0.1:0", config, true);
+    let _gate = gate::plain();
+    let server = TestServer::builder()
+        .rate_limit(RateLimit {
+            rate: 0.001,
+            burst: 5.0,
+            max_sources: 16,
+        })
+        .metrics()
+        .start();
     let metrics = server.metrics.expect("metrics endpoint");
     let peer = Peer::new(server.addr);
     for _ in 0..20 {
@@ -149,13 +151,13 @@ fn rate_limited_datagrams_are_counted_as_dropped() {
 
 #[test]
 fn the_journal_reports_its_commits_and_fsyncs() {
-    let dir = TempDir::new("metrics-journal");
+    let _gate = gate::plain();
+    let dir = DataDir::new();
     let store = Store::Journal(JournalConfig {
-        dir: dir.0.clone(),
+        dir: dir.path().to_owned(),
         fsync: Fsync::Always,
     });
-    let config = TestServer::config(store, Limits::default());
-    let server = TestServer::with_config("127.0.0.1:0", config, true);
+    let server = TestServer::builder().store(store).metrics().start();
     let metrics = server.metrics.expect("metrics endpoint");
     let peer = Peer::new(server.addr);
     // One at a time, so each publish is a group commit of its own.
@@ -169,9 +171,7 @@ fn the_journal_reports_its_commits_and_fsyncs() {
         expect(s, "mboard_publishes_total", 3.0)?;
         expect(s, "mboard_messages", 3.0)
     });
-    let file = std::fs::metadata(dir.0.join("journal"))
-        .expect("journal")
-        .len();
+    let file = std::fs::metadata(dir.journal()).expect("journal").len();
     assert_eq!(s.value("mboard_journal_bytes"), Some(file as f64));
     assert!(
         s.body
@@ -181,9 +181,9 @@ fn the_journal_reports_its_commits_and_fsyncs() {
 
 #[test]
 fn the_binary_serves_metrics_only_when_asked() {
-    let plain = ServerProcess::start(&["--in-memory"]).expect("server starts");
-    let with =
-        ServerProcess::start(&["--in-memory", "--metrics", "127.0.0.1:0"]).expect("server starts");
+    let _gate = gate::plain();
+    let plain = ServerProcess::must_start(&["--in-memory"]);
+    let with = ServerProcess::must_start(&["--in-memory", "--metrics", "127.0.0.1:0"]);
     let addr = with
         .metrics_addr()
         .unwrap_or_else(|| panic!("no metrics address logged:\n{}", with.log()));
@@ -205,13 +205,14 @@ fn the_binary_serves_metrics_only_when_asked() {
 
 #[test]
 fn unfetched_downloads_give_way_to_new_requests_and_are_counted() {
+    // Within and past the claim grace.
+    let _gate = gate::timed();
     // Room for one large reply at a time.
     let limits = Limits {
         max_session_memory: 6_000,
         ..Limits::default()
     };
-    let config = TestServer::config(Store::Memory, limits);
-    let server = TestServer::with_config("127.0.0.1:0", config, true);
+    let server = TestServer::builder().limits(limits).metrics().start();
     let metrics = server.metrics.expect("metrics endpoint");
     let publisher = Peer::new(server.addr);
     let text = "m".repeat(1_300);

@@ -9,7 +9,7 @@ use mboard_protocol::{Entry, Message, MessageId, Timestamp};
 use mboard_server::Limits;
 use mboard_server::board::{Board, BoardError, Span};
 use mboard_server::handler::Handler;
-use mboard_tests::{Peer, TestServer};
+use mboard_tests::{Peer, TestServer, gate};
 
 /// One message, whose bulk read (`4:`) takes two seconds, like a cold disk.
 struct SlowBoard {
@@ -55,13 +55,12 @@ impl Board for SlowBoard {
 
 #[test]
 fn slow_replies_do_not_hold_up_fast_ones() {
+    // Fast replies must come within the 2 s a slow one takes.
+    let _gate = gate::timed();
     // Two receive loops, so that six slow requests would occupy them all if they were
     // built inline.
-    let server = TestServer::serving(Arc::new(Handler::new(
-        SlowBoard::new(),
-        Limits::default(),
-        1,
-    )));
+    let handler = Handler::new(SlowBoard::new(), Limits::default(), 1);
+    let server = TestServer::builder().serving(Arc::new(handler)).start();
     let addr = server.addr;
 
     let slow: Vec<Peer> = (0..6).map(|_| Peer::new(addr)).collect();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use mboard_tests::classic::ClassicServer;
 use mboard_tests::proxy::{Faults, Proxy};
-use mboard_tests::{Peer, TestServer, binary, cli};
+use mboard_tests::{Peer, TestServer, binary, cli, gate};
 
 /// Every request the server got was one it knows, and none crashed it.
 fn assert_only_classic_requests(server: &ClassicServer) {
@@ -27,6 +27,7 @@ fn assert_only_classic_requests(server: &ClassicServer) {
 
 #[test]
 fn classic_mode_publishes_lists_and_reads_a_classic_board() {
+    let _gate = gate::plain();
     let server = ClassicServer::start();
     let a = server.addr;
     let out = cli(a, &["--classic", "publish", "hello", "world"], b"");
@@ -79,6 +80,7 @@ fn classic_mode_publishes_lists_and_reads_a_classic_board() {
 
 #[test]
 fn the_environment_turns_classic_mode_on() {
+    let _gate = gate::plain();
     let server = ClassicServer::start();
     let run = |args: &[&str]| {
         Command::new(binary("mboard-client"))
@@ -100,6 +102,7 @@ fn the_environment_turns_classic_mode_on() {
 
 #[test]
 fn an_empty_classic_board_answers_a_bare_zero() {
+    let _gate = gate::plain();
     let server = ClassicServer::start();
     let out = cli(server.addr, &["ids"], b"");
     assert_eq!(
@@ -117,6 +120,7 @@ fn an_empty_classic_board_answers_a_bare_zero() {
 
 #[test]
 fn a_classic_publish_is_resent_only_on_silence_and_so_at_least_once() {
+    let _gate = gate::timed();
     let server = ClassicServer::start();
     let proxy = Proxy::start(server.addr, Faults::NONE, Faults::NONE, 7);
     // The first publish reply is lost: the client hears nothing, and sends again.
@@ -140,6 +144,7 @@ fn a_classic_publish_is_resent_only_on_silence_and_so_at_least_once() {
 
 #[test]
 fn a_classic_text_must_fit_one_datagram() {
+    let _gate = gate::plain();
     let server = ClassicServer::start();
     let out = cli(
         server.addr,
@@ -165,7 +170,8 @@ fn a_classic_text_must_fit_one_datagram() {
 
 #[test]
 fn classic_mode_against_this_server_does_not_follow_offers() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let a = server.addr;
     assert_eq!(cli(a, &["--classic", "publish", "short"], b"").out(), "0\n");
     let long = "y".repeat(5_000);
@@ -190,6 +196,7 @@ fn classic_mode_against_this_server_does_not_follow_offers() {
 
 #[test]
 fn malformed_replies_are_reported_at_once_not_as_silence() {
+    let _gate = gate::plain();
     let server = ClassicServer::answering(b"0:not a message");
     mboard_tests::binary("mboard-client");
     let started = Instant::now();
@@ -224,6 +231,7 @@ fn malformed_replies_are_reported_at_once_not_as_silence() {
 
 #[test]
 fn unexpected_replies_are_described_in_words() {
+    let _gate = gate::plain();
     // An offer where an upload session was expected: once reported as
     // `Offer(Offer { sid: SessionId(…) … })`.
     let server = ClassicServer::answering(b"d:3f2b8c1e-9a4d-4e6f-8b1a-2c3d4e5f6a7b:10:5");

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use mboard_protocol::{Expect, Response, Timestamp};
 use mboard_server::Limits;
-use mboard_tests::{Peer, TestServer};
+use mboard_tests::{Peer, TestServer, gate};
 
 /// The `<ts>` of a `3:` reply, checked to have exactly six decimals.
 fn ts_of(reply: &str) -> String {
@@ -22,7 +22,8 @@ fn ts_of(reply: &str) -> String {
 
 #[test]
 fn board_examples_byte_for_byte() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let (a, b) = (Peer::new(server.addr), Peer::new(server.addr));
     assert_eq!(a.ask_str("2:10"), "0:", "an empty board has no ids");
     assert_eq!(a.ask_str("4:10"), "0:0", "and no messages");
@@ -55,7 +56,8 @@ fn board_examples_byte_for_byte() {
 
 #[test]
 fn board_error_rows() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let p = Peer::new(server.addr);
     assert_eq!(p.ask_str("1:"), "1:empty text");
     assert_eq!(p.ask_str(""), "1:too short");
@@ -77,7 +79,8 @@ fn board_error_rows() {
 
 #[test]
 fn contract_session_example() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let p = Peer::new(server.addr);
     for _ in 0..42 {
         p.ask("1:filler");
@@ -101,10 +104,13 @@ fn contract_session_example() {
 
 #[test]
 fn session_error_rows() {
-    let server = TestServer::with_limits(Limits {
-        max_request_size: 1000,
-        ..Limits::default()
-    });
+    let _gate = gate::plain();
+    let server = TestServer::builder()
+        .limits(Limits {
+            max_request_size: 1000,
+            ..Limits::default()
+        })
+        .start();
     let (owner, other) = (Peer::new(server.addr), Peer::new(server.addr));
     let unknown = "3f2b8c1e-9a4d-4e6f-8b1a-2c3d4e5f6a7b";
     assert_eq!(
@@ -144,17 +150,16 @@ fn session_error_rows() {
         "4:incomplete: 3 of 3 blocks missing"
     );
     // An assembled request that is not a board request.
-    let (sid, _) = owner.open(5, 5).expect("open");
-    owner.ask(format!("b:{sid}:0:z:abc"));
-    assert_eq!(owner.ask_str(format!("c:{sid}")), "3:unknown request z");
-    let (sid, _) = owner.open(5, 5).expect("open");
-    owner.ask(format!("b:{sid}:0:a:1:1"));
-    assert_eq!(owner.ask_str(format!("c:{sid}")), "3:not a board request");
+    let upload = owner.upload(b"z:abc", 5).expect("upload");
+    assert_eq!(upload.commit, "3:unknown request z");
+    let upload = owner.upload(b"a:1:1", 5).expect("upload");
+    assert_eq!(upload.commit, "3:not a board request");
 }
 
 #[test]
 fn large_single_datagram_publish_comes_back_through_an_offer() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let p = Peer::new(server.addr);
     let text: Vec<u8> = (0..60_000u32)
         .map(|i| b"abc:\n\x00\xff"[i as usize % 7])

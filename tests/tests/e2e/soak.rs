@@ -4,18 +4,18 @@
 //! CI runs a 5-second variant. The 60-second soak:
 //!
 //! ```sh
-//! cargo test --release -p mboard-tests --test soak -- --ignored --nocapture
+//! cargo test --release -p mboard-tests --test e2e soak:: -- --ignored --nocapture
 //! ```
 
 // The figures are the point of the soak; they show with `--nocapture`.
 #![allow(clippy::print_stdout)]
 
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mboard_tests::{Peer, ServerProcess};
+use mboard_tests::{Peer, ServerProcess, gate};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -26,7 +26,7 @@ const SESSION_MEMORY: u64 = 64 << 20;
 const MARGIN: u64 = 64 << 20;
 
 /// One attacker thread: many source ports, a mix of hostile traffic, as fast as it can.
-fn attack(server: std::net::SocketAddr, seed: u64, stop: Arc<AtomicBool>) {
+fn attack(server: SocketAddr, seed: u64, stop: Arc<AtomicBool>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let sockets: Vec<UdpSocket> = (0..32)
         .map(|_| {
@@ -83,34 +83,21 @@ fn attack(server: std::net::SocketAddr, seed: u64, stop: Arc<AtomicBool>) {
     }
 }
 
-fn soak(duration: Duration) {
-    let memory = SESSION_MEMORY.to_string();
-    let server = ServerProcess::start(&[
-        "--in-memory",
-        "--max-session-memory",
-        &memory,
-        "--metrics",
-        "127.0.0.1:0",
-    ])
-    .unwrap_or_else(|(code, log)| panic!("exit {code:?}: {log}"));
-    let metrics = server.metrics_addr().expect("metrics address");
-    let checker = Peer::new(server.addr);
-    for i in 0..5 {
-        checker.ask(format!("1:seed {i}"));
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let attackers: Vec<_> = (0..3)
-        .map(|t| {
-            let (addr, stop) = (server.addr, stop.clone());
-            std::thread::spawn(move || attack(addr, t, stop))
-        })
-        .collect();
+/// What the checker saw while the flood went on.
+struct Checked {
+    asked: u64,
+    answered: u64,
+    /// The longest stretch without an answer: a flood that overfills the socket's receive
+    /// queue makes the kernel drop some of anyone's datagrams, but never for long.
+    longest_gap: Duration,
+    /// The server's peak resident memory, sampled every second.
+    peak: u64,
+}
 
-    // Valid requests throughout, one at a time, each given 200 ms.
+/// Valid requests for `duration`, one at a time, each given 200 ms.
+fn check(server: &ServerProcess, checker: &Peer, duration: Duration) -> Checked {
     let started = Instant::now();
     let (mut asked, mut answered, mut peak) = (0u64, 0u64, 0u64);
-    // The longest stretch without an answer: a flood that overfills the socket's receive
-    // queue makes the kernel drop some of anyone's datagrams, but never for long.
     let (mut last_answer, mut longest_gap) = (Instant::now(), Duration::ZERO);
     let mut sampled = Instant::now();
     while started.elapsed() < duration {
@@ -129,11 +116,67 @@ fn soak(duration: Duration) {
         }
     }
     longest_gap = longest_gap.max(last_answer.elapsed());
+    Checked {
+        asked,
+        answered,
+        longest_gap,
+        peak,
+    }
+}
+
+/// What the server saw, by its own count: prints its drops and sessions and returns how
+/// many datagrams it handled.
+fn handled_by_server(metrics: SocketAddr) -> u64 {
+    let scrape = mboard_tests::scrape(metrics).expect("scrape");
+    let series = |name: &str| scrape.value(name).unwrap_or(0.0) as u64;
+    let handled: u64 = scrape
+        .body
+        .lines()
+        .filter(|l| l.starts_with("mboard_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    println!(
+        "server: {handled} datagrams handled; dropped: {} over the rate limit, {} by the kernel (receive queue full); sessions: {} evicted unclaimed, {} expired",
+        series("mboard_datagrams_dropped_total{reason=\"rate_limit\"}"),
+        series("mboard_datagrams_dropped_total{reason=\"receive_queue_full\"}"),
+        series("mboard_sessions_evicted_total"),
+        series("mboard_sessions_expired_total"),
+    );
+    handled
+}
+
+fn soak(duration: Duration) {
+    let memory = SESSION_MEMORY.to_string();
+    let server = ServerProcess::must_start(&[
+        "--in-memory",
+        "--max-session-memory",
+        &memory,
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let metrics = server.metrics_addr().expect("metrics address");
+    let checker = Peer::new(server.addr);
+    for i in 0..5 {
+        checker.ask(format!("1:seed {i}"));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let attackers: Vec<_> = (0..3)
+        .map(|t| {
+            let (addr, stop) = (server.addr, stop.clone());
+            std::thread::spawn(move || attack(addr, t, stop))
+        })
+        .collect();
+    let Checked {
+        asked,
+        answered,
+        longest_gap,
+        peak,
+    } = check(&server, &checker, duration);
     stop.store(true, Ordering::Relaxed);
     for a in attackers {
         a.join().expect("attacker");
     }
-    peak = peak.max(server.resident_bytes().unwrap_or(0));
+    let peak = peak.max(server.resident_bytes().unwrap_or(0));
     let share = answered as f64 / asked as f64;
     println!(
         "soak {:?}: {answered} of {asked} valid requests answered ({:.1}%), longest gap {:?}, peak resident memory {:.1} MiB (limit {} MiB session memory + {} MiB margin)",
@@ -157,24 +200,8 @@ fn soak(duration: Duration) {
         peak < SESSION_MEMORY + MARGIN,
         "peak resident memory {peak} bytes"
     );
-    // What the server saw, by its own count.
-    let scrape = mboard_tests::scrape(metrics).expect("scrape");
-    let series = |name: &str| scrape.value(name).unwrap_or(0.0) as u64;
-    let handled: u64 = scrape
-        .body
-        .lines()
-        .filter(|l| l.starts_with("mboard_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    println!(
-        "server: {handled} datagrams handled; dropped: {} over the rate limit, {} by the kernel (receive queue full); sessions: {} evicted unclaimed, {} expired",
-        series("mboard_datagrams_dropped_total{reason=\"rate_limit\"}"),
-        series("mboard_datagrams_dropped_total{reason=\"receive_queue_full\"}"),
-        series("mboard_sessions_evicted_total"),
-        series("mboard_sessions_expired_total"),
-    );
     assert!(
-        handled > asked,
+        handled_by_server(metrics) > asked,
         "the server counted fewer datagrams than the checker sent"
     );
     // Still fully working afterwards.
@@ -183,11 +210,15 @@ fn soak(duration: Duration) {
 
 #[test]
 fn flood_short() {
+    // Three attackers flat out, and the checker times its answers under them.
+    let _gate = gate::alone();
     soak(Duration::from_secs(5));
 }
 
 #[test]
 #[ignore = "60-second soak; run with --ignored"]
 fn flood_soak_60s() {
+    // Three attackers flat out, and the checker times its answers under them.
+    let _gate = gate::alone();
     soak(Duration::from_secs(60));
 }

@@ -1,40 +1,30 @@
 //! Sessions over real sockets: large uploads and downloads, expiry, limits, garbage.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
 use mboard_protocol::{Expect, Response};
 use mboard_server::Limits;
-use mboard_tests::{Peer, TestServer, binary};
+use mboard_tests::{Peer, ServerProcess, TestServer, binary, gate};
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 #[test]
 fn one_mib_upload_shuffled_with_duplicates_reads_back_identical() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let p = Peer::new(server.addr);
     let mut rng = StdRng::seed_from_u64(1);
     let mut pdu = b"1:".to_vec();
     pdu.extend((0..(1 << 20) - 2).map(|_| rng.random::<u8>()));
-    let (sid, bs) = p.open(pdu.len(), 1_400).expect("open");
-    assert_eq!(bs, 1_400);
-    let blocks: Vec<&[u8]> = pdu.chunks(bs).collect();
-    let mut order: Vec<usize> = (0..blocks.len()).collect();
     // Every tenth block is sent twice.
-    order.extend((0..blocks.len()).step_by(10));
-    order.shuffle(&mut rng);
-    let mut distinct = std::collections::HashSet::new();
-    for &i in &order {
-        distinct.insert(i);
-        let mut b = format!("b:{sid}:{i}:").into_bytes();
-        b.extend_from_slice(blocks[i]);
-        assert_eq!(p.ask_str(&b), format!("0:{sid}:{i}:{}", distinct.len()));
-    }
-    assert_eq!(p.ask_str(format!("c:{sid}")), "0:0");
-    assert_eq!(p.ask_str(format!("c:{sid}")), "0:0");
+    let upload = p
+        .upload_shuffled(&pdu, 1_400, 10, &mut rng)
+        .expect("upload");
+    assert_eq!(upload.block_size, 1_400);
+    assert_eq!(upload.commit, "0:0");
+    assert_eq!(p.ask_str(format!("c:{}", upload.sid)), "0:0");
     assert_eq!(p.ask_str("2:0"), "0:0", "stored once");
 
     let Response::Offer(offer) =
@@ -54,10 +44,14 @@ fn one_mib_upload_shuffled_with_duplicates_reads_back_identical() {
 
 #[test]
 fn idle_sessions_expire_after_the_timeout() {
-    let server = TestServer::with_limits(Limits {
-        session_timeout: Duration::from_secs(1),
-        ..Limits::default()
-    });
+    // Within a 1 s session timeout, 500 ms apart.
+    let _gate = gate::timed();
+    let server = TestServer::builder()
+        .limits(Limits {
+            session_timeout: Duration::from_secs(1),
+            ..Limits::default()
+        })
+        .start();
     let p = Peer::new(server.addr);
     let (idle, _) = p.open(10, 5).expect("open");
     let (kept, _) = p.open(10, 5).expect("open");
@@ -76,7 +70,8 @@ fn idle_sessions_expire_after_the_timeout() {
 
 #[test]
 fn opens_beyond_the_per_source_limit_are_busy() {
-    let server = TestServer::start();
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
     let (p, q) = (Peer::new(server.addr), Peer::new(server.addr));
     let mut sids = Vec::new();
     for _ in 0..64 {
@@ -90,7 +85,9 @@ fn opens_beyond_the_per_source_limit_are_busy() {
 
 #[test]
 fn garbage_never_stops_the_server() {
-    let server = TestServer::start();
+    // Ten thousand datagrams as fast as they go.
+    let _gate = gate::load();
+    let server = TestServer::builder().start();
     let noise = Peer::new(server.addr);
     let mut rng = StdRng::seed_from_u64(7);
     for i in 0..10_000 {
@@ -122,11 +119,12 @@ fn garbage_never_stops_the_server() {
 
 #[test]
 fn ipv6_sources_are_bracketed() {
+    let _gate = gate::plain();
     if std::net::UdpSocket::bind("[::1]:0").is_err() {
         // No IPv6 loopback on this host: nothing to test.
         return;
     }
-    let server = TestServer::on("[::1]:0", Limits::default());
+    let server = TestServer::builder().listen("[::1]:0").start();
     let p = Peer::new(server.addr);
     assert_eq!(p.ask_str("1:over v6"), "0:0");
     let reply = p.ask_str("3:0");
@@ -143,45 +141,25 @@ fn ipv6_sources_are_bracketed() {
 
 #[test]
 fn the_binary_serves_and_stops_on_sigterm() {
-    let mut child = Command::new(binary("mboard-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--in-memory",
-            "--log-level",
-            "info",
-            "--session-timeout",
-            "500ms",
-        ])
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mboard-server");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut addr = None;
-    let mut line = String::new();
-    while addr.is_none() && stderr.read_line(&mut line).expect("read log") > 0 {
-        addr = line
-            .split("addr=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next()?.parse().ok());
-        line.clear();
-    }
-    let addr = addr.expect("the server logs the address it serves on");
-    let p = Peer::new(addr);
+    // The server listens for SIGTERM only once its main thread gets on after logging that it
+    // serves: a SIGTERM sent while a busy machine holds that thread back kills it outright.
+    let _gate = gate::alone();
+    let server = ServerProcess::must_start(&[
+        "--in-memory",
+        "--log-level",
+        "info",
+        "--session-timeout",
+        "500ms",
+    ]);
+    let p = Peer::new(server.addr);
     assert_eq!(p.ask_str("1:Hello world!"), "0:0");
     assert_eq!(p.ask_str("9:x"), "3:unknown request 9");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let exit = child.wait().expect("wait");
-    assert!(exit.success(), "clean exit on SIGTERM, got {exit}");
+    assert_eq!(server.stop(), Some(0), "clean exit on SIGTERM");
 }
 
 #[test]
 fn the_binary_refuses_bad_options_clearly() {
+    let _gate = gate::plain();
     let out = Command::new(binary("mboard-server"))
         .args(["--listen", "127.0.0.1:0", "--max-datagram", "50"])
         .env("NO_COLOR", "1")

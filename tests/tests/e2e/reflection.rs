@@ -6,8 +6,8 @@
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use mboard_server::{Limits, RateLimit, Store};
-use mboard_tests::{TestServer, scrape};
+use mboard_server::RateLimit;
+use mboard_tests::{TestServer, gate, scrape};
 
 /// Plays an echo service that the server was tricked into talking to: sends `first`, then
 /// echoes whatever the server sends, until `quiet` passes without a datagram or `cap`
@@ -38,8 +38,9 @@ fn echo_loop(
 
 #[test]
 fn a_loop_with_an_echo_service_dies_out() {
-    let config = TestServer::config(Store::Memory, Limits::default());
-    let server = TestServer::with_config("127.0.0.1:0", config, true);
+    // How long the loop lasts depends on how fast the limit refills meanwhile.
+    let _gate = gate::timed();
+    let server = TestServer::builder().metrics().start();
     let (sent, ended) = echo_loop(
         server.addr,
         b"1:hi",
@@ -62,13 +63,15 @@ fn a_loop_with_an_echo_service_dies_out() {
 
 #[test]
 fn without_the_limit_the_loop_does_not_end() {
+    // A datagram loop as fast as it goes, counted over one second.
+    let _gate = gate::load();
     // The test above can fail: with the limit off, the same datagram loops indefinitely.
-    let mut config = TestServer::config(Store::Memory, Limits::default());
-    config.error_limit = RateLimit {
-        rate: 0.0,
-        ..RateLimit::ERROR_REPLIES
-    };
-    let server = TestServer::with_config("127.0.0.1:0", config, false);
+    let server = TestServer::builder()
+        .error_limit(RateLimit {
+            rate: 0.0,
+            ..RateLimit::ERROR_REPLIES
+        })
+        .start();
     let (sent, ended) = echo_loop(
         server.addr,
         b"1:hi",
