@@ -6,6 +6,7 @@ use mboard_protocol::{DATA_HEADER_MAX, MAX_DATAGRAM};
 
 use crate::board::JournalConfig;
 use crate::limiter::RateLimit;
+use crate::metrics::EndpointLimits;
 
 /// Limits on sessions and datagrams.
 ///
@@ -41,6 +42,8 @@ pub struct Limits {
     /// it is this old, when the server is full. A real client uses its session within one
     /// round trip; a spoofed request never does.
     pub claim_grace: Duration,
+    /// Connections the metrics endpoint (`--metrics`) holds, in all and per host.
+    pub metrics: EndpointLimits,
 }
 
 impl Default for Limits {
@@ -57,6 +60,7 @@ impl Default for Limits {
             validation_ttl: Duration::from_secs(600),
             max_validated: 65_536,
             claim_grace: Duration::from_millis(500),
+            metrics: EndpointLimits::default(),
         }
     }
 }
@@ -128,7 +132,7 @@ impl Limits {
         if self.session_timeout.is_zero() {
             return Err(ConfigError::Timeout);
         }
-        Ok(())
+        self.metrics.validate()
     }
 
     /// The most bytes an unvalidated `from` may be sent for a request of `request_len`

@@ -16,5 +16,6 @@ pub mod session;
 pub use board::{Fsync, JournalConfig};
 pub use config::{Config, ConfigError, Limits, Store};
 pub use limiter::RateLimit;
+pub use metrics::EndpointLimits;
 pub use reply::Reply;
 pub use server::{Listeners, ServerError, run, serve};

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use mboard_server::{Config, Fsync, JournalConfig, Limits, RateLimit, Store};
+use mboard_server::{Config, EndpointLimits, Fsync, JournalConfig, Limits, RateLimit, Store};
 use tokio::net::{TcpListener, UdpSocket};
 use tracing_subscriber::EnvFilter;
 
@@ -108,6 +108,27 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
 
+    /// Connections the metrics endpoint holds at once. When full, an idle one (or one
+    /// still sending its request) is closed for a newcomer; if all are being answered,
+    /// the newcomer is closed at once.
+    #[arg(
+        long,
+        env = "MBOARD_METRICS_CONNECTIONS",
+        value_name = "N",
+        default_value_t = EndpointLimits::default().connections
+    )]
+    metrics_connections: usize,
+
+    /// Connections one host (an IPv4 address, an IPv6 /64) may hold to the metrics
+    /// endpoint; beyond it, the host's own idle ones give way first.
+    #[arg(
+        long,
+        env = "MBOARD_METRICS_CONNECTIONS_PER_IP",
+        value_name = "N",
+        default_value_t = EndpointLimits::default().connections_per_ip
+    )]
+    metrics_connections_per_ip: usize,
+
     /// Receive loops sharing the socket (default: twice the number of cores).
     #[arg(long)]
     workers: Option<usize>,
@@ -195,6 +216,10 @@ fn config(args: &Args) -> Config {
             validation_ttl: args.validation_ttl.into(),
             max_validated: args.max_validated,
             claim_grace: args.claim_grace.into(),
+            metrics: EndpointLimits {
+                connections: args.metrics_connections,
+                connections_per_ip: args.metrics_connections_per_ip,
+            },
         },
         rate_limit: RateLimit {
             rate: args.rate_limit,
@@ -251,5 +276,20 @@ mod tests {
         assert_eq!(config.rate_limit, defaults.rate_limit);
         assert_eq!(config.error_limit, defaults.error_limit);
         assert_eq!(config.workers, defaults.workers);
+    }
+
+    #[test]
+    fn metrics_connection_caps_are_options() {
+        let args = Args::try_parse_from([
+            "mboard-server",
+            "--in-memory",
+            "--metrics-connections",
+            "32",
+            "--metrics-connections-per-ip",
+            "2",
+        ])
+        .expect("parse");
+        let metrics = config(&args).limits.metrics;
+        assert_eq!((metrics.connections, metrics.connections_per_ip), (32, 2));
     }
 }

@@ -129,7 +129,8 @@ pub async fn serve<B: Board>(
             socket: socket.clone(),
         }));
         handler.board().register_metrics(&mut registry);
-        tasks.spawn(serve_metrics(listener, registry));
+        let limits = handler.limits().metrics;
+        tasks.spawn(serve_metrics(listener, registry, limits));
     }
     for shard in 0..workers {
         let receiver = Receiver {

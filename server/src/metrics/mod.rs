@@ -2,28 +2,24 @@
 //!
 //! The hot path only adds to plain atomics in a [`Shard`] owned by its receive loop, so
 //! the two cores never write the same cache line; everything is summed, and the gauges
-//! (sessions, buffered bytes, …) read, only when the endpoint is scraped.
+//! (sessions, buffered bytes, …) read, only when the endpoint is scraped. The endpoint
+//! itself, and how it shares its connections between hosts, is in `endpoint` and `slots`.
 
-use std::convert::Infallible;
+mod endpoint;
+mod slots;
+
+pub(crate) use endpoint::serve_metrics;
+pub use slots::EndpointLimits;
+
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Registry;
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::Semaphore;
-use tracing::{debug, info};
+use tokio::net::UdpSocket;
 
 use mboard_protocol::{ReplyCode, RequestKind};
 
@@ -343,91 +339,10 @@ pub fn receive_queue_drops(_: &UdpSocket) -> Option<u64> {
     None
 }
 
-/// Scrapes served at once; more wait for the listener to accept them.
-const MAX_SCRAPES: usize = 16;
-
-/// How long one metrics connection may stay open, idle keep-alive included, so a few idle
-/// connections cannot lock Prometheus out.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
-
-/// The content type of the OpenMetrics text format, which Prometheus scrapes natively.
-const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Serves `GET /metrics` on `listener` until the task is dropped.
-pub(crate) async fn serve_metrics(
-    listener: TcpListener,
-    registry: Registry,
-) -> std::io::Result<()> {
-    info!(addr = %listener.local_addr()?, "serving metrics");
-    let registry = Arc::new(registry);
-    let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
-    loop {
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(std::io::Error::other)?;
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            // A peer that went away before we accepted it, or out of file descriptors:
-            // neither ends the endpoint.
-            Err(e) => {
-                debug!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                std::future::ready(Ok::<_, Infallible>(respond(&registry, &req)))
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5));
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            // Past its lifetime the connection is simply dropped; the scraper reconnects.
-            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
-                debug!(%peer, error = %e, "metrics connection failed");
-            }
-            drop(permit);
-        });
-    }
-}
-
-fn respond(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let reply = |status, body: &'static str| {
-        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-        *r.status_mut() = status;
-        r
-    };
-    if req.uri().path() != "/metrics" {
-        return reply(
-            StatusCode::NOT_FOUND,
-            "not found: metrics are at /metrics\n",
-        );
-    }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        r.headers_mut()
-            .insert(ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
-        return r;
-    }
-    let mut text = String::with_capacity(8_192);
-    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
-        return reply(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n");
-    }
-    let mut r = Response::new(Full::new(Bytes::from(text)));
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(CONTENT_TYPE_OPENMETRICS),
-    );
-    r
-}
-
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     #[test]
