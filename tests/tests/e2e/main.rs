@@ -12,6 +12,7 @@ mod client;
 mod conformance;
 mod durable;
 mod metrics;
+mod metrics_fairness;
 mod rate_limit;
 mod reflection;
 mod sessions;

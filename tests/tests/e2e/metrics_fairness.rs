@@ -7,12 +7,11 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use mboard_server::{Limits, Store};
-use mboard_tests::{TestServer, scrape};
+use mboard_tests::{TestServer, gate, scrape};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// No attack outlives this, even if the test that started it panics before stopping it.
@@ -296,17 +295,8 @@ fn loopback(last: u8) -> Ipv4Addr {
 /// after 1 s, then 2 s more: this bound allows two such drops in a row.
 const CHURN_BOUND: Duration = Duration::from_secs(4);
 
-/// The attacks share two cores with the server: one at a time, so that each test measures
-/// its own attack.
-static ONE_ATTACK: Mutex<()> = Mutex::new(());
-
-fn one_attack() -> MutexGuard<'static, ()> {
-    ONE_ATTACK.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn server() -> (TestServer, SocketAddr) {
-    let config = TestServer::config(Store::Memory, Limits::default());
-    let server = TestServer::with_config("127.0.0.1:0", config, true);
+    let server = TestServer::builder().metrics().start();
     let metrics = server.metrics.expect("metrics endpoint");
     (server, metrics)
 }
@@ -319,7 +309,9 @@ fn value(metrics: SocketAddr, series: &str) -> f64 {
 
 #[test]
 fn idle_reconnecting_connections_from_one_host_do_not_lock_a_scraper_out() {
-    let _one = one_attack();
+    // The attacks share two cores with the server: one at a time, and beside no other
+    // load, so that each test measures its own attack.
+    let _gate = gate::load();
     let (_server, metrics) = server();
     let attack = Attack::start(metrics, &[loopback(2)], 200, Behaviour::Idle);
     attack.wait_ready(200);
@@ -332,7 +324,9 @@ fn idle_reconnecting_connections_from_one_host_do_not_lock_a_scraper_out() {
 
 #[test]
 fn idle_connections_from_many_hosts_give_way_to_a_scraper() {
-    let _one = one_attack();
+    // The attacks share two cores with the server: one at a time, and beside no other
+    // load, so that each test measures its own attack.
+    let _gate = gate::load();
     let (_server, metrics) = server();
     // Eight hosts at their per-host cap of 4 take twice the 16 connections there are.
     let hosts: Vec<Ipv4Addr> = (2..10).map(loopback).collect();
@@ -346,7 +340,9 @@ fn idle_connections_from_many_hosts_give_way_to_a_scraper() {
 
 #[test]
 fn keep_alive_connections_do_not_delay_a_scrape() {
-    let _one = one_attack();
+    // The attacks share two cores with the server: one at a time, and beside no other
+    // load, so that each test measures its own attack.
+    let _gate = gate::load();
     let (_server, metrics) = server();
     // Four hosts, four each: every one of the 16 connections is held, and each asks for
     // the metrics every 2 s, inside the header timeout, so none is ever closed for idling.
@@ -413,6 +409,7 @@ fn run_server(args: &[&str], env: &[(&str, &str)], until: &str) -> (Option<i32>,
 
 #[test]
 fn the_connection_caps_are_options_and_environment_variables() {
+    let _gate = gate::plain();
     let env = [
         ("MBOARD_METRICS_CONNECTIONS", "7"),
         ("MBOARD_METRICS_CONNECTIONS_PER_IP", "2"),
@@ -426,6 +423,7 @@ fn the_connection_caps_are_options_and_environment_variables() {
 
 #[test]
 fn zero_connection_caps_are_refused_in_one_line() {
+    let _gate = gate::plain();
     let quiet = ["--log-level", "warn"];
     let (code, log) = run_server(
         &[&quiet[..], &["--metrics-connections", "0"]].concat(),
