@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mboard_protocol::{
-    BoardRequest, Entry, ErrorCode, Expect, Message, MessageId, Offer, Request, Response,
-    SessionId, SessionRequest,
+    BoardRequest, Entry, ErrorCode, Expect, Message, MessageId, Offer, Response, SessionId,
+    SessionRequest,
 };
 
 use crate::engine::Transfer;
@@ -175,16 +175,6 @@ impl Client {
         self.progress = Some(progress);
     }
 
-    /// The server this client talks to.
-    pub fn server(&self) -> SocketAddr {
-        self.server
-    }
-
-    /// The local address replies to the current (or last) operation come to.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
-    }
-
     /// Publishes `text` through an upload session: stored exactly once, whatever is lost.
     pub fn publish(&mut self, text: &[u8]) -> Result<MessageId, ClientError> {
         let deadline = self.begin()?;
@@ -247,7 +237,7 @@ impl Client {
     fn board(&mut self, req: BoardRequest) -> Result<Response, ClientError> {
         let deadline = self.begin()?;
         let expect = req.expect();
-        let pdu = Request::Board(req).to_bytes();
+        let pdu = req.to_bytes();
         let reply = self.exchange(deadline, pdu, |r| match Response::parse(r, expect) {
             Ok(resp) => Verdict::Answer(0, resp),
             Err(_) => Verdict::Ignore,
@@ -289,10 +279,10 @@ impl Client {
         pdu: Bytes,
         expect: Expect,
     ) -> Result<Response, ClientError> {
-        let open = Request::Session(SessionRequest::Open {
+        let open = SessionRequest::Open {
             size: pdu.len() as u64,
             block_size: self.config.block_size as u64,
-        });
+        };
         let (sid, block_size) = match self.exchange(deadline, open.to_bytes(), |r| {
             match Response::parse(r, Expect::Opened) {
                 Ok(resp) => Verdict::Answer(0, resp),
@@ -311,7 +301,7 @@ impl Client {
         let result = self
             .upload_blocks(deadline, sid, &pdu, block_size)
             .and_then(|()| {
-                let commit = Request::Session(SessionRequest::Commit(sid)).to_bytes();
+                let commit = SessionRequest::Commit(sid).to_bytes();
                 // Stray acknowledgements of late duplicate blocks do not parse as `expect`.
                 let reply =
                     self.exchange(deadline, commit, |r| match Response::parse(r, expect) {
@@ -339,11 +329,11 @@ impl Client {
         let make = |i: u64| {
             let start = i as usize * block_size;
             let data = pdu.slice(start..(start + block_size).min(pdu.len()));
-            Request::Session(SessionRequest::Block {
+            SessionRequest::Block {
                 sid,
                 index: i,
                 data,
-            })
+            }
             .to_bytes()
         };
         let mut done = 0u64;
@@ -392,7 +382,7 @@ impl Client {
             self.rtt.clone(),
         );
         let sid = offer.sid;
-        let make = |i: u64| Request::Session(SessionRequest::Fetch { sid, index: i }).to_bytes();
+        let make = |i: u64| SessionRequest::Fetch { sid, index: i }.to_bytes();
         let result = self.drive(
             &mut t,
             make,
@@ -524,7 +514,7 @@ impl Client {
 
     /// Best-effort close: one datagram, no wait.
     fn close(&mut self, sid: SessionId) {
-        let _ = self.send(&Request::Session(SessionRequest::Close(sid)).to_bytes());
+        let _ = self.send(&SessionRequest::Close(sid).to_bytes());
     }
 
     /// A resent `a:` can open a second session; close it instead of leaving it to expire.

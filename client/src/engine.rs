@@ -7,7 +7,7 @@
 //! ([`Transfer::on_ack`]), and wakes it when [`Transfer::poll_timeout`] says so.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::rtt::Rtt;
 
@@ -176,16 +176,12 @@ impl Transfer {
         }
         Ok(())
     }
-
-    /// Time left before the deadline.
-    pub fn remaining(&self, now: Instant) -> Duration {
-        self.deadline.saturating_duration_since(now)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};

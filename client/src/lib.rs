@@ -5,7 +5,6 @@
 //! followed transparently. Retransmission is driven by the sans-IO [`engine::Transfer`].
 #![warn(missing_docs)]
 
-pub mod bench;
 mod client;
 pub mod engine;
 pub mod output;

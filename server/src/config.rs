@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mboard_protocol::{DATA_HEADER_MAX, MAX_DATAGRAM};
 
-use crate::journal::JournalConfig;
+use crate::board::JournalConfig;
 use crate::limiter::RateLimit;
 
 /// Limits on sessions and datagrams.

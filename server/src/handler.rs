@@ -270,7 +270,9 @@ impl<B: Board> Handler<B> {
                 self.sized(now, from, size, move |board, out| {
                     // Boards only grow, so a message that had a length still exists.
                     let entry = board.get(id)?.ok_or_else(|| {
-                        BoardError::Io(std::io::Error::other(format!("message {id} vanished")))
+                        BoardError::Storage(
+                            format!("storage failure: message {id} vanished").into(),
+                        )
                     })?;
                     Response::Entry(entry).encode(out);
                     Ok(())
@@ -415,7 +417,7 @@ mod tests {
 
     impl Board for Broken {
         async fn publish(&self, _: SocketAddr, _: Bytes) -> Result<MessageId, BoardError> {
-            Err(BoardError::Io(std::io::Error::other("disk on fire")))
+            Err(BoardError::Storage("disk on fire".into()))
         }
         fn get(&self, _: MessageId) -> Result<Option<Entry>, BoardError> {
             Err(BoardError::Poisoned)

@@ -7,15 +7,14 @@
 pub mod board;
 pub mod config;
 pub mod handler;
-pub mod journal;
 pub mod limiter;
 pub mod metrics;
 mod reply;
 mod server;
 pub mod session;
 
+pub use board::{Fsync, JournalConfig};
 pub use config::{Config, ConfigError, Limits, Store};
-pub use journal::{Fsync, JournalConfig};
 pub use limiter::RateLimit;
 pub use reply::Reply;
 pub use server::{Listeners, ServerError, run, serve};

@@ -3,7 +3,6 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -15,6 +14,8 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    // Defaults are read from `Limits::default()` and `RateLimit` so that each is written
+    // once; durations are `humantime::Duration` so that `--help` shows them as `30s`.
     /// Address to serve on (IPv4 or IPv6, e.g. `[::1]:7777`).
     #[arg(long, default_value = "127.0.0.1:7777")]
     listen: SocketAddr,
@@ -33,8 +34,8 @@ struct Args {
     fsync: Fsync,
 
     /// Drop a session after this long without a datagram (`30s`, `500ms`).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    session_timeout: Duration,
+    #[arg(long, default_value_t = Limits::default().session_timeout.into())]
+    session_timeout: humantime::Duration,
 
     /// Largest request an upload session may carry, in bytes.
     #[arg(long, default_value_t = Limits::default().max_request_size)]
@@ -67,14 +68,14 @@ struct Args {
     amplification_loopback: bool,
 
     /// How long an address stays validated after echoing one of our session ids.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
-    validation_ttl: Duration,
+    #[arg(long, default_value_t = Limits::default().validation_ttl.into())]
+    validation_ttl: humantime::Duration,
 
     /// When the server is full, a session nobody has used since it was created (an
     /// upload with no block, an offer never fetched) may be dropped for a new one once it
     /// is this old.
-    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
-    claim_grace: Duration,
+    #[arg(long, default_value_t = Limits::default().claim_grace.into())]
+    claim_grace: humantime::Duration,
 
     /// Validated addresses remembered at once.
     #[arg(long, default_value_t = Limits::default().max_validated)]
@@ -141,44 +142,10 @@ fn serve() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let defaults = Config::default();
-    let store = if args.in_memory {
+    if args.in_memory {
         tracing::info!("board is kept in memory: it is lost when the server stops");
-        Store::Memory
-    } else {
-        Store::Journal(JournalConfig {
-            dir: args.data_dir.clone(),
-            fsync: args.fsync,
-        })
-    };
-    let config = Config {
-        store,
-        limits: Limits {
-            max_request_size: args.max_request_size,
-            max_session_memory: args.max_session_memory,
-            max_sessions_per_source: args.max_sessions_per_source,
-            max_sessions: args.max_sessions,
-            session_timeout: args.session_timeout,
-            max_datagram: args.max_datagram,
-            amplification_factor: args.amplification_factor,
-            amplification_loopback: args.amplification_loopback,
-            validation_ttl: args.validation_ttl,
-            max_validated: args.max_validated,
-            claim_grace: args.claim_grace,
-        },
-        rate_limit: RateLimit {
-            rate: args.rate_limit,
-            burst: args.rate_burst,
-            max_sources: args.rate_sources,
-        },
-        error_limit: RateLimit {
-            rate: args.error_reply_rate,
-            burst: args.error_reply_burst,
-            ..RateLimit::ERROR_REPLIES
-        },
-        workers: args.workers.unwrap_or(defaults.workers),
-        seed: None,
-    };
+    }
+    let config = config(&args);
     config.validate().context("invalid configuration")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -200,6 +167,47 @@ fn serve() -> anyhow::Result<()> {
         mboard_server::run(listeners, config, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// The server's configuration as the options give it.
+fn config(args: &Args) -> Config {
+    let defaults = Config::default();
+    let store = if args.in_memory {
+        Store::Memory
+    } else {
+        Store::Journal(JournalConfig {
+            dir: args.data_dir.clone(),
+            fsync: args.fsync,
+        })
+    };
+    Config {
+        store,
+        limits: Limits {
+            max_request_size: args.max_request_size,
+            max_session_memory: args.max_session_memory,
+            max_sessions_per_source: args.max_sessions_per_source,
+            max_sessions: args.max_sessions,
+            session_timeout: args.session_timeout.into(),
+            max_datagram: args.max_datagram,
+            amplification_factor: args.amplification_factor,
+            amplification_loopback: args.amplification_loopback,
+            validation_ttl: args.validation_ttl.into(),
+            max_validated: args.max_validated,
+            claim_grace: args.claim_grace.into(),
+        },
+        rate_limit: RateLimit {
+            rate: args.rate_limit,
+            burst: args.rate_burst,
+            max_sources: args.rate_sources,
+        },
+        error_limit: RateLimit {
+            rate: args.error_reply_rate,
+            burst: args.error_reply_burst,
+            ..RateLimit::ERROR_REPLIES
+        },
+        workers: args.workers.unwrap_or(defaults.workers),
+        seed: None,
+    }
 }
 
 /// Resolves on Ctrl+C or SIGTERM.
@@ -227,5 +235,24 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn no_options_means_the_library_defaults() {
+        Args::command().debug_assert();
+        let args = Args::try_parse_from(["mboard-server", "--in-memory"]).expect("parse");
+        let config = config(&args);
+        let defaults = Config::default();
+        assert_eq!(config.limits, defaults.limits);
+        assert_eq!(config.rate_limit, defaults.rate_limit);
+        assert_eq!(config.error_limit, defaults.error_limit);
+        assert_eq!(config.workers, defaults.workers);
     }
 }

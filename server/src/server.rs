@@ -14,10 +14,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use crate::board::{Board, MemoryBoard};
+use crate::board::{Board, Journal, JournalError, MemoryBoard};
 use crate::config::{Config, ConfigError, Store};
 use crate::handler::{Answer, Handler};
-use crate::journal::{Journal, JournalError};
 use crate::limiter::{RateLimit, RateLimiter};
 use crate::metrics::{DropReason, Metrics, ServerCollector, Shard, serve_metrics};
 use crate::reply::Reply;

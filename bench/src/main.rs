@@ -3,11 +3,21 @@
 // Printing the report is what this tool is for.
 #![allow(clippy::print_stdout)]
 
+mod datagram;
+mod echo;
+mod report;
+mod run;
+mod scenario;
+mod session;
+
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use mboard_client::bench::{self, Load, Report, Scenario};
+
+use crate::report::Report;
+use crate::scenario::{Load, Scenario};
 
 /// Closed-loop load on an mboard server: requests/s and latency percentiles.
 #[derive(Debug, Parser)]
@@ -103,56 +113,44 @@ fn main() -> Result<()> {
         Command::Upload { size } => Scenario::Upload { size },
         Command::Download { size } => Scenario::Download { size, id: 0 },
     };
-    let echo = || -> Result<Report> {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let addr = bench::start_echo(cores).context("start echo server")?;
-        let load = Load {
-            server: addr,
-            clients: args.clients,
-            duration: args.duration,
-            warmup: args.warmup,
-            resend: args.resend,
-        };
-        Ok(bench::run(&load, &Scenario::Echo)?)
-    };
     let report = if scenario == Scenario::Echo {
-        echo()?
+        echo(&args)?
     } else {
-        let server = mboard_client::resolve(&args.server)?;
-        let load = Load {
-            server,
-            clients: args.clients,
-            duration: args.duration,
-            warmup: args.warmup,
-            resend: args.resend,
-        };
-        let scenario = bench::seed(&load, &scenario).context("seed the board")?;
-        bench::run(&load, &scenario)?
+        let load = args.load(mboard_client::resolve(&args.server)?);
+        let scenario = run::seed(&load, &scenario).context("seed the board")?;
+        run::run(&load, &scenario)?
     };
     let ceiling = if args.vs_echo && scenario != Scenario::Echo {
-        Some(echo()?)
+        Some(echo(&args)?)
     } else {
         None
     };
-    match (&ceiling, args.json) {
-        (None, true) => println!("{}", report.json()),
-        (None, false) => println!("{}", report.line()),
-        (Some(echo), true) => println!(
-            "{{\"run\":{},\"echo\":{},\"ratio\":{:.3},\"p99_ratio\":{:.3}}}",
-            report.json(),
-            echo.json(),
-            report.rate() / echo.rate(),
-            report.p99_us / echo.p99_us
-        ),
-        (Some(echo), false) => {
-            println!("{}", report.line());
-            println!("{}", echo.line());
-            println!(
-                "ratio {:.1}% of echo throughput; p99 {:.2}x echo's",
-                100.0 * report.rate() / echo.rate(),
-                report.p99_us / echo.p99_us
-            );
+    let out = match (&ceiling, args.json) {
+        (None, true) => report.json(),
+        (None, false) => report.line(),
+        (Some(echo), true) => report::compare_json(&report, echo),
+        (Some(echo), false) => report::compare_lines(&report, echo),
+    };
+    println!("{out}");
+    Ok(())
+}
+
+impl Args {
+    /// The load the options describe, against `server`.
+    fn load(&self, server: SocketAddr) -> Load {
+        Load {
+            server,
+            clients: self.clients,
+            duration: self.duration,
+            warmup: self.warmup,
+            resend: self.resend,
         }
     }
-    Ok(())
+}
+
+/// The same load against an echo server started for it.
+fn echo(args: &Args) -> Result<Report> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let addr = echo::start(cores).context("start echo server")?;
+    Ok(run::run(&args.load(addr), &Scenario::Echo)?)
 }

@@ -1,0 +1,146 @@
+//! Closed-loop load: clients started together, a warm-up, a measured window, a report.
+//!
+//! Each client has its own socket and sends one request, waits for its reply (resending
+//! after a timeout, so a lost datagram cannot stall it), records the latency and sends the
+//! next. Throughput is what the server sustains against that many clients.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mboard_client::{Client, ClientConfig};
+
+use crate::report::{Report, Tally};
+use crate::scenario::{Load, Scenario};
+use crate::{datagram, session};
+
+/// Prepares the board for a scenario (`get` needs messages, `download` one large one) and
+/// returns the scenario with what it should read.
+pub(crate) fn seed(load: &Load, scenario: &Scenario) -> io::Result<Scenario> {
+    // A load against nothing would report zeros; fail clearly (and promptly) instead.
+    Client::new(load.server, ClientConfig::default())
+        .and_then(|mut c| c.ids(1))
+        .map_err(io::Error::other)?;
+    let config = ClientConfig {
+        timeout: Duration::from_secs(60),
+        ..ClientConfig::default()
+    };
+    let mut client = Client::new(load.server, config).map_err(io::Error::other)?;
+    match scenario {
+        Scenario::Get { messages } => {
+            let have = client
+                .ids(1)
+                .map_err(io::Error::other)?
+                .first()
+                .map_or(0, |id| id.0 + 1);
+            for i in have..*messages {
+                client
+                    .publish_datagram(format!("seed message {i}").as_bytes())
+                    .map_err(io::Error::other)?;
+            }
+            Ok(Scenario::Get {
+                messages: (*messages).max(have),
+            })
+        }
+        Scenario::Download { size, .. } => {
+            let id = client
+                .publish(&vec![b'd'; *size])
+                .map_err(io::Error::other)?;
+            Ok(Scenario::Download {
+                size: *size,
+                id: id.0,
+            })
+        }
+        other => Ok(other.clone()),
+    }
+}
+
+/// The phases of a run as the clients see them: warming up, measured, then stopped.
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    measuring: AtomicBool,
+    stopped: AtomicBool,
+}
+
+impl Window {
+    /// Whether operations that end now count.
+    pub(crate) fn is_measuring(&self) -> bool {
+        self.measuring.load(Ordering::Relaxed)
+    }
+
+    /// Whether the clients should stop.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+}
+
+/// The clients of one run, whichever way they run.
+struct Clients {
+    runtime: tokio::runtime::Runtime,
+    tasks: Vec<tokio::task::JoinHandle<io::Result<Tally>>>,
+    threads: Vec<std::thread::JoinHandle<io::Result<Tally>>>,
+}
+
+impl Clients {
+    fn start(load: &Load, scenario: &Scenario, window: &Arc<Window>) -> io::Result<Self> {
+        // Datagram scenarios run as tasks on one small runtime: 32 blocking threads on two
+        // cores would measure the load generator's context switches instead of the server.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .enable_all()
+            .build()?;
+        let mut clients = Clients {
+            runtime,
+            tasks: Vec::new(),
+            threads: Vec::new(),
+        };
+        for c in 0..load.clients {
+            let window = window.clone();
+            let (load, scenario) = (load.clone(), scenario.clone());
+            if scenario.payload().is_none() {
+                clients.tasks.push(
+                    clients
+                        .runtime
+                        .spawn(async move { datagram::client(c, &load, &scenario, &window).await }),
+                );
+            } else {
+                clients.threads.push(std::thread::spawn(move || {
+                    session::client(c, &load, &scenario, &window)
+                }));
+            }
+        }
+        Ok(clients)
+    }
+
+    /// Waits for every client to stop and sums their tallies.
+    fn join(self) -> io::Result<Tally> {
+        let mut all = Tally::default();
+        for t in self.threads {
+            let tally = t
+                .join()
+                .map_err(|_| io::Error::other("client thread panicked"))??;
+            all.merge(tally);
+        }
+        for t in self.tasks {
+            all.merge(self.runtime.block_on(t).map_err(io::Error::other)??);
+        }
+        Ok(all)
+    }
+}
+
+/// Runs `scenario` against `load.server` and reports.
+pub(crate) fn run(load: &Load, scenario: &Scenario) -> io::Result<Report> {
+    let window = Arc::new(Window::default());
+    let clients = Clients::start(load, scenario, &window)?;
+    std::thread::sleep(load.warmup);
+    window.measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    std::thread::sleep(load.duration);
+    window.measuring.store(false, Ordering::Relaxed);
+    let seconds = started.elapsed().as_secs_f64();
+    window.stopped.store(true, Ordering::Relaxed);
+    let tally = clients.join()?;
+    Ok(Report::new(load, scenario, seconds, tally))
+}

@@ -1,0 +1,92 @@
+//! What the clients do, and against what.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// What each client does, over and over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Scenario {
+    /// Any datagram to the echo ceiling: the reply is the request.
+    Echo,
+    /// `3:<id>` over ids `0..messages`.
+    Get {
+        /// How many messages to spread the reads over.
+        messages: u64,
+    },
+    /// `4:<n>`.
+    Last {
+        /// Messages per request.
+        n: u64,
+    },
+    /// `1:<text>` in one datagram (at-least-once).
+    Publish {
+        /// Text bytes.
+        size: usize,
+    },
+    /// A publish through an upload session (exactly-once), as the CLI does.
+    PublishSession {
+        /// Text bytes.
+        size: usize,
+    },
+    /// One large publish per operation.
+    Upload {
+        /// Text bytes.
+        size: usize,
+    },
+    /// One large get per operation, of a message [`crate::run::seed`] publishes first.
+    Download {
+        /// Text bytes.
+        size: usize,
+        /// The message to read (set by [`crate::run::seed`]).
+        id: u64,
+    },
+}
+
+impl Scenario {
+    /// The scenario's name on the command line.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Scenario::Echo => "echo",
+            Scenario::Get { .. } => "get",
+            Scenario::Last { .. } => "last",
+            Scenario::Publish { .. } => "publish",
+            Scenario::PublishSession { .. } => "publish-session",
+            Scenario::Upload { .. } => "upload",
+            Scenario::Download { .. } => "download",
+        }
+    }
+
+    /// Bytes of payload an operation moves (for MB/s), if that is the point of it; such
+    /// scenarios run on blocking [`mboard_client::Client`]s, the others as datagram tasks.
+    pub(crate) fn payload(&self) -> Option<usize> {
+        match self {
+            Scenario::Upload { size } | Scenario::Download { size, .. } => Some(*size),
+            _ => None,
+        }
+    }
+}
+
+/// How to load the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Load {
+    /// The server (or echo ceiling).
+    pub(crate) server: SocketAddr,
+    /// Concurrent closed-loop clients.
+    pub(crate) clients: usize,
+    /// Measured time.
+    pub(crate) duration: Duration,
+    /// Unmeasured time before it, to fill caches and queues.
+    pub(crate) warmup: Duration,
+    /// Resend a single-datagram request after this long without a reply.
+    pub(crate) resend: Duration,
+}
+
+/// The byte client `c` fills its texts with, so that concurrent publishes differ.
+pub(crate) fn letter(c: usize) -> u8 {
+    b'a' + (c % 26) as u8
+}
+
+/// A text of `size` bytes (at least one: the protocol has no empty publish) for client `c`.
+pub(crate) fn text(c: usize, size: usize) -> Vec<u8> {
+    vec![letter(c); size.max(1)]
+}

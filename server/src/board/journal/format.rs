@@ -1,0 +1,350 @@
+//! The journal's byte layout, and the one check every reader applies to a record.
+//!
+//! All integers are little-endian:
+//!
+//! ```text
+//! header   "MBOARD\0J" (8) | version u32 (= 1) | reserved u32
+//! record   "MBR1" (4) | body_len u32 | header_crc u32 | body_crc u32 | body
+//! body     id u64 | time_micros u64 | family u8 (4|6) | ip (4|16) | port u16 | text
+//! ```
+//!
+//! `header_crc` is CRC-32C of the magic and the length, so a damaged length is detected as
+//! damage instead of being trusted.
+//!
+//! Start-up, the forward search after damage and reads all judge a record with
+//! [`record_at`], so they cannot disagree about what an intact record is.
+
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::FileExt;
+
+use bytes::Bytes;
+use mboard_protocol::{Message, MessageId, Timestamp};
+
+const FILE_MAGIC: &[u8; 8] = b"MBOARD\0J";
+/// The journal format this server writes and reads.
+pub(super) const VERSION: u32 = 1;
+/// Bytes before the first record.
+pub(super) const FILE_HEADER: u64 = 16;
+const RECORD_MAGIC: &[u8; 4] = b"MBR1";
+/// Bytes before a record's body.
+pub(super) const RECORD_HEADER: usize = 16;
+/// The most text a record holds: `body_len` is a u32, and the rest of a body takes at
+/// most 35 bytes.
+pub(super) const MAX_TEXT: usize = u32::MAX as usize - 64;
+/// Enough of a record to size its entry without its text: the header, then id, time,
+/// family, an IPv6 address and the port.
+pub(super) const RECORD_HEAD: usize = RECORD_HEADER + 35;
+
+/// The header of a new journal.
+pub(super) fn file_header() -> [u8; FILE_HEADER as usize] {
+    let mut header = [0; FILE_HEADER as usize];
+    header[..8].copy_from_slice(FILE_MAGIC);
+    header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    header
+}
+
+/// The format version a file header declares, or `None` if it is no journal's header.
+pub(super) fn file_version(header: &[u8; FILE_HEADER as usize]) -> Option<u32> {
+    (&header[..8] == FILE_MAGIC).then(|| u32_at(header, 8))
+}
+
+/// Appends one record for a message.
+pub(super) fn encode_record(
+    out: &mut Vec<u8>,
+    id: MessageId,
+    time: Timestamp,
+    from: SocketAddr,
+    text: &[u8],
+) {
+    let start = out.len();
+    out.extend_from_slice(RECORD_MAGIC);
+    out.extend_from_slice(&[0; 12]);
+    let body = out.len();
+    out.extend_from_slice(&id.0.to_le_bytes());
+    out.extend_from_slice(&time.0.to_le_bytes());
+    match from.ip() {
+        IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&from.port().to_le_bytes());
+    out.extend_from_slice(text);
+    let body_len = (out.len() - body) as u32;
+    out[start + 4..start + 8].copy_from_slice(&body_len.to_le_bytes());
+    let header_crc = crc32c::crc32c(&out[start..start + 8]);
+    out[start + 8..start + 12].copy_from_slice(&header_crc.to_le_bytes());
+    let body_crc = crc32c::crc32c(&out[body..]);
+    out[start + 12..start + 16].copy_from_slice(&body_crc.to_le_bytes());
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut x = [0; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// A record header whose own checksum holds.
+struct Header {
+    body_len: usize,
+    body_crc: u32,
+}
+
+/// The header at the start of `h`, if its magic and checksum hold.
+fn header(h: &[u8]) -> Option<Header> {
+    if h.len() < RECORD_HEADER || &h[..4] != RECORD_MAGIC || crc32c::crc32c(&h[..8]) != u32_at(h, 8)
+    {
+        return None;
+    }
+    Some(Header {
+        body_len: u32_at(h, 4) as usize,
+        body_crc: u32_at(h, 12),
+    })
+}
+
+/// The fields before the text, decoded from the start of a body.
+struct Fields {
+    id: MessageId,
+    time: Timestamp,
+    from: SocketAddr,
+    /// Where the text starts in the body.
+    text_at: usize,
+}
+
+/// Decodes the fields at the start of `body` (which may stop anywhere after them).
+fn fields(body: &[u8]) -> Option<Fields> {
+    let id = MessageId(u64_at(body.get(..8)?, 0));
+    let time = Timestamp(u64_at(body.get(8..16)?, 0));
+    let (ip, rest): (IpAddr, usize) = match body.get(16)? {
+        4 => {
+            let o: [u8; 4] = body.get(17..21)?.try_into().ok()?;
+            (Ipv4Addr::from(o).into(), 21)
+        }
+        6 => {
+            let o: [u8; 16] = body.get(17..33)?.try_into().ok()?;
+            (Ipv6Addr::from(o).into(), 33)
+        }
+        _ => return None,
+    };
+    let port = u16::from_le_bytes(body.get(rest..rest + 2)?.try_into().ok()?);
+    Some(Fields {
+        id,
+        time,
+        from: SocketAddr::new(ip, port),
+        text_at: rest + 2,
+    })
+}
+
+/// An intact record, as found at some offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Record {
+    pub(super) id: MessageId,
+    pub(super) time: Timestamp,
+    pub(super) from: SocketAddr,
+    /// Where the text starts, counted from the record's start.
+    pub(super) text_at: usize,
+    /// The whole record: header and body.
+    pub(super) len: usize,
+}
+
+impl Record {
+    /// The size of its `4:` record in a reply.
+    pub(super) fn reply_len(&self) -> u64 {
+        Message::record_len_of(self.id, self.time, self.from, self.len - self.text_at) as u64
+    }
+}
+
+/// What the record check found at an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Check {
+    /// Both checksums hold and the body decodes.
+    Valid(Record),
+    /// Both checksums hold but the body does not decode: no torn write leaves that.
+    Malformed,
+    /// No valid header, a checksum mismatch, or the record runs past the end: what a
+    /// torn write leaves, or damage.
+    Damaged,
+}
+
+impl Check {
+    /// Whether both checksums hold, decodable or not.
+    pub(super) fn is_intact(&self) -> bool {
+        !matches!(self, Check::Damaged)
+    }
+}
+
+/// Checks the record at the start of `bytes`; `Err(n)` asks for `n` bytes to decide.
+fn check(bytes: &[u8]) -> Result<Check, usize> {
+    if bytes.len() < RECORD_HEADER {
+        return Err(RECORD_HEADER);
+    }
+    let Some(header) = header(bytes) else {
+        return Ok(Check::Damaged);
+    };
+    let len = RECORD_HEADER.saturating_add(header.body_len);
+    let body = bytes.get(RECORD_HEADER..len).ok_or(len)?;
+    if crc32c::crc32c(body) != header.body_crc {
+        return Ok(Check::Damaged);
+    }
+    Ok(match fields(body) {
+        Some(f) => Check::Valid(Record {
+            id: f.id,
+            time: f.time,
+            from: f.from,
+            text_at: RECORD_HEADER + f.text_at,
+            len,
+        }),
+        None => Check::Malformed,
+    })
+}
+
+/// The one record check: judges the record at `offset`, reading through `window` as much
+/// of the file as the record needs.
+pub(super) fn record_at(window: &mut Window<'_>, offset: u64) -> io::Result<Check> {
+    let end = window.end;
+    let mut need = RECORD_HEADER;
+    loop {
+        let bytes = window.bytes(offset, need)?;
+        match check(bytes) {
+            Ok(found) => return Ok(found),
+            // A window reaching the end that still falls short holds a cut-off record.
+            Err(more) if more > bytes.len() && offset + (bytes.len() as u64) < end => {
+                need = more;
+            }
+            Err(_) => return Ok(Check::Damaged),
+        }
+    }
+}
+
+/// The entry length of the record whose start is `head` (at least [`RECORD_HEAD`] bytes,
+/// unless the file ends first): the header's checksum is checked, the body's is not.
+///
+/// Sizing a reply must not read a 16 MiB text; the read that builds the reply goes
+/// through [`record_at`] and checks the body.
+pub(super) fn entry_len(head: &[u8]) -> Option<usize> {
+    let header = header(head)?;
+    let f = fields(head.get(RECORD_HEADER..)?)?;
+    let text_len = header.body_len.checked_sub(f.text_at)?;
+    let entry = mboard_protocol::Entry {
+        time: f.time,
+        from: f.from,
+        text: Bytes::new(),
+    };
+    Some(entry.encoded_len() + text_len)
+}
+
+/// A buffered view of the journal file up to `end`, read with positioned reads.
+///
+/// Every reader walks records through one of these: start-up and the forward search a
+/// chunk at a time, a read of a span in one read of exactly the span.
+#[derive(Debug)]
+pub(super) struct Window<'f> {
+    file: &'f File,
+    end: u64,
+    chunk: usize,
+    /// File offset of `buf[0]`.
+    base: u64,
+    buf: Bytes,
+}
+
+impl<'f> Window<'f> {
+    /// A window on `file` up to `end` that reads at least `chunk` bytes at a time.
+    pub(super) fn new(file: &'f File, end: u64, chunk: usize) -> Self {
+        Window {
+            file,
+            end,
+            chunk,
+            base: 0,
+            buf: Bytes::new(),
+        }
+    }
+
+    /// The bytes from `offset` on: at least `need` of them, unless `end` comes first.
+    fn bytes(&mut self, offset: u64, need: usize) -> io::Result<&[u8]> {
+        let wanted = offset.saturating_add(need as u64).min(self.end);
+        let held = self.base + self.buf.len() as u64;
+        if offset < self.base || offset > held || wanted > held {
+            let n = self
+                .end
+                .saturating_sub(offset)
+                .min(need.max(self.chunk) as u64) as usize;
+            let mut buf = vec![0; n];
+            self.file.read_exact_at(&mut buf, offset)?;
+            self.base = offset;
+            self.buf = Bytes::from(buf);
+        }
+        Ok(&self.buf[(offset - self.base) as usize..])
+    }
+
+    /// The text of `record`, found at `offset` by the last [`record_at`], without a copy.
+    pub(super) fn text(&self, offset: u64, record: &Record) -> Bytes {
+        let at = (offset - self.base) as usize;
+        self.buf.slice(at + record.text_at..at + record.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let from = SocketAddr::from(([0xfe80, 0, 0, 0, 0, 0, 0, 1], 443));
+        encode_record(&mut out, MessageId(7), Timestamp(42), from, text);
+        out
+    }
+
+    #[test]
+    fn an_encoded_record_checks_as_valid_and_sizes_its_entry() {
+        let bytes = record(b"some text");
+        let Ok(Check::Valid(r)) = check(&bytes) else {
+            panic!("valid")
+        };
+        assert_eq!(
+            (r.id, r.time, r.len),
+            (MessageId(7), Timestamp(42), bytes.len())
+        );
+        assert_eq!(&bytes[r.text_at..r.len], b"some text");
+        let entry = mboard_protocol::Entry {
+            time: r.time,
+            from: r.from,
+            text: Bytes::from_static(b"some text"),
+        };
+        assert_eq!(entry_len(&bytes), Some(entry.encoded_len()));
+    }
+
+    #[test]
+    fn short_input_asks_for_more_and_damage_is_damage() {
+        let bytes = record(b"text");
+        assert_eq!(check(&bytes[..5]), Err(RECORD_HEADER));
+        assert_eq!(check(&bytes[..RECORD_HEADER]), Err(bytes.len()));
+        for i in [0, 5, 9, RECORD_HEADER + 1, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x20;
+            assert_eq!(check(&bad), Ok(Check::Damaged), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn a_checksummed_body_that_does_not_decode_is_malformed_not_damaged() {
+        let mut bytes = record(b"text");
+        // Family byte 5, with the body checksum recomputed to match.
+        bytes[RECORD_HEADER + 16] = 5;
+        let crc = crc32c::crc32c(&bytes[RECORD_HEADER..]);
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(check(&bytes), Ok(Check::Malformed));
+        assert!(Check::Malformed.is_intact() && !Check::Damaged.is_intact());
+    }
+}
