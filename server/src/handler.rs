@@ -159,10 +159,7 @@ impl<B: Board> Handler<B> {
                 if sessions.is_validated(from, now) {
                     Answer::Reply(reply)
                 } else {
-                    Answer::Reply(match sessions.offer(now, from, reply.into_bytes()) {
-                        Ok(offer) => Reply::new(&Response::Offer(offer)),
-                        Err(e) => e.into(),
-                    })
+                    Answer::Reply(offered(sessions.offer(now, from, reply.into_bytes())))
                 }
             }
             _ => Answer::Reply(reply),
@@ -315,10 +312,7 @@ impl<B: Board> Handler<B> {
             match encode(&this.board, &mut out) {
                 Ok(()) => {
                     debug_assert_eq!(out.len() as u64, size, "span disagrees with reply");
-                    match this.sessions().fill(reservation, Bytes::from(out)) {
-                        Ok(offer) => Reply::new(&Response::Offer(offer)),
-                        Err(e) => e.into(),
-                    }
+                    offered(this.sessions().fill(reservation, Bytes::from(out)))
                 }
                 Err(e) => {
                     this.sessions().cancel(reservation);
@@ -326,6 +320,14 @@ impl<B: Board> Handler<B> {
                 }
             }
         }))
+    }
+}
+
+/// The reply to a download offered, or the reason it could not be.
+fn offered(offer: Result<mboard_protocol::Offer, crate::session::SessionError>) -> Reply {
+    match offer {
+        Ok(offer) => Reply::new(&Response::Offer(offer)),
+        Err(e) => e.into(),
     }
 }
 
