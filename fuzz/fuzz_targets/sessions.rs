@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use mboard_protocol::{Expect, Response, SessionId, SessionRequest};
-use mboard_server::Limits;
+use mboard_protocol::{Response, SessionId, SessionRequest};
 use mboard_server::session::{Outcome, SessionManager};
+use mboard_server::{Limits, Reply};
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -47,7 +47,7 @@ fuzz_target!(|steps: Vec<Step>| {
     let mut now = Instant::now();
     // Session ids as the server handed them out, so the fuzzer can name real sessions.
     let mut sids: Vec<SessionId> = Vec::new();
-    let mut replies: HashMap<SessionId, Bytes> = HashMap::new();
+    let mut replies: HashMap<SessionId, Reply> = HashMap::new();
     for step in steps {
         now += Duration::from_millis(u64::from(step.advance_ms));
         mgr.expire(now);
@@ -83,8 +83,8 @@ fuzz_target!(|steps: Vec<Step>| {
                 None => continue,
             },
             Op::Offer { len } => {
-                let reply = mgr.offer(now, from, Bytes::from(vec![b'0'; usize::from(len).max(1)]));
-                if let Ok(Response::Offer(offer)) = Response::parse(reply, Expect::Closed) {
+                let data = Bytes::from(vec![b'0'; usize::from(len).max(1)]);
+                if let Ok(offer) = mgr.offer(now, from, data) {
                     sids.push(offer.sid);
                 }
                 continue;
@@ -95,27 +95,20 @@ fuzz_target!(|steps: Vec<Step>| {
             _ => None,
         };
         match mgr.handle(now, from, request) {
-            Outcome::Reply(reply) => {
-                if let Ok(Response::Opened { sid, .. }) =
-                    Response::parse(reply.clone(), Expect::Opened)
-                {
-                    sids.push(sid);
-                }
-                // A committed session answers every later commit with the same bytes.
-                if let Some(sid) = commit
-                    && reply.starts_with(b"0:")
-                {
-                    assert_eq!(replies.get(&sid), Some(&reply), "a replayed commit changed");
-                }
+            Outcome::Respond(Response::Opened { sid, .. }) => sids.push(sid),
+            Outcome::Respond(_) | Outcome::Refuse(_) | Outcome::Nothing => {}
+            // A committed session answers every later commit with the same reply.
+            Outcome::Replay(reply) => {
+                let sid = commit.expect("only a commit replays");
+                assert_eq!(replies.get(&sid), Some(&reply), "a replayed commit changed");
             }
             Outcome::Execute { sid, request } => {
                 assert!(!replies.contains_key(&sid), "a session executed twice");
                 // A reply that depends on the request, at most one datagram long.
-                let reply = Bytes::from(format!("0:{}", request.len()));
+                let reply = Reply::ok(Bytes::from(format!("0:{}", request.len())));
                 mgr.finish(sid, reply.clone());
                 replies.insert(sid, reply);
             }
-            Outcome::Nothing => {}
         }
         let stats = mgr.stats();
         assert!(

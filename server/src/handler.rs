@@ -159,7 +159,7 @@ impl<B: Board> Handler<B> {
                 if sessions.is_validated(from, now) {
                     Answer::Reply(reply)
                 } else {
-                    Answer::Reply(legacy(sessions.offer(now, from, reply.into_bytes())))
+                    Answer::Reply(offered(sessions.offer(now, from, reply.into_bytes())))
                 }
             }
             _ => Answer::Reply(reply),
@@ -176,7 +176,9 @@ impl<B: Board> Handler<B> {
     ) -> Answer {
         let outcome = self.sessions().handle(now, from, req);
         match outcome {
-            Outcome::Reply(reply) => Answer::Reply(legacy(reply)),
+            Outcome::Respond(r) => Answer::Reply(Reply::new(&r)),
+            Outcome::Refuse(e) => Answer::Reply(e.into()),
+            Outcome::Replay(reply) => Answer::Reply(reply),
             Outcome::Nothing => Answer::Silent,
             Outcome::Execute { sid, request } => self.commit(now, from, sid, request).await,
         }
@@ -201,7 +203,7 @@ impl<B: Board> Handler<B> {
         };
         let this = self.clone();
         answer.then(move |reply| {
-            this.sessions().finish(sid, reply.bytes().clone());
+            this.sessions().finish(sid, reply.clone());
             reply
         })
     }
@@ -302,7 +304,7 @@ impl<B: Board> Handler<B> {
         }
         let reservation = match self.sessions().reserve(now, from, size) {
             Ok(r) => r,
-            Err(busy) => return Answer::Reply(legacy(busy)),
+            Err(e) => return Answer::Reply(e.into()),
         };
         let this = self.clone();
         Answer::Build(Box::new(move || {
@@ -310,7 +312,7 @@ impl<B: Board> Handler<B> {
             match encode(&this.board, &mut out) {
                 Ok(()) => {
                     debug_assert_eq!(out.len() as u64, size, "span disagrees with reply");
-                    legacy(this.sessions().fill(reservation, Bytes::from(out)))
+                    offered(this.sessions().fill(reservation, Bytes::from(out)))
                 }
                 Err(e) => {
                     this.sessions().cancel(reservation);
@@ -321,17 +323,11 @@ impl<B: Board> Handler<B> {
     }
 }
 
-/// A reply the session manager encoded (until it answers in typed values).
-fn legacy(bytes: Bytes) -> Reply {
-    match bytes.first().copied().and_then(ErrorCode::from_byte) {
-        Some(code) => Reply::error(code, bytes.slice(2..)),
-        None if bytes.first() == Some(&b'd') => {
-            match Response::parse(bytes.clone(), mboard_protocol::Expect::Closed) {
-                Ok(r) => Reply::new(&r),
-                Err(_) => Reply::ok(bytes),
-            }
-        }
-        None => Reply::ok(bytes),
+/// The reply to a download offered, or the reason it could not be.
+fn offered(offer: Result<mboard_protocol::Offer, crate::session::SessionError>) -> Reply {
+    match offer {
+        Ok(offer) => Reply::new(&Response::Offer(offer)),
+        Err(e) => e.into(),
     }
 }
 
