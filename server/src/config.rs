@@ -41,6 +41,12 @@ pub struct Limits {
     /// it is this old, when the server is full. A real client uses its session within one
     /// round trip; a spoofed request never does.
     pub claim_grace: Duration,
+    /// The longest a `6:` request is held waiting for a message, whatever it asks.
+    pub max_hold: Duration,
+    /// `6:` requests held at once, in all; beyond it they are answered `4:busy`.
+    pub max_held: usize,
+    /// `6:` requests one source address (IP and port) may have held at once.
+    pub max_held_per_source: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +63,10 @@ impl Default for Limits {
             validation_ttl: Duration::from_secs(600),
             max_validated: 65_536,
             claim_grace: Duration::from_millis(500),
+            max_hold: Duration::from_secs(30),
+            // About 100 bytes each: a megabyte of table at most.
+            max_held: 10_000,
+            max_held_per_source: 16,
         }
     }
 }
@@ -127,6 +137,12 @@ impl Limits {
         }
         if self.session_timeout.is_zero() {
             return Err(ConfigError::Timeout);
+        }
+        if self.max_held == 0 {
+            return Err(ConfigError::Zero("max held"));
+        }
+        if self.max_held_per_source == 0 {
+            return Err(ConfigError::Zero("max held per source"));
         }
         Ok(())
     }

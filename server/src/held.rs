@@ -18,13 +18,13 @@ use mboard_protocol::MessageId;
 
 /// Bounds on held requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HoldLimits {
+pub(crate) struct HoldLimits {
     /// The longest a request is held, whatever its `<wait>` asks.
-    pub max_wait: Duration,
+    pub(crate) max_wait: Duration,
     /// Requests held at once, in all.
-    pub max_held: usize,
+    pub(crate) max_held: usize,
     /// Requests held at once for one source address (IP and port).
-    pub max_per_source: usize,
+    pub(crate) max_per_source: usize,
 }
 
 /// A held request to answer now.
@@ -53,7 +53,7 @@ pub enum WakeCause {
 
 /// Why a request could not be held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum HoldError {
+pub(crate) enum HoldError {
     /// The per-source or the total bound is reached (answered `4:busy`).
     #[error("busy")]
     Busy,
@@ -75,7 +75,7 @@ type Key = (SocketAddr, MessageId);
 
 /// The held requests of one server.
 #[derive(Debug)]
-pub struct Holds {
+pub(crate) struct Holds {
     limits: HoldLimits,
     held: HashMap<Key, Held>,
     /// Held requests by `<after>`, then `seq`: what a publish wakes is a prefix.
@@ -102,7 +102,7 @@ pub struct HoldCounts {
 
 impl Holds {
     /// No requests held yet.
-    pub fn new(limits: HoldLimits) -> Self {
+    pub(crate) fn new(limits: HoldLimits) -> Self {
         Holds {
             limits,
             held: HashMap::new(),
@@ -115,7 +115,7 @@ impl Holds {
     }
 
     /// Counts for metrics.
-    pub fn counts(&self) -> HoldCounts {
+    pub(crate) fn counts(&self) -> HoldCounts {
         HoldCounts {
             held: self.held.len(),
             ..self.counts
@@ -125,7 +125,7 @@ impl Holds {
     /// Holds `6:<after>:<max>:<wait>` from `from` until a publish or `now + wait` (capped
     /// at the longest hold). A resend from the same address with the same `after` replaces
     /// the request held, so it is answered once.
-    pub fn hold(
+    pub(crate) fn hold(
         &mut self,
         now: Instant,
         from: SocketAddr,
@@ -166,7 +166,7 @@ impl Holds {
     }
 
     /// A message with id `id` was published: every request with `after < id` is answered.
-    pub fn published(&mut self, id: MessageId) -> Vec<Wake> {
+    pub(crate) fn published(&mut self, id: MessageId) -> Vec<Wake> {
         // Everything at or above `(id, 0)` still waits; the part below it is woken.
         let waiting = self.by_after.split_off(&(id, 0));
         let woken = std::mem::replace(&mut self.by_after, waiting);
@@ -181,7 +181,7 @@ impl Holds {
     }
 
     /// Requests whose wait has run out by `now`, to be answered `0:0`.
-    pub fn expire(&mut self, now: Instant) -> Vec<Wake> {
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<Wake> {
         let mut wakes = Vec::new();
         while let Some(&Reverse((deadline, seq, key))) = self.deadlines.peek() {
             if deadline > now {
@@ -203,7 +203,7 @@ impl Holds {
     }
 
     /// The earliest instant at which [`Holds::expire`] has something to do, if any.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.deadlines
             .peek()
             .map(|Reverse((deadline, ..))| *deadline)

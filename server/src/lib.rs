@@ -7,6 +7,7 @@
 pub mod board;
 pub mod config;
 pub mod handler;
+mod held;
 pub mod limiter;
 pub mod metrics;
 mod reply;
@@ -15,6 +16,7 @@ pub mod session;
 
 pub use board::{Fsync, JournalConfig};
 pub use config::{Config, ConfigError, Limits, Store};
+pub use held::{HoldCounts, Wake, WakeCause};
 pub use limiter::RateLimit;
 pub use reply::Reply;
 pub use server::{Listeners, ServerError, run, serve};

@@ -77,6 +77,18 @@ struct Args {
     #[arg(long, default_value_t = Limits::default().claim_grace.into())]
     claim_grace: humantime::Duration,
 
+    /// The longest a `6:` request is held waiting for a new message, whatever it asks.
+    #[arg(long, default_value_t = Limits::default().max_hold.into())]
+    max_hold: humantime::Duration,
+
+    /// `6:` requests held at once, in all; more are answered `4:busy`.
+    #[arg(long, default_value_t = Limits::default().max_held)]
+    max_held: usize,
+
+    /// `6:` requests one source address (IP and port) may have held at once.
+    #[arg(long, default_value_t = Limits::default().max_held_per_source)]
+    max_held_per_source: usize,
+
     /// Validated addresses remembered at once.
     #[arg(long, default_value_t = Limits::default().max_validated)]
     max_validated: usize,
@@ -194,6 +206,9 @@ fn config(args: &Args) -> Config {
             validation_ttl: args.validation_ttl.into(),
             max_validated: args.max_validated,
             claim_grace: args.claim_grace.into(),
+            max_hold: args.max_hold.into(),
+            max_held: args.max_held,
+            max_held_per_source: args.max_held_per_source,
         },
         rate_limit: RateLimit {
             rate: args.rate_limit,

@@ -69,6 +69,10 @@ impl Board for MemoryBoard {
         Ok(self.read()?.sums.span(n))
     }
 
+    fn span_after(&self, after: MessageId, max: u64) -> Result<Span, BoardError> {
+        Ok(self.read()?.sums.span_after(after.0, max))
+    }
+
     fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError> {
         let inner = self.read()?;
         let (start, end) = (span.start as usize, (span.start + span.count) as usize);

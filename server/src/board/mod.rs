@@ -89,6 +89,10 @@ pub trait Board: Send + Sync + 'static {
     /// The newest `n` messages (`n` = 0 means all) and the sizes of their replies.
     fn span(&self, n: u64) -> Result<Span, BoardError>;
 
+    /// The messages with ids above `after`, oldest first, at most `max` (0 = no limit),
+    /// and the sizes of their replies (for `6:`).
+    fn span_after(&self, after: MessageId, max: u64) -> Result<Span, BoardError>;
+
     /// The messages in `span`, oldest first.
     fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError>;
 

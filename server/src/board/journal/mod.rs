@@ -284,6 +284,10 @@ impl Board for Journal {
         Ok(self.index()?.sums.span(n))
     }
 
+    fn span_after(&self, after: MessageId, max: u64) -> Result<Span, BoardError> {
+        Ok(self.index()?.sums.span_after(after.0, max))
+    }
+
     fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError> {
         self.read(span.start, span.count)
     }
