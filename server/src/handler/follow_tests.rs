@@ -62,17 +62,6 @@ impl Sim {
     }
 }
 
-/// The messages part of a `4:`-format reply, without timestamps and ports.
-fn texts(reply: &str) -> Vec<String> {
-    reply
-        .split(':')
-        .skip(2)
-        .collect::<Vec<_>>()
-        .chunks(7)
-        .map(|c| c.join(":"))
-        .collect()
-}
-
 #[test]
 fn answered_at_once_when_there_is_something_to_read() {
     let s = Sim::new(Limits::default());
