@@ -9,7 +9,8 @@ use bytes::Bytes;
 use crate::field::{self, Fields};
 use crate::ids::MessageId;
 
-/// A publishing time: microseconds since the Unix epoch, written `<secs>.<6 digits>`.
+/// A publishing time: microseconds since the Unix epoch, written `<secs>.<6 digits>`
+/// (and read with 1 to 9 decimals, see [`Timestamp::parse`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(pub u64);
 
@@ -30,15 +31,27 @@ impl Timestamp {
         UNIX_EPOCH + Duration::from_micros(self.0)
     }
 
-    /// Parses `<secs>.<exactly six digits>`.
+    /// Parses `<secs>.<1 to 9 digits>`, to the microsecond.
+    ///
+    /// This server always writes six decimals, but classic servers write what their
+    /// language's float formatting gives (`1795301705.09`, `1795301705.0912345`); readers
+    /// accept any of them, padding short fractions and truncating past the microsecond.
     pub fn parse(field: &[u8]) -> Option<Self> {
         let dot = field.iter().position(|&b| b == b'.')?;
         let (secs, frac) = (&field[..dot], &field[dot + 1..]);
-        if frac.len() != 6 {
+        if !(1..=9).contains(&frac.len()) {
             return None;
         }
         let secs = field::parse_u64(secs)?;
-        let micros = field::parse_u64(frac)?;
+        let mut micros = 0;
+        for i in 0..6 {
+            let digit = frac.get(i).copied().unwrap_or(b'0');
+            micros = micros * 10 + u64::from(digit.wrapping_sub(b'0'));
+        }
+        // Every digit, the truncated ones included, must be a digit.
+        if !frac.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
         secs.checked_mul(1_000_000)?
             .checked_add(micros)
             .map(Timestamp)
@@ -246,9 +259,42 @@ mod tests {
             Some(Timestamp(1_763_743_500_123_456))
         );
         assert_eq!(Timestamp::parse(b"0.000000"), Some(Timestamp(0)));
-        assert_eq!(Timestamp::parse(b"1763743500.12345"), None);
         assert_eq!(Timestamp::parse(b"1763743500"), None);
+        assert_eq!(Timestamp::parse(b"1763743500."), None);
         assert_eq!(Timestamp::parse(b".123456"), None);
+    }
+
+    #[test]
+    fn timestamps_of_classic_servers_have_one_to_nine_decimals() {
+        for (wire, micros) in [
+            ("1795301705.0", 1_795_301_705_000_000),
+            ("1795301705.09", 1_795_301_705_090_000),
+            ("1795301705.12345", 1_795_301_705_123_450),
+            ("1795301705.0912345", 1_795_301_705_091_234),
+            ("1795301705.999999999", 1_795_301_705_999_999),
+        ] {
+            assert_eq!(
+                Timestamp::parse(wire.as_bytes()),
+                Some(Timestamp(micros)),
+                "{wire}"
+            );
+        }
+        assert_eq!(
+            Timestamp::parse(b"1795301705.1234567890"),
+            None,
+            "ten decimals"
+        );
+        assert_eq!(Timestamp::parse(b"1795301705.12x"), None);
+        assert_eq!(
+            Timestamp::parse(b"1795301705.1234567x"),
+            None,
+            "past the microsecond too"
+        );
+        assert_eq!(Timestamp::parse(b"-1.5"), None);
+        // Writing is unchanged: always six decimals.
+        let mut out = Vec::new();
+        Timestamp(1_795_301_705_090_000).encode(&mut out);
+        assert_eq!(out, b"1795301705.090000");
     }
 
     #[test]

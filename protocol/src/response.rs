@@ -49,6 +49,22 @@ pub enum Expect {
     Closed,
 }
 
+impl std::fmt::Display for Expect {
+    /// What a person would call the reply: `expected a message id`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Expect::Published => "a message id",
+            Expect::Ids => "a list of ids",
+            Expect::Entry => "a message",
+            Expect::Messages => "a list of messages",
+            Expect::Opened => "an upload session",
+            Expect::Acked => "a block acknowledgement",
+            Expect::Data => "a download block",
+            Expect::Closed => "an empty reply",
+        })
+    }
+}
+
 impl crate::request::BoardRequest {
     /// The reply shape this request gets (also after it is committed from an upload).
     pub fn expect(&self) -> Expect {
@@ -122,7 +138,7 @@ pub enum ResponseError {
     #[error("unknown response code")]
     UnknownCode,
     /// A `0:` payload does not have the expected shape.
-    #[error("malformed {0:?} response")]
+    #[error("expected {0}")]
     Malformed(Expect),
     /// A `d:` offer does not have the shape `d:<sid>:<size>:<block_size>`.
     #[error("malformed download offer")]
@@ -403,6 +419,19 @@ mod tests {
             parse(b"0x", Expect::Published),
             Err(ResponseError::UnknownCode)
         );
+    }
+
+    #[test]
+    fn errors_read_as_words_not_debug_output() {
+        assert_eq!(
+            ResponseError::Malformed(Expect::Entry).to_string(),
+            "expected a message"
+        );
+        assert_eq!(
+            ResponseError::Malformed(Expect::Published).to_string(),
+            "expected a message id"
+        );
+        assert_eq!(Expect::Acked.to_string(), "a block acknowledgement");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Support for the end-to-end tests: servers on port 0, raw UDP peers, the real binaries,
 //! and a fault-injecting proxy.
 
+pub mod classic;
 pub mod proxy;
 
 use std::net::{SocketAddr, UdpSocket};
