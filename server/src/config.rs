@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mboard_protocol::{DATA_HEADER_MAX, MAX_DATAGRAM};
 
-use crate::board::JournalConfig;
+use crate::board::{JournalConfig, TokenLimits};
 use crate::limiter::RateLimit;
 
 /// Limits on sessions and datagrams.
@@ -41,6 +41,8 @@ pub struct Limits {
     /// it is this old, when the server is full. A real client uses its session within one
     /// round trip; a spoofed request never does.
     pub claim_grace: Duration,
+    /// How long `5:` publish tokens are remembered, and how many at most.
+    pub tokens: TokenLimits,
 }
 
 impl Default for Limits {
@@ -57,6 +59,7 @@ impl Default for Limits {
             validation_ttl: Duration::from_secs(600),
             max_validated: 65_536,
             claim_grace: Duration::from_millis(500),
+            tokens: TokenLimits::default(),
         }
     }
 }
@@ -80,6 +83,9 @@ pub enum ConfigError {
     /// A zero session timeout would expire sessions before their first reply.
     #[error("session timeout must be longer than zero")]
     Timeout,
+    /// A zero deduplication window would forget every token at once.
+    #[error("dedup window must be longer than zero")]
+    DedupWindow,
     /// A rate limit that is not a number, or a burst that lets nothing through.
     #[error("{0}: the rate must be a number of at least 0 and the burst at least 1")]
     Rate(&'static str),
@@ -127,6 +133,12 @@ impl Limits {
         }
         if self.session_timeout.is_zero() {
             return Err(ConfigError::Timeout);
+        }
+        if self.tokens.window.is_zero() {
+            return Err(ConfigError::DedupWindow);
+        }
+        if self.tokens.max_tokens == 0 {
+            return Err(ConfigError::Zero("max tokens"));
         }
         Ok(())
     }
@@ -269,6 +281,14 @@ mod tests {
         assert_eq!(
             bad(|l| l.session_timeout = Duration::ZERO),
             Err(ConfigError::Timeout)
+        );
+        assert_eq!(
+            bad(|l| l.tokens.window = Duration::ZERO),
+            Err(ConfigError::DedupWindow)
+        );
+        assert_eq!(
+            bad(|l| l.tokens.max_tokens = 0),
+            Err(ConfigError::Zero("max tokens"))
         );
     }
 }

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mboard_protocol::{
-    BoardRequest, ErrorCode, Request, RequestKind, Response, SessionId, encode_ids, ids_reply_len,
-    messages_reply_len,
+    BoardRequest, ErrorCode, PublishToken, Request, RequestKind, Response, SessionId, encode_ids,
+    ids_reply_len, messages_reply_len,
 };
 use tracing::{debug, warn};
 
-use crate::board::{Board, BoardError};
+use crate::board::{Board, BoardError, Published};
 use crate::config::Limits;
 use crate::reply::Reply;
 use crate::session::{Outcome, SessionManager, Stats};
@@ -35,6 +35,8 @@ pub struct Handler<B> {
     limits: Limits,
     /// Messages published through this handler, for metrics.
     publishes: AtomicU64,
+    /// `5:` publishes answered with the id their token already had, storing nothing.
+    duplicates: AtomicU64,
 }
 
 /// What [`Handler::handle`] made of one datagram.
@@ -59,6 +61,7 @@ impl<B: Board> Handler<B> {
             sessions: Mutex::new(SessionManager::new(limits.clone(), seed)),
             limits,
             publishes: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
         }
     }
 
@@ -70,6 +73,11 @@ impl<B: Board> Handler<B> {
     /// Messages published (acknowledged) through this handler.
     pub fn publishes(&self) -> u64 {
         self.publishes.load(Ordering::Relaxed)
+    }
+
+    /// `5:` publishes answered from the token table, storing nothing.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
     }
 
     /// How long an idle session lives.
@@ -221,6 +229,18 @@ impl<B: Board> Handler<B> {
                 Answer::Wait(Box::pin(async move { this.publish(from, text).await }))
             }
             BoardRequest::Publish(text) => Answer::Reply(self.publish(from, text).await),
+            BoardRequest::PublishOnce { token, text } if self.board.defers_publish() => {
+                let this = self.clone();
+                Answer::Wait(Box::pin(async move {
+                    this.publish_once(from, token, text).await
+                }))
+            }
+            BoardRequest::PublishOnce { token, text } => {
+                Answer::Reply(self.publish_once(from, token, text).await)
+            }
+            BoardRequest::After { .. } => {
+                Answer::Reply(Reply::error(ErrorCode::UnknownControl, "unknown request 6"))
+            }
             BoardRequest::Get(id) => self.get(now, from, id),
             BoardRequest::Ids(n) => match self.board.span(n) {
                 Ok(span) => self.sized(
@@ -251,6 +271,25 @@ impl<B: Board> Handler<B> {
             Ok(id) => {
                 self.publishes.fetch_add(1, Ordering::Relaxed);
                 Reply::new(&Response::Published(id))
+            }
+            Err(e) => storage_failure(&e),
+        }
+    }
+
+    /// `5:<token>:<text>`: the store decides, atomically, whether the token is new.
+    async fn publish_once(&self, from: SocketAddr, token: PublishToken, text: Bytes) -> Reply {
+        match self.board.publish_once(from, token, text).await {
+            Ok(published) => {
+                let counter = match published {
+                    Published::Stored(_) => &self.publishes,
+                    Published::Duplicate(_) => &self.duplicates,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                Reply::new(&Response::Published(published.id()))
+            }
+            // A store without a token table answers as a server without `5:` would.
+            Err(BoardError::Unsupported(_)) => {
+                Reply::error(ErrorCode::UnknownControl, "unknown request 5")
             }
             Err(e) => storage_failure(&e),
         }
