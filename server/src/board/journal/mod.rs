@@ -34,6 +34,8 @@ use error::io_at;
 use format::{Check, MAX_TEXT, RECORD_HEAD, VERSION, VERSION_AT, Window, record_at};
 
 mod error;
+#[cfg(test)]
+mod exactly_once;
 mod format;
 mod recovery;
 #[cfg(test)]
@@ -145,9 +147,6 @@ impl Journal {
         let now = Timestamp::from_system_time(SystemTime::now());
         let recovered = recovery::recover(&file, &path, &mut tokens.table(), now)?;
         let index = recovered.index;
-        if recovered.format < VERSION {
-            upgrade(&path, recovered.format)?;
-        }
         let recovery = Recovery {
             messages: index.sums.len(),
             torn: recovered.torn,
@@ -164,6 +163,9 @@ impl Journal {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "journal replayed"
         );
+        if recovered.format < VERSION {
+            upgrade(&path, recovered.format)?;
+        }
         let reader = file.try_clone().map_err(io_at(&path))?;
         let index = Arc::new(RwLock::new(index));
         let writer = writer::Handle::start(file, index.clone(), config.fsync, path.clone())

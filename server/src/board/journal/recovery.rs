@@ -192,8 +192,8 @@ mod tests {
 
     use mboard_protocol::MessageId;
 
+    use super::super::Fsync;
     use super::super::testing::{TEXTS, TempDir, all, open, publish_all, published};
-    use super::super::{Fsync, Journal};
     use super::*;
 
     #[test]
@@ -342,7 +342,7 @@ mod tests {
             .enumerate()
             .map(|(i, &n)| vec![b'a' + i as u8; n])
             .collect();
-        let (j, _) = open(&dir, Fsync::Never).expect("open");
+        let (j, _) = open(dir, Fsync::Never).expect("open");
         let refs: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
         publish_all(&j, &refs);
         texts

@@ -79,7 +79,7 @@ pub(super) const TEXTS: [&[u8]; 4] = [b"Hello world!", b"a:b:c", b"\x00\xff bina
 
 /// A journal in `dir` holding [`TEXTS`], closed again; returns the file's length.
 pub(super) fn published(dir: &TempDir) -> u64 {
-    let (j, _) = open(&dir, Fsync::Always).expect("open");
+    let (j, _) = open(dir, Fsync::Always).expect("open");
     publish_all(&j, &TEXTS);
     fs::metadata(dir.journal()).expect("meta").len()
 }

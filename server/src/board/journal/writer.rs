@@ -328,7 +328,6 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Journal;
     use super::super::testing::{TempDir, from, open};
     use super::*;
     use crate::board::Board;
