@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use mboard_server::{Config, Fsync, JournalConfig, Limits, RateLimit, Store};
+use mboard_server::{Config, Fsync, JournalConfig, Limits, RateLimit, Store, TokenLimits};
 use tokio::net::{TcpListener, UdpSocket};
 use tracing_subscriber::EnvFilter;
 
@@ -92,6 +92,16 @@ struct Args {
     /// Validated addresses remembered at once.
     #[arg(long, default_value_t = Limits::default().max_validated)]
     max_validated: usize,
+
+    /// Remember the token of every `5:` publish for at least this long: a resend with the
+    /// same token within it stores nothing and gets the same id.
+    #[arg(long, default_value_t = Limits::default().tokens.window.into())]
+    dedup_window: humantime::Duration,
+
+    /// Publish tokens remembered at once (about 90 bytes each); past it the oldest are
+    /// forgotten before their window ends, and counted.
+    #[arg(long, default_value_t = Limits::default().tokens.max_tokens)]
+    max_tokens: usize,
 
     /// Datagrams per second one source address may sustain; more are dropped without a
     /// reply (0 turns rate limiting off).
@@ -209,6 +219,10 @@ fn config(args: &Args) -> Config {
             max_hold: args.max_hold.into(),
             max_held: args.max_held,
             max_held_per_source: args.max_held_per_source,
+            tokens: TokenLimits {
+                window: args.dedup_window.into(),
+                max_tokens: args.max_tokens,
+            },
         },
         rate_limit: RateLimit {
             rate: args.rate_limit,

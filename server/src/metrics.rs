@@ -336,6 +336,26 @@ impl<B: Board> Collector for ServerCollector<B> {
             "Messages published (acknowledged) since the server started.",
             self.handler.publishes(),
         )?;
+        counter(
+            &mut e,
+            "mboard_token_duplicates",
+            "5: publishes answered with the id their token already published, storing nothing.",
+            self.handler.duplicates(),
+        )?;
+        if let Some(tokens) = self.handler.board().tokens() {
+            gauge(
+                &mut e,
+                "mboard_tokens",
+                "Publish tokens remembered (inside the dedup window, or being published).",
+                tokens.held as u64,
+            )?;
+            counter(
+                &mut e,
+                "mboard_tokens_evicted_early",
+                "Publish tokens forgotten before their dedup window ended because the table was full (--max-tokens).",
+                tokens.evicted_early,
+            )?;
+        }
         if let Ok(span) = self.handler.board().span(0) {
             gauge(
                 &mut e,
@@ -468,11 +488,13 @@ mod tests {
 
     #[test]
     fn request_types_follow_the_code_byte() {
-        let cases: [(&[u8], &str); 11] = [
+        let cases: [(&[u8], &str); 13] = [
             (b"1:hi", "publish"),
             (b"2:0", "ids"),
             (b"3:7", "get"),
             (b"4:10", "last"),
+            (b"5:x:hi", "publish_once"),
+            (b"6:1:2:3", "after"),
             (b"a:10:5", "open"),
             (b"b:x", "block"),
             (b"c:x", "commit"),

@@ -68,11 +68,14 @@ pub async fn run(
     let listeners = listeners.into();
     config.validate()?;
     match &config.store {
-        Store::Memory => serve_board(listeners, MemoryBoard::new(), config, shutdown).await,
+        Store::Memory => {
+            let board = MemoryBoard::with_tokens(config.limits.tokens);
+            serve_board(listeners, board, config, shutdown).await
+        }
         Store::Journal(journal) => {
             // Replay reads the whole file: keep it off the async workers.
-            let journal = journal.clone();
-            let (board, _) = tokio::task::spawn_blocking(move || Journal::open(&journal))
+            let (journal, tokens) = (journal.clone(), config.limits.tokens);
+            let (board, _) = tokio::task::spawn_blocking(move || Journal::open(&journal, tokens))
                 .await
                 .map_err(io::Error::other)??;
             serve_board(listeners, board, config, shutdown).await

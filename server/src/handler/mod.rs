@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mboard_protocol::{
-    BoardRequest, ErrorCode, Request, Response, SessionId, encode_ids, ids_reply_len,
+    BoardRequest, ErrorCode, PublishToken, Request, Response, SessionId, encode_ids, ids_reply_len,
     messages_reply_len,
 };
 use tracing::{debug, warn};
 
-use crate::board::{Board, BoardError, Span};
+use crate::board::{Board, BoardError, Published, Span};
 use crate::config::Limits;
 use crate::reply::Reply;
 use crate::session::{Outcome, SessionManager, Stats};
@@ -43,6 +43,8 @@ pub struct Handler<B> {
     limits: Limits,
     /// Messages published through this handler, for metrics.
     publishes: AtomicU64,
+    /// `5:` publishes answered with the id their token already had, storing nothing.
+    duplicates: AtomicU64,
     /// Held `6:` requests, and those a publish or a deadline has made due.
     follow: follow::Followers,
 }
@@ -61,6 +63,7 @@ impl<B: Board> Handler<B> {
             follow: follow::Followers::new(&limits),
             limits,
             publishes: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
         }
     }
 
@@ -72,6 +75,11 @@ impl<B: Board> Handler<B> {
     /// Messages published (acknowledged) through this handler.
     pub fn publishes(&self) -> u64 {
         self.publishes.load(Ordering::Relaxed)
+    }
+
+    /// `5:` publishes answered from the token table, storing nothing.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
     }
 
     /// How long an idle session lives.
@@ -231,6 +239,15 @@ impl<B: Board> Handler<B> {
                 Answer::Wait(Box::pin(async move { this.publish(from, text).await }))
             }
             BoardRequest::Publish(text) => Answer::Reply(self.publish(from, text).await),
+            BoardRequest::PublishOnce { token, text } if self.board.defers_publish() => {
+                let this = self.clone();
+                Answer::Wait(Box::pin(async move {
+                    this.publish_once(from, token, text).await
+                }))
+            }
+            BoardRequest::PublishOnce { token, text } => {
+                Answer::Reply(self.publish_once(from, token, text).await)
+            }
             BoardRequest::Get(id) => self.get(now, from, id),
             BoardRequest::Ids(n) => match self.board.span(n) {
                 Ok(span) => self.sized(
@@ -262,9 +279,6 @@ impl<B: Board> Handler<B> {
                 },
                 hold,
             ),
-            BoardRequest::PublishOnce { .. } => {
-                Answer::Reply(Reply::error(ErrorCode::UnknownControl, "unknown request 5"))
-            }
         }
     }
 
@@ -284,6 +298,26 @@ impl<B: Board> Handler<B> {
                 self.publishes.fetch_add(1, Ordering::Relaxed);
                 self.follow.published(id);
                 Reply::new(&Response::Published(id))
+            }
+            Err(e) => storage_failure(&e),
+        }
+    }
+
+    /// `5:<token>:<text>`: the store decides, atomically, whether the token is new.
+    async fn publish_once(&self, from: SocketAddr, token: PublishToken, text: Bytes) -> Reply {
+        match self.board.publish_once(from, token, text).await {
+            Ok(Published::Stored(id)) => {
+                self.publishes.fetch_add(1, Ordering::Relaxed);
+                self.follow.published(id);
+                Reply::new(&Response::Published(id))
+            }
+            Ok(Published::Duplicate(id)) => {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+                Reply::new(&Response::Published(id))
+            }
+            // A store without a token table answers as a server without `5:` would.
+            Err(BoardError::Unsupported(_)) => {
+                Reply::error(ErrorCode::UnknownControl, "unknown request 5")
             }
             Err(e) => storage_failure(&e),
         }

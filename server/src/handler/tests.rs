@@ -59,6 +59,9 @@ fn storage_failures_are_answered_and_release_reservations() {
     let h = Arc::new(Handler::new(Broken, Limits::default(), 1));
     let now = Instant::now();
     assert_eq!(text(ask(&h, now, b"1:x")), "4:storage failure");
+    // A store without a token table answers `5:` as a server without it would.
+    let once = b"5:0b7f5d2e-8c4a-4f1e-9d3b-6a2c1e0f9b8d:x";
+    assert_eq!(text(ask(&h, now, once)), "3:unknown request 5");
     assert_eq!(text(ask(&h, now, b"3:1")), "4:storage failure");
     // Sized as a download, then the read fails: the reservation is given back.
     assert_eq!(text(ask(&h, now, b"4:0")), "4:storage failure");
