@@ -81,6 +81,10 @@ pub enum RequestKind {
     Get,
     /// `4:` newest messages.
     Last,
+    /// `5:` publish exactly once per token.
+    PublishOnce,
+    /// `6:` messages after an id, waiting for one if there are none.
+    After,
     /// `a:` open an upload.
     Open,
     /// `b:` one upload block.
@@ -95,11 +99,13 @@ pub enum RequestKind {
 
 impl RequestKind {
     /// Every kind, in the order of their code bytes (layer 1, then layer 2).
-    pub const ALL: [RequestKind; 9] = [
+    pub const ALL: [RequestKind; 11] = [
         RequestKind::Publish,
         RequestKind::Ids,
         RequestKind::Get,
         RequestKind::Last,
+        RequestKind::PublishOnce,
+        RequestKind::After,
         RequestKind::Open,
         RequestKind::Block,
         RequestKind::Commit,
@@ -114,6 +120,8 @@ impl RequestKind {
             b'2' => RequestKind::Ids,
             b'3' => RequestKind::Get,
             b'4' => RequestKind::Last,
+            b'5' => RequestKind::PublishOnce,
+            b'6' => RequestKind::After,
             b'a' => RequestKind::Open,
             b'b' => RequestKind::Block,
             b'c' => RequestKind::Commit,
@@ -130,6 +138,8 @@ impl RequestKind {
             RequestKind::Ids => b'2',
             RequestKind::Get => b'3',
             RequestKind::Last => b'4',
+            RequestKind::PublishOnce => b'5',
+            RequestKind::After => b'6',
             RequestKind::Open => b'a',
             RequestKind::Block => b'b',
             RequestKind::Commit => b'c',
@@ -145,6 +155,8 @@ impl RequestKind {
             RequestKind::Ids => "ids",
             RequestKind::Get => "get",
             RequestKind::Last => "last",
+            RequestKind::PublishOnce => "publish_once",
+            RequestKind::After => "after",
             RequestKind::Open => "open",
             RequestKind::Block => "block",
             RequestKind::Commit => "commit",
@@ -173,6 +185,7 @@ mod tests {
             assert_eq!(ReplyCode::Error(code).byte(), code.byte());
         }
         assert_eq!(RequestKind::from_byte(b'0'), None);
+        assert_eq!(RequestKind::from_byte(b'7'), None);
         assert_eq!(ErrorCode::from_byte(b'0'), None);
     }
 

@@ -80,6 +80,32 @@ impl fmt::Display for SessionId {
     }
 }
 
+/// A client-chosen publish token (`5:<token>:<text>`): a UUID in the same canonical form as
+/// a [`SessionId`], drawn afresh for each message and kept for its every resend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublishToken(pub Uuid);
+
+impl PublishToken {
+    /// Length of the canonical form.
+    pub const LEN: usize = SessionId::LEN;
+
+    /// Parses exactly the canonical form (see [`SessionId::parse`]).
+    pub fn parse(field: &[u8]) -> Option<Self> {
+        SessionId::parse(field).map(|sid| PublishToken(sid.0))
+    }
+
+    /// Appends the canonical form.
+    pub fn encode(self, out: &mut Vec<u8>) {
+        SessionId(self.0).encode(out);
+    }
+}
+
+impl fmt::Display for PublishToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

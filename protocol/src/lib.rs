@@ -17,7 +17,7 @@ mod response;
 
 pub use code::{ErrorCode, ReplyCode, RequestKind};
 pub use field::{digits, digits_in_range};
-pub use ids::{MessageId, SessionId};
+pub use ids::{MessageId, PublishToken, SessionId};
 pub use message::{Entry, Message, Timestamp};
 pub use request::{BLOCK_HEADER_MAX, BoardRequest, ParseError, Rejected, Request, SessionRequest};
 pub use response::{

@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use crate::code::{ErrorCode, RequestKind};
 use crate::field::{self, Fields};
-use crate::ids::{MessageId, SessionId};
+use crate::ids::{MessageId, PublishToken, SessionId};
 
 /// Why a request datagram was refused by the parser.
 ///
@@ -26,9 +26,12 @@ pub enum ParseError {
     /// A session id field is not a canonical lowercase UUID.
     #[error("bad session id")]
     BadSessionId,
-    /// `1:` with nothing after it.
+    /// `1:` (or `5:<token>:`) with nothing after it.
     #[error("empty text")]
     EmptyText,
+    /// A publish token field is not a canonical lowercase UUID.
+    #[error("bad token")]
+    BadToken,
     /// A field the request needs is absent.
     #[error("missing {0}")]
     MissingField(&'static str),
@@ -89,6 +92,23 @@ pub enum BoardRequest {
     Get(MessageId),
     /// `4:<n>`: the newest `n` messages (0 = all), oldest first.
     Last(u64),
+    /// `5:<token>:<text>`: publish `text` exactly once per `token`.
+    PublishOnce {
+        /// The client's token for this message, the same in every resend.
+        token: PublishToken,
+        /// The text, one or more bytes.
+        text: Bytes,
+    },
+    /// `6:<after>:<max>:<wait>`: up to `max` messages (0 = no limit) with ids above
+    /// `after`, oldest first; if there are none, wait up to `wait_ms` for one.
+    After {
+        /// Only messages with ids above this one.
+        after: MessageId,
+        /// At most this many (0 = no limit).
+        max: u64,
+        /// How long to wait for a message when there is none yet, in milliseconds.
+        wait_ms: u64,
+    },
 }
 
 /// A layer-2 session request.
@@ -149,6 +169,19 @@ fn number(field: Option<Bytes>, name: &'static str) -> Result<u64, ParseError> {
     field::parse_u64(&field.ok_or(ParseError::MissingField(name))?).ok_or(ParseError::BadNumber)
 }
 
+/// A payload of numbers only may end in one `\n` or `\r\n`, so that a line typed into
+/// `nc -u` works; nowhere else is a newline ignored.
+fn without_newline(payload: Bytes) -> Bytes {
+    let cut = if payload.ends_with(b"\r\n") {
+        2
+    } else if payload.ends_with(b"\n") {
+        1
+    } else {
+        0
+    };
+    payload.slice(..payload.len() - cut)
+}
+
 fn sid(field: Option<Bytes>) -> Result<SessionId, ParseError> {
     SessionId::parse(&field.ok_or(ParseError::MissingField("session id"))?)
         .ok_or(ParseError::BadSessionId)
@@ -188,6 +221,8 @@ impl Request {
             Request::Board(BoardRequest::Ids(_)) => RequestKind::Ids,
             Request::Board(BoardRequest::Get(_)) => RequestKind::Get,
             Request::Board(BoardRequest::Last(_)) => RequestKind::Last,
+            Request::Board(BoardRequest::PublishOnce { .. }) => RequestKind::PublishOnce,
+            Request::Board(BoardRequest::After { .. }) => RequestKind::After,
             Request::Session(SessionRequest::Open { .. }) => RequestKind::Open,
             Request::Session(SessionRequest::Block { .. }) => RequestKind::Block,
             Request::Session(SessionRequest::Commit(_)) => RequestKind::Commit,
@@ -197,7 +232,13 @@ impl Request {
     }
 
     fn parse_payload(kind: RequestKind, datagram: Bytes) -> Result<Request, ParseError> {
-        let payload = datagram.slice(2..);
+        let mut payload = datagram.slice(2..);
+        if matches!(
+            kind,
+            RequestKind::Ids | RequestKind::Get | RequestKind::Last | RequestKind::After
+        ) {
+            payload = without_newline(payload);
+        }
         let mut fields = Fields::new(payload.clone());
         let request = match kind {
             RequestKind::Publish if payload.is_empty() => return Err(ParseError::EmptyText),
@@ -208,6 +249,25 @@ impl Request {
             }
             RequestKind::Last => {
                 Request::Board(BoardRequest::Last(number(Some(payload), "count")?))
+            }
+            RequestKind::PublishOnce => {
+                let token = fields.next().ok_or(ParseError::MissingField("text"))?;
+                let token = PublishToken::parse(&token).ok_or(ParseError::BadToken)?;
+                let text = fields.rest();
+                if text.is_empty() {
+                    return Err(ParseError::EmptyText);
+                }
+                Request::Board(BoardRequest::PublishOnce { token, text })
+            }
+            RequestKind::After => {
+                let after = MessageId(number(fields.next(), "max")?);
+                let max = number(fields.next(), "wait")?;
+                let wait_ms = number(Some(fields.rest()), "wait")?;
+                Request::Board(BoardRequest::After {
+                    after,
+                    max,
+                    wait_ms,
+                })
             }
             RequestKind::Open => {
                 let size = number(fields.next(), "block size")?;
@@ -265,6 +325,24 @@ impl Request {
             BoardRequest::Last(n) => {
                 out.extend_from_slice(b"4:");
                 field::put_u64(out, *n);
+            }
+            BoardRequest::PublishOnce { token, text } => {
+                out.extend_from_slice(b"5:");
+                token.encode(out);
+                out.push(b':');
+                out.extend_from_slice(text);
+            }
+            BoardRequest::After {
+                after,
+                max,
+                wait_ms,
+            } => {
+                out.extend_from_slice(b"6:");
+                after.encode(out);
+                out.push(b':');
+                field::put_u64(out, *max);
+                out.push(b':');
+                field::put_u64(out, *wait_ms);
             }
         }
     }
@@ -485,5 +563,73 @@ mod tests {
         assert_eq!(&open.to_bytes()[..], b"a:7:2");
         let last = BoardRequest::Last(3);
         assert_eq!(&last.to_bytes()[..], b"4:3");
+    }
+
+    const TOKEN: &str = "0b7f5d2e-8c4a-4f1e-9d3b-6a2c1e0f9b8d";
+
+    #[test]
+    fn version_2_examples_parse() {
+        let Ok(Request::Board(BoardRequest::PublishOnce { token, text })) =
+            parse(format!("5:{TOKEN}:hi").as_bytes())
+        else {
+            panic!("5: parses")
+        };
+        assert_eq!((token.to_string().as_str(), &text[..]), (TOKEN, &b"hi"[..]));
+        // The text is the last field: colons and newlines are part of it.
+        let Ok(Request::Board(BoardRequest::PublishOnce { text, .. })) =
+            parse(format!("5:{TOKEN}:a:b\n").as_bytes())
+        else {
+            panic!("5: parses")
+        };
+        assert_eq!(&text[..], b"a:b\n");
+        assert_eq!(
+            parse(b"6:41:10:0"),
+            Ok(Request::Board(BoardRequest::After {
+                after: MessageId(41),
+                max: 10,
+                wait_ms: 0
+            }))
+        );
+    }
+
+    #[test]
+    fn version_2_refusals() {
+        let refusal = |pdu: &[u8]| parse(pdu).unwrap_err().to_string();
+        assert_eq!(refusal(b"5:not-a-uuid:hi"), "bad token");
+        assert_eq!(refusal(format!("5:{TOKEN}:").as_bytes()), "empty text");
+        assert_eq!(refusal(format!("5:{TOKEN}").as_bytes()), "missing text");
+        let upper = format!("5:{}:hi", TOKEN.to_uppercase());
+        assert_eq!(refusal(upper.as_bytes()), "bad token");
+        assert_eq!(refusal(b"6:41:10"), "missing wait");
+        assert_eq!(refusal(b"6:41"), "missing max");
+        assert_eq!(refusal(b"6:41:10:-1"), "bad number");
+        assert_eq!(refusal(b"6:x:10:0"), "bad number");
+    }
+
+    #[test]
+    fn one_trailing_newline_is_ignored_after_numbers_only() {
+        assert_eq!(parse(b"2:10\n"), Ok(Request::Board(BoardRequest::Ids(10))));
+        assert_eq!(
+            parse(b"3:1\r\n"),
+            Ok(Request::Board(BoardRequest::Get(MessageId(1))))
+        );
+        assert_eq!(parse(b"4:2\n"), Ok(Request::Board(BoardRequest::Last(2))));
+        assert!(matches!(
+            parse(b"6:1:2:3\r\n"),
+            Ok(Request::Board(BoardRequest::After { wait_ms: 3, .. }))
+        ));
+        // One only, and never a lone `\r` or a newline inside.
+        assert_eq!(parse(b"2:10\n\n"), Err(ParseError::BadNumber));
+        assert_eq!(parse(b"2:10\r"), Err(ParseError::BadNumber));
+        assert_eq!(parse(b"2:\n"), Err(ParseError::BadNumber));
+        assert_eq!(parse(b"6:1\n:2:3"), Err(ParseError::BadNumber));
+        // In a text it is part of the text; in session requests it is refused.
+        assert_eq!(
+            parse(b"1:hi\n"),
+            Ok(Request::Board(BoardRequest::Publish(Bytes::from_static(
+                b"hi\n"
+            ))))
+        );
+        assert!(parse(b"a:7:2\n").is_err());
     }
 }

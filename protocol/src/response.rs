@@ -73,7 +73,8 @@ impl crate::request::BoardRequest {
             Publish(_) => Expect::Published,
             Ids(_) => Expect::Ids,
             Get(_) => Expect::Entry,
-            Last(_) => Expect::Messages,
+            Last(_) | After { .. } => Expect::Messages,
+            PublishOnce { .. } => Expect::Published,
         }
     }
 }

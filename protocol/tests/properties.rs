@@ -46,6 +46,19 @@ fn request() -> impl Strategy<Value = Request> {
         any::<u64>().prop_map(|n| Request::Board(BoardRequest::Ids(n))),
         any::<u64>().prop_map(|n| Request::Board(BoardRequest::Get(MessageId(n)))),
         any::<u64>().prop_map(|n| Request::Board(BoardRequest::Last(n))),
+        (any::<u128>(), bytes(1, 200)).prop_map(|(t, text)| Request::Board(
+            BoardRequest::PublishOnce {
+                token: PublishToken(Uuid::from_u128(t)),
+                text
+            }
+        )),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(a, max, wait_ms)| Request::Board(
+            BoardRequest::After {
+                after: MessageId(a),
+                max,
+                wait_ms
+            }
+        )),
         (1..=u64::MAX, 1..=u64::MAX).prop_map(|(size, block_size)| Request::Session(
             SessionRequest::Open { size, block_size }
         )),
@@ -147,7 +160,7 @@ proptest! {
 
     #[test]
     fn request_parse_never_panics_on_plausible_prefixes(
-        code in prop_oneof![Just(b'1'), Just(b'2'), Just(b'3'), Just(b'4'), Just(b'a'), Just(b'b'), Just(b'c'), Just(b'g'), Just(b'x')],
+        code in prop_oneof![Just(b'1'), Just(b'2'), Just(b'3'), Just(b'4'), Just(b'5'), Just(b'6'), Just(b'a'), Just(b'b'), Just(b'c'), Just(b'g'), Just(b'x')],
         rest in "[0-9a-f:\\-]{0,80}",
     ) {
         let mut wire = vec![code, b':'];

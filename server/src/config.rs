@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mboard_protocol::{DATA_HEADER_MAX, MAX_DATAGRAM};
 
-use crate::board::JournalConfig;
+use crate::board::{JournalConfig, TokenLimits};
 use crate::limiter::RateLimit;
 use crate::metrics::EndpointLimits;
 
@@ -44,6 +44,14 @@ pub struct Limits {
     pub claim_grace: Duration,
     /// Connections the metrics endpoint (`--metrics`) holds, in all and per host.
     pub metrics: EndpointLimits,
+    /// The longest a `6:` request is held waiting for a message, whatever it asks.
+    pub max_hold: Duration,
+    /// `6:` requests held at once, in all; beyond it they are answered `4:busy`.
+    pub max_held: usize,
+    /// `6:` requests one source address (IP and port) may have held at once.
+    pub max_held_per_source: usize,
+    /// How long `5:` publish tokens are remembered, and how many at most.
+    pub tokens: TokenLimits,
 }
 
 impl Default for Limits {
@@ -61,6 +69,11 @@ impl Default for Limits {
             max_validated: 65_536,
             claim_grace: Duration::from_millis(500),
             metrics: EndpointLimits::default(),
+            max_hold: Duration::from_secs(30),
+            // About 100 bytes each: a megabyte of table at most.
+            max_held: 10_000,
+            max_held_per_source: 16,
+            tokens: TokenLimits::default(),
         }
     }
 }
@@ -84,6 +97,9 @@ pub enum ConfigError {
     /// A zero session timeout would expire sessions before their first reply.
     #[error("session timeout must be longer than zero")]
     Timeout,
+    /// A zero deduplication window would forget every token at once.
+    #[error("dedup window must be longer than zero")]
+    DedupWindow,
     /// A rate limit that is not a number, or a burst that lets nothing through.
     #[error("{0}: the rate must be a number of at least 0 and the burst at least 1")]
     Rate(&'static str),
@@ -131,6 +147,18 @@ impl Limits {
         }
         if self.session_timeout.is_zero() {
             return Err(ConfigError::Timeout);
+        }
+        if self.max_held == 0 {
+            return Err(ConfigError::Zero("max held"));
+        }
+        if self.max_held_per_source == 0 {
+            return Err(ConfigError::Zero("max held per source"));
+        }
+        if self.tokens.window.is_zero() {
+            return Err(ConfigError::DedupWindow);
+        }
+        if self.tokens.max_tokens == 0 {
+            return Err(ConfigError::Zero("max tokens"));
         }
         self.metrics.validate()
     }
@@ -273,6 +301,14 @@ mod tests {
         assert_eq!(
             bad(|l| l.session_timeout = Duration::ZERO),
             Err(ConfigError::Timeout)
+        );
+        assert_eq!(
+            bad(|l| l.tokens.window = Duration::ZERO),
+            Err(ConfigError::DedupWindow)
+        );
+        assert_eq!(
+            bad(|l| l.tokens.max_tokens = 0),
+            Err(ConfigError::Zero("max tokens"))
         );
     }
 }

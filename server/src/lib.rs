@@ -7,14 +7,16 @@
 pub mod board;
 pub mod config;
 pub mod handler;
+mod held;
 pub mod limiter;
 pub mod metrics;
 mod reply;
 mod server;
 pub mod session;
 
-pub use board::{Fsync, JournalConfig};
+pub use board::{Fsync, JournalConfig, TokenLimits};
 pub use config::{Config, ConfigError, Limits, Store};
+pub use held::{HoldCounts, Wake, WakeCause};
 pub use limiter::RateLimit;
 pub use metrics::EndpointLimits;
 pub use reply::Reply;

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use mboard_server::{Config, EndpointLimits, Fsync, JournalConfig, Limits, RateLimit, Store};
+use mboard_server::{
+    Config, EndpointLimits, Fsync, JournalConfig, Limits, RateLimit, Store, TokenLimits,
+};
 use tokio::net::{TcpListener, UdpSocket};
 use tracing_subscriber::EnvFilter;
 
@@ -77,9 +79,31 @@ struct Args {
     #[arg(long, default_value_t = Limits::default().claim_grace.into())]
     claim_grace: humantime::Duration,
 
+    /// The longest a `6:` request is held waiting for a new message, whatever it asks.
+    #[arg(long, default_value_t = Limits::default().max_hold.into())]
+    max_hold: humantime::Duration,
+
+    /// `6:` requests held at once, in all; more are answered `4:busy`.
+    #[arg(long, default_value_t = Limits::default().max_held)]
+    max_held: usize,
+
+    /// `6:` requests one source address (IP and port) may have held at once.
+    #[arg(long, default_value_t = Limits::default().max_held_per_source)]
+    max_held_per_source: usize,
+
     /// Validated addresses remembered at once.
     #[arg(long, default_value_t = Limits::default().max_validated)]
     max_validated: usize,
+
+    /// Remember the token of every `5:` publish for at least this long: a resend with the
+    /// same token within it stores nothing and gets the same id.
+    #[arg(long, default_value_t = Limits::default().tokens.window.into())]
+    dedup_window: humantime::Duration,
+
+    /// Publish tokens remembered at once (about 90 bytes each); past it the oldest are
+    /// forgotten before their window ends, and counted.
+    #[arg(long, default_value_t = Limits::default().tokens.max_tokens)]
+    max_tokens: usize,
 
     /// Datagrams per second one source address may sustain; more are dropped without a
     /// reply (0 turns rate limiting off).
@@ -216,6 +240,13 @@ fn config(args: &Args) -> Config {
             validation_ttl: args.validation_ttl.into(),
             max_validated: args.max_validated,
             claim_grace: args.claim_grace.into(),
+            max_hold: args.max_hold.into(),
+            max_held: args.max_held,
+            max_held_per_source: args.max_held_per_source,
+            tokens: TokenLimits {
+                window: args.dedup_window.into(),
+                max_tokens: args.max_tokens,
+            },
             metrics: EndpointLimits {
                 connections: args.metrics_connections,
                 connections_per_ip: args.metrics_connections_per_ip,

@@ -68,11 +68,14 @@ pub async fn run(
     let listeners = listeners.into();
     config.validate()?;
     match &config.store {
-        Store::Memory => serve_board(listeners, MemoryBoard::new(), config, shutdown).await,
+        Store::Memory => {
+            let board = MemoryBoard::with_tokens(config.limits.tokens);
+            serve_board(listeners, board, config, shutdown).await
+        }
         Store::Journal(journal) => {
             // Replay reads the whole file: keep it off the async workers.
-            let journal = journal.clone();
-            let (board, _) = tokio::task::spawn_blocking(move || Journal::open(&journal))
+            let (journal, tokens) = (journal.clone(), config.limits.tokens);
+            let (board, _) = tokio::task::spawn_blocking(move || Journal::open(&journal, tokens))
                 .await
                 .map_err(io::Error::other)??;
             serve_board(listeners, board, config, shutdown).await
@@ -132,6 +135,15 @@ pub async fn serve<B: Board>(
         let limits = handler.limits().metrics;
         tasks.spawn(serve_metrics(listener, registry, limits));
     }
+    tasks.spawn(follow_loop(
+        handler.clone(),
+        Sender {
+            socket: socket.clone(),
+            metrics: counters.clone(),
+            shard: 0,
+            errors: errors.clone(),
+        },
+    ));
     for shard in 0..workers {
         let receiver = Receiver {
             handler: handler.clone(),
@@ -279,20 +291,19 @@ impl Sender {
 
     /// Sends an answer, building it on a blocking thread, or awaiting it, first if need be.
     async fn deliver(&self, answer: Answer, source: Source) -> io::Result<()> {
-        let reply = match answer {
-            Answer::Silent => None,
-            Answer::Reply(reply) => Some(reply),
-            Answer::Build(build) => Some(
-                tokio::task::spawn_blocking(build)
-                    .await
-                    .map_err(io::Error::other)?,
-            ),
-            Answer::Wait(wait) => Some(wait.await),
-        };
+        let reply = resolve(answer).await?;
         self.shard()
             .answered(source.kind, source.len, reply.as_ref().map(Reply::code));
         match reply {
             Some(reply) => self.send(&reply, source.from).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Sends the answer to a held request (counted when it was received).
+    async fn deliver_held(&self, answer: Answer, to: SocketAddr) -> io::Result<()> {
+        match resolve(answer).await? {
+            Some(reply) => self.send(&reply, to).await,
             None => Ok(()),
         }
     }
@@ -317,6 +328,46 @@ impl Sender {
                 Ok(())
             }
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// The reply an answer stands for, built on a blocking thread or awaited if need be.
+async fn resolve(answer: Answer) -> io::Result<Option<Reply>> {
+    Ok(match answer {
+        Answer::Silent => None,
+        Answer::Reply(reply) => Some(reply),
+        Answer::Build(build) => Some(
+            tokio::task::spawn_blocking(build)
+                .await
+                .map_err(io::Error::other)?,
+        ),
+        Answer::Wait(wait) => Some(wait.await),
+    })
+}
+
+/// Answers held `6:` requests as publishes wake them and as their waits run out.
+async fn follow_loop<B: Board>(handler: Arc<Handler<B>>, sender: Sender) -> io::Result<()> {
+    loop {
+        let now = Instant::now();
+        for wake in handler.follow_due(now) {
+            match handler.answer_wake(now, wake) {
+                // A large reply is built off this loop, as the receive loops do.
+                build @ Answer::Build(_) => {
+                    let sender = sender.clone();
+                    tokio::spawn(async move { sender.deliver_held(build, wake.to).await });
+                }
+                answer => sender.deliver_held(answer, wake.to).await?,
+            }
+        }
+        match handler.next_hold_deadline() {
+            Some(deadline) => {
+                tokio::select! {
+                    () = handler.follow_signal() => {}
+                    () = tokio::time::sleep_until(deadline.into()) => {}
+                }
+            }
+            None => handler.follow_signal().await,
         }
     }
 }

@@ -5,10 +5,11 @@ use std::sync::RwLock;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use mboard_protocol::{Entry, Message, MessageId, Timestamp, encode_entries};
+use mboard_protocol::{Entry, Message, MessageId, PublishToken, Timestamp, encode_entries};
 
 use super::sums::Sums;
-use super::{Board, BoardError, Span};
+use super::tokens::{TokenCounts, TokenLimits, Tokens};
+use super::{Board, BoardError, Published, Span};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -20,24 +21,38 @@ struct Inner {
 /// A board held in memory only: gone when the server stops.
 ///
 /// Texts are kept as the `Bytes` slices they arrived in, so publishing copies nothing.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryBoard {
     inner: RwLock<Inner>,
+    tokens: Tokens,
+}
+
+impl Default for MemoryBoard {
+    fn default() -> Self {
+        Self::with_tokens(TokenLimits::default())
+    }
 }
 
 impl MemoryBoard {
-    /// An empty board.
+    /// An empty board, remembering publish tokens by the default limits.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty board remembering publish tokens within `limits`.
+    pub fn with_tokens(limits: TokenLimits) -> Self {
+        MemoryBoard {
+            inner: RwLock::default(),
+            tokens: Tokens::new(limits),
+        }
     }
 
     fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, Inner>, BoardError> {
         self.inner.read().map_err(|_| BoardError::Poisoned)
     }
-}
 
-impl Board for MemoryBoard {
-    async fn publish(&self, from: SocketAddr, text: Bytes) -> Result<MessageId, BoardError> {
+    /// Appends a message; returns its id and time.
+    fn store(&self, from: SocketAddr, text: Bytes) -> Result<(MessageId, Timestamp), BoardError> {
         let mut inner = self.inner.write().map_err(|_| BoardError::Poisoned)?;
         let id = MessageId(inner.entries.len() as u64);
         // Taken under the lock so that timestamps never go backwards as ids go forwards.
@@ -46,7 +61,33 @@ impl Board for MemoryBoard {
             .sums
             .push(Message::record_len_of(id, time, from, text.len()) as u64);
         inner.entries.push(Entry { time, from, text });
-        Ok(id)
+        Ok((id, time))
+    }
+}
+
+impl Board for MemoryBoard {
+    async fn publish(&self, from: SocketAddr, text: Bytes) -> Result<MessageId, BoardError> {
+        Ok(self.store(from, text)?.0)
+    }
+
+    async fn publish_once(
+        &self,
+        from: SocketAddr,
+        token: PublishToken,
+        text: Bytes,
+    ) -> Result<Published, BoardError> {
+        let claimed = match self.tokens.claim(token).await {
+            Ok(claimed) => claimed,
+            Err(id) => return Ok(Published::Duplicate(id)),
+        };
+        // On failure the claim is dropped, which abandons the token.
+        let (id, time) = self.store(from, text)?;
+        claimed.published(id, time);
+        Ok(Published::Stored(id))
+    }
+
+    fn tokens(&self) -> Option<TokenCounts> {
+        Some(self.tokens.counts())
     }
 
     fn get(&self, id: MessageId) -> Result<Option<Entry>, BoardError> {
@@ -67,6 +108,10 @@ impl Board for MemoryBoard {
 
     fn span(&self, n: u64) -> Result<Span, BoardError> {
         Ok(self.read()?.sums.span(n))
+    }
+
+    fn span_after(&self, after: MessageId, max: u64) -> Result<Span, BoardError> {
+        Ok(self.read()?.sums.span_after(after.0, max))
     }
 
     fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError> {
@@ -229,6 +274,33 @@ mod tests {
             assert_eq!(read.len(), 1);
             assert_eq!(read[0].entry.text, Bytes::from("a"));
         });
+    }
+
+    #[test]
+    fn a_token_publishes_once_even_when_racing_itself() {
+        let board = Arc::new(MemoryBoard::new());
+        let token = PublishToken(uuid::Uuid::from_u128(7));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let board = board.clone();
+                std::thread::spawn(move || {
+                    block_on(board.publish_once(from(), token, Bytes::from("once")))
+                        .expect("publish")
+                })
+            })
+            .collect();
+        let results: Vec<Published> = threads
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        let stored = results
+            .iter()
+            .filter(|p| matches!(p, Published::Stored(_)))
+            .count();
+        assert_eq!(stored, 1, "{results:?}");
+        assert!(results.iter().all(|p| p.id() == MessageId(0)));
+        assert_eq!(board.span(0).expect("span").count, 1);
+        assert_eq!(board.tokens().map(|c| c.held), Some(1));
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! durable (group commit), while reads stay synchronous. Stores also report the encoded size
 //! of a reply before building it, so the handler can refuse an oversized `4:0` cheaply.
 //!
+//! `5:` publishes are deduplicated by the store itself ([`Board::publish_once`]), so that
+//! looking a token up and assigning an id are one step: the memory board and the journal
+//! share [`tokens::Tokens`]; a store with its own deduplication can use that instead.
+//!
 //! Each store lives in its own submodule and keeps its failures in its own error type;
 //! [`BoardError`] carries them without naming them, so a new store needs no change here.
 
@@ -11,14 +15,16 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use mboard_protocol::{Entry, Message, MessageId, encode_messages};
+use mboard_protocol::{Entry, Message, MessageId, PublishToken, encode_messages};
 
 mod journal;
 mod memory;
 mod sums;
+pub mod tokens;
 
 pub use journal::{Fsync, Journal, JournalConfig, JournalError, Recovery, Torn};
 pub use memory::MemoryBoard;
+pub use tokens::{TokenCounts, TokenLimits};
 
 /// A failure of the store itself (not of the request).
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +35,27 @@ pub enum BoardError {
     /// The backing storage failed; the store's own error says how.
     #[error(transparent)]
     Storage(Box<dyn std::error::Error + Send + Sync>),
+    /// The store does not do this (a test double, say).
+    #[error("this store cannot {0}")]
+    Unsupported(&'static str),
+}
+
+/// What became of a `5:` publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// The text was stored under this new id.
+    Stored(MessageId),
+    /// The token had already published this id: nothing was stored.
+    Duplicate(MessageId),
+}
+
+impl Published {
+    /// The id to answer with.
+    pub fn id(self) -> MessageId {
+        match self {
+            Published::Stored(id) | Published::Duplicate(id) => id,
+        }
+    }
 }
 
 /// The newest-n messages at one moment, and how big their replies are.
@@ -73,6 +100,27 @@ pub trait Board: Send + Sync + 'static {
         text: Bytes,
     ) -> impl Future<Output = Result<MessageId, BoardError>> + Send;
 
+    /// Stores `text` unless `token` published within the store's deduplication window,
+    /// in which case it stores nothing and returns the id that publish got.
+    ///
+    /// Looking the token up and storing are atomic: two concurrent publishes of one token
+    /// store once, and both learn the one id, only once it is stored (durably, on a
+    /// durable store). A failed store forgets the token, so that a resend may retry.
+    fn publish_once(
+        &self,
+        from: SocketAddr,
+        token: PublishToken,
+        text: Bytes,
+    ) -> impl Future<Output = Result<Published, BoardError>> + Send {
+        let _ = (from, token, text);
+        std::future::ready(Err(BoardError::Unsupported("publish exactly once")))
+    }
+
+    /// The token table's counts, for a store that keeps one.
+    fn tokens(&self) -> Option<TokenCounts> {
+        None
+    }
+
     /// One message, or `None` if there is no message with that id.
     fn get(&self, id: MessageId) -> Result<Option<Entry>, BoardError>;
 
@@ -88,6 +136,10 @@ pub trait Board: Send + Sync + 'static {
 
     /// The newest `n` messages (`n` = 0 means all) and the sizes of their replies.
     fn span(&self, n: u64) -> Result<Span, BoardError>;
+
+    /// The messages with ids above `after`, oldest first, at most `max` (0 = no limit),
+    /// and the sizes of their replies (for `6:`).
+    fn span_after(&self, after: MessageId, max: u64) -> Result<Span, BoardError>;
 
     /// The messages in `span`, oldest first.
     fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError>;

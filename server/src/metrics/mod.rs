@@ -28,8 +28,19 @@ use crate::handler::Handler;
 use crate::limiter::RateLimiter;
 
 /// What a request datagram asks for, by its code byte (`other`: not a request code).
-pub const REQUEST_TYPES: [&str; 10] = [
-    "publish", "ids", "get", "last", "open", "block", "commit", "fetch", "close", "other",
+pub const REQUEST_TYPES: [&str; 12] = [
+    "publish",
+    "ids",
+    "get",
+    "last",
+    "publish_once",
+    "after",
+    "open",
+    "block",
+    "commit",
+    "fetch",
+    "close",
+    "other",
 ];
 
 /// What was answered, by the reply's code byte (`offer` is `d:`, `none` is no reply).
@@ -290,12 +301,57 @@ impl<B: Board> Collector for ServerCollector<B> {
             "Addresses exempt from the amplification limit because they echoed a session id.",
             stats.validated as u64,
         )?;
+        let held = self.handler.hold_counts();
+        gauge(
+            &mut e,
+            "mboard_held_requests",
+            "6: requests held now, waiting for a message.",
+            held.held as u64,
+        )?;
+        counter(
+            &mut e,
+            "mboard_held_woken",
+            "Held 6: requests answered because a message was published.",
+            held.woken,
+        )?;
+        counter(
+            &mut e,
+            "mboard_held_timed_out",
+            "Held 6: requests answered 0:0 because their wait ran out.",
+            held.timed_out,
+        )?;
+        counter(
+            &mut e,
+            "mboard_held_refused",
+            "6: requests answered 4:busy because the held-request bounds were reached.",
+            held.refused,
+        )?;
         counter(
             &mut e,
             "mboard_publishes",
             "Messages published (acknowledged) since the server started.",
             self.handler.publishes(),
         )?;
+        counter(
+            &mut e,
+            "mboard_token_duplicates",
+            "5: publishes answered with the id their token already published, storing nothing.",
+            self.handler.duplicates(),
+        )?;
+        if let Some(tokens) = self.handler.board().tokens() {
+            gauge(
+                &mut e,
+                "mboard_tokens",
+                "Publish tokens remembered (inside the dedup window, or being published).",
+                tokens.held as u64,
+            )?;
+            counter(
+                &mut e,
+                "mboard_tokens_evicted_early",
+                "Publish tokens forgotten before their dedup window ended because the table was full (--max-tokens).",
+                tokens.evicted_early,
+            )?;
+        }
         if let Ok(span) = self.handler.board().span(0) {
             gauge(
                 &mut e,
@@ -347,11 +403,13 @@ mod tests {
 
     #[test]
     fn request_types_follow_the_code_byte() {
-        let cases: [(&[u8], &str); 11] = [
+        let cases: [(&[u8], &str); 13] = [
             (b"1:hi", "publish"),
             (b"2:0", "ids"),
             (b"3:7", "get"),
             (b"4:10", "last"),
+            (b"5:x:hi", "publish_once"),
+            (b"6:1:2:3", "after"),
             (b"a:10:5", "open"),
             (b"b:x", "block"),
             (b"c:x", "commit"),
@@ -402,7 +460,7 @@ mod tests {
         m.shard(1).dropped(DropReason::RateLimit);
         let t = m.totals();
         assert_eq!(t.requests[0][0], 2);
-        assert_eq!(t.requests[9][3], 1);
+        assert_eq!(t.requests[request_index(None)][3], 1);
         assert_eq!(t.received_bytes, 11);
         assert_eq!((t.sent_bytes, t.send_errors, t.receive_errors), (7, 1, 0));
     }

@@ -47,6 +47,9 @@ impl Board for SlowBoard {
             records: self.message.record_len() as u64,
         })
     }
+    fn span_after(&self, _: MessageId, _: u64) -> Result<Span, BoardError> {
+        self.span(0)
+    }
     fn messages(&self, _: &Span) -> Result<Vec<Message>, BoardError> {
         std::thread::sleep(Duration::from_secs(2));
         Ok(vec![self.message.clone()])

@@ -4,7 +4,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::LOCK_FILE;
-use super::format::VERSION;
+use super::format::{OLDEST_VERSION, VERSION};
 use crate::board::BoardError;
 
 /// Why the journal could not be opened, or could not store or read a message.
@@ -33,7 +33,7 @@ pub enum JournalError {
         path: PathBuf,
     },
     /// A journal of a format this server does not read.
-    #[error("journal {} has format version {found}; this server reads version {VERSION}", .path.display())]
+    #[error("journal {} has format version {found}; this server reads versions {OLDEST_VERSION} to {VERSION}", .path.display())]
     Version {
         /// The file.
         path: PathBuf,

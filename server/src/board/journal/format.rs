@@ -3,13 +3,19 @@
 //! All integers are little-endian:
 //!
 //! ```text
-//! header   "MBOARD\0J" (8) | version u32 (= 1) | reserved u32
-//! record   "MBR1" (4) | body_len u32 | header_crc u32 | body_crc u32 | body
-//! body     id u64 | time_micros u64 | family u8 (4|6) | ip (4|16) | port u16 | text
+//! header   "MBOARD\0J" (8) | version u32 (= 2) | reserved u32
+//! record   magic (4) | body_len u32 | header_crc u32 | body_crc u32 | body
+//! "MBR2"   id u64 | time_micros u64 | flags u8 | [token (16)] | family u8 (4|6) | ip (4|16) | port u16 | text
+//! "MBR1"   id u64 | time_micros u64 | family u8 (4|6) | ip (4|16) | port u16 | text
 //! ```
 //!
 //! `header_crc` is CRC-32C of the magic and the length, so a damaged length is detected as
-//! damage instead of being trusted.
+//! damage instead of being trusted. Flag bit 0 says a `5:` publish token follows; other
+//! bits are zero. This server writes `MBR2` records only and reads both: a version-1 file
+//! holds `MBR1` records, and once upgraded (its header says 2) `MBR1` records followed by
+//! `MBR2` ones. The record magic, not the file header, says how to read a record; the
+//! header is there so that a server that reads only version 1 refuses a file it would
+//! otherwise mistake for one with a torn tail.
 //!
 //! Start-up, the forward search after damage and reads all judge a record with
 //! [`record_at`], so they cannot disagree about what an intact record is.
@@ -20,22 +26,31 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
-use mboard_protocol::{Message, MessageId, Timestamp};
+use mboard_protocol::{Message, MessageId, PublishToken, Timestamp};
+use uuid::Uuid;
 
 const FILE_MAGIC: &[u8; 8] = b"MBOARD\0J";
-/// The journal format this server writes and reads.
-pub(super) const VERSION: u32 = 1;
+/// The journal format this server writes.
+pub(super) const VERSION: u32 = 2;
+/// The oldest journal format this server reads (and upgrades).
+pub(super) const OLDEST_VERSION: u32 = 1;
+/// Where the version sits in the file header.
+pub(super) const VERSION_AT: u64 = 8;
 /// Bytes before the first record.
 pub(super) const FILE_HEADER: u64 = 16;
-const RECORD_MAGIC: &[u8; 4] = b"MBR1";
+/// Record magics, by the record format they name.
+const RECORD_V1: &[u8; 4] = b"MBR1";
+const RECORD_V2: &[u8; 4] = b"MBR2";
 /// Bytes before a record's body.
 pub(super) const RECORD_HEADER: usize = 16;
+/// Flag bit: a publish token follows the flags.
+const HAS_TOKEN: u8 = 1;
 /// The most text a record holds: `body_len` is a u32, and the rest of a body takes at
-/// most 35 bytes.
+/// most 52 bytes.
 pub(super) const MAX_TEXT: usize = u32::MAX as usize - 64;
 /// Enough of a record to size its entry without its text: the header, then id, time,
-/// family, an IPv6 address and the port.
-pub(super) const RECORD_HEAD: usize = RECORD_HEADER + 35;
+/// flags, a token, family, an IPv6 address and the port.
+pub(super) const RECORD_HEAD: usize = RECORD_HEADER + 52;
 
 /// The header of a new journal.
 pub(super) fn file_header() -> [u8; FILE_HEADER as usize] {
@@ -47,23 +62,57 @@ pub(super) fn file_header() -> [u8; FILE_HEADER as usize] {
 
 /// The format version a file header declares, or `None` if it is no journal's header.
 pub(super) fn file_version(header: &[u8; FILE_HEADER as usize]) -> Option<u32> {
-    (&header[..8] == FILE_MAGIC).then(|| u32_at(header, 8))
+    (&header[..8] == FILE_MAGIC).then(|| u32_at(header, VERSION_AT as usize))
 }
 
-/// Appends one record for a message.
+/// Appends one record for a message, in the current format.
 pub(super) fn encode_record(
+    out: &mut Vec<u8>,
+    id: MessageId,
+    time: Timestamp,
+    from: SocketAddr,
+    token: Option<PublishToken>,
+    text: &[u8],
+) {
+    encode(out, RECORD_V2, id, time, from, token, text);
+}
+
+/// Appends one record in the version-1 format, as older servers wrote it.
+#[cfg(test)]
+pub(super) fn encode_record_v1(
     out: &mut Vec<u8>,
     id: MessageId,
     time: Timestamp,
     from: SocketAddr,
     text: &[u8],
 ) {
+    encode(out, RECORD_V1, id, time, from, None, text);
+}
+
+fn encode(
+    out: &mut Vec<u8>,
+    magic: &[u8; 4],
+    id: MessageId,
+    time: Timestamp,
+    from: SocketAddr,
+    token: Option<PublishToken>,
+    text: &[u8],
+) {
     let start = out.len();
-    out.extend_from_slice(RECORD_MAGIC);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&[0; 12]);
     let body = out.len();
     out.extend_from_slice(&id.0.to_le_bytes());
     out.extend_from_slice(&time.0.to_le_bytes());
+    if magic == RECORD_V2 {
+        match token {
+            Some(token) => {
+                out.push(HAS_TOKEN);
+                out.extend_from_slice(token.0.as_bytes());
+            }
+            None => out.push(0),
+        }
+    }
     match from.ip() {
         IpAddr::V4(ip) => {
             out.push(4);
@@ -98,17 +147,24 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 /// A record header whose own checksum holds.
 struct Header {
+    /// Whether the body is in the version-2 layout (flags and an optional token).
+    v2: bool,
     body_len: usize,
     body_crc: u32,
 }
 
 /// The header at the start of `h`, if its magic and checksum hold.
 fn header(h: &[u8]) -> Option<Header> {
-    if h.len() < RECORD_HEADER || &h[..4] != RECORD_MAGIC || crc32c::crc32c(&h[..8]) != u32_at(h, 8)
-    {
+    if h.len() < RECORD_HEADER || crc32c::crc32c(&h[..8]) != u32_at(h, 8) {
         return None;
     }
+    let v2 = match &h[..4] {
+        m if m == RECORD_V2 => true,
+        m if m == RECORD_V1 => false,
+        _ => return None,
+    };
     Some(Header {
+        v2,
         body_len: u32_at(h, 4) as usize,
         body_crc: u32_at(h, 12),
     })
@@ -118,23 +174,37 @@ fn header(h: &[u8]) -> Option<Header> {
 struct Fields {
     id: MessageId,
     time: Timestamp,
+    token: Option<PublishToken>,
     from: SocketAddr,
     /// Where the text starts in the body.
     text_at: usize,
 }
 
-/// Decodes the fields at the start of `body` (which may stop anywhere after them).
-fn fields(body: &[u8]) -> Option<Fields> {
+/// Decodes the fields at the start of `body` (which may stop anywhere after them), laid
+/// out as version 2 if `v2`, else as version 1.
+fn fields(body: &[u8], v2: bool) -> Option<Fields> {
     let id = MessageId(u64_at(body.get(..8)?, 0));
     let time = Timestamp(u64_at(body.get(8..16)?, 0));
-    let (ip, rest): (IpAddr, usize) = match body.get(16)? {
+    let (token, at) = if v2 {
+        match *body.get(16)? {
+            0 => (None, 17),
+            HAS_TOKEN => {
+                let t: [u8; 16] = body.get(17..33)?.try_into().ok()?;
+                (Some(PublishToken(Uuid::from_bytes(t))), 33)
+            }
+            _ => return None,
+        }
+    } else {
+        (None, 16)
+    };
+    let (ip, rest): (IpAddr, usize) = match body.get(at)? {
         4 => {
-            let o: [u8; 4] = body.get(17..21)?.try_into().ok()?;
-            (Ipv4Addr::from(o).into(), 21)
+            let o: [u8; 4] = body.get(at + 1..at + 5)?.try_into().ok()?;
+            (Ipv4Addr::from(o).into(), at + 5)
         }
         6 => {
-            let o: [u8; 16] = body.get(17..33)?.try_into().ok()?;
-            (Ipv6Addr::from(o).into(), 33)
+            let o: [u8; 16] = body.get(at + 1..at + 17)?.try_into().ok()?;
+            (Ipv6Addr::from(o).into(), at + 17)
         }
         _ => return None,
     };
@@ -142,6 +212,7 @@ fn fields(body: &[u8]) -> Option<Fields> {
     Some(Fields {
         id,
         time,
+        token,
         from: SocketAddr::new(ip, port),
         text_at: rest + 2,
     })
@@ -152,6 +223,8 @@ fn fields(body: &[u8]) -> Option<Fields> {
 pub(super) struct Record {
     pub(super) id: MessageId,
     pub(super) time: Timestamp,
+    /// The `5:` publish token it was stored under, if any.
+    pub(super) token: Option<PublishToken>,
     pub(super) from: SocketAddr,
     /// Where the text starts, counted from the record's start.
     pub(super) text_at: usize,
@@ -198,10 +271,11 @@ fn check(bytes: &[u8]) -> Result<Check, usize> {
     if crc32c::crc32c(body) != header.body_crc {
         return Ok(Check::Damaged);
     }
-    Ok(match fields(body) {
+    Ok(match fields(body, header.v2) {
         Some(f) => Check::Valid(Record {
             id: f.id,
             time: f.time,
+            token: f.token,
             from: f.from,
             text_at: RECORD_HEADER + f.text_at,
             len,
@@ -235,7 +309,7 @@ pub(super) fn record_at(window: &mut Window<'_>, offset: u64) -> io::Result<Chec
 /// through [`record_at`] and checks the body.
 pub(super) fn entry_len(head: &[u8]) -> Option<usize> {
     let header = header(head)?;
-    let f = fields(head.get(RECORD_HEADER..)?)?;
+    let f = fields(head.get(RECORD_HEADER..)?, header.v2)?;
     let text_len = header.body_len.checked_sub(f.text_at)?;
     let entry = mboard_protocol::Entry {
         time: f.time,
@@ -299,22 +373,46 @@ impl<'f> Window<'f> {
 mod tests {
     use super::*;
 
+    const TOKEN: PublishToken =
+        PublishToken(Uuid::from_u128(0x0b7f5d2e_8c4a_4f1e_9d3b_6a2c1e0f9b8d));
+
+    fn from() -> SocketAddr {
+        SocketAddr::from(([0xfe80, 0, 0, 0, 0, 0, 0, 1], 443))
+    }
+
     fn record(text: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        let from = SocketAddr::from(([0xfe80, 0, 0, 0, 0, 0, 0, 1], 443));
-        encode_record(&mut out, MessageId(7), Timestamp(42), from, text);
+        encode_record(
+            &mut out,
+            MessageId(7),
+            Timestamp(42),
+            from(),
+            Some(TOKEN),
+            text,
+        );
         out
+    }
+
+    fn valid(bytes: &[u8]) -> Record {
+        match check(bytes) {
+            Ok(Check::Valid(r)) => r,
+            other => panic!("not valid: {other:?}"),
+        }
     }
 
     #[test]
     fn an_encoded_record_checks_as_valid_and_sizes_its_entry() {
         let bytes = record(b"some text");
-        let Ok(Check::Valid(r)) = check(&bytes) else {
-            panic!("valid")
-        };
+        let r = valid(&bytes);
         assert_eq!(
-            (r.id, r.time, r.len),
-            (MessageId(7), Timestamp(42), bytes.len())
+            (r.id, r.time, r.token, r.from, r.len),
+            (
+                MessageId(7),
+                Timestamp(42),
+                Some(TOKEN),
+                from(),
+                bytes.len()
+            )
         );
         assert_eq!(&bytes[r.text_at..r.len], b"some text");
         let entry = mboard_protocol::Entry {
@@ -323,6 +421,29 @@ mod tests {
             text: Bytes::from_static(b"some text"),
         };
         assert_eq!(entry_len(&bytes), Some(entry.encoded_len()));
+        // The widest record's fields fit in what sizing reads.
+        assert_eq!(r.text_at, RECORD_HEAD);
+    }
+
+    #[test]
+    fn records_without_a_token_and_version_1_records_read_alike() {
+        let v4 = SocketAddr::from(([10, 1, 2, 3], 9));
+        let mut plain = Vec::new();
+        encode_record(&mut plain, MessageId(1), Timestamp(5), v4, None, b"text");
+        let mut old = Vec::new();
+        encode_record_v1(&mut old, MessageId(1), Timestamp(5), v4, b"text");
+        assert_eq!(&old[..4], b"MBR1");
+        assert_eq!(&plain[..4], b"MBR2");
+        assert_eq!(old.len() + 1, plain.len(), "one flags byte more");
+        for bytes in [&plain, &old] {
+            let r = valid(bytes);
+            assert_eq!(
+                (r.id, r.time, r.token, r.from),
+                (MessageId(1), Timestamp(5), None, v4)
+            );
+            assert_eq!(&bytes[r.text_at..], b"text");
+            assert_eq!(entry_len(bytes), entry_len(&plain));
+        }
     }
 
     #[test]
@@ -330,7 +451,16 @@ mod tests {
         let bytes = record(b"text");
         assert_eq!(check(&bytes[..5]), Err(RECORD_HEADER));
         assert_eq!(check(&bytes[..RECORD_HEADER]), Err(bytes.len()));
-        for i in [0, 5, 9, RECORD_HEADER + 1, bytes.len() - 1] {
+        // A byte of the token is covered by the body checksum like any other.
+        for i in [
+            0,
+            3,
+            5,
+            9,
+            RECORD_HEADER + 1,
+            RECORD_HEADER + 20,
+            bytes.len() - 1,
+        ] {
             let mut bad = bytes.clone();
             bad[i] ^= 0x20;
             assert_eq!(check(&bad), Ok(Check::Damaged), "byte {i}");
@@ -339,12 +469,27 @@ mod tests {
 
     #[test]
     fn a_checksummed_body_that_does_not_decode_is_malformed_not_damaged() {
-        let mut bytes = record(b"text");
-        // Family byte 5, with the body checksum recomputed to match.
-        bytes[RECORD_HEADER + 16] = 5;
-        let crc = crc32c::crc32c(&bytes[RECORD_HEADER..]);
-        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(check(&bytes), Ok(Check::Malformed));
+        let resealed = |at: usize, value: u8| {
+            let mut bytes = record(b"text");
+            bytes[at] = value;
+            let crc = crc32c::crc32c(&bytes[RECORD_HEADER..]);
+            bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+            check(&bytes)
+        };
+        // An unknown flag bit; family byte 5 (after the flags and the token).
+        assert_eq!(resealed(RECORD_HEADER + 16, 3), Ok(Check::Malformed));
+        assert_eq!(resealed(RECORD_HEADER + 33, 5), Ok(Check::Malformed));
         assert!(Check::Malformed.is_intact() && !Check::Damaged.is_intact());
+    }
+
+    #[test]
+    fn file_headers_name_their_version() {
+        let header = file_header();
+        assert_eq!(file_version(&header), Some(VERSION));
+        let mut old = header;
+        old[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(file_version(&old), Some(1));
+        old[0] = b'X';
+        assert_eq!(file_version(&old), None);
     }
 }

@@ -6,6 +6,11 @@
 //!
 //! Memory holds 16 bytes a message (its offset and a running size sum); texts are read back
 //! with positioned reads, and the page cache does the caching.
+//!
+//! `5:` tokens are part of their records, so start-up rebuilds the token table from the
+//! records inside the window, and the writer resolves each token in the table only once its
+//! record is written (and synced): a resend never learns an id that a crash could take back,
+//! and a crash between the write and the reply leaves the token remembered.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -15,19 +20,22 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use mboard_protocol::{Entry, Message, MessageId};
+use mboard_protocol::{Entry, Message, MessageId, PublishToken, Timestamp};
 use prometheus_client::registry::Registry;
 use tracing::info;
 
 use super::sums::Sums;
-use super::{Board, BoardError, Span};
+use super::tokens::{TokenCounts, TokenLimits, Tokens};
+use super::{Board, BoardError, Published, Span};
 use error::io_at;
-use format::{Check, MAX_TEXT, RECORD_HEAD, Window, record_at};
+use format::{Check, MAX_TEXT, RECORD_HEAD, VERSION, VERSION_AT, Window, record_at};
 
 mod error;
+#[cfg(test)]
+mod exactly_once;
 mod format;
 mod recovery;
 #[cfg(test)]
@@ -107,6 +115,8 @@ impl Index {
 pub struct Journal {
     index: Arc<RwLock<Index>>,
     reader: File,
+    /// Tokens of `5:` publishes inside the window; the writer resolves them.
+    tokens: Tokens,
     /// Declared before the lock, so the writer finishes before the lock is released.
     writer: writer::Handle,
     /// Held for the journal's lifetime; the OS releases the lock when the process dies.
@@ -114,8 +124,12 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal in `config.dir`, replays it and starts the writer.
-    pub fn open(config: &JournalConfig) -> Result<(Journal, Recovery), JournalError> {
+    /// Opens (or creates) the journal in `config.dir`, replays it (upgrading an older
+    /// format), rebuilds the token table within `limits` and starts the writer.
+    pub fn open(
+        config: &JournalConfig,
+        limits: TokenLimits,
+    ) -> Result<(Journal, Recovery), JournalError> {
         let started = Instant::now();
         let dir = &config.dir;
         fs::create_dir_all(dir).map_err(io_at(dir))?;
@@ -129,19 +143,29 @@ impl Journal {
             .append(true)
             .open(&path)
             .map_err(io_at(&path))?;
-        let (index, torn) = recovery::recover(&file, &path)?;
+        let tokens = Tokens::new(limits);
+        let now = Timestamp::from_system_time(SystemTime::now());
+        let recovered = recovery::recover(&file, &path, &mut tokens.table(), now)?;
+        let index = recovered.index;
         let recovery = Recovery {
             messages: index.sums.len(),
-            torn,
+            torn: recovered.torn,
+            format: recovered.format,
+            tokens: tokens.table().counts().held,
         };
         info!(
             journal = %path.display(),
+            format = recovery.format,
             messages = recovery.messages,
+            tokens = recovery.tokens,
             bytes = index.end,
             fsync = %config.fsync,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "journal replayed"
         );
+        if recovered.format < VERSION {
+            upgrade(&path, recovered.format)?;
+        }
         let reader = file.try_clone().map_err(io_at(&path))?;
         let index = Arc::new(RwLock::new(index));
         let writer = writer::Handle::start(file, index.clone(), config.fsync, path.clone())
@@ -149,6 +173,7 @@ impl Journal {
         let journal = Journal {
             index,
             reader,
+            tokens,
             writer,
             _lock: lock,
         };
@@ -242,6 +267,32 @@ fn lock(dir: &Path) -> Result<File, JournalError> {
     }
 }
 
+/// Rewrites the header of a journal of format `from` to say the current version, durably,
+/// before the writer appends its first record of the current format.
+///
+/// Records are never rewritten: the new server reads the old ones as they are. The header
+/// matters to the servers before it, which would otherwise cut the new records off as a
+/// torn tail; with it they refuse the file and say why. The version is 4 bytes inside the
+/// first sector, so a crash leaves either version, and this server reads both.
+fn upgrade(path: &Path, from: u32) -> Result<(), JournalError> {
+    // The journal's own handle appends, and a positioned write through O_APPEND lands at
+    // the end on Linux: the header is rewritten through a handle of its own.
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_at(path))?;
+    file.write_all_at(&VERSION.to_le_bytes(), VERSION_AT)
+        .and_then(|()| file.sync_data())
+        .map_err(io_at(path))?;
+    info!(
+        journal = %path.display(),
+        from,
+        to = VERSION,
+        "journal format upgraded: old records are read as they are, new ones carry publish tokens; servers before version {VERSION} will refuse this file"
+    );
+    Ok(())
+}
+
 /// Creates an empty journal durably: header written, file and directory synced.
 fn create(path: &Path, dir: &Path) -> Result<(), JournalError> {
     // Written under a temporary name and renamed, so a crash never leaves a headerless file.
@@ -269,7 +320,30 @@ impl Board for Journal {
         if text.len() > MAX_TEXT {
             return Err(JournalError::TooLarge.into());
         }
-        Ok(self.writer.publish(from, text).await?)
+        Ok(self.writer.publish(from, text, None).await?)
+    }
+
+    async fn publish_once(
+        &self,
+        from: SocketAddr,
+        token: PublishToken,
+        text: Bytes,
+    ) -> Result<Published, BoardError> {
+        if text.len() > MAX_TEXT {
+            return Err(JournalError::TooLarge.into());
+        }
+        let claimed = match self.tokens.claim(token).await {
+            Ok(claimed) => claimed,
+            Err(id) => return Ok(Published::Duplicate(id)),
+        };
+        // The writer resolves the claim once the record is durable; if the publish fails
+        // anywhere on the way, the claim is dropped, which abandons the token.
+        let id = self.writer.publish(from, text, Some(claimed)).await?;
+        Ok(Published::Stored(id))
+    }
+
+    fn tokens(&self) -> Option<TokenCounts> {
+        Some(self.tokens.counts())
     }
 
     fn get(&self, id: MessageId) -> Result<Option<Entry>, BoardError> {
@@ -284,6 +358,10 @@ impl Board for Journal {
         Ok(self.index()?.sums.span(n))
     }
 
+    fn span_after(&self, after: MessageId, max: u64) -> Result<Span, BoardError> {
+        Ok(self.index()?.sums.span_after(after.0, max))
+    }
+
     fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError> {
         self.read(span.start, span.count)
     }
@@ -294,13 +372,13 @@ mod tests {
     use std::fs::OpenOptions;
 
     use super::format::FILE_HEADER;
-    use super::testing::{TEXTS, TempDir, all, from, publish_all, runtime};
+    use super::testing::{TEXTS, TempDir, all, from, open, publish_all, runtime};
     use super::*;
 
     #[test]
     fn entry_lengths_come_from_the_record_start_and_match_the_entries() {
         let dir = TempDir::new();
-        let (j, _) = Journal::open(&dir.config(Fsync::Never)).expect("open");
+        let (j, _) = open(&dir, Fsync::Never).expect("open");
         let big = vec![b'b'; 100_000];
         let mut texts: Vec<&[u8]> = TEXTS.to_vec();
         texts.push(&big);
@@ -326,12 +404,14 @@ mod tests {
     fn messages_survive_reopening_and_ids_continue() {
         let dir = TempDir::new();
         let before = {
-            let (j, rec) = Journal::open(&dir.config(Fsync::Always)).expect("open");
+            let (j, rec) = open(&dir, Fsync::Always).expect("open");
             assert_eq!(
                 rec,
                 Recovery {
                     messages: 0,
-                    torn: None
+                    torn: None,
+                    format: 2,
+                    tokens: 0
                 }
             );
             assert_eq!(
@@ -340,12 +420,14 @@ mod tests {
             );
             all(&j)
         };
-        let (j, rec) = Journal::open(&dir.config(Fsync::Never)).expect("reopen");
+        let (j, rec) = open(&dir, Fsync::Never).expect("reopen");
         assert_eq!(
             rec,
             Recovery {
                 messages: 4,
-                torn: None
+                torn: None,
+                format: 2,
+                tokens: 0
             }
         );
         assert_eq!(all(&j), before);
@@ -367,7 +449,7 @@ mod tests {
     #[test]
     fn spans_size_replies_exactly() {
         let dir = TempDir::new();
-        let (j, _) = Journal::open(&dir.config(Fsync::Never)).expect("open");
+        let (j, _) = open(&dir, Fsync::Never).expect("open");
         let texts: Vec<Vec<u8>> = (0..30).map(|i| vec![b'x'; i * 7]).collect();
         let refs: Vec<&[u8]> = texts.iter().skip(1).map(Vec::as_slice).collect();
         publish_all(&j, &refs);
@@ -384,8 +466,8 @@ mod tests {
     #[test]
     fn a_second_server_cannot_open_the_same_directory() {
         let dir = TempDir::new();
-        let (_first, _) = Journal::open(&dir.config(Fsync::Always)).expect("open");
-        let err = Journal::open(&dir.config(Fsync::Always)).expect_err("locked");
+        let (_first, _) = open(&dir, Fsync::Always).expect("open");
+        let err = open(&dir, Fsync::Always).expect_err("locked");
         assert!(matches!(err, JournalError::Locked { .. }), "{err}");
         assert!(
             err.to_string().contains("in use by another mboard-server"),
@@ -396,13 +478,13 @@ mod tests {
     #[test]
     fn a_record_damaged_after_start_up_reads_as_an_error() {
         let dir = TempDir::new();
-        let (j, _) = Journal::open(&dir.config(Fsync::Always)).expect("open");
+        let (j, _) = open(&dir, Fsync::Always).expect("open");
         publish_all(&j, &TEXTS);
         let f = OpenOptions::new()
             .write(true)
             .open(dir.journal())
             .expect("open");
-        f.write_all_at(b"X", FILE_HEADER + 16 + 23).expect("damage");
+        f.write_all_at(b"X", FILE_HEADER + 16 + 24).expect("damage");
         let err = j.get(MessageId(0)).expect_err("damaged");
         let BoardError::Storage(e) = &err else {
             panic!("{err}")

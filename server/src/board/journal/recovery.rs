@@ -1,4 +1,5 @@
-//! Start-up: every record is read once to rebuild the index.
+//! Start-up: every record is read once to rebuild the index, and the token table from the
+//! records whose publish is still inside the deduplication window.
 //!
 //! At the first damaged record the rest of the file is searched for an intact record: if
 //! there is one, the damage is corruption and start-up stops with the offset, writing
@@ -10,11 +11,15 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use mboard_protocol::Timestamp;
 use tracing::warn;
 
 use super::Index;
 use super::error::{JournalError, io_at};
-use super::format::{self, Check, FILE_HEADER, RECORD_HEADER, VERSION, Window, record_at};
+use super::format::{
+    self, Check, FILE_HEADER, OLDEST_VERSION, RECORD_HEADER, VERSION, Window, record_at,
+};
+use crate::board::tokens::TokenTable;
 
 /// Start-up reads the file this many bytes at a time.
 const CHUNK: usize = 1 << 20;
@@ -35,15 +40,41 @@ pub struct Recovery {
     pub messages: u64,
     /// The torn tail that was cut off, if any.
     pub torn: Option<Torn>,
+    /// The format version the file declared when it was opened (it is upgraded to the
+    /// current one before anything is written).
+    pub format: u32,
+    /// Publish tokens remembered from records inside the deduplication window.
+    pub tokens: usize,
 }
 
-/// Reads the whole journal into an index, cutting off a torn tail and refusing corruption.
-pub(super) fn recover(file: &File, path: &Path) -> Result<(Index, Option<Torn>), JournalError> {
+/// What [`recover`] rebuilt.
+pub(super) struct Recovered {
+    pub(super) index: Index,
+    pub(super) torn: Option<Torn>,
+    pub(super) format: u32,
+}
+
+/// Reads the whole journal into an index, cutting off a torn tail and refusing corruption;
+/// tokens of records within the window at `now` go into `tokens`.
+pub(super) fn recover(
+    file: &File,
+    path: &Path,
+    tokens: &mut TokenTable,
+    now: Timestamp,
+) -> Result<Recovered, JournalError> {
     let len = file.metadata().map_err(io_at(path))?.len();
-    check_file_header(file, len, path)?;
-    let (index, damaged) = index_records(file, len, path)?;
+    let format = check_file_header(file, len, path)?;
+    let (index, damaged) = index_records(file, len, path, &mut |record| {
+        if let Some(token) = record.token {
+            tokens.restore(token, record.id, record.time, now);
+        }
+    })?;
     let Some(at) = damaged else {
-        return Ok((index, None));
+        return Ok(Recovered {
+            index,
+            torn: None,
+            format,
+        });
     };
     if let Some(valid) = find_record_after(file, at + 1, len).map_err(io_at(path))? {
         return Err(JournalError::Corrupt {
@@ -59,11 +90,16 @@ pub(super) fn recover(file: &File, path: &Path) -> Result<(Index, Option<Torn>),
         dropped: len - at,
     };
     cut(file, path, torn)?;
-    Ok((index, Some(torn)))
+    Ok(Recovered {
+        index,
+        torn: Some(torn),
+        format,
+    })
 }
 
-/// Refuses a file that is not a journal of this server's format.
-fn check_file_header(file: &File, len: u64, path: &Path) -> Result<(), JournalError> {
+/// The file's format version; refuses a file that is not a journal of a format this
+/// server reads.
+fn check_file_header(file: &File, len: u64, path: &Path) -> Result<u32, JournalError> {
     let mut header = [0u8; FILE_HEADER as usize];
     let version = if len < FILE_HEADER || file.read_exact_at(&mut header, 0).is_err() {
         None
@@ -71,7 +107,7 @@ fn check_file_header(file: &File, len: u64, path: &Path) -> Result<(), JournalEr
         format::file_version(&header)
     };
     match version {
-        Some(VERSION) => Ok(()),
+        Some(v) if (OLDEST_VERSION..=VERSION).contains(&v) => Ok(v),
         Some(found) => Err(JournalError::Version {
             path: path.to_path_buf(),
             found,
@@ -82,11 +118,17 @@ fn check_file_header(file: &File, len: u64, path: &Path) -> Result<(), JournalEr
     }
 }
 
-/// Indexes the records in order, up to the first damaged one, whose offset it returns.
+/// Indexes the records in order, up to the first damaged one, whose offset it returns;
+/// `each` sees every record indexed.
 ///
 /// A record that is intact but does not fit (an undecodable body, an id out of order) was
 /// written whole by something other than this server, so it is corruption, not a torn tail.
-fn index_records(file: &File, len: u64, path: &Path) -> Result<(Index, Option<u64>), JournalError> {
+fn index_records(
+    file: &File,
+    len: u64,
+    path: &Path,
+    each: &mut dyn FnMut(&format::Record),
+) -> Result<(Index, Option<u64>), JournalError> {
     let corrupt = |offset, reason| JournalError::Corrupt {
         path: path.to_path_buf(),
         offset,
@@ -110,6 +152,7 @@ fn index_records(file: &File, len: u64, path: &Path) -> Result<(Index, Option<u6
             return Err(corrupt(offset, reason));
         }
         index.push(offset, record.reply_len());
+        each(&record);
         offset += record.len as u64;
     }
     index.end = offset;
@@ -149,8 +192,8 @@ mod tests {
 
     use mboard_protocol::MessageId;
 
-    use super::super::testing::{TEXTS, TempDir, all, publish_all, published};
-    use super::super::{Fsync, Journal};
+    use super::super::Fsync;
+    use super::super::testing::{TEXTS, TempDir, all, open, publish_all, published};
     use super::*;
 
     #[test]
@@ -164,7 +207,7 @@ mod tests {
         f.write_all(b"MBR1 half a record from a dying server")
             .expect("append");
         drop(f);
-        let (j, rec) = Journal::open(&dir.config(Fsync::Always)).expect("repaired");
+        let (j, rec) = open(&dir, Fsync::Always).expect("repaired");
         assert_eq!(
             rec,
             Recovery {
@@ -172,7 +215,9 @@ mod tests {
                 torn: Some(Torn {
                     offset: len,
                     dropped: 38
-                })
+                }),
+                format: 2,
+                tokens: 0
             }
         );
         assert_eq!(
@@ -188,7 +233,8 @@ mod tests {
     fn a_record_cut_short_is_a_torn_tail() {
         let dir = TempDir::new();
         let len = published(&dir);
-        let last_record = (RECORD_HEADER + 8 + 8 + 1 + 4 + 2 + 4) as u64;
+        // Header, id, time, flags, family, IPv4 address, port, "last".
+        let last_record = (RECORD_HEADER + 8 + 8 + 1 + 1 + 4 + 2 + 4) as u64;
         for cut in [len - 1, len - 10, len - last_record + 3] {
             let f = OpenOptions::new()
                 .write(true)
@@ -196,7 +242,7 @@ mod tests {
                 .expect("open");
             f.set_len(cut).expect("cut");
             drop(f);
-            let (j, rec) = Journal::open(&dir.config(Fsync::Always)).expect("repaired");
+            let (j, rec) = open(&dir, Fsync::Always).expect("repaired");
             let torn = rec.torn.expect("torn");
             assert_eq!(
                 (rec.messages, torn.offset, torn.dropped),
@@ -211,7 +257,7 @@ mod tests {
             );
             drop(j);
             // Put the fourth back for the next cut.
-            let (j, _) = Journal::open(&dir.config(Fsync::Always)).expect("open");
+            let (j, _) = open(&dir, Fsync::Always).expect("open");
             publish_all(&j, &[b"last"]);
         }
     }
@@ -238,7 +284,7 @@ mod tests {
             v
         };
         let before = listing(&dir.0);
-        let err = Journal::open(&dir.config(Fsync::Always)).expect_err("corruption");
+        let err = open(&dir, Fsync::Always).expect_err("corruption");
         let JournalError::Corrupt { path, offset, .. } = &err else {
             panic!("{err}")
         };
@@ -254,8 +300,8 @@ mod tests {
 
     #[test]
     fn a_flipped_text_byte_in_the_middle_stops_start_up() {
-        // The first record's text starts 16 + 8 + 8 + 1 + 4 + 2 bytes after the file header.
-        flipped_byte_is_refused(|_| FILE_HEADER + 16 + 23 + 3);
+        // The first record's text starts 16 + 8 + 8 + 1 + 1 + 4 + 2 bytes after the file header.
+        flipped_byte_is_refused(|_| FILE_HEADER + 16 + 24 + 3);
     }
 
     #[test]
@@ -270,16 +316,21 @@ mod tests {
         fs::create_dir_all(&dir.0).expect("dir");
         fs::write(dir.journal(), b"not a journal at all").expect("write");
         assert!(matches!(
-            Journal::open(&dir.config(Fsync::Always)),
+            open(&dir, Fsync::Always),
             Err(JournalError::NotAJournal { .. })
         ));
         // A journal's header but for the version.
         let mut header = format::file_header();
-        header[8..12].copy_from_slice(&2u32.to_le_bytes());
+        header[8..12].copy_from_slice(&3u32.to_le_bytes());
         fs::write(dir.journal(), header).expect("write");
-        let err = Journal::open(&dir.config(Fsync::Always)).expect_err("version");
+        let err = open(&dir, Fsync::Always).expect_err("version");
         assert!(
-            matches!(err, JournalError::Version { found: 2, .. }),
+            matches!(err, JournalError::Version { found: 3, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("this server reads versions 1 to 2"),
             "{err}"
         );
     }
@@ -291,7 +342,7 @@ mod tests {
             .enumerate()
             .map(|(i, &n)| vec![b'a' + i as u8; n])
             .collect();
-        let (j, _) = Journal::open(&dir.config(Fsync::Never)).expect("open");
+        let (j, _) = open(dir, Fsync::Never).expect("open");
         let refs: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
         publish_all(&j, &refs);
         texts
@@ -301,12 +352,14 @@ mod tests {
     fn records_larger_than_a_chunk_replay_whole() {
         let dir = TempDir::new();
         let texts = publish_across_chunks(&dir);
-        let (j, rec) = Journal::open(&dir.config(Fsync::Never)).expect("reopen");
+        let (j, rec) = open(&dir, Fsync::Never).expect("reopen");
         assert_eq!(
             rec,
             Recovery {
                 messages: 4,
-                torn: None
+                torn: None,
+                format: 2,
+                tokens: 0
             }
         );
         let read: Vec<Vec<u8>> = all(&j).iter().map(|m| m.entry.text.to_vec()).collect();
@@ -321,7 +374,7 @@ mod tests {
         // The first record's text: the next intact record starts about a chunk later.
         bytes[FILE_HEADER as usize + 40] ^= 0x20;
         fs::write(dir.journal(), &bytes).expect("write");
-        let err = Journal::open(&dir.config(Fsync::Always)).expect_err("corruption");
+        let err = open(&dir, Fsync::Always).expect_err("corruption");
         assert!(
             matches!(
                 err,

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use bytes::Bytes;
 use mboard_protocol::{Message, MessageId};
 
-use super::{Fsync, JOURNAL_FILE, Journal, JournalConfig};
-use crate::board::Board;
+use super::{Fsync, JOURNAL_FILE, Journal, JournalConfig, JournalError, Recovery};
+use crate::board::{Board, TokenLimits};
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub(super) struct TempDir(pub(super) PathBuf);
@@ -39,6 +39,11 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
+}
+
+/// Opens the journal in `dir` with the default token limits.
+pub(super) fn open(dir: &TempDir, fsync: Fsync) -> Result<(Journal, Recovery), JournalError> {
+    Journal::open(&dir.config(fsync), TokenLimits::default())
 }
 
 pub(super) fn runtime() -> tokio::runtime::Runtime {
@@ -74,7 +79,7 @@ pub(super) const TEXTS: [&[u8]; 4] = [b"Hello world!", b"a:b:c", b"\x00\xff bina
 
 /// A journal in `dir` holding [`TEXTS`], closed again; returns the file's length.
 pub(super) fn published(dir: &TempDir) -> u64 {
-    let (j, _) = Journal::open(&dir.config(Fsync::Always)).expect("open");
+    let (j, _) = open(dir, Fsync::Always).expect("open");
     publish_all(&j, &TEXTS);
     fs::metadata(dir.journal()).expect("meta").len()
 }

@@ -2,6 +2,11 @@
 //!
 //! Publishes queue for one thread that appends them in batches, one write (and one fsync
 //! under `--fsync always`) a batch, so the disk's latency is shared by everyone waiting.
+//!
+//! A `5:` publish brings its claimed token along; the writer resolves it in the token table
+//! after the batch is written (and synced) and indexed, before anyone is answered, so the
+//! table never holds an id that is not durable. A publish that fails drops its claim,
+//! which abandons the token.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -23,6 +28,7 @@ use tracing::warn;
 use super::error::JournalError;
 use super::format::encode_record;
 use super::{Fsync, Index};
+use crate::board::tokens::Claimed;
 
 /// A batch stops growing past this many bytes (one record may exceed it on its own).
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -33,6 +39,8 @@ const QUEUE: usize = 8_192;
 struct Pending {
     from: SocketAddr,
     text: Bytes,
+    /// The token of a `5:` publish, claimed in the table and resolved once durable.
+    claim: Option<Claimed>,
     reply: oneshot::Sender<Result<MessageId, JournalError>>,
 }
 
@@ -41,6 +49,7 @@ impl std::fmt::Debug for Pending {
         f.debug_struct("Pending")
             .field("from", &self.from)
             .field("len", &self.text.len())
+            .field("token", &self.claim.as_ref().map(Claimed::token))
             .finish()
     }
 }
@@ -116,16 +125,24 @@ impl Handle {
         })
     }
 
-    /// Queues a publish and waits until it is stored (and synced, under `always`).
+    /// Queues a publish and waits until it is stored (and synced, under `always`); its
+    /// `claim`, if any, is resolved before this returns.
     pub(super) async fn publish(
         &self,
         from: SocketAddr,
         text: Bytes,
+        claim: Option<Claimed>,
     ) -> Result<MessageId, JournalError> {
         let queue = self.queue.as_ref().ok_or(JournalError::Closed)?;
         let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            from,
+            text,
+            claim,
+            reply,
+        };
         queue
-            .send(Pending { from, text, reply })
+            .send(pending)
             .await
             .map_err(|_| JournalError::Closed)?;
         answer.await.map_err(|_| JournalError::Closed)?
@@ -184,6 +201,8 @@ struct Encoded {
     end: u64,
     /// Each record's offset and `4:` record length.
     entries: Vec<(u64, u64)>,
+    /// Each record's time.
+    times: Vec<Timestamp>,
 }
 
 impl Writer {
@@ -231,6 +250,7 @@ impl Writer {
         };
         buf.clear();
         let mut entries = Vec::with_capacity(batch.len());
+        let mut times = Vec::with_capacity(batch.len());
         for (i, p) in batch.iter().enumerate() {
             let id = MessageId(first_id + i as u64);
             let time = Timestamp::from_system_time(SystemTime::now());
@@ -238,12 +258,15 @@ impl Writer {
                 end + buf.len() as u64,
                 Message::record_len_of(id, time, p.from, p.text.len()) as u64,
             ));
-            encode_record(buf, id, time, p.from, &p.text);
+            times.push(time);
+            let token = p.claim.as_ref().map(Claimed::token);
+            encode_record(buf, id, time, p.from, token, &p.text);
         }
         Encoded {
             first_id,
             end,
             entries,
+            times,
         }
     }
 
@@ -265,6 +288,9 @@ impl Writer {
     fn publish(&mut self, encoded: Encoded, batch: &mut Vec<Pending>, written: u64) {
         let Ok(mut index) = self.index.write() else {
             self.broken = true;
+            for p in batch.drain(..) {
+                let _ = p.reply.send(Err(JournalError::Unwritable));
+            }
             return;
         };
         for (offset, record_len) in encoded.entries {
@@ -276,8 +302,13 @@ impl Writer {
         self.metrics.commits.inc();
         self.metrics.records.inc_by(batch.len() as u64);
         self.metrics.set_bytes(end);
-        for (i, p) in batch.drain(..).enumerate() {
-            let _ = p.reply.send(Ok(MessageId(encoded.first_id + i as u64)));
+        for ((i, p), time) in batch.drain(..).enumerate().zip(encoded.times) {
+            let id = MessageId(encoded.first_id + i as u64);
+            // Durable and indexed: a resend may now be told this id.
+            if let Some(claim) = p.claim {
+                claim.published(id, time);
+            }
+            let _ = p.reply.send(Ok(id));
         }
     }
 
@@ -297,15 +328,14 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Journal;
-    use super::super::testing::{TempDir, from};
+    use super::super::testing::{TempDir, from, open};
     use super::*;
     use crate::board::Board;
 
     #[test]
     fn concurrent_publishes_share_commits_and_get_distinct_ids() {
         let dir = TempDir::new();
-        let (j, _) = Journal::open(&dir.config(Fsync::Always)).expect("open");
+        let (j, _) = open(&dir, Fsync::Always).expect("open");
         let j = Arc::new(j);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -7,24 +7,32 @@
 //! loop). Time comes in as an argument, so the handler runs the same under the UDP driver
 //! and in tests without sockets.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mboard_protocol::{
-    BoardRequest, ErrorCode, Request, RequestKind, Response, SessionId, encode_ids, ids_reply_len,
+    BoardRequest, ErrorCode, PublishToken, Request, Response, SessionId, encode_ids, ids_reply_len,
     messages_reply_len,
 };
 use tracing::{debug, warn};
 
-use crate::board::{Board, BoardError};
+use crate::board::{Board, BoardError, Published, Span};
 use crate::config::Limits;
 use crate::reply::Reply;
 use crate::session::{Outcome, SessionManager, Stats};
+
+mod answer;
+mod follow;
+#[cfg(test)]
+mod follow_tests;
+#[cfg(test)]
+mod tests;
+
+use answer::offered;
+pub use answer::{Answer, Handled, Waiting};
 
 /// Answers datagrams for one board.
 #[derive(Debug)]
@@ -35,15 +43,10 @@ pub struct Handler<B> {
     limits: Limits,
     /// Messages published through this handler, for metrics.
     publishes: AtomicU64,
-}
-
-/// What [`Handler::handle`] made of one datagram.
-#[derive(Debug)]
-pub struct Handled {
-    /// The request it was, or claimed to be (`None`: not a request at all).
-    pub kind: Option<RequestKind>,
-    /// What to send back.
-    pub answer: Answer,
+    /// `5:` publishes answered with the id their token already had, storing nothing.
+    duplicates: AtomicU64,
+    /// Held `6:` requests, and those a publish or a deadline has made due.
+    follow: follow::Followers,
 }
 
 fn storage_failure(e: &BoardError) -> Reply {
@@ -57,8 +60,10 @@ impl<B: Board> Handler<B> {
         Handler {
             board,
             sessions: Mutex::new(SessionManager::new(limits.clone(), seed)),
+            follow: follow::Followers::new(&limits),
             limits,
             publishes: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
         }
     }
 
@@ -70,6 +75,11 @@ impl<B: Board> Handler<B> {
     /// Messages published (acknowledged) through this handler.
     pub fn publishes(&self) -> u64 {
         self.publishes.load(Ordering::Relaxed)
+    }
+
+    /// `5:` publishes answered from the token table, storing nothing.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
     }
 
     /// How long an idle session lives.
@@ -130,7 +140,7 @@ impl<B: Board> Handler<B> {
         };
         let kind = Some(request.kind());
         let answer = match request {
-            Request::Board(req) => self.execute(now, from, req).await,
+            Request::Board(req) => self.execute(now, from, req, Some(request_len)).await,
             Request::Session(req) => self.session(now, from, req).await,
         };
         let answer = self.limit_amplification(now, from, request_len, answer);
@@ -194,7 +204,9 @@ impl<B: Board> Handler<B> {
         request: Bytes,
     ) -> Answer {
         let answer = match Request::parse(request) {
-            Ok(Request::Board(req)) => self.execute(now, from, req).await,
+            // Inside an upload, `6:` is answered without waiting: the commit's reply is
+            // what every later commit replays.
+            Ok(Request::Board(req)) => self.execute(now, from, req, None).await,
             Ok(Request::Session(_)) => Answer::Reply(Reply::error(
                 ErrorCode::UnknownControl,
                 "not a board request",
@@ -209,11 +221,15 @@ impl<B: Board> Handler<B> {
     }
 
     /// Runs a layer-1 request; a reply too large for a datagram becomes a download.
+    ///
+    /// `hold` is the request datagram's length when a `6:` may be held (not inside an
+    /// upload), for the amplification allowance of the reply that wakes it.
     async fn execute(
         self: &Arc<Self>,
         now: Instant,
         from: SocketAddr,
         req: BoardRequest,
+        hold: Option<usize>,
     ) -> Answer {
         match req {
             // A disk-backed board makes a publish wait for its group commit: that leaves the
@@ -223,6 +239,15 @@ impl<B: Board> Handler<B> {
                 Answer::Wait(Box::pin(async move { this.publish(from, text).await }))
             }
             BoardRequest::Publish(text) => Answer::Reply(self.publish(from, text).await),
+            BoardRequest::PublishOnce { token, text } if self.board.defers_publish() => {
+                let this = self.clone();
+                Answer::Wait(Box::pin(async move {
+                    this.publish_once(from, token, text).await
+                }))
+            }
+            BoardRequest::PublishOnce { token, text } => {
+                Answer::Reply(self.publish_once(from, token, text).await)
+            }
             BoardRequest::Get(id) => self.get(now, from, id),
             BoardRequest::Ids(n) => match self.board.span(n) {
                 Ok(span) => self.sized(
@@ -237,22 +262,62 @@ impl<B: Board> Handler<B> {
                 Err(e) => Answer::Reply(storage_failure(&e)),
             },
             BoardRequest::Last(n) => match self.board.span(n) {
-                Ok(span) => self.sized(
-                    now,
-                    from,
-                    messages_reply_len(span.count, span.records),
-                    move |board, out| board.encode_messages(&span, out),
-                ),
+                Ok(span) => self.messages(now, from, span),
                 Err(e) => Answer::Reply(storage_failure(&e)),
             },
+            BoardRequest::After {
+                after,
+                max,
+                wait_ms,
+            } => self.after(
+                now,
+                from,
+                follow::After {
+                    after,
+                    max,
+                    wait_ms,
+                },
+                hold,
+            ),
         }
+    }
+
+    /// The `4:`-format reply for the messages in `span`.
+    fn messages(self: &Arc<Self>, now: Instant, from: SocketAddr, span: Span) -> Answer {
+        self.sized(
+            now,
+            from,
+            messages_reply_len(span.count, span.records),
+            move |board, out| board.encode_messages(&span, out),
+        )
     }
 
     async fn publish(&self, from: SocketAddr, text: Bytes) -> Reply {
         match self.board.publish(from, text).await {
             Ok(id) => {
                 self.publishes.fetch_add(1, Ordering::Relaxed);
+                self.follow.published(id);
                 Reply::new(&Response::Published(id))
+            }
+            Err(e) => storage_failure(&e),
+        }
+    }
+
+    /// `5:<token>:<text>`: the store decides, atomically, whether the token is new.
+    async fn publish_once(&self, from: SocketAddr, token: PublishToken, text: Bytes) -> Reply {
+        match self.board.publish_once(from, token, text).await {
+            Ok(Published::Stored(id)) => {
+                self.publishes.fetch_add(1, Ordering::Relaxed);
+                self.follow.published(id);
+                Reply::new(&Response::Published(id))
+            }
+            Ok(Published::Duplicate(id)) => {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+                Reply::new(&Response::Published(id))
+            }
+            // A store without a token table answers as a server without `5:` would.
+            Err(BoardError::Unsupported(_)) => {
+                Reply::error(ErrorCode::UnknownControl, "unknown request 5")
             }
             Err(e) => storage_failure(&e),
         }
@@ -320,227 +385,5 @@ impl<B: Board> Handler<B> {
                 }
             }
         }))
-    }
-}
-
-/// The reply to a download offered, or the reason it could not be.
-fn offered(offer: Result<mboard_protocol::Offer, crate::session::SessionError>) -> Reply {
-    match offer {
-        Ok(offer) => Reply::new(&Response::Offer(offer)),
-        Err(e) => e.into(),
-    }
-}
-
-/// A reply that waits for the board (a publish waiting for its group commit).
-pub type Waiting = Pin<Box<dyn Future<Output = Reply> + Send>>;
-
-/// What to send back for one datagram.
-pub enum Answer {
-    /// Nothing (a commit that is already executing: the client's resend gets the reply).
-    Silent,
-    /// This reply, now.
-    Reply(Reply),
-    /// A reply that takes a while to build (a large download): run this away from the
-    /// receive loop, such as on a blocking thread, then send what it returns.
-    Build(Box<dyn FnOnce() -> Reply + Send>),
-    /// A reply that waits for the board: await it in a task of its own, then send it.
-    Wait(Waiting),
-}
-
-impl Answer {
-    /// The reply to send, building or awaiting it here if need be.
-    pub async fn resolve(self) -> Option<Reply> {
-        match self {
-            Answer::Silent => None,
-            Answer::Reply(reply) => Some(reply),
-            Answer::Build(build) => Some(build()),
-            Answer::Wait(wait) => Some(wait.await),
-        }
-    }
-
-    /// The same answer, with `f` applied to its reply whenever that is ready.
-    fn then(self, f: impl FnOnce(Reply) -> Reply + Send + 'static) -> Answer {
-        match self {
-            Answer::Silent => Answer::Silent,
-            Answer::Reply(reply) => Answer::Reply(f(reply)),
-            Answer::Build(build) => Answer::Build(Box::new(move || f(build()))),
-            Answer::Wait(wait) => Answer::Wait(Box::pin(async move { f(wait.await) })),
-        }
-    }
-}
-
-impl std::fmt::Debug for Answer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Answer::Silent => f.write_str("Silent"),
-            Answer::Reply(reply) => f.debug_tuple("Reply").field(reply).finish(),
-            Answer::Build(_) => f.write_str("Build(..)"),
-            Answer::Wait(_) => f.write_str("Wait(..)"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use mboard_protocol::{Entry, Expect, Message, MessageId};
-
-    use super::*;
-    use crate::board::{MemoryBoard, Span};
-
-    fn from() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 5000))
-    }
-
-    fn run<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-            .block_on(f)
-    }
-
-    fn ask<B: Board>(h: &Arc<Handler<B>>, now: Instant, pdu: &[u8]) -> Option<Bytes> {
-        let datagram = Bytes::copy_from_slice(pdu);
-        run(async { h.handle(now, from(), datagram).await.answer.resolve().await })
-            .map(Reply::into_bytes)
-    }
-
-    fn text(reply: Option<Bytes>) -> String {
-        String::from_utf8_lossy(&reply.expect("a reply")).into_owned()
-    }
-
-    /// A board whose storage always fails.
-    struct Broken;
-
-    impl Board for Broken {
-        async fn publish(&self, _: SocketAddr, _: Bytes) -> Result<MessageId, BoardError> {
-            Err(BoardError::Storage("disk on fire".into()))
-        }
-        fn get(&self, _: MessageId) -> Result<Option<Entry>, BoardError> {
-            Err(BoardError::Poisoned)
-        }
-        fn span(&self, _: u64) -> Result<Span, BoardError> {
-            Ok(Span {
-                start: 0,
-                count: 1000,
-                id_digits: mboard_protocol::digits_in_range(0, 1000),
-                records: 100_000,
-            })
-        }
-
-        fn messages(&self, _: &Span) -> Result<Vec<Message>, BoardError> {
-            Err(BoardError::Poisoned)
-        }
-    }
-
-    #[test]
-    fn storage_failures_are_answered_and_release_reservations() {
-        let h = Arc::new(Handler::new(Broken, Limits::default(), 1));
-        let now = Instant::now();
-        assert_eq!(text(ask(&h, now, b"1:x")), "4:storage failure");
-        assert_eq!(text(ask(&h, now, b"3:1")), "4:storage failure");
-        // Sized as a download, then the read fails: the reservation is given back.
-        assert_eq!(text(ask(&h, now, b"4:0")), "4:storage failure");
-        assert_eq!(h.stats().sessions, 0);
-        assert_eq!(h.stats().reserved, 0);
-        // Ids come from the span alone, so listing them needs no read that could fail.
-        assert!(text(ask(&h, now, b"2:0")).starts_with("d:"));
-    }
-
-    #[test]
-    fn assembled_requests_must_be_board_requests() {
-        let h = Arc::new(Handler::new(MemoryBoard::new(), Limits::default(), 1));
-        let now = Instant::now();
-        for (pdu, want) in [
-            (&b"a:1:1"[..], "3:not a board request"),
-            (b"9:x", "3:unknown request 9"),
-            (b"2:x", "1:bad number"),
-            (b"1:", "1:empty text"),
-        ] {
-            let open = ask(&h, now, format!("a:{}:100", pdu.len()).as_bytes()).expect("open");
-            let Ok(Response::Opened { sid, .. }) = Response::parse(open, Expect::Opened) else {
-                panic!("open")
-            };
-            let mut block = format!("b:{sid}:0:").into_bytes();
-            block.extend_from_slice(pdu);
-            ask(&h, now, &block);
-            assert_eq!(text(ask(&h, now, format!("c:{sid}").as_bytes())), want);
-            // The refusal is the committed reply, replayed like any other.
-            assert_eq!(text(ask(&h, now, format!("c:{sid}").as_bytes())), want);
-        }
-    }
-
-    /// A board that counts full reads.
-    struct Counting {
-        inner: MemoryBoard,
-        gets: std::sync::atomic::AtomicU32,
-    }
-
-    impl Board for Counting {
-        async fn publish(&self, from: SocketAddr, text: Bytes) -> Result<MessageId, BoardError> {
-            self.inner.publish(from, text).await
-        }
-        fn get(&self, id: MessageId) -> Result<Option<Entry>, BoardError> {
-            self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.inner.get(id)
-        }
-        fn entry_len(&self, id: MessageId) -> Result<Option<usize>, BoardError> {
-            self.inner.entry_len(id)
-        }
-        fn span(&self, n: u64) -> Result<Span, BoardError> {
-            self.inner.span(n)
-        }
-        fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError> {
-            self.inner.messages(span)
-        }
-    }
-
-    #[test]
-    fn a_large_get_is_sized_before_it_is_read() {
-        let limits = Limits {
-            max_session_memory: 3_000,
-            ..Limits::default()
-        };
-        let board = Counting {
-            inner: MemoryBoard::new(),
-            gets: Default::default(),
-        };
-        let h = Arc::new(Handler::new(board, limits, 1));
-        let now = Instant::now();
-        assert_eq!(
-            text(ask(&h, now, &[b"1:".as_slice(), &[b'x'; 5_000]].concat())),
-            "0:0"
-        );
-        assert_eq!(text(ask(&h, now, b"3:0")), "4:busy");
-        let gets = || h.board().gets.load(std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(gets(), 0, "refused without reading the message");
-        // A reply that fits is read once, when built.
-        assert_eq!(text(ask(&h, now, b"1:small")), "0:1");
-        assert!(text(ask(&h, now, b"3:1")).ends_with(":small"));
-        assert_eq!(gets(), 1);
-    }
-
-    #[test]
-    fn large_replies_become_offers_or_busy() {
-        let limits = Limits {
-            max_session_memory: 10_000,
-            ..Limits::default()
-        };
-        let h = Arc::new(Handler::new(MemoryBoard::new(), limits, 1));
-        let now = Instant::now();
-        assert_eq!(
-            text(ask(&h, now, &[b"1:".as_slice(), &[b'x'; 2000]].concat())),
-            "0:0"
-        );
-        let reply = ask(&h, now, b"3:0").expect("reply");
-        let Ok(Response::Offer(offer)) = Response::parse(reply, Expect::Entry) else {
-            panic!("offer")
-        };
-        assert!(offer.size > 2000 && offer.block_size == 1412, "{offer:?}");
-        for _ in 0..4 {
-            ask(&h, now, &[b"1:".as_slice(), &[b'y'; 2000]].concat());
-        }
-        // Five 2,000-byte messages exceed what is left of the 10,000-byte budget.
-        assert_eq!(text(ask(&h, now, b"4:0")), "4:busy");
-        assert_eq!(h.stats().sessions, 1);
     }
 }

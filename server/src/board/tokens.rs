@@ -1,0 +1,436 @@
+//! The publish-token table behind `5:<token>:<text>`: which tokens published which id.
+//!
+//! [`TokenTable`] is sans-IO: the store feeds it the publisher's wall-clock time (the time
+//! it records with the message), so a table rebuilt from the journal after a restart ages
+//! tokens exactly as the one that was running did. [`Tokens`] shares one table between a
+//! store's publishers and its writer, and hands out [`Claimed`] guards.
+//!
+//! A token is *pending* from the moment its publish is accepted until the store has made it
+//! durable and assigned its id. A second publish of a pending token must neither store the
+//! text again nor be told an id that is not yet durable, so it waits for the first one: it
+//! gets the id once that is durable, or, if that publish failed, tries to publish itself.
+//! Waiting rather than answering nothing matters inside an upload: a commit that answered
+//! nothing would stay executing, and every later commit of its session would go unanswered.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use mboard_protocol::{MessageId, PublishToken, Timestamp};
+use tokio::sync::watch;
+
+/// How long tokens are remembered, and how many at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenLimits {
+    /// A token is remembered for at least this long after its publish (`--dedup-window`).
+    pub window: Duration,
+    /// Tokens remembered at once; past it the oldest are forgotten early (`--max-tokens`).
+    pub max_tokens: usize,
+}
+
+impl Default for TokenLimits {
+    /// Two minutes, 1,048,576 tokens: about 90 MiB when full (docs/OPERATIONS.md).
+    fn default() -> Self {
+        TokenLimits {
+            window: Duration::from_secs(120),
+            max_tokens: 1 << 20,
+        }
+    }
+}
+
+/// What the table knows of a token.
+#[derive(Debug)]
+pub enum Claim {
+    /// Not seen within the window: publish it (the token is now pending).
+    New,
+    /// Its publish is still being stored: the receiver turns `Some(id)` once it is, and
+    /// closes without a value if it failed.
+    Pending(watch::Receiver<Option<MessageId>>),
+    /// Already published as this id: answer with it, store nothing.
+    Published(MessageId),
+}
+
+/// A published token: its id, and when it was published (microseconds since the epoch).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    id: MessageId,
+    at: u64,
+}
+
+/// Tokens published within the window, oldest first, bounded in number; and the tokens
+/// whose publish is under way.
+#[derive(Debug)]
+pub struct TokenTable {
+    window_micros: u64,
+    max_tokens: usize,
+    published: HashMap<PublishToken, Slot>,
+    /// Published tokens in the order they were published, with their time. An entry whose
+    /// token has been published again since (only a restore can do that) is stale: its
+    /// time differs from the slot's, and it is skipped.
+    order: VecDeque<(u64, PublishToken)>,
+    /// Tokens being published, each with the channel its waiting resends listen on. Never
+    /// forgotten early nor by age: the store resolves every one (or drops its guard).
+    pending: HashMap<PublishToken, watch::Sender<Option<MessageId>>>,
+    evicted_early: u64,
+}
+
+/// Counts for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TokenCounts {
+    /// Tokens remembered now (published within the window, or being published).
+    pub held: usize,
+    /// Tokens forgotten before their window ended because the table was full.
+    pub evicted_early: u64,
+}
+
+impl TokenTable {
+    /// An empty table with these limits.
+    pub fn new(limits: TokenLimits) -> Self {
+        TokenTable {
+            window_micros: u64::try_from(limits.window.as_micros()).unwrap_or(u64::MAX),
+            max_tokens: limits.max_tokens.max(1),
+            published: HashMap::new(),
+            order: VecDeque::new(),
+            pending: HashMap::new(),
+            evicted_early: 0,
+        }
+    }
+
+    /// Counts for metrics, as of the last call that was given the time.
+    pub fn counts(&self) -> TokenCounts {
+        TokenCounts {
+            held: self.published.len() + self.pending.len(),
+            evicted_early: self.evicted_early,
+        }
+    }
+
+    /// Looks `token` up at `now`; a token not known within the window becomes pending.
+    pub fn claim(&mut self, token: PublishToken, now: Timestamp) -> Claim {
+        self.expire(now);
+        if let Some(slot) = self.published.get(&token) {
+            return Claim::Published(slot.id);
+        }
+        if let Some(waiters) = self.pending.get(&token) {
+            return Claim::Pending(waiters.subscribe());
+        }
+        self.pending.insert(token, watch::channel(None).0);
+        Claim::New
+    }
+
+    /// The pending `token` was stored as `id` at `at`: remember it, and tell its waiters.
+    pub fn published(&mut self, token: PublishToken, id: MessageId, at: Timestamp) {
+        if let Some(waiters) = self.pending.remove(&token) {
+            waiters.send_replace(Some(id));
+            self.remember(token, id, at.0);
+        }
+    }
+
+    /// The pending `token` could not be stored: forget it, so that a resend (or a waiter)
+    /// may try again.
+    pub fn abandon(&mut self, token: PublishToken) {
+        // Dropping the sender closes the waiters' receivers without a value.
+        self.pending.remove(&token);
+    }
+
+    /// Remembers a token read back from storage (rebuilding the table at start-up), if
+    /// it is still inside the window at `now`. A later record of the same token wins, as
+    /// it did in the server that wrote them.
+    pub fn restore(&mut self, token: PublishToken, id: MessageId, at: Timestamp, now: Timestamp) {
+        if now.0.saturating_sub(at.0) < self.window_micros {
+            self.remember(token, id, at.0);
+        }
+    }
+
+    fn remember(&mut self, token: PublishToken, id: MessageId, at: u64) {
+        while self.published.len() >= self.max_tokens && !self.published.contains_key(&token) {
+            let Some((at, old)) = self.order.pop_front() else {
+                break;
+            };
+            if self.forget(old, at) {
+                self.evicted_early += 1;
+            }
+        }
+        self.published.insert(token, Slot { id, at });
+        self.order.push_back((at, token));
+    }
+
+    /// Forgets `token` if its queue entry at `at` is the live one; says whether it was.
+    fn forget(&mut self, token: PublishToken, at: u64) -> bool {
+        if self.published.get(&token).is_some_and(|s| s.at == at) {
+            self.published.remove(&token);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Forgets published tokens whose window has ended by `now`.
+    pub fn expire(&mut self, now: Timestamp) {
+        while let Some(&(at, token)) = self.order.front() {
+            if now.0.saturating_sub(at) < self.window_micros {
+                break;
+            }
+            self.order.pop_front();
+            self.forget(token, at);
+        }
+    }
+}
+
+/// A store's token table, shared by its publishers and its writer.
+#[derive(Debug, Clone)]
+pub struct Tokens(Arc<Mutex<TokenTable>>);
+
+impl Tokens {
+    /// An empty table with these limits.
+    pub fn new(limits: TokenLimits) -> Self {
+        Tokens(Arc::new(Mutex::new(TokenTable::new(limits))))
+    }
+
+    /// The table, for start-up to restore into.
+    pub fn table(&self) -> MutexGuard<'_, TokenTable> {
+        // The table is consistent between calls, so a panic elsewhere while holding it
+        // must not stop exactly-once publishing.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Claims `token` for a publish: `Ok` to publish it (resolve the guard when stored),
+    /// `Err(id)` if it already published `id`. A publish of it that is under way is
+    /// waited for; if that one fails, this claim tries again.
+    pub async fn claim(&self, token: PublishToken) -> Result<Claimed, MessageId> {
+        loop {
+            let now = Timestamp::from_system_time(SystemTime::now());
+            let claim = self.table().claim(token, now);
+            let mut waiting = match claim {
+                Claim::New => {
+                    return Ok(Claimed {
+                        tokens: self.clone(),
+                        token,
+                        resolved: false,
+                    });
+                }
+                Claim::Published(id) => return Err(id),
+                Claim::Pending(waiting) => waiting,
+            };
+            if let Ok(id) = waiting.wait_for(Option::is_some).await
+                && let Some(id) = *id
+            {
+                return Err(id);
+            }
+        }
+    }
+
+    /// Counts for metrics, forgetting tokens whose window has ended first.
+    pub fn counts(&self) -> TokenCounts {
+        let mut table = self.table();
+        table.expire(Timestamp::from_system_time(SystemTime::now()));
+        table.counts()
+    }
+}
+
+/// A pending token: resolve it with [`Claimed::published`] once its message is stored;
+/// dropping it unresolved (the store failed, the publish was cancelled) abandons it.
+#[derive(Debug)]
+pub struct Claimed {
+    tokens: Tokens,
+    token: PublishToken,
+    resolved: bool,
+}
+
+impl Claimed {
+    /// The token claimed.
+    pub fn token(&self) -> PublishToken {
+        self.token
+    }
+
+    /// Its message was stored (durably) as `id` at `at`.
+    pub fn published(mut self, id: MessageId, at: Timestamp) {
+        self.resolved = true;
+        self.tokens.table().published(self.token, id, at);
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if !self.resolved {
+            self.tokens.table().abandon(self.token);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn token(n: u128) -> PublishToken {
+        PublishToken(Uuid::from_u128(n))
+    }
+
+    fn secs(s: u64) -> Timestamp {
+        Timestamp(s * 1_000_000)
+    }
+
+    fn table(max_tokens: usize) -> TokenTable {
+        TokenTable::new(TokenLimits {
+            window: Duration::from_secs(120),
+            max_tokens,
+        })
+    }
+
+    fn is_new(c: Claim) -> bool {
+        matches!(c, Claim::New)
+    }
+
+    fn published_as(c: Claim) -> Option<u64> {
+        match c {
+            Claim::Published(id) => Some(id.0),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_token_publishes_once_within_its_window() {
+        let mut t = table(100);
+        assert!(is_new(t.claim(token(1), secs(0))));
+        let Claim::Pending(waiter) = t.claim(token(1), secs(0)) else {
+            panic!("a second claim while the first is stored waits")
+        };
+        assert_eq!(*waiter.borrow(), None);
+        t.published(token(1), MessageId(7), secs(1));
+        assert_eq!(*waiter.borrow(), Some(MessageId(7)), "the waiter is told");
+        assert_eq!(published_as(t.claim(token(1), secs(120))), Some(7));
+        // The window counts from the publish (1 s), not from the claim.
+        assert!(is_new(t.claim(token(1), secs(121))));
+    }
+
+    #[test]
+    fn an_abandoned_publish_can_be_retried() {
+        let mut t = table(100);
+        assert!(is_new(t.claim(token(1), secs(0))));
+        let Claim::Pending(waiter) = t.claim(token(1), secs(0)) else {
+            panic!("pending")
+        };
+        t.abandon(token(1));
+        assert!(waiter.has_changed().is_err(), "the waiter sees it closed");
+        assert_eq!(t.counts().held, 0);
+        assert!(is_new(t.claim(token(1), secs(1))));
+        t.published(token(1), MessageId(3), secs(1));
+        // Abandoning a published token changes nothing.
+        t.abandon(token(1));
+        assert_eq!(published_as(t.claim(token(1), secs(2))), Some(3));
+    }
+
+    #[test]
+    fn a_full_table_forgets_the_oldest_early_and_counts_it() {
+        let mut t = table(3);
+        for n in 0..4 {
+            assert!(is_new(t.claim(token(n), secs(n as u64))));
+            t.published(token(n), MessageId(n as u64), secs(n as u64));
+        }
+        assert_eq!(
+            t.counts(),
+            TokenCounts {
+                held: 3,
+                evicted_early: 1
+            }
+        );
+        assert!(
+            is_new(t.claim(token(0), secs(4))),
+            "the oldest was forgotten"
+        );
+        assert_eq!(published_as(t.claim(token(2), secs(4))), Some(2));
+    }
+
+    #[test]
+    fn pending_tokens_are_never_forgotten() {
+        let mut t = table(1);
+        assert!(is_new(t.claim(token(1), secs(0))));
+        for n in 2..10 {
+            assert!(is_new(t.claim(token(n), secs(0))));
+            t.published(token(n), MessageId(n as u64), secs(0));
+        }
+        // Neither by a full table nor by age.
+        assert!(matches!(t.claim(token(1), secs(1_000)), Claim::Pending(_)));
+        t.published(token(1), MessageId(1), secs(1_000));
+        assert_eq!(published_as(t.claim(token(1), secs(1_001))), Some(1));
+    }
+
+    #[test]
+    fn restored_tokens_keep_their_age_and_the_last_record_wins() {
+        let mut t = table(100);
+        let now = secs(1_000);
+        t.restore(token(1), MessageId(1), secs(900), now);
+        t.restore(token(2), MessageId(2), secs(870), now);
+        t.restore(token(3), MessageId(3), secs(890), now);
+        t.restore(token(3), MessageId(4), secs(950), now);
+        assert_eq!(published_as(t.claim(token(1), now)), Some(1));
+        assert!(
+            is_new(t.claim(token(2), now)),
+            "its window ended before the restart"
+        );
+        assert_eq!(published_as(t.claim(token(3), now)), Some(4));
+        // Token 1 was published at 900: forgotten at 1,020. Token 3's stale entry (890)
+        // does not take the live one (950) with it.
+        assert!(is_new(t.claim(token(1), secs(1_020))));
+        assert_eq!(published_as(t.claim(token(3), secs(1_020))), Some(4));
+        assert!(is_new(t.claim(token(3), secs(1_070))));
+    }
+
+    #[test]
+    fn expiry_empties_the_table_without_counting_early_evictions() {
+        let mut t = table(10);
+        for n in 0..10 {
+            assert!(is_new(t.claim(token(n), secs(n as u64))));
+            t.published(token(n), MessageId(n as u64), secs(n as u64));
+        }
+        t.expire(secs(125));
+        assert_eq!(
+            t.counts(),
+            TokenCounts {
+                held: 4,
+                evicted_early: 0
+            }
+        );
+        t.expire(secs(200));
+        assert_eq!(t.counts().held, 0);
+        assert!(t.order.is_empty());
+    }
+
+    /// docs/OPERATIONS.md states the table's memory from these sizes: 32 bytes a token in
+    /// the hash map (plus a control byte and up to half its buckets empty), 24 in the age
+    /// queue; a full default table measured 90 MiB.
+    #[test]
+    fn the_table_costs_what_the_docs_say() {
+        assert_eq!(std::mem::size_of::<(PublishToken, Slot)>(), 32);
+        assert_eq!(std::mem::size_of::<(u64, PublishToken)>(), 24);
+    }
+
+    #[test]
+    fn a_dropped_claim_abandons_and_a_waiter_then_publishes_itself() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let tokens = Tokens::new(TokenLimits::default());
+            let first = tokens.claim(token(1)).await.expect("new");
+            let again = tokens.clone();
+            let waiter =
+                tokio::spawn(async move { again.claim(token(1)).await.map(|c| c.token()) });
+            tokio::task::yield_now().await;
+            assert!(!waiter.is_finished(), "waits while the first is pending");
+            drop(first);
+            assert_eq!(waiter.await.expect("task"), Ok(token(1)), "claims it anew");
+            // That claim was dropped too: the token is free again, and then published.
+            let claimed = tokens.claim(token(1)).await.expect("new");
+            claimed.published(MessageId(5), Timestamp::from_system_time(SystemTime::now()));
+            assert_eq!(tokens.table().counts().held, 1);
+            assert_eq!(
+                tokens.claim(token(1)).await.map(|c| c.token()),
+                Err(MessageId(5))
+            );
+        });
+    }
+}

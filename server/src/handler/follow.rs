@@ -1,0 +1,154 @@
+//! `6:<after>:<max>:<wait>`: reading after an id, and holding the request until there is
+//! something to read.
+//!
+//! The held requests themselves are the sans-IO [`Holds`]; this module ties them to the
+//! board and the driver. No publish is missed between a reader finding nothing and its
+//! request being held: the reader checks the board and holds under the lock of the held
+//! requests, and a publisher makes its message readable before it takes that lock to wake
+//! them, so either the reader sees the message or the publisher sees the held request.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use mboard_protocol::{ErrorCode, MessageId, Response};
+use tokio::sync::Notify;
+
+use super::{Answer, Handler, storage_failure};
+use crate::board::Board;
+use crate::config::Limits;
+use crate::held::{HoldCounts, HoldLimits, Holds, Wake, WakeCause};
+use crate::reply::Reply;
+
+/// A `6:` request's fields.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct After {
+    pub(super) after: MessageId,
+    pub(super) max: u64,
+    pub(super) wait_ms: u64,
+}
+
+/// Held requests, and the ones a publish has made due, for the driver to answer.
+#[derive(Debug)]
+pub(super) struct Followers {
+    /// Held only for table operations and one board span lookup, never across an await.
+    holds: Mutex<Holds>,
+    /// Woken by publishes, not yet answered.
+    woken: Mutex<Vec<Wake>>,
+    /// Tells the driver there is something to answer, or an earlier deadline to wait for.
+    signal: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The tables are consistent between calls; a panic elsewhere must not stop following.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Followers {
+    pub(super) fn new(limits: &Limits) -> Self {
+        Followers {
+            holds: Mutex::new(Holds::new(HoldLimits {
+                max_wait: limits.max_hold,
+                max_held: limits.max_held,
+                max_per_source: limits.max_held_per_source,
+            })),
+            woken: Mutex::new(Vec::new()),
+            signal: Notify::new(),
+        }
+    }
+
+    /// Message `id` is readable now: wake what it satisfies.
+    pub(super) fn published(&self, id: MessageId) {
+        let wakes = lock(&self.holds).published(id);
+        if !wakes.is_empty() {
+            lock(&self.woken).extend(wakes);
+            self.signal.notify_one();
+        }
+    }
+}
+
+impl<B: Board> Handler<B> {
+    /// Answers `6:` now if there is something to read (or nothing may be waited for);
+    /// otherwise holds it. `hold` is the request's length where holding is allowed.
+    pub(super) fn after(
+        self: &Arc<Self>,
+        now: Instant,
+        from: SocketAddr,
+        req: After,
+        hold: Option<usize>,
+    ) -> Answer {
+        let Some(request_len) = hold.filter(|_| req.wait_ms > 0) else {
+            return self.read_after(now, from, req.after, req.max);
+        };
+        let mut holds = lock(&self.follow.holds);
+        match self.board.span_after(req.after, req.max) {
+            Ok(span) if span.count > 0 => {
+                drop(holds);
+                self.messages(now, from, span)
+            }
+            Ok(_) => {
+                let wait = Duration::from_millis(req.wait_ms);
+                match holds.hold(now, from, req.after, req.max, wait, request_len) {
+                    Ok(()) => {
+                        drop(holds);
+                        // The driver may be asleep until a later deadline than this one.
+                        self.follow.signal.notify_one();
+                        Answer::Silent
+                    }
+                    Err(busy) => {
+                        Answer::Reply(Reply::error(ErrorCode::ErrTransm, busy.to_string()))
+                    }
+                }
+            }
+            Err(e) => Answer::Reply(storage_failure(&e)),
+        }
+    }
+
+    fn read_after(
+        self: &Arc<Self>,
+        now: Instant,
+        to: SocketAddr,
+        after: MessageId,
+        max: u64,
+    ) -> Answer {
+        match self.board.span_after(after, max) {
+            Ok(span) => self.messages(now, to, span),
+            Err(e) => Answer::Reply(storage_failure(&e)),
+        }
+    }
+
+    /// Resolves when a held request may be due: a publish woke some, or one was held that
+    /// may end before the deadline the caller is waiting for.
+    pub async fn follow_signal(&self) {
+        self.follow.signal.notified().await;
+    }
+
+    /// The held requests to answer now: those a publish woke, and those whose wait has run
+    /// out by `now`.
+    pub fn follow_due(&self, now: Instant) -> Vec<Wake> {
+        let mut due = std::mem::take(&mut *lock(&self.follow.woken));
+        due.extend(lock(&self.follow.holds).expire(now));
+        due
+    }
+
+    /// When the next held request's wait runs out, if any is held.
+    pub fn next_hold_deadline(&self) -> Option<Instant> {
+        lock(&self.follow.holds).next_deadline()
+    }
+
+    /// Counts of held requests, for metrics.
+    pub fn hold_counts(&self) -> HoldCounts {
+        lock(&self.follow.holds).counts()
+    }
+
+    /// The answer to a held request that is due: what was published after its `after`, or
+    /// `0:0` when its wait ran out. Held replies obey the amplification rule like any
+    /// other, measured against the request that was held.
+    pub fn answer_wake(self: &Arc<Self>, now: Instant, wake: Wake) -> Answer {
+        let answer = match wake.cause {
+            WakeCause::Published => self.read_after(now, wake.to, wake.after, wake.max),
+            WakeCause::TimedOut => Answer::Reply(Reply::new(&Response::Messages(Vec::new()))),
+        };
+        self.limit_amplification(now, wake.to, wake.request_len, answer)
+    }
+}

@@ -1,0 +1,173 @@
+//! The handler on its own, without sockets: boards that fail, count reads or are small.
+
+use mboard_protocol::{Entry, Expect, Message, MessageId};
+
+use super::*;
+use crate::board::{MemoryBoard, Span};
+
+fn from() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5000))
+}
+
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+fn ask<B: Board>(h: &Arc<Handler<B>>, now: Instant, pdu: &[u8]) -> Option<Bytes> {
+    let datagram = Bytes::copy_from_slice(pdu);
+    run(async { h.handle(now, from(), datagram).await.answer.resolve().await })
+        .map(Reply::into_bytes)
+}
+
+fn text(reply: Option<Bytes>) -> String {
+    String::from_utf8_lossy(&reply.expect("a reply")).into_owned()
+}
+
+/// A board whose storage always fails.
+struct Broken;
+
+impl Board for Broken {
+    async fn publish(&self, _: SocketAddr, _: Bytes) -> Result<MessageId, BoardError> {
+        Err(BoardError::Storage("disk on fire".into()))
+    }
+    fn get(&self, _: MessageId) -> Result<Option<Entry>, BoardError> {
+        Err(BoardError::Poisoned)
+    }
+    fn span(&self, _: u64) -> Result<Span, BoardError> {
+        Ok(Span {
+            start: 0,
+            count: 1000,
+            id_digits: mboard_protocol::digits_in_range(0, 1000),
+            records: 100_000,
+        })
+    }
+
+    fn span_after(&self, _: MessageId, _: u64) -> Result<Span, BoardError> {
+        self.span(0)
+    }
+
+    fn messages(&self, _: &Span) -> Result<Vec<Message>, BoardError> {
+        Err(BoardError::Poisoned)
+    }
+}
+
+#[test]
+fn storage_failures_are_answered_and_release_reservations() {
+    let h = Arc::new(Handler::new(Broken, Limits::default(), 1));
+    let now = Instant::now();
+    assert_eq!(text(ask(&h, now, b"1:x")), "4:storage failure");
+    // A store without a token table answers `5:` as a server without it would.
+    let once = b"5:0b7f5d2e-8c4a-4f1e-9d3b-6a2c1e0f9b8d:x";
+    assert_eq!(text(ask(&h, now, once)), "3:unknown request 5");
+    assert_eq!(text(ask(&h, now, b"3:1")), "4:storage failure");
+    // Sized as a download, then the read fails: the reservation is given back.
+    assert_eq!(text(ask(&h, now, b"4:0")), "4:storage failure");
+    assert_eq!(h.stats().sessions, 0);
+    assert_eq!(h.stats().reserved, 0);
+    // Ids come from the span alone, so listing them needs no read that could fail.
+    assert!(text(ask(&h, now, b"2:0")).starts_with("d:"));
+}
+
+#[test]
+fn assembled_requests_must_be_board_requests() {
+    let h = Arc::new(Handler::new(MemoryBoard::new(), Limits::default(), 1));
+    let now = Instant::now();
+    for (pdu, want) in [
+        (&b"a:1:1"[..], "3:not a board request"),
+        (b"9:x", "3:unknown request 9"),
+        (b"2:x", "1:bad number"),
+        (b"1:", "1:empty text"),
+    ] {
+        let open = ask(&h, now, format!("a:{}:100", pdu.len()).as_bytes()).expect("open");
+        let Ok(Response::Opened { sid, .. }) = Response::parse(open, Expect::Opened) else {
+            panic!("open")
+        };
+        let mut block = format!("b:{sid}:0:").into_bytes();
+        block.extend_from_slice(pdu);
+        ask(&h, now, &block);
+        assert_eq!(text(ask(&h, now, format!("c:{sid}").as_bytes())), want);
+        // The refusal is the committed reply, replayed like any other.
+        assert_eq!(text(ask(&h, now, format!("c:{sid}").as_bytes())), want);
+    }
+}
+
+/// A board that counts full reads.
+struct Counting {
+    inner: MemoryBoard,
+    gets: std::sync::atomic::AtomicU32,
+}
+
+impl Board for Counting {
+    async fn publish(&self, from: SocketAddr, text: Bytes) -> Result<MessageId, BoardError> {
+        self.inner.publish(from, text).await
+    }
+    fn get(&self, id: MessageId) -> Result<Option<Entry>, BoardError> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.get(id)
+    }
+    fn entry_len(&self, id: MessageId) -> Result<Option<usize>, BoardError> {
+        self.inner.entry_len(id)
+    }
+    fn span(&self, n: u64) -> Result<Span, BoardError> {
+        self.inner.span(n)
+    }
+    fn span_after(&self, after: MessageId, max: u64) -> Result<Span, BoardError> {
+        self.inner.span_after(after, max)
+    }
+    fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError> {
+        self.inner.messages(span)
+    }
+}
+
+#[test]
+fn a_large_get_is_sized_before_it_is_read() {
+    let limits = Limits {
+        max_session_memory: 3_000,
+        ..Limits::default()
+    };
+    let board = Counting {
+        inner: MemoryBoard::new(),
+        gets: Default::default(),
+    };
+    let h = Arc::new(Handler::new(board, limits, 1));
+    let now = Instant::now();
+    assert_eq!(
+        text(ask(&h, now, &[b"1:".as_slice(), &[b'x'; 5_000]].concat())),
+        "0:0"
+    );
+    assert_eq!(text(ask(&h, now, b"3:0")), "4:busy");
+    let gets = || h.board().gets.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(gets(), 0, "refused without reading the message");
+    // A reply that fits is read once, when built.
+    assert_eq!(text(ask(&h, now, b"1:small")), "0:1");
+    assert!(text(ask(&h, now, b"3:1")).ends_with(":small"));
+    assert_eq!(gets(), 1);
+}
+
+#[test]
+fn large_replies_become_offers_or_busy() {
+    let limits = Limits {
+        max_session_memory: 10_000,
+        ..Limits::default()
+    };
+    let h = Arc::new(Handler::new(MemoryBoard::new(), limits, 1));
+    let now = Instant::now();
+    assert_eq!(
+        text(ask(&h, now, &[b"1:".as_slice(), &[b'x'; 2000]].concat())),
+        "0:0"
+    );
+    let reply = ask(&h, now, b"3:0").expect("reply");
+    let Ok(Response::Offer(offer)) = Response::parse(reply, Expect::Entry) else {
+        panic!("offer")
+    };
+    assert!(offer.size > 2000 && offer.block_size == 1412, "{offer:?}");
+    for _ in 0..4 {
+        ask(&h, now, &[b"1:".as_slice(), &[b'y'; 2000]].concat());
+    }
+    // Five 2,000-byte messages exceed what is left of the 10,000-byte budget.
+    assert_eq!(text(ask(&h, now, b"4:0")), "4:busy");
+    assert_eq!(h.stats().sessions, 1);
+}
