@@ -21,7 +21,13 @@ type Acked = Mutex<BTreeMap<u64, Vec<u8>>>;
 /// Publisher `t`: publishes until `stop` is set or a publish fails, recording what was
 /// acknowledged. Sizes go from a few bytes to several blocks; odd publishers publish
 /// single datagrams, even ones through sessions.
-fn publish_until_stopped(addr: SocketAddr, t: usize, acked: &Acked, stop: &AtomicBool) {
+/// Publishes until told to stop; returns why it stopped early, if it did.
+fn publish_until_stopped(
+    addr: SocketAddr,
+    t: usize,
+    acked: &Acked,
+    stop: &AtomicBool,
+) -> Option<String> {
     let config = ClientConfig {
         timeout: Duration::from_millis(1_500),
         ..ClientConfig::default()
@@ -48,9 +54,10 @@ fn publish_until_stopped(addr: SocketAddr, t: usize, acked: &Acked, stop: &Atomi
                 acked.lock().expect("acked").insert(id.0, text);
             }
             // The server was killed: whatever was not acknowledged is not promised.
-            Err(_) => break,
+            Err(e) => return (!stop.load(Ordering::Relaxed)).then(|| e.to_string()),
         }
     }
+    None
 }
 
 #[test]
@@ -69,12 +76,17 @@ fn acknowledged_publishes_survive_sigkill() {
         })
         .collect();
     while acked.lock().expect("acked").len() < 300 {
+        // Every publisher gave up before the kill: say why rather than wait for ever.
+        if publishers.iter().all(|p| p.is_finished()) {
+            let why: Vec<_> = publishers.into_iter().map(|p| p.join()).collect();
+            panic!("every publisher stopped before the kill: {why:?}");
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
     server.kill();
     stop.store(true, Ordering::Relaxed);
     for p in publishers {
-        p.join().expect("publisher");
+        let _ = p.join().expect("publisher");
     }
     let acked = acked.lock().expect("acked").clone();
 
