@@ -218,30 +218,7 @@ impl Response {
                 Response::Ids(ids)
             }
             Expect::Entry => Response::Entry(Entry::parse(f)?),
-            Expect::Messages => {
-                let count = match f.next() {
-                    // `0:0:` would be a zero count followed by a stray separator.
-                    Some(count) => number(Some(count)).filter(|&n| n > 0)?,
-                    None => {
-                        let count = number(Some(payload.clone()))?;
-                        f = Fields::new(Bytes::new());
-                        count
-                    }
-                };
-                // Each record takes at least 12 bytes, so a huge count cannot reserve much.
-                let mut messages =
-                    Vec::with_capacity(count.min(payload.len() as u64 / 12) as usize);
-                for i in 0..count {
-                    if i > 0 {
-                        f.colon()?;
-                    }
-                    messages.push(Message::parse_record(&mut f)?);
-                }
-                if !f.is_empty() {
-                    return None;
-                }
-                Response::Messages(messages)
-            }
+            Expect::Messages => Response::Messages(Self::parse_messages(payload)?),
             Expect::Opened => {
                 let sid = SessionId::parse(&f.next()?)?;
                 Response::Opened {
@@ -274,6 +251,29 @@ impl Response {
                 Response::Closed
             }
         })
+    }
+
+    /// `<count>` then that many `4:` records, and nothing after them.
+    fn parse_messages(payload: Bytes) -> Option<Vec<Message>> {
+        let mut f = Fields::new(payload.clone());
+        let count = match f.next() {
+            // `0:0:` would be a zero count followed by a stray separator.
+            Some(count) => number(Some(count)).filter(|&n| n > 0)?,
+            None => {
+                let count = number(Some(payload.clone()))?;
+                f = Fields::new(Bytes::new());
+                count
+            }
+        };
+        // Each record takes at least 12 bytes, so a huge count cannot reserve much.
+        let mut messages = Vec::with_capacity(count.min(payload.len() as u64 / 12) as usize);
+        for i in 0..count {
+            if i > 0 {
+                f.colon()?;
+            }
+            messages.push(Message::parse_record(&mut f)?);
+        }
+        f.is_empty().then_some(messages)
     }
 
     /// Appends the wire form.

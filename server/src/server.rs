@@ -116,50 +116,80 @@ pub async fn serve<B: Board>(
     let Listeners { udp, metrics } = listeners.into();
     let socket = Arc::new(udp);
     info!(addr = %socket.local_addr()?, workers, "serving");
+    let shared = Shared {
+        socket,
+        metrics: Arc::new(Metrics::new(workers)),
+        limiter: Arc::new(RateLimiter::new(rate_limit)),
+        errors: Arc::new(RateLimiter::new(error_limit)),
+        deferred: Arc::new(Semaphore::new(DEFERRED_MAX)),
+    };
     let mut tasks = JoinSet::new();
-    let deferred = Arc::new(Semaphore::new(DEFERRED_MAX));
-    let limiter = Arc::new(RateLimiter::new(rate_limit));
-    let errors = Arc::new(RateLimiter::new(error_limit));
-    let counters = Arc::new(Metrics::new(workers));
-    tasks.spawn(report_drops(limiter.clone()));
+    tasks.spawn(report_drops(shared.limiter.clone()));
     if let Some(listener) = metrics {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(ServerCollector {
-            metrics: counters.clone(),
-            handler: handler.clone(),
-            limiter: limiter.clone(),
-            errors: errors.clone(),
-            socket: socket.clone(),
-        }));
-        handler.board().register_metrics(&mut registry);
-        let limits = handler.limits().metrics;
-        tasks.spawn(serve_metrics(listener, registry, limits));
+        tasks.spawn(shared.serve_metrics(listener, &handler));
     }
-    tasks.spawn(follow_loop(
-        handler.clone(),
-        Sender {
-            socket: socket.clone(),
-            metrics: counters.clone(),
-            shard: 0,
-            errors: errors.clone(),
-        },
-    ));
+    tasks.spawn(follow_loop(handler.clone(), shared.sender(0)));
     for shard in 0..workers {
         let receiver = Receiver {
             handler: handler.clone(),
-            deferred: deferred.clone(),
-            limiter: limiter.clone(),
-            sender: Sender {
-                socket: socket.clone(),
-                metrics: counters.clone(),
-                shard,
-                errors: errors.clone(),
-            },
+            deferred: shared.deferred.clone(),
+            limiter: shared.limiter.clone(),
+            sender: shared.sender(shard),
         };
         tasks.spawn(receiver.run());
     }
     tasks.spawn(expiry_loop(handler.clone()));
-    let result = tokio::select! {
+    let result = until_stopped(&mut tasks, shutdown).await;
+    tasks.shutdown().await;
+    result
+}
+
+/// What the receive loops and the other tasks of one server share.
+struct Shared {
+    socket: Arc<UdpSocket>,
+    metrics: Arc<Metrics>,
+    limiter: Arc<RateLimiter>,
+    errors: Arc<RateLimiter>,
+    deferred: Arc<Semaphore>,
+}
+
+impl Shared {
+    /// A sender counting into metrics shard `shard`.
+    fn sender(&self, shard: usize) -> Sender {
+        Sender {
+            socket: self.socket.clone(),
+            metrics: self.metrics.clone(),
+            shard,
+            errors: self.errors.clone(),
+        }
+    }
+
+    /// The metrics endpoint on `listener`, reading these counters and `handler`'s.
+    fn serve_metrics<B: Board>(
+        &self,
+        listener: TcpListener,
+        handler: &Arc<Handler<B>>,
+    ) -> impl Future<Output = io::Result<()>> + use<B> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ServerCollector {
+            metrics: self.metrics.clone(),
+            handler: handler.clone(),
+            limiter: self.limiter.clone(),
+            errors: self.errors.clone(),
+            socket: self.socket.clone(),
+        }));
+        handler.board().register_metrics(&mut registry);
+        serve_metrics(listener, registry, handler.limits().metrics)
+    }
+}
+
+/// Runs until `shutdown` resolves (`Ok`) or a task ends, which only a fatal socket error or
+/// a panic makes one do.
+async fn until_stopped(
+    tasks: &mut JoinSet<io::Result<()>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    tokio::select! {
         () = shutdown => {
             info!("shutting down");
             Ok(())
@@ -173,9 +203,7 @@ pub async fn serve<B: Board>(
             Ok(Ok(())) => Ok(()),
             Err(join) => Err(ServerError::Socket(io::Error::other(join))),
         },
-    };
-    tasks.shutdown().await;
-    result
+    }
 }
 
 /// Errors from `recv_from`/`send_to` that concern one peer, not the socket.
