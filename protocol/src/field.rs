@@ -52,18 +52,7 @@ pub fn digits_in_range(start: u64, end: u64) -> u64 {
 
 /// Appends the decimal form of `n`.
 pub(crate) fn put_u64(out: &mut Vec<u8>, n: u64) {
-    let mut buf = [0u8; MAX_DIGITS];
-    let mut i = buf.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// A cursor over the `:`-separated fields of a payload.
