@@ -14,9 +14,13 @@ pub mod engine;
 mod error;
 mod link;
 pub mod output;
+pub mod page;
 pub mod rtt;
 pub mod target;
 
-pub use client::{Client, ClientConfig, PROGRESS_THRESHOLD, Progress};
+pub use client::{
+    Client, ClientConfig, Follow, FollowEvent, INTERRUPT_CHECK, Interrupt, PROGRESS_THRESHOLD,
+    Page, Pages, Progress, Start, WAIT, Warn,
+};
 pub use error::ClientError;
 pub use target::{DEFAULT_PORT, Target, resolve, resolve_all};
