@@ -309,7 +309,7 @@ impl Client {
 
     /// Runs a layer-1 request in one datagram on the current sockets, following a download
     /// offer if one comes. Any reply is its answer (the socket is new): one that cannot be
-    /// read is reported, not waited past.
+    /// read is reported, not waited past, unless it is the late reply of a session step.
     fn request(&mut self, req: BoardRequest) -> Result<Response, ClientError> {
         self.request_pdu(req.to_bytes(), req.expect())
     }
@@ -318,6 +318,7 @@ impl Client {
     fn request_pdu(&mut self, pdu: Bytes, expect: Expect) -> Result<Response, ClientError> {
         let reply = self.exchange(pdu, |r| match Response::parse(r.clone(), expect) {
             Ok(resp) => Ok(session::Verdict::Answer(0, resp)),
+            Err(_) if session::late(&r) => Ok(session::Verdict::Ignore),
             Err(e) => Err(format!("{e}, got {}", excerpt(&r))),
         })?;
         self.settle(reply, expect)

@@ -99,6 +99,8 @@ impl Cursor {
 pub struct Pager {
     /// The average `4:` record size of the last page, in bytes.
     record: Option<u64>,
+    /// At most this many, since the server could not afford a larger page.
+    cap: Option<u64>,
 }
 
 impl Pager {
@@ -112,24 +114,41 @@ impl Pager {
 
     /// A pager that has seen nothing.
     pub fn new() -> Self {
-        Pager { record: None }
+        Pager {
+            record: None,
+            cap: None,
+        }
     }
 
     /// Messages to ask for in the next page.
     pub fn size(&self) -> u64 {
-        match self.record {
+        let size = match self.record {
             None => Self::FIRST,
             Some(record) => (Self::TARGET / record.max(1)).clamp(1, Self::MAX),
-        }
+        };
+        self.cap.map_or(size, |cap| size.min(cap))
     }
 
-    /// Learns from a page that came.
+    /// Learns from a page that came: the next is sized by its messages.
     pub fn observe(&mut self, page: &[Message]) {
         if page.is_empty() {
             return;
         }
         let bytes: u64 = page.iter().map(|m| m.record_len() as u64).sum();
         self.record = Some(bytes.div_ceil(page.len() as u64));
+        self.cap = None;
+    }
+
+    /// The server refused the page as too large for it now (`4:busy`: 20 messages of
+    /// 16 MiB are past its session memory): returns false if it was one message already,
+    /// else halves the next page.
+    pub fn refused(&mut self) -> bool {
+        let size = self.size();
+        if size <= 1 {
+            return false;
+        }
+        self.cap = Some(size / 2);
+        true
     }
 }
 

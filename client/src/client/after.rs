@@ -13,6 +13,9 @@ use crate::engine::Hold;
 use crate::error::{ClientError, excerpt};
 use crate::page::{Cursor, Offers, Pager};
 
+/// The shortest interval between renewals of a held request.
+const MIN_REFRESH: Duration = Duration::from_millis(100);
+
 /// Downloads of offered `6:` replies started over because the session was gone (a late
 /// error about an earlier download, or a server that restarted) before giving up.
 const MAX_DOWNLOAD_RETRIES: u32 = 8;
@@ -86,7 +89,9 @@ impl Client {
     ) -> Result<Vec<Message>, ClientError> {
         let hold = Some(Hold {
             wait,
-            refresh: self.config.timeout,
+            // However short the timeout, a held request is not renewed more than ten
+            // times a second.
+            refresh: self.config.timeout.max(MIN_REFRESH),
         });
         let mut retries = 0;
         loop {
@@ -313,6 +318,7 @@ impl Paging {
                         other => Err(client.unexpected(&other, Expect::Messages)),
                     };
                 }
+                Err(e) if e.is_busy() && self.pager.refused() => continue,
                 page => page?,
             };
             if page.is_empty() {

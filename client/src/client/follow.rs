@@ -264,9 +264,14 @@ impl Follow<'_> {
             self.wait
         };
         let max = self.pager.size();
-        let mut page = self.on_tail(|client, offers| {
+        let page = self.on_tail(|client, offers| {
             client.after_here(after.unwrap_or(MessageId(0)), max, wait, offers)
-        })?;
+        });
+        let mut page = match page {
+            // Too large a page for the server now: a smaller one at once.
+            Err(e) if e.is_busy() && self.pager.refused() => return Ok(()),
+            page => page?,
+        };
         if after.is_none() {
             self.client.begin()?;
             if let Some(entry) = self.client.find_on_this_socket(MessageId(0))? {

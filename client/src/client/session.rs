@@ -50,6 +50,21 @@ pub(super) fn stale(r: &Bytes, following: bool) -> bool {
             ))
 }
 
+/// Whether a datagram is the late reply to a session step — the `0:` of a close, a block
+/// acknowledgement, a download block — which never answers a first request. A socket is
+/// new for each operation, but the kernel may give it the port an earlier one just had,
+/// and with it that operation's last reply (the `0:` of its parting `x:`, say).
+pub(super) fn late(r: &Bytes) -> bool {
+    [Expect::Closed, Expect::Acked, Expect::Data]
+        .into_iter()
+        .any(|e| {
+            matches!(
+                Response::parse(r.clone(), e),
+                Ok(Response::Closed | Response::Acked { .. } | Response::Data { .. })
+            )
+        })
+}
+
 /// The reply `r` as `expect`, ignored if it is stale, else malformed.
 fn expected_or_stale(
     r: Bytes,
@@ -71,10 +86,11 @@ impl Client {
             size: pdu.len() as u64,
             block_size: wanted,
         };
-        // The first exchange of the operation: nothing stale can arrive on its new socket.
+        // The first exchange of the operation: only what can never answer it is ignored.
         let opened = self.exchange(open.to_bytes(), |r| {
             match Response::parse(r.clone(), Expect::Opened) {
                 Ok(resp) => Ok(Verdict::Answer(0, resp)),
+                Err(_) if late(&r) => Ok(Verdict::Ignore),
                 Err(e) => Err(format!("{e}, got {}", excerpt(&r))),
             }
         })?;

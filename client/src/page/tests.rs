@@ -99,6 +99,18 @@ fn pages_are_sized_to_fit_a_datagram() {
 }
 
 #[test]
+fn a_page_the_server_cannot_afford_is_halved_down_to_one_message() {
+    let mut p = Pager::new();
+    let sizes: Vec<u64> = std::iter::from_fn(|| p.refused().then(|| p.size())).collect();
+    assert_eq!(sizes, [10, 5, 2, 1]);
+    assert_eq!(p.size(), 1);
+    assert!(!p.refused(), "one message cannot be halved");
+    // The messages of a page that came size the next one again.
+    p.observe(&page(0..4));
+    assert!(p.size() > 1);
+}
+
+#[test]
 fn offers_taken_are_remembered_for_a_while() {
     let sid = |n: u128| SessionId(uuid::Uuid::from_u128(n));
     let mut o = Offers::default();

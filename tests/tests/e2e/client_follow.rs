@@ -285,3 +285,76 @@ fn follow_ends_quietly_when_its_reader_goes_away() {
         .expect("stderr");
     assert_eq!(stderr, "");
 }
+
+#[test]
+fn programs_follow_a_board_with_the_library() {
+    use mboard_client::{Client, ClientConfig, FollowEvent, Start};
+    let _gate = gate::plain();
+    let server = TestServer::builder().start();
+    let p = Peer::new(server.addr);
+    for i in 0..3 {
+        publish(&p, &format!("old {i}"));
+    }
+    let config = ClientConfig {
+        timeout: Duration::from_secs(2),
+        ..ClientConfig::default()
+    };
+    let mut client = Client::new(server.addr, config).expect("client");
+    // One `6:`: at once when there is something, held until a publish otherwise, and
+    // empty when the wait runs out.
+    let after = |client: &mut Client, id, wait| {
+        let page = client
+            .after(mboard_protocol::MessageId(id), 0, wait)
+            .expect("after");
+        page.iter().map(|m| m.id.0).collect::<Vec<_>>()
+    };
+    assert_eq!(after(&mut client, 0, Duration::from_secs(25)), [1, 2]);
+    let started = Instant::now();
+    assert_eq!(
+        after(&mut client, 2, Duration::from_millis(300)),
+        Vec::<u64>::new()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    let publisher = std::thread::spawn({
+        let addr = server.addr;
+        move || {
+            std::thread::sleep(Duration::from_millis(200));
+            publish(&Peer::new(addr), "woken")
+        }
+    });
+    assert_eq!(after(&mut client, 2, Duration::from_secs(25)), [3]);
+    assert_eq!(publisher.join().expect("publisher"), 3);
+
+    // A follower is an iterator of events; this one stops after six messages.
+    let publisher = std::thread::spawn({
+        let addr = server.addr;
+        move || {
+            for i in 0..3 {
+                std::thread::sleep(Duration::from_millis(50));
+                publish(&Peer::new(addr), &format!("new {i}"));
+            }
+        }
+    });
+    let got: Vec<u64> = client
+        .follow(Start::Newest(3))
+        .expect("follow")
+        .map(|event| match event.expect("event") {
+            FollowEvent::Message(m) => m.id.0,
+            other => panic!("{other:?}"),
+        })
+        .take(6)
+        .collect();
+    assert_eq!(got, [1, 2, 3, 4, 5, 6]);
+    publisher.join().expect("publisher");
+    // And pages for scripts.
+    let pages: Vec<u64> = client
+        .since(mboard_protocol::MessageId(4), 0)
+        .flat_map(|page| page.expect("page").messages)
+        .map(|m| m.id.0)
+        .collect();
+    assert_eq!(pages, [5, 6]);
+}

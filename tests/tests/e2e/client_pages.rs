@@ -71,7 +71,7 @@ fn last_pages_when_one_reply_would_not_fit_the_session_budget() {
         max_session_memory: 64 << 10,
         ..Limits::default()
     };
-    let server = TestServer::builder().limits(limits).start();
+    let server = TestServer::builder().limits(limits.clone()).start();
     // 100 KiB of board: more than the 64 KiB all sessions together may hold.
     fill(server.addr, 100, |i| format!("{i:04}{}", "x".repeat(1_000)));
     let p = Peer::new(server.addr);
@@ -91,6 +91,27 @@ fn last_pages_when_one_reply_would_not_fit_the_session_budget() {
     // What fits still comes in one reply.
     let out = cli(server.addr, &["last", "-n", "3"], b"");
     assert_eq!(ids(&out.out()), [97, 98, 99]);
+
+    // Pages of large messages that the budget cannot take either are halved until it can:
+    // the first page asks for 20 messages (160 KiB of them), then 10, then 5.
+    let server = TestServer::builder().limits(limits).start();
+    fill(server.addr, 30, |i| format!("{i:04}{}", "z".repeat(8_000)));
+    assert_eq!(Peer::new(server.addr).ask_str("6:0:20:0"), "4:busy");
+    for args in [
+        &["last", "-n", "0"][..],
+        &["since", "0"],
+        &["follow", "--after", "0"],
+    ] {
+        let f = CliProcess::start(server.addr, args);
+        let first = if args[0] == "last" { 0 } else { 1 };
+        let lines = f.lines(30 - first, Duration::from_secs(15));
+        assert_eq!(
+            ids(&lines.join("\n")),
+            (first as u64..30).collect::<Vec<_>>(),
+            "{args:?}"
+        );
+        assert_eq!(f.stderr(), "", "{args:?}");
+    }
 }
 
 /// A memory board whose oldest messages (below `floor`) retention has removed.
