@@ -94,9 +94,13 @@ fn stdout_gone() -> bool {
 /// Ends the follower, exit code 0, on Ctrl+C or once standard output is closed.
 fn stop_on_ctrl_c_or_closed_output(client: &mut Client) {
     let interrupted = Arc::new(AtomicBool::new(false));
-    // Should the handler not install, Ctrl+C ends the process the default way: the output
-    // is flushed message by message, so nothing is lost but the exit code.
-    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
+    // A second Ctrl+C ends it at once (exit 130), should the first not be seen: a write
+    // blocked on a reader that stopped reading, say. Should the handlers not install,
+    // Ctrl+C ends the process the default way: the output is flushed message by message,
+    // so nothing is lost but the exit code.
+    let sigint = signal_hook::consts::SIGINT;
+    let _ = signal_hook::flag::register_conditional_shutdown(sigint, 130, interrupted.clone());
+    let _ = signal_hook::flag::register(sigint, interrupted.clone());
     let watch_output = !io::stdout().is_terminal();
     client.interrupt_when(Box::new(move || {
         interrupted.load(Ordering::Relaxed) || (watch_output && stdout_gone())

@@ -124,22 +124,25 @@ impl Client {
                         page => page,
                     }
                 }
-                Response::Error {
-                    code: ErrorCode::UnknownControl,
-                    ..
-                } => {
-                    return Err(ClientError::Unsupported {
-                        server: self.link.name(),
-                        request: "6:",
-                        what: "reading after an id",
-                    });
-                }
-                Response::Error { code, reason } => {
-                    return Err(ClientError::Server { code, reason });
-                }
-                other => return Err(self.unexpected(&other, Expect::Messages)),
+                other => return Err(self.refusal_of_6(other)),
             };
             return Ok(page);
+        }
+    }
+
+    /// The error a reply to `6:` other than messages or an offer means.
+    fn refusal_of_6(&self, reply: Response) -> ClientError {
+        match reply {
+            Response::Error {
+                code: ErrorCode::UnknownControl,
+                ..
+            } => ClientError::Unsupported {
+                server: self.link.name(),
+                request: "6:",
+                what: "reading after an id",
+            },
+            Response::Error { code, reason } => ClientError::Server { code, reason },
+            other => self.unexpected(&other, Expect::Messages),
         }
     }
 
@@ -242,6 +245,16 @@ enum Mode {
     Classic(u64),
 }
 
+/// What asking for a page brought.
+enum Fetched {
+    /// A page of `6:`.
+    Page(Vec<Message>),
+    /// Nothing yet: ask again (a smaller page).
+    Again,
+    /// Everything at once, from a version-1 server.
+    Whole(Page),
+}
+
 /// Where a reading in pages is, between pages.
 #[derive(Debug)]
 pub(super) struct Paging {
@@ -280,46 +293,15 @@ impl Paging {
         }
         if !self.begun {
             self.begun = true;
-            if matches!(self.mode, Mode::Since) {
-                client.no_classic("reading after an id")?;
-            }
-            client.begin()?;
-            match self.mode {
-                Mode::Newest(n) => return self.at_once(client, n),
-                Mode::Classic(n) => {
-                    self.done = true;
-                    let messages = client.last_classic(n)?;
-                    return Ok(Some(Page {
-                        missed: None,
-                        messages,
-                    }));
-                }
-                Mode::Since | Mode::All | Mode::Pages => {}
+            if let Some(first) = self.begin(client)? {
+                return Ok(first);
             }
         }
         loop {
-            let max = self.pager.size().min(self.left.unwrap_or(u64::MAX));
-            let page = match self.cursor.asks_after() {
-                Some(after) => client.after_here(after, max, Duration::ZERO, &mut self.offers),
-                None => self.first_page(client, max),
-            };
-            let page = match page {
-                Err(ClientError::Unsupported { .. })
-                    if matches!(self.mode, Mode::All) && self.cursor.next() == 0 =>
-                {
-                    // A version-1 server: all of it in one `4:0`, as before `6:`.
-                    self.done = true;
-                    client.fresh_socket()?;
-                    return match client.request(BoardRequest::Last(0))? {
-                        Response::Messages(messages) => Ok(Some(Page {
-                            missed: None,
-                            messages,
-                        })),
-                        other => Err(client.unexpected(&other, Expect::Messages)),
-                    };
-                }
-                Err(e) if e.is_busy() && self.pager.refused() => continue,
-                page => page?,
+            let page = match self.fetch(client)? {
+                Fetched::Page(page) => page,
+                Fetched::Again => continue,
+                Fetched::Whole(page) => return Ok(Some(page)),
             };
             if page.is_empty() {
                 self.done = true;
@@ -346,6 +328,56 @@ impl Paging {
                 missed,
                 messages: accepted.messages,
             }));
+        }
+    }
+
+    /// Starts the operation; for the modes that are not pages of `6:`, returns their
+    /// whole answer (`Some`), else `None`.
+    fn begin(&mut self, client: &mut Client) -> Result<Option<Option<Page>>, ClientError> {
+        if matches!(self.mode, Mode::Since) {
+            client.no_classic("reading after an id")?;
+        }
+        client.begin()?;
+        match self.mode {
+            Mode::Newest(n) => self.at_once(client, n).map(Some),
+            Mode::Classic(n) => {
+                self.done = true;
+                let messages = client.last_classic(n)?;
+                Ok(Some(Some(Page {
+                    missed: None,
+                    messages,
+                })))
+            }
+            Mode::Since | Mode::All | Mode::Pages => Ok(None),
+        }
+    }
+
+    /// The next `6:` page as it came (late replies and pages seen before are dropped by
+    /// the caller's cursor).
+    fn fetch(&mut self, client: &mut Client) -> Result<Fetched, ClientError> {
+        let max = self.pager.size().min(self.left.unwrap_or(u64::MAX));
+        let page = match self.cursor.asks_after() {
+            Some(after) => client.after_here(after, max, Duration::ZERO, &mut self.offers),
+            None => self.first_page(client, max),
+        };
+        match page {
+            Ok(page) => Ok(Fetched::Page(page)),
+            Err(ClientError::Unsupported { .. })
+                if matches!(self.mode, Mode::All) && self.cursor.next() == 0 =>
+            {
+                // A version-1 server: all of it in one `4:0`, as before `6:`.
+                self.done = true;
+                client.fresh_socket()?;
+                match client.request(BoardRequest::Last(0))? {
+                    Response::Messages(messages) => Ok(Fetched::Whole(Page {
+                        missed: None,
+                        messages,
+                    })),
+                    other => Err(client.unexpected(&other, Expect::Messages)),
+                }
+            }
+            Err(e) if e.is_busy() && self.pager.refused() => Ok(Fetched::Again),
+            Err(e) => Err(e),
         }
     }
 
