@@ -6,6 +6,7 @@
 mod args;
 pub mod manual;
 mod progress;
+mod read;
 mod run;
 mod term;
 

@@ -15,7 +15,13 @@ use crate::link::Link;
 use crate::rtt::Rtt;
 use crate::target::{Target, resolve_all};
 
+mod after;
+mod follow;
+mod publish;
 mod session;
+
+pub use after::{Page, Pages};
+pub use follow::{Follow, FollowEvent, Start, WAIT};
 
 /// Transfers above this size report progress.
 pub const PROGRESS_THRESHOLD: u64 = 1 << 20;
@@ -59,6 +65,16 @@ impl Default for ClientConfig {
 /// Progress of a large transfer: bytes done and total.
 pub type Progress = Box<dyn FnMut(u64, u64)>;
 
+/// Something a person should know that is no error (one line, without a prefix).
+pub type Warn = Box<dyn FnMut(&str)>;
+
+/// Asked at least every [`INTERRUPT_CHECK`] while an operation waits: true ends it with
+/// [`ClientError::Interrupted`].
+pub type Interrupt = Box<dyn FnMut() -> bool>;
+
+/// How often an operation that may be interrupted looks at its [`Interrupt`].
+pub const INTERRUPT_CHECK: Duration = Duration::from_millis(100);
+
 /// A client of one mboard server.
 pub struct Client {
     link: Link,
@@ -67,11 +83,21 @@ pub struct Client {
     /// The clocks of the operation in progress.
     deadline: Deadline,
     progress: Option<Progress>,
+    warn: Option<Warn>,
+    interrupt: Option<Interrupt>,
     /// The upload session in progress: any other session a late `a:` reply names is a
     /// stray opened by a resend, and is closed on sight.
     uploading: Option<SessionId>,
     /// Whether the link's sockets have carried an operation (the next one gets new ones).
     used: bool,
+    /// The sockets are a follower's, which carry many `6:` requests: replies to earlier
+    /// ones may arrive at any time and are not taken for anything else.
+    following: bool,
+    /// The server answered `5:` as unknown: it speaks protocol version 1.
+    without_publish_once: bool,
+    /// When the longer operation this client is part of (a follower) runs out of
+    /// `--max-time`: its operations end then at the latest.
+    within: Option<Instant>,
 }
 
 impl std::fmt::Debug for Client {
@@ -107,8 +133,13 @@ impl Client {
             config,
             deadline,
             progress: None,
+            warn: None,
+            interrupt: None,
             uploading: None,
             used: false,
+            following: false,
+            without_publish_once: false,
+            within: None,
         })
     }
 
@@ -120,9 +151,21 @@ impl Client {
     /// earlier reply can arrive.
     fn begin(&mut self) -> Result<(), ClientError> {
         self.fresh_socket()?;
-        self.deadline = Deadline::new(Instant::now(), self.config.timeout, self.config.max_time)
-            .with_refusal_grace(self.config.refusal_grace);
+        self.deadline = self.fresh_deadline(self.within);
         Ok(())
+    }
+
+    /// The clocks of an operation starting now; `end` is when a longer one that it is part
+    /// of (a follower) runs out of `--max-time`, if it does.
+    fn fresh_deadline(&self, end: Option<Instant>) -> Deadline {
+        let now = Instant::now();
+        let deadline = match (end, self.config.max_time) {
+            (Some(end), Some(max_time)) => {
+                Deadline::new(now, self.config.timeout, None).ending_at(end, max_time)
+            }
+            _ => Deadline::new(now, self.config.timeout, self.config.max_time),
+        };
+        deadline.with_refusal_grace(self.config.refusal_grace)
     }
 
     /// New sockets for the next request of an operation made of several layer-1 requests.
@@ -139,6 +182,29 @@ impl Client {
         self.progress = Some(progress);
     }
 
+    /// Tells `warn` what a person should know although nothing failed (a server without
+    /// `5:`, met by [`Client::publish`], which then publishes the version-1 way).
+    pub fn on_warning(&mut self, warn: Warn) {
+        self.warn = Some(warn);
+    }
+
+    /// Ends any operation, while it waits, as soon as `interrupt` says so (it is asked at
+    /// least every [`INTERRUPT_CHECK`]): with [`ClientError::Interrupted`], or the end of
+    /// a [`Follow`].
+    pub fn interrupt_when(&mut self, interrupt: Interrupt) {
+        self.interrupt = Some(interrupt);
+    }
+
+    fn interrupted(&mut self) -> bool {
+        self.interrupt.as_mut().is_some_and(|stop| stop())
+    }
+
+    fn warning(&mut self, text: &str) {
+        if let Some(warn) = &mut self.warn {
+            warn(text);
+        }
+    }
+
     /// The server this client talks to (the address that answered, once one has).
     pub fn server(&self) -> SocketAddr {
         self.link.server()
@@ -149,46 +215,22 @@ impl Client {
         self.link.local_addr()
     }
 
-    /// Publishes `text`: through an upload session, stored exactly once whatever is lost;
-    /// in classic mode as one `1:` datagram ([`Client::publish_datagram`]).
-    ///
-    /// A text over the server's size limit is refused with the server's own words, which
-    /// count the request (`too large: max 16777216 bytes`); [`ClientError::for_text`]
-    /// restates that for the text.
-    pub fn publish(&mut self, text: &[u8]) -> Result<MessageId, ClientError> {
-        if self.config.classic {
-            return self.publish_datagram(text);
-        }
-        self.begin()?;
-        let mut pdu = Vec::with_capacity(text.len() + 2);
-        pdu.extend_from_slice(b"1:");
-        pdu.extend_from_slice(text);
-        match self.upload(Bytes::from(pdu), Expect::Published)? {
-            Response::Published(id) => Ok(id),
-            other => Err(self.unexpected(&other, Expect::Published)),
-        }
-    }
-
-    /// Publishes `text` as one `1:` datagram: one round trip, but at-least-once (resent
-    /// only when no reply comes, and then it may be stored twice). For texts that fit.
-    pub fn publish_datagram(&mut self, text: &[u8]) -> Result<MessageId, ClientError> {
-        if text.len() > MAX_DATAGRAM_TEXT {
-            return Err(ClientError::DatagramTooLarge {
-                what: "text",
-                size: text.len(),
-                max: MAX_DATAGRAM_TEXT,
-            });
-        }
-        match self.board(BoardRequest::Publish(Bytes::copy_from_slice(text)))? {
-            Response::Published(id) => Ok(id),
-            other => Err(self.unexpected(&other, Expect::Published)),
-        }
-    }
-
     /// One message.
     pub fn get(&mut self, id: MessageId) -> Result<Entry, ClientError> {
         self.begin()?;
         self.get_on_this_socket(id)
+    }
+
+    /// One message on the current sockets, or `None` if there is no such message.
+    fn find_on_this_socket(&mut self, id: MessageId) -> Result<Option<Entry>, ClientError> {
+        match self.get_on_this_socket(id) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(ClientError::Server {
+                code: ErrorCode::MsgNotFound,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn get_on_this_socket(&mut self, id: MessageId) -> Result<Entry, ClientError> {
@@ -207,15 +249,19 @@ impl Client {
         }
     }
 
-    /// The newest `n` messages, oldest first (`n` = 0: all). In classic mode, `2:` then a
-    /// `3:` per id, each on a socket of its own, all under the operation's deadlines.
+    /// The newest `n` messages, oldest first (`n` = 0: all), all at once: see
+    /// [`Client::last_pages`], which this collects, for a board too large to hold.
     pub fn last(&mut self, n: u64) -> Result<Vec<Message>, ClientError> {
-        if !self.config.classic {
-            return match self.board(BoardRequest::Last(n))? {
-                Response::Messages(messages) => Ok(messages),
-                other => Err(self.unexpected(&other, Expect::Messages)),
-            };
+        let mut all = Vec::new();
+        for page in self.last_pages(n) {
+            all.extend(page?.messages);
         }
+        Ok(all)
+    }
+
+    /// In classic mode: `2:` then a `3:` per id, each on a socket of its own, all under
+    /// the operation's deadlines.
+    fn last_classic(&mut self, n: u64) -> Result<Vec<Message>, ClientError> {
         let ids = self.ids(n)?;
         let mut messages = Vec::with_capacity(ids.len());
         for id in ids {
@@ -263,14 +309,17 @@ impl Client {
 
     /// Runs a layer-1 request in one datagram on the current sockets, following a download
     /// offer if one comes. Any reply is its answer (the socket is new): one that cannot be
-    /// read is reported, not waited past.
+    /// read is reported, not waited past, unless it is the late reply of a session step.
     fn request(&mut self, req: BoardRequest) -> Result<Response, ClientError> {
-        let expect = req.expect();
-        let reply = self.exchange(req.to_bytes(), |r| {
-            match Response::parse(r.clone(), expect) {
-                Ok(resp) => Ok(session::Verdict::Answer(0, resp)),
-                Err(e) => Err(format!("{e}, got {}", excerpt(&r))),
-            }
+        self.request_pdu(req.to_bytes(), req.expect())
+    }
+
+    /// [`Client::request`] of a request already encoded, its reply read as `expect`.
+    fn request_pdu(&mut self, pdu: Bytes, expect: Expect) -> Result<Response, ClientError> {
+        let reply = self.exchange(pdu, |r| match Response::parse(r.clone(), expect) {
+            Ok(resp) => Ok(session::Verdict::Answer(0, resp)),
+            Err(_) if session::late(&r) => Ok(session::Verdict::Ignore),
+            Err(e) => Err(format!("{e}, got {}", excerpt(&r))),
         })?;
         self.settle(reply, expect)
     }

@@ -10,6 +10,10 @@
 //!   may be a server in the middle of a restart, so refusals end the operation only once
 //!   they have gone on, with nothing heard, for the refusal grace ([`REFUSAL_GRACE`] in the
 //!   CLI). Without a grace, refusals count as silence.
+//!
+//! A request the server holds on purpose (`6:` with a wait) is answered only when the wait
+//! is over, so [`Deadline::quiet_until`] moves the start of the silence to then: with a
+//! 25 s wait and a 5 s timeout, nothing is wrong until 30 s without a datagram.
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +39,8 @@ pub struct Deadline {
     total: Option<(Instant, Duration)>,
     grace: Option<Duration>,
     heard: Instant,
+    /// Until then the server is expected to be silent (a held request).
+    quiet: Option<Instant>,
     refused_since: Option<Instant>,
 }
 
@@ -47,8 +53,16 @@ impl Deadline {
             total: max_time.map(|d| (now + d, d)),
             grace: None,
             heard: now,
+            quiet: None,
             refused_since: None,
         }
+    }
+
+    /// The same clocks, ending at `at` however lively the server: the rest of a longer
+    /// `max_time` that this operation is part of, reported as `max_time`.
+    pub fn ending_at(mut self, at: Instant, max_time: Duration) -> Self {
+        self.total = Some((at, max_time));
+        self
     }
 
     /// The same clocks, ended by refusals that go on for `grace` (`None`: never).
@@ -63,6 +77,17 @@ impl Deadline {
         self.refused_since = None;
     }
 
+    /// The server may rightly say nothing until `at` (it holds a request until then): the
+    /// silence is counted from `at` if nothing is heard after it.
+    pub fn quiet_until(&mut self, at: Instant) {
+        self.quiet = Some(self.quiet.map_or(at, |q| q.max(at)));
+    }
+
+    /// Where the silence is counted from.
+    fn silent_since(&self) -> Instant {
+        self.quiet.map_or(self.heard, |q| q.max(self.heard))
+    }
+
     /// The server's port refused a datagram: starts the grace, unless already running.
     pub fn refused(&mut self, now: Instant) {
         self.refused_since.get_or_insert(now);
@@ -72,7 +97,7 @@ impl Deadline {
     fn limits(&self) -> [(Option<Instant>, Expiry); 3] {
         [
             (
-                Some(self.heard + self.silence),
+                Some(self.silent_since() + self.silence),
                 Expiry::Silence(self.silence),
             ),
             (
@@ -94,7 +119,7 @@ impl Deadline {
             .iter()
             .filter_map(|(at, _)| *at)
             .min()
-            .unwrap_or(self.heard + self.silence)
+            .unwrap_or(self.silent_since() + self.silence)
     }
 
     /// The limit that has run out by `now`, if any: the one that ran out first.
@@ -199,6 +224,35 @@ mod tests {
         let mut d = Deadline::new(start, 1_000 * MS, None).with_refusal_grace(Some(200 * MS));
         d.refused(start + MS);
         assert_eq!(d.check(start + 1_000 * MS), Err(Expiry::Refused));
+    }
+
+    #[test]
+    fn a_held_request_moves_the_start_of_the_silence_to_the_end_of_its_wait() {
+        let start = Instant::now();
+        let mut d = Deadline::new(start, 5_000 * MS, Some(60_000 * MS));
+        d.quiet_until(start + 25_000 * MS);
+        assert_eq!(d.check(start + 29_999 * MS), Ok(()));
+        assert_eq!(d.next(), start + 30_000 * MS);
+        assert_eq!(
+            d.check(start + 30_000 * MS),
+            Err(Expiry::Silence(5_000 * MS))
+        );
+        // Heard after the wait: counted from then. An earlier quiet never shortens it.
+        d.heard(start + 27_000 * MS);
+        d.quiet_until(start + 1_000 * MS);
+        assert_eq!(d.next(), start + 32_000 * MS);
+        // The total deadline is not moved.
+        let mut d = Deadline::new(start, 5_000 * MS, Some(10_000 * MS));
+        d.quiet_until(start + 25_000 * MS);
+        assert_eq!(
+            d.check(start + 10_000 * MS),
+            Err(Expiry::Total(10_000 * MS))
+        );
+        // Refusals still end it after the grace: nobody holds anything at a closed port.
+        let mut d = Deadline::new(start, 5_000 * MS, None).with_refusal_grace(Some(REFUSAL_GRACE));
+        d.quiet_until(start + 25_000 * MS);
+        d.refused(start + MS);
+        assert_eq!(d.check(start + 1_001 * MS), Err(Expiry::Refused));
     }
 
     #[test]

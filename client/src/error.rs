@@ -67,6 +67,28 @@ pub enum ClientError {
         /// What was wrong, for people.
         detail: String,
     },
+    /// The server does not know a request the operation needs: it speaks protocol
+    /// version 1 (`6:` for following and paging).
+    #[error(
+        "{server} does not know `{request}` requests: it speaks protocol version 1, and {what} needs version 2"
+    )]
+    Unsupported {
+        /// The server asked.
+        server: String,
+        /// The request it does not know (`6:`).
+        request: &'static str,
+        /// What needed it, for people (`following`).
+        what: &'static str,
+    },
+    /// Classic mode speaks only `1:` `2:` `3:`, and the operation needs more.
+    #[error("{what} needs protocol version 2, which classic mode does not speak")]
+    ClassicMode {
+        /// What was asked, for people.
+        what: &'static str,
+    },
+    /// The operation was interrupted on request ([`crate::Client::interrupt_when`]).
+    #[error("interrupted")]
+    Interrupted,
     /// The server address could not be resolved.
     #[error("cannot resolve {0}")]
     Resolve(String),
@@ -80,11 +102,17 @@ impl ClientError {
     /// refused as `too large: max <n> bytes` counts the whole request (`1:` and the text),
     /// so a file of exactly the limit "fails at the limit"; say the largest text instead.
     pub fn for_text(self, size: usize) -> ClientError {
+        self.for_request(size, 2)
+    }
+
+    /// [`ClientError::for_text`] for a request of `overhead` bytes besides its text (`1:`
+    /// is 2, `5:<token>:` 39).
+    pub(crate) fn for_request(self, size: usize, overhead: u64) -> ClientError {
         match self {
             ClientError::Server {
                 code: ErrorCode::ErrTransm,
                 reason,
-            } => match text_limit(&reason) {
+            } => match text_limit(&reason, overhead) {
                 Some(max) => ClientError::TooLarge {
                     size: size as u64,
                     max,
@@ -96,6 +124,19 @@ impl ClientError {
             },
             other => other,
         }
+    }
+
+    /// Whether this is the server saying it does not know the session named: a server
+    /// that restarted has forgotten every session.
+    pub(crate) fn is_lost_session(&self) -> bool {
+        matches!(self, ClientError::Server { code: ErrorCode::ErrTransm, reason }
+            if reason.starts_with(b"unknown session"))
+    }
+
+    /// Whether this is a server refusing for now what it may take later (`4:busy`).
+    pub(crate) fn is_busy(&self) -> bool {
+        matches!(self, ClientError::Server { code: ErrorCode::ErrTransm, reason }
+            if reason.starts_with(b"busy"))
     }
 }
 
@@ -154,14 +195,15 @@ pub(crate) fn unexpected_detail(got: &Response, want: Expect) -> String {
 }
 
 /// The largest text a `too large: max <n> bytes` refusal of an upload allows: the upload
-/// carries the whole request, `1:` and the text, so the text gets two bytes less.
-fn text_limit(reason: &[u8]) -> Option<u64> {
+/// carries the whole request, `1:` (or `5:<token>:`) and the text, so the text gets that
+/// much less.
+fn text_limit(reason: &[u8], overhead: u64) -> Option<u64> {
     let text = std::str::from_utf8(reason)
         .ok()?
         .strip_prefix("too large")?;
     let after = text.split("max ").nth(1)?;
     let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse::<u64>().ok()?.checked_sub(2)
+    digits.parse::<u64>().ok()?.checked_sub(overhead)
 }
 
 #[cfg(test)]
@@ -201,12 +243,16 @@ mod tests {
     #[test]
     fn the_limit_is_stated_for_the_text() {
         assert_eq!(
-            text_limit(b"too large: max 16777216 bytes"),
+            text_limit(b"too large: max 16777216 bytes", 2),
             Some(16_777_214)
         );
-        assert_eq!(text_limit(b"too large"), None);
-        assert_eq!(text_limit(b"too large: max 1 bytes"), None);
-        assert_eq!(text_limit(b"busy: max 5 sessions"), None);
+        assert_eq!(
+            text_limit(b"too large: max 16777216 bytes", 39),
+            Some(16_777_177)
+        );
+        assert_eq!(text_limit(b"too large", 2), None);
+        assert_eq!(text_limit(b"too large: max 1 bytes", 2), None);
+        assert_eq!(text_limit(b"busy: max 5 sessions", 2), None);
         let refused = ClientError::Server {
             code: ErrorCode::ErrTransm,
             reason: Bytes::from_static(b"too large: max 16777216 bytes"),

@@ -91,9 +91,13 @@ fn classify(e: &io::Error) -> Failure {
 impl Link {
     /// A link to `target`, with the sockets of a first operation.
     pub(crate) fn new(target: Target) -> io::Result<Self> {
+        Self::open(target, None)
+    }
+
+    fn open(target: Target, chosen: Option<SocketAddr>) -> io::Result<Self> {
         let mut link = Link {
             target,
-            chosen: None,
+            chosen,
             tried: Vec::new(),
             next: 0,
             last_tried_at: Instant::now(),
@@ -103,6 +107,12 @@ impl Link {
         };
         link.fresh()?;
         Ok(link)
+    }
+
+    /// A second link to the same server, with sockets of its own (an address already
+    /// chosen stays chosen).
+    pub(crate) fn sibling(&self) -> io::Result<Self> {
+        Self::open(self.target.clone(), self.chosen)
     }
 
     /// New sockets (new source ports) for a new operation, where no reply to an earlier

@@ -13,7 +13,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 
 pub use peer::{Peer, Upload, board_contents};
-pub use process::{CliOutput, ServerProcess, binary, cli};
+pub use process::{CliOutput, CliProcess, ServerProcess, binary, cli};
 pub use scrape::{Scrape, http, scrape};
 pub use server::{TestServer, TestServerBuilder};
 

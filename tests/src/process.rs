@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -86,8 +87,22 @@ impl ServerProcess {
     /// Starts `mboard-server --listen 127.0.0.1:0 <args>` and waits until it serves; if it
     /// exits instead, returns its exit code and standard error.
     pub fn start(args: &[&str]) -> Result<ServerProcess, (Option<i32>, String)> {
+        Self::start_listening("127.0.0.1:0", args)
+    }
+
+    /// [`ServerProcess::must_start`] on `addr`: a restart where the server was, so that
+    /// clients (and proxies) in front of it find it again.
+    pub fn must_start_on(addr: SocketAddr, args: &[&str]) -> ServerProcess {
+        Self::start_listening(&addr.to_string(), args)
+            .unwrap_or_else(|(code, log)| panic!("exit {code:?}: {log}"))
+    }
+
+    fn start_listening(
+        listen: &str,
+        args: &[&str],
+    ) -> Result<ServerProcess, (Option<i32>, String)> {
         let mut child = Command::new(binary("mboard-server"))
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(args)
             // The log is parsed for addresses: plain text, whatever the terminal.
             .env("NO_COLOR", "1")
@@ -176,6 +191,125 @@ impl ServerProcess {
 }
 
 impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A long-running `mboard-client` (`follow`), whose output is read line by line as it
+/// comes; killed on drop if still running.
+pub struct CliProcess {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl CliProcess {
+    /// Starts `mboard-client --server <server> <args>`.
+    pub fn start(server: SocketAddr, args: &[&str]) -> CliProcess {
+        let mut child = Command::new(binary("mboard-client"))
+            .arg("--server")
+            .arg(server.to_string())
+            .args(args)
+            .env_remove("MBOARD_SERVER")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mboard-client");
+        let mut out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(&mut out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let err = child.stderr.take().expect("stderr");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let mut text = sink.lock().expect("stderr");
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        CliProcess {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The next line of its standard output, if one comes within `timeout`.
+    pub fn line_within(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// The next `n` lines, each within `timeout` of the one before; panics with what came
+    /// and its standard error if they do not.
+    pub fn lines(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            match self.line_within(timeout) {
+                Some(line) => got.push(line),
+                None => panic!(
+                    "{} of {n} lines within {timeout:?} each: {got:#?}\nstderr: {}",
+                    got.len(),
+                    self.stderr()
+                ),
+            }
+        }
+        got
+    }
+
+    /// Its standard error so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr").clone()
+    }
+
+    /// Waits until its standard error contains `text`, for up to `timeout`.
+    pub fn stderr_has(&self, text: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.stderr().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stderr().contains(text)
+    }
+
+    /// Sends it SIGINT (Ctrl+C).
+    pub fn interrupt(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -INT {} failed", self.child.id());
+    }
+
+    /// Its exit code, if it exits within `timeout` (`None` also if killed by a signal).
+    pub fn exit_within(&mut self, timeout: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for CliProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

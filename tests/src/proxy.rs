@@ -62,6 +62,9 @@ pub struct Counts {
 
 type Rule = (fn(&[u8]) -> bool, u64);
 
+/// Counts the datagrams one way that match.
+type Tally = (fn(&[u8]) -> bool, Arc<AtomicU64>);
+
 struct Shared {
     server: SocketAddr,
     up: Faults,
@@ -71,6 +74,9 @@ struct Shared {
     upward: Counts,
     downward: Counts,
     rule: Mutex<Option<Rule>>,
+    clients: AtomicU64,
+    up_tallies: Mutex<Vec<Tally>>,
+    down_tallies: Mutex<Vec<Tally>>,
 }
 
 /// A running proxy; dropping it stops its threads.
@@ -97,6 +103,9 @@ impl Proxy {
             upward: Counts::default(),
             downward: Counts::default(),
             rule: Mutex::new(None),
+            clients: AtomicU64::new(0),
+            up_tallies: Mutex::new(Vec::new()),
+            down_tallies: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         std::thread::spawn(move || front_loop(front, s));
@@ -106,6 +115,33 @@ impl Proxy {
     /// Drops the next `count` server→client datagrams for which `matches` is true.
     pub fn drop_replies(&self, matches: fn(&[u8]) -> bool, count: u64) {
         *self.shared.rule.lock().expect("rule") = Some((matches, count));
+    }
+
+    /// Counts, from now on, the client→server datagrams for which `matches` is true (as
+    /// they arrive, before any fault).
+    pub fn count_requests(&self, matches: fn(&[u8]) -> bool) -> Arc<AtomicU64> {
+        let count = Arc::new(AtomicU64::new(0));
+        let tally = (matches, count.clone());
+        self.shared.up_tallies.lock().expect("tallies").push(tally);
+        count
+    }
+
+    /// Counts, from now on, the server→client datagrams for which `matches` is true (as
+    /// they arrive, before any fault or rule).
+    pub fn count_replies(&self, matches: fn(&[u8]) -> bool) -> Arc<AtomicU64> {
+        let count = Arc::new(AtomicU64::new(0));
+        let tally = (matches, count.clone());
+        self.shared
+            .down_tallies
+            .lock()
+            .expect("tallies")
+            .push(tally);
+        count
+    }
+
+    /// Distinct client addresses (IP and port) seen so far.
+    pub fn clients(&self) -> u64 {
+        self.shared.clients.load(Ordering::Relaxed)
     }
 
     /// What happened client→server.
@@ -136,6 +172,7 @@ fn front_loop(front: UdpSocket, shared: Arc<Shared>) {
         let upstream = upstreams
             .entry(client)
             .or_insert_with(|| {
+                shared.clients.fetch_add(1, Ordering::Relaxed);
                 let up = UdpSocket::bind("127.0.0.1:0").expect("bind upstream");
                 up.connect(shared.server).expect("connect upstream");
                 up.set_read_timeout(Some(Duration::from_millis(50)))
@@ -147,6 +184,7 @@ fn front_loop(front: UdpSocket, shared: Arc<Shared>) {
             })
             .clone();
         let data = buf[..n].to_vec();
+        tally(&shared.up_tallies, &data);
         deliver(&shared, &shared.up, &shared.upward, data, move |d| {
             let _ = upstream.send(d);
         });
@@ -165,6 +203,7 @@ fn back_loop(
             continue;
         };
         let data = buf[..n].to_vec();
+        tally(&shared.down_tallies, &data);
         {
             let mut rule = shared.rule.lock().expect("rule");
             if let Some((matches, left)) = rule.as_mut()
@@ -181,6 +220,14 @@ fn back_loop(
         deliver(&shared, &shared.down, &shared.downward, data, move |d| {
             let _ = front.send_to(d, client);
         });
+    }
+}
+
+fn tally(tallies: &Mutex<Vec<Tally>>, data: &[u8]) {
+    for (matches, count) in tallies.lock().expect("tallies").iter() {
+        if matches(data) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -39,8 +39,8 @@ pub struct Args {
     #[arg(long, global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub max_time: Option<Duration>,
 
-    /// JSON Lines: one JSON value per line (`last`, `get`: an object per message; `ids`:
-    /// one array).
+    /// JSON Lines: one JSON value per line (`last`, `since`, `follow`, `get`: an object
+    /// per message; `ids`: one array).
     #[arg(long, global = true)]
     pub json: bool,
 
@@ -77,6 +77,37 @@ pub enum Command {
         /// How many (0 = all).
         #[arg(short, default_value_t = 10)]
         n: u64,
+        /// Print every text whole; on a terminal, texts are otherwise cut to its width.
+        #[arg(long)]
+        full: bool,
+    },
+    /// The newest N messages, then every new one as it is published, until Ctrl+C.
+    ///
+    /// Each message is printed once, in id order, in the format of `last`. A server that
+    /// restarts or cannot be reached for a while is waited for (said once on standard
+    /// error, and again when it is back), and following resumes after the last message
+    /// printed.
+    Follow {
+        /// How many to start with (0 = all).
+        #[arg(short, default_value_t = 10, value_name = "N")]
+        n: u64,
+        /// Start with the messages after this id instead of the newest.
+        #[arg(long, value_name = "ID", conflicts_with = "n")]
+        after: Option<u64>,
+        /// Print every text whole; on a terminal, texts are otherwise cut to its width.
+        #[arg(long)]
+        full: bool,
+    },
+    /// The messages after ID, oldest first, then exit: the paging primitive for scripts.
+    ///
+    /// A script keeps the last id it printed and asks `since <that id>` next time.
+    /// Messages removed before they could be read are said on standard error.
+    Since {
+        /// Print the messages after this id.
+        id: u64,
+        /// At most this many (default: all there are).
+        #[arg(short, value_name = "N")]
+        n: Option<u64>,
         /// Print every text whole; on a terminal, texts are otherwise cut to its width.
         #[arg(long)]
         full: bool,
@@ -154,6 +185,39 @@ mod tests {
         assert!(a.classic);
         let a = parse(&["--json", "ids"]).expect("parses");
         assert!(a.json && a.max_time.is_none());
+    }
+
+    #[test]
+    fn follow_starts_from_the_newest_or_after_an_id_and_since_takes_an_id() {
+        let follow = |args: &[&str]| match parse(args).map(|a| a.command) {
+            Ok(Command::Follow { n, after, full }) => Ok((n, after, full)),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(follow(&["follow"]), Ok((10, None, false)));
+        assert_eq!(
+            follow(&["follow", "-n", "0", "--full"]),
+            Ok((0, None, true))
+        );
+        assert_eq!(
+            follow(&["follow", "--after", "41"]),
+            Ok((10, Some(41), false))
+        );
+        assert_eq!(
+            follow(&["follow", "-n", "3", "--after", "41"]),
+            Err(clap::error::ErrorKind::ArgumentConflict)
+        );
+        let since = |args: &[&str]| match parse(args).map(|a| a.command) {
+            Ok(Command::Since { id, n, .. }) => Some((id, n)),
+            _ => None,
+        };
+        assert_eq!(since(&["since", "7"]), Some((7, None)));
+        assert_eq!(
+            since(&["since", "7", "-n", "100", "--json"]),
+            Some((7, Some(100)))
+        );
+        assert_eq!(since(&["since"]), None, "an id is needed");
+        assert_eq!(since(&["since", "-1"]), None);
     }
 
     #[test]

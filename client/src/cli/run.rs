@@ -12,6 +12,7 @@ use mboard_protocol::MessageId;
 
 use super::manual;
 use super::progress::Bar;
+use super::read;
 use super::term::Term;
 use super::{Args, Command};
 use crate::deadline::REFUSAL_GRACE;
@@ -19,7 +20,7 @@ use crate::{Client, ClientConfig, ClientError, output};
 
 /// Why the command stopped, and its exit code.
 #[derive(Debug)]
-struct Failure {
+pub(super) struct Failure {
     code: u8,
     /// `None` ends the command without a word (a closed pipe).
     message: Option<String>,
@@ -61,11 +62,21 @@ impl From<ClientError> for Failure {
             ClientError::Timeout { .. } | ClientError::MaxTime { .. } => 3,
             // No server answered there: as good as no reply, only known sooner.
             ClientError::Refused { .. } => 3,
-            ClientError::Resolve(_) | ClientError::DatagramTooLarge { .. } => 2,
+            ClientError::Resolve(_)
+            | ClientError::DatagramTooLarge { .. }
+            | ClientError::ClassicMode { .. } => 2,
             ClientError::Server { .. }
             | ClientError::TooLarge { .. }
             | ClientError::Malformed { .. }
+            | ClientError::Unsupported { .. }
             | ClientError::Io(_) => 1,
+            // Asked for (Ctrl+C in `follow`): a way to end, not a failure.
+            ClientError::Interrupted => {
+                return Failure {
+                    code: 0,
+                    message: None,
+                };
+            }
         };
         Failure {
             code,
@@ -121,6 +132,9 @@ fn run(args: Args, term: Term, bar: &Rc<RefCell<Bar>>) -> Result<(), Failure> {
             if term.stderr {
                 show_progress(&mut client, bar.clone());
             }
+            client.on_warning(Box::new(|text| {
+                let _ = writeln!(io::stderr(), "warning: {text}");
+            }));
             let how = Output {
                 json: args.json,
                 term,
@@ -147,9 +161,9 @@ fn show_progress(client: &mut Client, bar: Rc<RefCell<Bar>>) {
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy)]
-struct Output {
-    json: bool,
-    term: Term,
+pub(super) struct Output {
+    pub(super) json: bool,
+    pub(super) term: Term,
 }
 
 fn board_command(
@@ -168,18 +182,9 @@ fn board_command(
             writeln!(out, "{id}")?;
         }
         Command::Get { id, force, output } => get(client, id, force, output, how, out)?,
-        Command::Last { n, full } => {
-            for m in client.last(n)? {
-                let line = if how.json {
-                    output::json(m.id, &m.entry)
-                } else if how.term.stdout && !full {
-                    output::line_fitted(m.id, &m.entry, how.term.width)
-                } else {
-                    output::line(m.id, &m.entry)
-                };
-                writeln!(out, "{line}")?;
-            }
-        }
+        Command::Last { n, full } => read::last(client, n, full, how, out)?,
+        Command::Since { id, n, full } => read::since(client, id, n, full, how, out)?,
+        Command::Follow { n, after, full } => read::follow(client, n, after, full, how, out)?,
         Command::Ids { n } => {
             let ids = client.ids(n)?;
             if how.json {

@@ -1,13 +1,13 @@
 //! The session layer and the I/O loop: single exchanges, uploads and downloads.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mboard_protocol::{Expect, Offer, Response, SessionId, SessionRequest};
 
-use super::Client;
+use super::{Client, INTERRUPT_CHECK};
 use crate::deadline::Expiry;
-use crate::engine::Transfer;
+use crate::engine::{Hold, Transfer};
 use crate::error::{ClientError, excerpt};
 use crate::link::Event;
 
@@ -23,8 +23,12 @@ pub(super) enum Verdict<T> {
 /// duplicated or stray `a:` reply, a block acknowledgement, the `0:` of a close, a
 /// duplicated offer — which the network may deliver at any time and which is ignored.
 /// Anything else that is not the reply expected is reported as malformed.
-fn stale(r: &Bytes) -> bool {
-    [Expect::Opened, Expect::Acked, Expect::Closed]
+///
+/// On a follower's socket (`following`), which carries one `6:` after another and the
+/// downloads of their offers, a late reply to an earlier `6:` and a late download block
+/// may come as well.
+pub(super) fn stale(r: &Bytes, following: bool) -> bool {
+    let of_a_session = [Expect::Opened, Expect::Acked, Expect::Closed]
         .into_iter()
         .any(|e| {
             matches!(
@@ -34,14 +38,42 @@ fn stale(r: &Bytes) -> bool {
                     | Response::Closed
                     | Response::Offer(_))
             )
+        });
+    of_a_session
+        || following
+            && (matches!(
+                Response::parse(r.clone(), Expect::Messages),
+                Ok(Response::Messages(_))
+            ) || matches!(
+                Response::parse(r.clone(), Expect::Data),
+                Ok(Response::Data { .. })
+            ))
+}
+
+/// Whether a datagram is the late reply to a session step — the `0:` of a close, a block
+/// acknowledgement, a download block — which never answers a first request. A socket is
+/// new for each operation, but the kernel may give it the port an earlier one just had,
+/// and with it that operation's last reply (the `0:` of its parting `x:`, say).
+pub(super) fn late(r: &Bytes) -> bool {
+    [Expect::Closed, Expect::Acked, Expect::Data]
+        .into_iter()
+        .any(|e| {
+            matches!(
+                Response::parse(r.clone(), e),
+                Ok(Response::Closed | Response::Acked { .. } | Response::Data { .. })
+            )
         })
 }
 
 /// The reply `r` as `expect`, ignored if it is stale, else malformed.
-fn expected_or_stale(r: Bytes, expect: Expect) -> Result<Verdict<Response>, String> {
+fn expected_or_stale(
+    r: Bytes,
+    expect: Expect,
+    following: bool,
+) -> Result<Verdict<Response>, String> {
     match Response::parse(r.clone(), expect) {
         Ok(resp) => Ok(Verdict::Answer(0, resp)),
-        Err(_) if stale(&r) => Ok(Verdict::Ignore),
+        Err(_) if stale(&r, following) => Ok(Verdict::Ignore),
         Err(e) => Err(format!("{e}, got {}", excerpt(&r))),
     }
 }
@@ -54,10 +86,11 @@ impl Client {
             size: pdu.len() as u64,
             block_size: wanted,
         };
-        // The first exchange of the operation: nothing stale can arrive on its new socket.
+        // The first exchange of the operation: only what can never answer it is ignored.
         let opened = self.exchange(open.to_bytes(), |r| {
             match Response::parse(r.clone(), Expect::Opened) {
                 Ok(resp) => Ok(Verdict::Answer(0, resp)),
+                Err(_) if late(&r) => Ok(Verdict::Ignore),
                 Err(e) => Err(format!("{e}, got {}", excerpt(&r))),
             }
         })?;
@@ -75,7 +108,8 @@ impl Client {
         self.uploading = Some(sid);
         let result = self.upload_blocks(sid, &pdu, block_size).and_then(|()| {
             let commit = SessionRequest::Commit(sid).to_bytes();
-            let reply = self.exchange(commit, |r| expected_or_stale(r, expect))?;
+            let following = self.following;
+            let reply = self.exchange(commit, |r| expected_or_stale(r, expect, following))?;
             self.settle(reply, expect)
         });
         self.uploading = None;
@@ -98,7 +132,7 @@ impl Client {
             self.deadline.clone(),
             self.rtt.clone(),
         );
-        let make = |i: u64| {
+        let make = |i: u64, _: Duration| {
             let start = i as usize * block_size;
             let data = pdu.slice(start..(start + block_size).min(pdu.len()));
             SessionRequest::Block {
@@ -116,7 +150,7 @@ impl Client {
                     Ok(Verdict::Answer(index, ()))
                 }
                 Ok(Response::Error { code, reason }) => Err(ClientError::Server { code, reason }),
-                _ if stale(&r) => Ok(Verdict::Ignore),
+                _ if stale(&r, client.following) => Ok(Verdict::Ignore),
                 Ok(other) => Err(client.unexpected(&other, Expect::Acked)),
                 Err(e) => Err(client.malformed(format!("{e}, got {}", excerpt(&r)))),
             },
@@ -142,7 +176,7 @@ impl Client {
             self.rtt.clone(),
         );
         let sid = offer.sid;
-        let make = |i: u64| SessionRequest::Fetch { sid, index: i }.to_bytes();
+        let make = |i: u64, _: Duration| SessionRequest::Fetch { sid, index: i }.to_bytes();
         let result = self.drive(
             &mut t,
             make,
@@ -165,7 +199,7 @@ impl Client {
                 }
                 Ok(Response::Error { code, reason }) => Err(ClientError::Server { code, reason }),
                 Ok(Response::Data { .. }) => Ok(Verdict::Ignore),
-                _ if stale(&r) => Ok(Verdict::Ignore),
+                _ if stale(&r, client.following) => Ok(Verdict::Ignore),
                 Ok(other) => Err(client.unexpected(&other, Expect::Data)),
                 Err(e) => Err(client.malformed(format!("{e}, got {}", excerpt(&r)))),
             },
@@ -181,13 +215,24 @@ impl Client {
     pub(super) fn exchange<T>(
         &mut self,
         pdu: Bytes,
+        verdict: impl FnMut(Bytes) -> Result<Verdict<T>, String>,
+    ) -> Result<T, ClientError> {
+        self.exchange_held(None, |_| pdu.clone(), verdict)
+    }
+
+    /// [`Client::exchange`] of a request the server may `hold`: `make` writes it asking
+    /// for the wait it is given (all of it, then what is left).
+    pub(super) fn exchange_held<T>(
+        &mut self,
+        hold: Option<Hold>,
+        make: impl Fn(Duration) -> Bytes,
         mut verdict: impl FnMut(Bytes) -> Result<Verdict<T>, String>,
     ) -> Result<T, ClientError> {
-        let mut t = Transfer::new(1, 1, self.deadline.clone(), self.rtt.clone());
+        let mut t = Transfer::new(1, 1, self.deadline.clone(), self.rtt.clone()).with_hold(hold);
         let mut answer = None;
         let result = self.drive(
             &mut t,
-            |_| pdu.clone(),
+            |_, left| make(left),
             |client, r| match verdict(r) {
                 Ok(Verdict::Answer(_, value)) => {
                     answer = Some(value);
@@ -214,36 +259,41 @@ impl Client {
     fn drive(
         &mut self,
         t: &mut Transfer,
-        make: impl Fn(u64) -> Bytes,
+        make: impl Fn(u64, Duration) -> Bytes,
         mut on_reply: impl FnMut(&mut Self, Bytes) -> Result<Verdict<()>, ClientError>,
         mut on_ack: impl FnMut(&mut Self, u64),
     ) -> Result<(), ClientError> {
         loop {
             let now = Instant::now();
             while let Some(i) = t.poll_transmit(now) {
-                self.link.send(&make(i))?;
+                self.link.send(&make(i, t.hold_left(now)))?;
             }
             if t.is_done() {
                 return Ok(());
             }
-            let event = self.link.recv(t.poll_timeout())?;
+            let mut until = t.poll_timeout();
+            if self.interrupt.is_some() {
+                if self.interrupted() {
+                    return Err(ClientError::Interrupted);
+                }
+                until = until.min(now + INTERRUPT_CHECK);
+            }
+            let event = self.link.recv(until)?;
             let now = Instant::now();
             match event {
-                Event::Datagram(reply) => {
-                    t.on_datagram(now);
-                    match on_reply(self, reply.clone())? {
-                        Verdict::Answer(index, ()) => {
-                            if t.on_ack(now, index) {
-                                on_ack(self, t.acked());
-                            }
-                        }
-                        Verdict::Ignore => {
-                            if let Some(ours) = self.uploading {
-                                self.close_stray_open(reply, ours);
-                            }
+                Event::Datagram(reply) => match on_reply(self, reply.clone())? {
+                    Verdict::Answer(index, ()) => {
+                        if t.on_ack(now, index) {
+                            on_ack(self, t.acked());
                         }
                     }
-                }
+                    Verdict::Ignore => {
+                        t.on_datagram(now);
+                        if let Some(ours) = self.uploading {
+                            self.close_stray_open(reply, ours);
+                        }
+                    }
+                },
                 Event::Refused => t.on_refused(now),
                 Event::Idle => {}
             }

@@ -313,3 +313,43 @@ fn refusals_end_a_transfer_after_the_grace_not_the_timeout() {
         "retried meanwhile"
     );
 }
+
+#[test]
+fn a_server_answering_only_strays_runs_out_the_silence() {
+    // Every resend is answered with something that answers nothing (a stale offer, say):
+    // heard, but not for ever. Resends are at most 4 s apart, well within the silence.
+    let start = Instant::now();
+    let mut t = Transfer::new(1, 1, silence(start, 10_000 * MS), Rtt::new(20 * MS));
+    let limit = t.stray_limit();
+    let mut now = start;
+    let mut strays = 0;
+    let err = loop {
+        if t.poll_transmit(now).is_some() {
+            t.on_datagram(now + MS);
+            strays += 1;
+        }
+        now = t.poll_timeout();
+        if let Err(e) = t.handle_timeout(now) {
+            break e;
+        }
+    };
+    assert_eq!(err.expiry, Expiry::Silence(10_000 * MS));
+    assert_eq!(
+        strays,
+        limit + 2,
+        "heard {limit} times, then resends 4 s apart for 10 s"
+    );
+    // Progress starts the count again.
+    let mut t = Transfer::new(2, 1, silence(start, 300 * MS), Rtt::new(20 * MS));
+    assert_eq!(t.poll_transmit(start), Some(0));
+    for _ in 0..limit {
+        t.on_datagram(start + MS);
+    }
+    assert!(t.on_ack(start + 2 * MS, 0));
+    for _ in 0..limit {
+        t.on_datagram(start + 100 * MS);
+    }
+    assert_eq!(t.deadline().next(), start + 400 * MS, "still heard");
+    t.on_datagram(start + 200 * MS);
+    assert_eq!(t.deadline().next(), start + 400 * MS, "one too many");
+}

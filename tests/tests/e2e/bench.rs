@@ -113,7 +113,9 @@ fn a_run_whose_operations_fail_says_why() {
     assert_eq!(field(&json, "operations"), 0.0, "{json}");
     assert!(field(&json, "errors") > 0.0, "{json}");
     assert!(
-        json.contains("\"first_error\":\"too large: max 10000 bytes\""),
+        json.contains(
+            "\"first_error\":\"text too large: 20000 bytes, the server takes at most 9961\""
+        ),
         "{json}"
     );
 }

@@ -235,7 +235,8 @@ fn unexpected_replies_are_described_in_words() {
     // An offer where an upload session was expected: once reported as
     // `Offer(Offer { sid: SessionId(…) … })`.
     let server = ClassicServer::answering(b"d:3f2b8c1e-9a4d-4e6f-8b1a-2c3d4e5f6a7b:10:5");
-    let out = cli(server.addr, &["publish", "x"], b"");
+    // Larger than a block, so that it opens an upload.
+    let out = cli(server.addr, &["publish", "-"], &[b'x'; 2_000]);
     assert_eq!(out.code, Some(1));
     assert_eq!(
         out.stderr,

@@ -296,9 +296,11 @@ fn sessions_opened_by_duplicated_opens_are_closed() {
         ..Default::default()
     };
     let mut client = mboard_client::Client::new(proxy.addr, config).expect("client");
+    // Texts larger than a block, so that each publish is an upload.
+    let padding = "p".repeat(2_000);
     for i in 0..80 {
         let id = client
-            .publish(format!("publish {i}").as_bytes())
+            .publish(format!("publish {i} {padding}").as_bytes())
             .unwrap_or_else(|e| panic!("publish {i}: {e}"));
         assert_eq!(id.0, i);
     }
