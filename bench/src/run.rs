@@ -96,6 +96,9 @@ impl Window {
 /// The clients of one run, whichever way they run.
 struct Clients {
     runtime: tokio::runtime::Runtime,
+    /// Followers run on a runtime of their own, so that a thousand of them woken at once
+    /// do not queue in front of the publishers whose throughput is the measurement.
+    follow_runtime: Option<tokio::runtime::Runtime>,
     tasks: Vec<tokio::task::JoinHandle<io::Result<Tally>>>,
     threads: Vec<std::thread::JoinHandle<io::Result<Tally>>>,
     followers: Vec<tokio::task::JoinHandle<io::Result<FollowerTally>>>,
@@ -107,12 +110,16 @@ impl Clients {
         // Datagram scenarios run as tasks on one small runtime: 32 blocking threads on two
         // cores would measure the load generator's context switches instead of the server.
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cores)
-            .enable_all()
-            .build()?;
+        let build = || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(cores)
+                .enable_all()
+                .build()
+        };
+        let runtime = build()?;
         let mut clients = Clients {
             runtime,
+            follow_runtime: None,
             tasks: Vec::new(),
             threads: Vec::new(),
             followers: Vec::new(),
@@ -162,13 +169,13 @@ impl Clients {
         for t in self.tasks {
             all.merge(self.runtime.block_on(t).map_err(io::Error::other)??);
         }
-        let Some(shared) = self.follow else {
+        let (Some(shared), Some(runtime)) = (self.follow, self.follow_runtime) else {
             return Ok((all, None));
         };
         shared.publishers_done();
         let mut followers = Vec::with_capacity(self.followers.len());
         for f in self.followers {
-            followers.push(self.runtime.block_on(f).map_err(io::Error::other)??);
+            followers.push(runtime.block_on(f).map_err(io::Error::other)??);
         }
         let published = shared.take_published();
         Ok((all, Some(FollowReport::new(followers, &published, seconds))))
