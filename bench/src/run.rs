@@ -127,16 +127,18 @@ impl Clients {
         };
         if let Scenario::Follow(spec) = scenario {
             let shared = Arc::new(follow::Shared::new(spec.start));
+            let follow_runtime = build()?;
             for _ in 0..spec.followers {
                 let (load, spec) = (load.clone(), spec.clone());
                 let (shared, window) = (shared.clone(), window.clone());
                 clients.followers.push(
-                    clients.runtime.spawn(async move {
+                    follow_runtime.spawn(async move {
                         follow::follower(&load, &spec, &shared, &window).await
                     }),
                 );
             }
             clients.follow = Some(shared);
+            clients.follow_runtime = Some(follow_runtime);
         }
         for c in 0..load.clients {
             let window = window.clone();
