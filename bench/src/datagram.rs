@@ -1,50 +1,55 @@
 //! Clients that speak the protocol datagram by datagram on their own socket, as async
-//! tasks: single-datagram requests, and session publishes done step by step.
+//! tasks: single-datagram requests, publishes (`1:`, or `5:` with a token each), and
+//! session publishes done step by step.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mboard_protocol::{Expect, Response, SessionId, SessionRequest};
+use mboard_protocol::{Expect, MessageId, PublishToken, Response, SessionId, SessionRequest};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::net::UdpSocket;
+use uuid::Builder;
 
+use crate::follow;
 use crate::report::Tally;
 use crate::run::Window;
 use crate::scenario::{self, Load, Scenario};
 
 /// A request unanswered this long, resends included, counts as failed.
-const GIVE_UP: Duration = Duration::from_secs(5);
+pub(crate) const GIVE_UP: Duration = Duration::from_secs(5);
 
 /// Block size asked for in `a:`, as the CLI asks: fits an Ethernet path unfragmented.
 const BLOCK_SIZE: u64 = 1_400;
 
-/// Client `c` of a datagram scenario, until the run stops.
+/// Client `c` of a datagram scenario, until the run stops. Publishers of the follower
+/// scenario tell `follow` which ids their publishes got, and when.
 pub(crate) async fn client(
     c: usize,
     load: &Load,
     scenario: &Scenario,
     window: &Window,
+    follow: Option<&follow::Shared>,
 ) -> io::Result<Tally> {
     let mut tally = Tally::default();
-    // The unspecified address lets the kernel pick the interface that routes to the
-    // server, which need not be on this host.
-    let bind: SocketAddr = if load.server.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(bind).await?;
-    socket.connect(load.server).await?;
+    let mut socket = connect(load.server).await?;
     let mut buf = vec![0u8; 65_536];
     let mut request = Vec::new();
     let session_text = match scenario {
         Scenario::PublishSession { size } => scenario::text(c, *size),
         _ => Vec::new(),
     };
+    let mut publisher = Publisher::of(c, load.clients, scenario);
+    let mut published = follow::Published::default();
     let mut i = c as u64;
     while !window.is_stopped() {
+        if let Some(publisher) = &mut publisher {
+            publisher.pace().await;
+        }
         let started = Instant::now();
+        let resends = tally.timeouts;
         let mut peer = Peer {
             socket: &socket,
             buf: &mut buf,
@@ -53,17 +58,46 @@ pub(crate) async fn client(
         };
         let ok = if let Scenario::PublishSession { .. } = scenario {
             peer.session_publish(&session_text).await?
+        } else if let Some(publisher) = &mut publisher {
+            let id = peer.publish(publisher).await?;
+            if let (Some(id), Some(follow)) = (id, follow) {
+                follow.published(&mut published, id, window);
+            }
+            // A resent `1:` may be stored twice, and the second reply, newer than the
+            // first, would be taken for the next publish's (and so on, one behind, for
+            // the rest of the run): a new socket leaves it behind.
+            if publisher.tokens.is_none() && tally.timeouts > resends {
+                socket = connect(load.server).await?;
+            }
+            id.is_some()
         } else {
-            next_request(c, &mut i, scenario, &mut request);
+            next_request(&mut i, scenario, &mut request);
             peer.single(scenario, &request).await?
         };
         tally.record(window, started, ok);
     }
+    if let Some(follow) = follow {
+        follow.add_published(published);
+    }
     Ok(tally)
 }
 
+/// A socket connected to `server`.
+pub(crate) async fn connect(server: SocketAddr) -> io::Result<UdpSocket> {
+    // The unspecified address lets the kernel pick the interface that routes to the
+    // server, which need not be on this host.
+    let bind: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(bind).await?;
+    socket.connect(server).await?;
+    Ok(socket)
+}
+
 /// The request a single-datagram scenario sends next.
-fn next_request(c: usize, i: &mut u64, scenario: &Scenario, out: &mut Vec<u8>) {
+fn next_request(i: &mut u64, scenario: &Scenario, out: &mut Vec<u8>) {
     out.clear();
     match scenario {
         Scenario::Echo => out.extend_from_slice(b"3:0"),
@@ -72,10 +106,6 @@ fn next_request(c: usize, i: &mut u64, scenario: &Scenario, out: &mut Vec<u8>) {
             out.extend_from_slice(format!("3:{i}").as_bytes());
         }
         Scenario::Last { n } => out.extend_from_slice(format!("4:{n}").as_bytes()),
-        Scenario::Publish { size } => {
-            out.extend_from_slice(b"1:");
-            out.resize(2 + (*size).max(1), scenario::letter(c));
-        }
         _ => {}
     }
 }
@@ -84,9 +114,93 @@ fn next_request(c: usize, i: &mut u64, scenario: &Scenario, out: &mut Vec<u8>) {
 fn reply_ok(scenario: &Scenario, request: &[u8], reply: &[u8]) -> bool {
     match scenario {
         Scenario::Echo => reply == request,
-        Scenario::Publish { .. } => reply.starts_with(b"0:"),
         _ => reply.starts_with(b"0:") || reply.starts_with(b"d:"),
     }
+}
+
+/// What a publishing client sends: `1:<text>`, or `5:<token>:<text>` with a new token
+/// for each publish.
+struct Publisher {
+    text: Vec<u8>,
+    /// Tokens are drawn from a generator of the client's own, seeded from the system:
+    /// random enough to never repeat, without a system call per publish.
+    tokens: Option<StdRng>,
+    /// The id of this client's previous publish: a reply naming it or an older id is a
+    /// late answer to a resend, not the answer to the current publish.
+    last: Option<MessageId>,
+    request: Vec<u8>,
+    /// Time between this client's publishes when paced, and when the next is due.
+    pace: Option<(Duration, tokio::time::Instant)>,
+}
+
+impl Publisher {
+    fn of(c: usize, clients: usize, scenario: &Scenario) -> Option<Self> {
+        let (size, once, rate) = match scenario {
+            Scenario::Publish { size } => (*size, false, None),
+            Scenario::PublishOnce { size } => (*size, true, None),
+            Scenario::Follow(f) => (f.size, f.once, f.rate.map(|r| (r, clients))),
+            _ => return None,
+        };
+        // Each of `clients` publishers takes its share of the rate, starting at a
+        // different point of its period so that the publishes spread out.
+        let pace = rate.map(|(rate, clients)| {
+            let period = Duration::from_secs_f64(clients.max(1) as f64 / rate as f64);
+            let offset = period.mul_f64(c as f64 / clients.max(1) as f64);
+            (period, tokio::time::Instant::now() + offset)
+        });
+        Some(Publisher {
+            text: scenario::text(c, size),
+            tokens: once.then(|| StdRng::from_rng(&mut rand::rng())),
+            last: None,
+            request: Vec::new(),
+            pace,
+        })
+    }
+
+    /// Waits for this publisher's next slot, when paced; a slot missed is not made up.
+    async fn pace(&mut self) {
+        if let Some((period, next)) = &mut self.pace {
+            tokio::time::sleep_until(*next).await;
+            *next = (*next + *period).max(tokio::time::Instant::now());
+        }
+    }
+
+    /// The next publish request, in `self.request`.
+    fn next(&mut self) {
+        self.request.clear();
+        match &mut self.tokens {
+            Some(rng) => {
+                let token = Builder::from_random_bytes(rng.random()).into_uuid();
+                self.request.extend_from_slice(b"5:");
+                PublishToken(token).encode(&mut self.request);
+                self.request.push(b':');
+            }
+            None => self.request.extend_from_slice(b"1:"),
+        }
+        self.request.extend_from_slice(&self.text);
+    }
+
+    /// Whether `reply` answers the current publish: an id newer than the previous
+    /// publish's, or an error.
+    fn answers(&self, reply: &[u8]) -> bool {
+        match published_id(reply) {
+            Some(id) => self.last.is_none_or(|last| id > last),
+            None => true,
+        }
+    }
+}
+
+/// The id in a `0:<id>` reply (read without copying it: every publish reply passes here).
+fn published_id(reply: &[u8]) -> Option<MessageId> {
+    let digits = reply.strip_prefix(b"0:")?;
+    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits)
+        .ok()?
+        .parse()
+        .ok()
+        .map(MessageId)
 }
 
 /// Whether `reply` parses, as the reply to a request that expects `expect`, into a
@@ -148,6 +262,27 @@ impl Peer<'_> {
                 .fail(|| format!("reply {:?}", String::from_utf8_lossy(reply)));
         }
         Ok(ok)
+    }
+
+    /// One publish, resent as it is (the same token, for `5:`) until answered; the id it
+    /// got, or `None` if it failed.
+    async fn publish(&mut self, publisher: &mut Publisher) -> io::Result<Option<MessageId>> {
+        publisher.next();
+        let Some(n) = self
+            .exchange(&publisher.request, |r| publisher.answers(r))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let reply = &self.buf[..n];
+        let id = published_id(reply);
+        match id {
+            Some(id) => publisher.last = Some(id),
+            None => self
+                .tally
+                .fail(|| format!("reply {:?}", String::from_utf8_lossy(reply))),
+        }
+        Ok(id)
     }
 
     /// One exactly-once publish through a session, as the CLI does it: `a:`, the blocks,

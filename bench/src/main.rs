@@ -5,6 +5,7 @@
 
 mod datagram;
 mod echo;
+mod follow;
 mod report;
 mod run;
 mod scenario;
@@ -17,7 +18,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::report::Report;
-use crate::scenario::{Load, Scenario};
+use crate::scenario::{Follow, Load, Scenario};
 
 /// Closed-loop load on an mboard server: requests/s and latency percentiles.
 #[derive(Debug, Parser)]
@@ -66,6 +67,40 @@ enum Command {
         #[arg(long, default_value = "16", value_parser = parse_size)]
         size: usize,
     },
+    /// Single-datagram `5:<token>:<text>` (exactly once): a new token per publish, the same
+    /// one in its resends.
+    PublishOnce {
+        /// Text bytes.
+        #[arg(long, default_value = "16", value_parser = parse_size)]
+        size: usize,
+    },
+    /// Publishers as in `publish` (or `publish-once`) at full rate, while followers each
+    /// hold a `6:<last>:<max>:<wait>` and re-arm it with their newest id when answered.
+    /// Reports publish throughput, and the time from a publish's reply to a follower's
+    /// first read of it.
+    Follow {
+        /// Text bytes.
+        #[arg(long, default_value = "16", value_parser = parse_size)]
+        size: usize,
+        /// Publish with `5:` and a token each, as `publish-once` does.
+        #[arg(long)]
+        once: bool,
+        /// Follower sockets, each with one `6:` outstanding (0: publishers alone, the
+        /// baseline).
+        #[arg(long, default_value_t = 1_000)]
+        followers: usize,
+        /// `<max>` of each `6:`: messages per reply (0 = all above `<after>`; replies too
+        /// large for a datagram come as offers, which followers fetch).
+        #[arg(long, default_value_t = 0)]
+        max: u64,
+        /// `<wait>` of each `6:`.
+        #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        /// Publishes per second, all publishers together, instead of full rate: the
+        /// follower latency of a board its followers keep up with.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        rate: Option<u64>,
+    },
     /// Exactly-once publish through an upload session, as the CLI does.
     PublishSession {
         /// Text bytes.
@@ -109,6 +144,23 @@ fn main() -> Result<()> {
         Command::Get => Scenario::Get { messages: 1_000 },
         Command::Last { n } => Scenario::Last { n },
         Command::Publish { size } => Scenario::Publish { size },
+        Command::PublishOnce { size } => Scenario::PublishOnce { size },
+        Command::Follow {
+            size,
+            once,
+            followers,
+            max,
+            wait,
+            rate,
+        } => Scenario::Follow(Follow {
+            size,
+            once,
+            followers,
+            max,
+            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            rate,
+            start: 0,
+        }),
         Command::PublishSession { size } => Scenario::PublishSession { size },
         Command::Upload { size } => Scenario::Upload { size },
         Command::Download { size } => Scenario::Download { size, id: 0 },

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use mboard_client::output::json_string;
 
+use crate::follow::FollowReport;
 use crate::run::Window;
 use crate::scenario::{Load, Scenario};
 
@@ -33,6 +34,8 @@ pub(crate) struct Report {
     pub(crate) mb_per_s: Option<f64>,
     /// What the first failed operation reported, so a run that fails says why.
     pub(crate) first_error: Option<String>,
+    /// The followers' side, for the follower scenario.
+    pub(crate) follow: Option<FollowReport>,
 }
 
 impl Report {
@@ -54,6 +57,15 @@ impl Report {
                 .payload()
                 .map(|size| operations as f64 * size as f64 / seconds / 1e6),
             first_error: tally.first_error,
+            follow: None,
+        }
+    }
+
+    /// This report with the followers' side added.
+    pub(crate) fn with_follow(self, follow: FollowReport) -> Self {
+        Report {
+            follow: Some(follow),
+            ..self
         }
     }
 
@@ -83,6 +95,9 @@ impl Report {
         if let Some(e) = &self.first_error {
             let _ = write!(s, ",\"first_error\":{}", json_string(e));
         }
+        if let Some(follow) = &self.follow {
+            follow.json_fields(&mut s);
+        }
         s.push('}');
         s
     }
@@ -105,6 +120,9 @@ impl Report {
         }
         if let Some(e) = &self.first_error {
             let _ = write!(s, "  (first error: {e})");
+        }
+        if let Some(follow) = &self.follow {
+            let _ = write!(s, "\n{}", follow.line());
         }
         s
     }
@@ -167,6 +185,16 @@ impl Tally {
         self.record(window, started, result.is_ok());
     }
 
+    /// Operations that failed.
+    pub(crate) fn errors(&self) -> u64 {
+        self.errors
+    }
+
+    /// What the first failure reported.
+    pub(crate) fn first_error(&self) -> Option<&str> {
+        self.first_error.as_deref()
+    }
+
     /// Keeps `why` as the failure to report, unless an earlier one is kept already.
     pub(crate) fn fail(&mut self, why: impl FnOnce() -> String) {
         self.first_error.get_or_insert_with(why);
@@ -185,11 +213,17 @@ impl Tally {
 
 /// The `p` quantile of `sorted` nanoseconds, in microseconds (nearest rank).
 fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i] as f64 / 1_000.0
+    rank(sorted.len(), p).map_or(0.0, |i| sorted[i] as f64 / 1_000.0)
+}
+
+/// [`percentile`] of signed nanoseconds.
+pub(crate) fn percentile_signed(sorted: &[i64], p: f64) -> f64 {
+    rank(sorted.len(), p).map_or(0.0, |i| sorted[i] as f64 / 1_000.0)
+}
+
+/// The index of the `p` quantile in a sorted slice of `len` (nearest rank).
+fn rank(len: usize, p: f64) -> Option<usize> {
+    (len > 0).then(|| ((len as f64 * p).ceil() as usize).clamp(1, len) - 1)
 }
 
 #[cfg(test)]
@@ -209,6 +243,7 @@ mod tests {
             errors: 2,
             mb_per_s: Some(0.5),
             first_error: first_error.map(str::to_string),
+            follow: None,
         }
     }
 

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use mboard_client::{Client, ClientConfig};
 
+use crate::follow::{self, FollowReport, FollowerTally};
 use crate::report::{Report, Tally};
-use crate::scenario::{Load, Scenario};
+use crate::scenario::{Follow, Load, Scenario};
 use crate::{datagram, session};
 
 /// Prepares the board for a scenario (`get` needs messages, `download` one large one) and
@@ -52,6 +53,23 @@ pub(crate) fn seed(load: &Load, scenario: &Scenario) -> io::Result<Scenario> {
                 id: id.0,
             })
         }
+        Scenario::Follow(spec) => {
+            // `6:<after>` reads above `after`: followers start at the newest message, so
+            // the board needs one.
+            let newest = match client.ids(1).map_err(io::Error::other)?.first() {
+                Some(id) => id.0,
+                None => {
+                    client
+                        .publish_datagram(b"seed message")
+                        .map_err(io::Error::other)?
+                        .0
+                }
+            };
+            Ok(Scenario::Follow(Follow {
+                start: newest,
+                ..spec.clone()
+            }))
+        }
         other => Ok(other.clone()),
     }
 }
@@ -78,8 +96,13 @@ impl Window {
 /// The clients of one run, whichever way they run.
 struct Clients {
     runtime: tokio::runtime::Runtime,
+    /// Followers run on a runtime of their own, so that a thousand of them woken at once
+    /// do not queue in front of the publishers whose throughput is the measurement.
+    follow_runtime: Option<tokio::runtime::Runtime>,
     tasks: Vec<tokio::task::JoinHandle<io::Result<Tally>>>,
     threads: Vec<std::thread::JoinHandle<io::Result<Tally>>>,
+    followers: Vec<tokio::task::JoinHandle<io::Result<FollowerTally>>>,
+    follow: Option<Arc<follow::Shared>>,
 }
 
 impl Clients {
@@ -87,24 +110,44 @@ impl Clients {
         // Datagram scenarios run as tasks on one small runtime: 32 blocking threads on two
         // cores would measure the load generator's context switches instead of the server.
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cores)
-            .enable_all()
-            .build()?;
+        let build = || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(cores)
+                .enable_all()
+                .build()
+        };
+        let runtime = build()?;
         let mut clients = Clients {
             runtime,
+            follow_runtime: None,
             tasks: Vec::new(),
             threads: Vec::new(),
+            followers: Vec::new(),
+            follow: None,
         };
+        if let Scenario::Follow(spec) = scenario {
+            let shared = Arc::new(follow::Shared::new(spec.start));
+            let follow_runtime = build()?;
+            for _ in 0..spec.followers {
+                let (load, spec) = (load.clone(), spec.clone());
+                let (shared, window) = (shared.clone(), window.clone());
+                clients.followers.push(
+                    follow_runtime.spawn(async move {
+                        follow::follower(&load, &spec, &shared, &window).await
+                    }),
+                );
+            }
+            clients.follow = Some(shared);
+            clients.follow_runtime = Some(follow_runtime);
+        }
         for c in 0..load.clients {
             let window = window.clone();
             let (load, scenario) = (load.clone(), scenario.clone());
             if scenario.payload().is_none() {
-                clients.tasks.push(
-                    clients
-                        .runtime
-                        .spawn(async move { datagram::client(c, &load, &scenario, &window).await }),
-                );
+                let follow = clients.follow.clone();
+                clients.tasks.push(clients.runtime.spawn(async move {
+                    datagram::client(c, &load, &scenario, &window, follow.as_deref()).await
+                }));
             } else {
                 clients.threads.push(std::thread::spawn(move || {
                     session::client(c, &load, &scenario, &window)
@@ -114,8 +157,10 @@ impl Clients {
         Ok(clients)
     }
 
-    /// Waits for every client to stop and sums their tallies.
-    fn join(self) -> io::Result<Tally> {
+    /// Waits for every client to stop and sums their tallies; then, in a follower run,
+    /// lets the followers read what was published and joins their reads with the
+    /// publishes.
+    fn join(self, seconds: f64) -> io::Result<(Tally, Option<FollowReport>)> {
         let mut all = Tally::default();
         for t in self.threads {
             let tally = t
@@ -126,7 +171,16 @@ impl Clients {
         for t in self.tasks {
             all.merge(self.runtime.block_on(t).map_err(io::Error::other)??);
         }
-        Ok(all)
+        let (Some(shared), Some(runtime)) = (self.follow, self.follow_runtime) else {
+            return Ok((all, None));
+        };
+        shared.publishers_done();
+        let mut followers = Vec::with_capacity(self.followers.len());
+        for f in self.followers {
+            followers.push(runtime.block_on(f).map_err(io::Error::other)??);
+        }
+        let published = shared.take_published();
+        Ok((all, Some(FollowReport::new(followers, &published, seconds))))
     }
 }
 
@@ -141,6 +195,10 @@ pub(crate) fn run(load: &Load, scenario: &Scenario) -> io::Result<Report> {
     window.measuring.store(false, Ordering::Relaxed);
     let seconds = started.elapsed().as_secs_f64();
     window.stopped.store(true, Ordering::Relaxed);
-    let tally = clients.join()?;
-    Ok(Report::new(load, scenario, seconds, tally))
+    let (tally, follow) = clients.join(seconds)?;
+    let report = Report::new(load, scenario, seconds, tally);
+    Ok(match follow {
+        Some(follow) => report.with_follow(follow),
+        None => report,
+    })
 }

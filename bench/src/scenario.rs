@@ -23,6 +23,15 @@ pub(crate) enum Scenario {
         /// Text bytes.
         size: usize,
     },
+    /// `5:<token>:<text>` in one datagram (exactly once per token), a new token per
+    /// publish and the same one in its resends.
+    PublishOnce {
+        /// Text bytes.
+        size: usize,
+    },
+    /// Publishers as in `publish` or `publish-once` at full rate, while followers hold
+    /// `6:` requests and re-arm them as they are answered.
+    Follow(Follow),
     /// A publish through an upload session (exactly-once), as the CLI does.
     PublishSession {
         /// Text bytes.
@@ -50,6 +59,8 @@ impl Scenario {
             Scenario::Get { .. } => "get",
             Scenario::Last { .. } => "last",
             Scenario::Publish { .. } => "publish",
+            Scenario::PublishOnce { .. } => "publish-once",
+            Scenario::Follow(_) => "follow",
             Scenario::PublishSession { .. } => "publish-session",
             Scenario::Upload { .. } => "upload",
             Scenario::Download { .. } => "download",
@@ -64,6 +75,26 @@ impl Scenario {
             _ => None,
         }
     }
+}
+
+/// The follower scenario's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Follow {
+    /// Text bytes per publish.
+    pub(crate) size: usize,
+    /// Publish with `5:` (a token each) instead of `1:`.
+    pub(crate) once: bool,
+    /// Follower sockets, each with one `6:` request outstanding.
+    pub(crate) followers: usize,
+    /// `<max>` of each `6:` (0 = everything after its `<after>`).
+    pub(crate) max: u64,
+    /// `<wait>` of each `6:`, in milliseconds.
+    pub(crate) wait_ms: u64,
+    /// Publishes per second, all publishers together; `None` = as fast as answered.
+    pub(crate) rate: Option<u64>,
+    /// Where the followers start: the newest id when the run begins (set by
+    /// [`crate::run::seed`]).
+    pub(crate) start: u64,
 }
 
 /// How to load the server.

@@ -20,4 +20,4 @@ pub use held::{HoldCounts, Wake, WakeCause};
 pub use limiter::RateLimit;
 pub use metrics::EndpointLimits;
 pub use reply::Reply;
-pub use server::{Listeners, ServerError, run, serve};
+pub use server::{Listeners, ServerError, run, serve, set_receive_buffer};

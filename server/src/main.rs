@@ -12,6 +12,10 @@ use mboard_server::{
 use tokio::net::{TcpListener, UdpSocket};
 use tracing_subscriber::EnvFilter;
 
+/// The socket receive buffer asked for by default: room for several thousand small
+/// datagrams, enough for a thousand followers re-arming at once.
+const RECV_BUFFER: usize = 4 << 20;
+
 /// Message board over UDP: layer-1 board requests and layer-2 sessions on one port.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -153,6 +157,11 @@ struct Args {
     )]
     metrics_connections_per_ip: usize,
 
+    /// Receive buffer of the board's socket, in bytes (0: the system's default). The
+    /// system caps it (Linux: `net.core.rmem_max`); the size granted is logged.
+    #[arg(long, env = "MBOARD_RECV_BUFFER", value_name = "BYTES", default_value_t = RECV_BUFFER)]
+    recv_buffer: usize,
+
     /// Receive loops sharing the socket (default: twice the number of cores).
     #[arg(long)]
     workers: Option<usize>,
@@ -201,6 +210,19 @@ fn serve() -> anyhow::Result<()> {
         let udp = UdpSocket::bind(args.listen)
             .await
             .with_context(|| format!("cannot bind {}", args.listen))?;
+        if args.recv_buffer > 0 {
+            let granted = mboard_server::set_receive_buffer(&udp, args.recv_buffer)
+                .context("cannot set the receive buffer")?;
+            if granted < args.recv_buffer {
+                tracing::warn!(
+                    asked = args.recv_buffer,
+                    granted,
+                    "receive buffer capped by the system (raise net.core.rmem_max)"
+                );
+            } else {
+                tracing::info!(bytes = granted, "receive buffer");
+            }
+        }
         let metrics = match args.metrics {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -307,6 +329,18 @@ mod tests {
         assert_eq!(config.rate_limit, defaults.rate_limit);
         assert_eq!(config.error_limit, defaults.error_limit);
         assert_eq!(config.workers, defaults.workers);
+        assert_eq!(args.recv_buffer, RECV_BUFFER);
+    }
+
+    #[test]
+    fn the_receive_buffer_is_an_option() {
+        let args = Args::try_parse_from(["mboard-server", "--in-memory", "--recv-buffer", "0"])
+            .expect("parse");
+        assert_eq!(args.recv_buffer, 0, "0 keeps the system's default");
+        assert!(
+            Args::try_parse_from(["mboard-server", "--recv-buffer", "-1"]).is_err(),
+            "a size is a number of bytes"
+        );
     }
 
     #[test]

@@ -206,6 +206,24 @@ async fn until_stopped(
     }
 }
 
+/// Asks the kernel for a receive buffer of `bytes` on `socket` and returns the size it
+/// granted, which the system may cap (on Linux at `net.core.rmem_max`).
+///
+/// The default buffer (about 200 KiB on Linux) holds only a few hundred small datagrams:
+/// a thousand followers re-arming their `6:` requests at once after a publish overflow it,
+/// and what is dropped (publishes among them) waits for its sender's resend.
+pub fn set_receive_buffer(socket: &UdpSocket, bytes: usize) -> io::Result<usize> {
+    let sock = socket2::SockRef::from(socket);
+    sock.set_recv_buffer_size(bytes)?;
+    let reported = sock.recv_buffer_size()?;
+    // Linux reports twice what it grants, the other half being its bookkeeping.
+    Ok(if cfg!(target_os = "linux") {
+        reported / 2
+    } else {
+        reported
+    })
+}
+
 /// Errors from `recv_from`/`send_to` that concern one peer, not the socket.
 fn transient(e: &io::Error) -> bool {
     use io::ErrorKind::*;
@@ -427,5 +445,28 @@ async fn expiry_loop<B: Board>(handler: Arc<Handler<B>>) -> io::Result<()> {
         let now = Instant::now();
         let next = handler.expire(now).unwrap_or(now + idle);
         tokio::time::sleep_until(next.into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_receive_buffer_is_what_was_asked_within_the_system_cap() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let before = set_receive_buffer(&socket, 64 * 1024).expect("set");
+        let asked = 1 << 20;
+        let granted = set_receive_buffer(&socket, asked).expect("set");
+        assert!(granted > before, "{granted} after {before}");
+        #[cfg(target_os = "linux")]
+        {
+            let cap: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+                .expect("rmem_max")
+                .trim()
+                .parse()
+                .expect("a number");
+            assert_eq!(granted, asked.min(cap));
+        }
     }
 }

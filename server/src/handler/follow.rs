@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use mboard_protocol::{ErrorCode, MessageId, Response};
+use mboard_protocol::{ErrorCode, MessageId, ReplyCode, Response};
 use tokio::sync::Notify;
 
 use super::{Answer, Handler, storage_failure};
@@ -37,7 +37,15 @@ pub(super) struct Followers {
     woken: Mutex<Vec<Wake>>,
     /// Tells the driver there is something to answer, or an earlier deadline to wait for.
     signal: Notify,
+    /// The last reply built for a woken request, and the span of messages it holds.
+    /// Followers that are caught up wait with the same `<after>`, so a publish wakes them
+    /// together and they are all owed the same bytes: encoded once, sent to each. A span
+    /// names its messages for good (boards only grow), so an equal span is the same reply.
+    shared: Mutex<Option<(SpanKey, Reply)>>,
 }
+
+/// Where a span starts and how many messages it holds.
+type SpanKey = (u64, u64);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The tables are consistent between calls; a panic elsewhere must not stop following.
@@ -54,6 +62,7 @@ impl Followers {
             })),
             woken: Mutex::new(Vec::new()),
             signal: Notify::new(),
+            shared: Mutex::new(None),
         }
     }
 
@@ -117,6 +126,29 @@ impl<B: Board> Handler<B> {
         }
     }
 
+    /// What a woken request reads: the reply built for the previous one if it covers the
+    /// same span.
+    fn read_woken(self: &Arc<Self>, now: Instant, wake: Wake) -> Answer {
+        let span = match self.board.span_after(wake.after, wake.max) {
+            Ok(span) => span,
+            Err(e) => return Answer::Reply(storage_failure(&e)),
+        };
+        let key = (span.start, span.count);
+        if let Some((shared, reply)) = &*lock(&self.follow.shared)
+            && *shared == key
+        {
+            return Answer::Reply(reply.clone());
+        }
+        let answer = self.messages(now, wake.to, span);
+        // Only a direct reply can be shared: an offer is a session of its requester's.
+        if let Answer::Reply(reply) = &answer
+            && reply.code() == ReplyCode::Ok
+        {
+            *lock(&self.follow.shared) = Some((key, reply.clone()));
+        }
+        answer
+    }
+
     /// Resolves when a held request may be due: a publish woke some, or one was held that
     /// may end before the deadline the caller is waiting for.
     pub async fn follow_signal(&self) {
@@ -146,7 +178,7 @@ impl<B: Board> Handler<B> {
     /// other, measured against the request that was held.
     pub fn answer_wake(self: &Arc<Self>, now: Instant, wake: Wake) -> Answer {
         let answer = match wake.cause {
-            WakeCause::Published => self.read_after(now, wake.to, wake.after, wake.max),
+            WakeCause::Published => self.read_woken(now, wake),
             WakeCause::TimedOut => Answer::Reply(Reply::new(&Response::Messages(Vec::new()))),
         };
         self.limit_amplification(now, wake.to, wake.request_len, answer)

@@ -190,3 +190,43 @@ fn held_replies_obey_the_datagram_size_and_the_amplification_rule() {
         assert_eq!(reply.starts_with("d:"), loopback_checked, "{reply}");
     }
 }
+
+#[test]
+fn followers_woken_for_the_same_messages_share_one_encoding() {
+    let s = Sim::new(Limits::default());
+    s.ask(0, addr(9), "1:old");
+    for port in [1, 2] {
+        assert_eq!(s.ask(0, addr(port), "6:0:0:25000"), None);
+    }
+    // Another `<max>` covering the same messages is the same reply too.
+    assert_eq!(s.ask(0, addr(3), "6:0:5:25000"), None);
+    s.ask(10, addr(9), "1:new");
+    let now = s.at(10);
+    let replies: Vec<Reply> =
+        s.h.follow_due(now)
+            .into_iter()
+            .map(|wake| run(s.h.answer_wake(now, wake).resolve()).expect("a reply"))
+            .collect();
+    assert_eq!(replies.len(), 3);
+    assert!(replies[0].bytes().ends_with(b":3:new"), "{replies:?}");
+    for r in &replies[1..] {
+        assert_eq!(r, &replies[0]);
+        assert_eq!(r.bytes().as_ptr(), replies[0].bytes().as_ptr(), "shared");
+    }
+    // Woken by two publishes at once, the same `<after>` with a smaller `<max>` covers
+    // fewer messages: not the other's reply.
+    assert_eq!(s.ask(20, addr(1), "6:1:0:25000"), None);
+    assert_eq!(s.ask(20, addr(2), "6:1:1:25000"), None);
+    s.ask(30, addr(9), "1:newer");
+    s.ask(30, addr(9), "1:newest");
+    let mut due = s.due(30);
+    due.sort_by_key(|(port, ..)| *port);
+    assert!(
+        due[0].2.starts_with("0:2:2:") && due[0].2.ends_with(":6:newest"),
+        "{due:?}"
+    );
+    assert!(
+        due[1].2.starts_with("0:1:2:") && due[1].2.ends_with(":5:newer"),
+        "{due:?}"
+    );
+}

@@ -52,6 +52,7 @@ fn every_scenario_reports_operations_without_errors() {
         &["get"][..],
         &["last", "-n", "5"],
         &["publish", "--size", "100"],
+        &["publish-once", "--size", "100"],
         &["publish-session", "--size", "3000"],
         &["upload", "--size", "64KiB"],
         &["download", "--size", "64KiB"],
@@ -71,6 +72,62 @@ fn every_scenario_reports_operations_without_errors() {
             assert!(field(&json, "mb_per_s") > 0.0, "{json}");
         }
     }
+}
+
+/// Checks a `follow` run's report: publishes made, followers read every sampled id, and
+/// the latency from publish reply to follower read is there. Returns the JSON.
+fn follow(server: std::net::SocketAddr, args: &[&str]) -> String {
+    let json = bench(Some(server), &[&["follow"][..], args].concat());
+    assert!(json.starts_with("{\"scenario\":\"follow\""), "{json}");
+    assert!(field(&json, "operations") > 0.0, "{json}");
+    assert_eq!(field(&json, "errors"), 0.0, "{json}");
+    assert_eq!(field(&json, "follow_errors"), 0.0, "{json}");
+    assert!(field(&json, "follow_samples") > 0.0, "{json}");
+    // Followers drain after the publishers stop: a small run leaves nothing unread.
+    assert_eq!(field(&json, "follow_unseen"), 0.0, "{json}");
+    assert!(
+        field(&json, "follow_p99_us") >= field(&json, "follow_p50_us"),
+        "{json}"
+    );
+    assert!(field(&json, "follow_messages_per_s") > 0.0, "{json}");
+    json
+}
+
+#[test]
+fn follow_reports_publishes_and_follower_latency() {
+    // mboard-bench is a load generator.
+    let _gate = gate::load();
+    let server = TestServer::builder().start();
+    let json = follow(server.addr, &["--followers", "20", "--max", "8"]);
+    assert_eq!(field(&json, "followers"), 20.0, "{json}");
+    assert_eq!(field(&json, "follow_offers"), 0.0, "{json}");
+    // Exactly-once publishers, paced: the followers keep up.
+    follow(
+        server.addr,
+        &["--followers", "20", "--once", "--rate", "2000"],
+    );
+    // The baseline: the same publishers with nobody following.
+    let json = bench(Some(server.addr), &["follow", "--followers", "0"]);
+    assert!(field(&json, "operations") > 0.0, "{json}");
+    assert_eq!(field(&json, "follow_samples"), 0.0, "{json}");
+}
+
+#[test]
+fn followers_fetch_offers_and_wait_out_busy() {
+    // mboard-bench is a load generator.
+    let _gate = gate::load();
+    // Replies of more than one message do not fit in a datagram, and only a few requests
+    // may be held at once.
+    let server = TestServer::builder()
+        .limits(mboard_server::Limits {
+            max_datagram: 128,
+            max_held: 4,
+            ..mboard_server::Limits::default()
+        })
+        .start();
+    let json = follow(server.addr, &["--followers", "12", "--rate", "500"]);
+    assert!(field(&json, "follow_offers") > 0.0, "{json}");
+    assert!(field(&json, "follow_busy") > 0.0, "{json}");
 }
 
 #[test]

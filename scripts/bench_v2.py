@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""Protocol version 2 on the datagram path, measured against fresh server processes.
+
+    scripts/bench_v2.py run [--duration 10s] [--rounds 3] [--only GROUP ...] > runs.jsonl
+    scripts/bench_v2.py summary runs.jsonl
+
+`run` builds the release binaries, then for each round runs every measurement of the
+chosen groups against a fresh `mboard-server` process on loopback, the measurements of a
+group in an order that turns from round to round. Each run prints one JSON object: the
+`mboard-bench --json` report plus `label`, `round`, the 1-minute load average at its start
+and `foreign`, the share of the machine's CPU time that went to processes other than this
+server and this load generator while it ran (the machine is shared; a run with a large
+foreign share measured the neighbours as much as mboard).
+
+Groups:
+  once     publish-once (with its echo ceiling), publish-session, publish; in memory
+  follow   follow with 0 and 1000 followers, `1:` and `5:` publishers, at full rate
+  paced    follow with 1000 followers at 200 and 50 publishes a second
+  durable  publish-once and publish with `--data-dir` and `--fsync always`
+
+`--server BIN` (repeatable) runs each measurement once per server binary, alternating,
+for an A/B of two builds; the label then ends in `@<n>`, n counting from 0.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+PORT = int(os.environ.get("MBOARD_BENCH_PORT", "7798"))
+ADDR = f"127.0.0.1:{PORT}"
+
+MEMORY = ["--in-memory"]
+DURABLE = ["--fsync", "always"]  # plus --data-dir, fresh for each run
+
+GROUPS = {
+    "once": [
+        ("publish-once", MEMORY, ["--vs-echo", "publish-once"]),
+        ("publish-session", MEMORY, ["publish-session"]),
+        ("publish", MEMORY, ["publish"]),
+    ],
+    "follow": [
+        ("follow-0", MEMORY, ["follow", "--followers", "0"]),
+        ("follow-1000", MEMORY, ["follow", "--followers", "1000"]),
+        ("follow-once-0", MEMORY, ["follow", "--once", "--followers", "0"]),
+        ("follow-once-1000", MEMORY, ["follow", "--once", "--followers", "1000"]),
+    ],
+    "paced": [
+        ("follow-1000-rate-200", MEMORY, ["follow", "--followers", "1000", "--rate", "200"]),
+        ("follow-1000-rate-50", MEMORY, ["follow", "--followers", "1000", "--rate", "50"]),
+    ],
+    "durable": [
+        ("durable-publish-once", DURABLE, ["publish-once"]),
+        ("durable-publish", DURABLE, ["publish"]),
+    ],
+}
+
+
+def busy_ticks():
+    """CPU ticks spent on anything but idle and iowait, all CPUs."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4]
+
+
+def process_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def children_seconds():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def start_server(binary, args, data):
+    if args is DURABLE:
+        shutil.rmtree(data, ignore_errors=True)
+        args = ["--data-dir", data] + args
+    server = subprocess.Popen([binary, "--listen", ADDR, "--log-level", "warn"] + args)
+    for _ in range(100):
+        probe = subprocess.run(
+            [os.path.join(BIN, "mboard-client"), "--server", ADDR, "--timeout", "200ms", "ids", "-n", "1"],
+            capture_output=True,
+        )
+        if probe.returncode == 0:
+            return server
+        time.sleep(0.1)
+    server.kill()
+    sys.exit("server did not start")
+
+
+def measure(binary, label, server_args, bench_args, duration, data):
+    server = start_server(binary, server_args, data)
+    hz = os.sysconf("SC_CLK_TCK")
+    ncpu = os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    t0, busy0, srv0, kids0 = time.monotonic(), busy_ticks(), process_ticks(server.pid), children_seconds()
+    out = subprocess.run(
+        [os.path.join(BIN, "mboard-bench"), "--server", ADDR, "--duration", duration, "--warmup", "1s", "--json"]
+        + bench_args,
+        capture_output=True,
+        text=True,
+    )
+    t1, busy1, srv1, kids1 = time.monotonic(), busy_ticks(), process_ticks(server.pid), children_seconds()
+    server.terminate()
+    server.wait()
+    if out.returncode != 0:
+        sys.exit(f"{label}: {out.stderr.strip()}")
+    ours = (srv1 - srv0) / hz + (kids1 - kids0)
+    foreign = max(0.0, ((busy1 - busy0) / hz - ours) / ((t1 - t0) * ncpu))
+    report = json.loads(out.stdout)
+    report.update(label=label, load=round(load, 2), foreign=round(foreign, 3))
+    return report
+
+
+def run(opts):
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
+    servers = opts.server or [os.path.join(BIN, "mboard-server")]
+    data = tempfile.mkdtemp(prefix="mboard-bench-v2.")
+    try:
+        for rnd in range(1, opts.rounds + 1):
+            for group in opts.only:
+                runs = GROUPS[group]
+                # Turn the order each round, so that no measurement always comes first.
+                k = (rnd - 1) % len(runs)
+                for label, server_args, bench_args in runs[k:] + runs[:k]:
+                    order = servers if rnd % 2 else list(reversed(servers))
+                    for binary in order:
+                        tag = label if len(servers) == 1 else f"{label}@{servers.index(binary)}"
+                        r = measure(binary, tag, server_args, bench_args, opts.duration, os.path.join(data, "board"))
+                        r["round"] = rnd
+                        print(json.dumps(r), flush=True)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def fmt(x, digits=0):
+    return f"{x:,.{digits}f}"
+
+
+def summary(opts):
+    runs = [json.loads(line) for line in open(opts.file) if line.startswith("{")]
+
+    def by(label):
+        return {r["round"]: r for r in runs if r["label"] == label}
+
+    def core(r):
+        return r.get("run", r)
+
+    once, session, publish = by("publish-once"), by("publish-session"), by("publish")
+    if once:
+        print("| round | load | foreign CPU | echo/s | publish-once/s | once / echo | publish-session/s | once / session | publish/s | once p50 / p99 µs | echo p50 / p99 µs |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for rnd in sorted(once):
+            o, e = core(once[rnd]), once[rnd]["echo"]
+            s, p = core(session.get(rnd, {})), core(publish.get(rnd, {}))
+            print(f"| {rnd} | {once[rnd]['load']} | {once[rnd]['foreign']:.0%} | {fmt(e['rate'])} | {fmt(o['rate'])} | {o['rate'] / e['rate']:.2f} | "
+                  f"{fmt(s.get('rate', 0))} | {o['rate'] / s['rate'] if s else float('nan'):.2f} | {fmt(p.get('rate', 0))} | "
+                  f"{fmt(o['p50_us'])} / {fmt(o['p99_us'])} | {fmt(e['p50_us'])} / {fmt(e['p99_us'])} |")
+        print()
+
+    for base, with_ in (("follow-0", "follow-1000"), ("follow-once-0", "follow-once-1000")):
+        b, w = by(base), by(with_)
+        if not w:
+            continue
+        print(f"| round | foreign CPU | {base}/s | {with_}/s | ratio | publish p99 µs, 0 / 1000 | publish resends | follower p50 / p99 µs | unseen | follower reads/s | replies/s | offers |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for rnd in sorted(w):
+            x, y = b[rnd], w[rnd]
+            print(f"| {rnd} | {x['foreign']:.0%} / {y['foreign']:.0%} | {fmt(x['rate'])} | {fmt(y['rate'])} | {y['rate'] / x['rate']:.3f} | {fmt(x['p99_us'])} / {fmt(y['p99_us'])} | {y['timeouts']:,} | "
+                  f"{fmt(y['follow_p50_us'])} / {fmt(y['follow_p99_us'])} | {y['follow_unseen']:,} of {y['follow_unseen'] + y['follow_samples']:,} | {fmt(y['follow_messages_per_s'])} | {fmt(y['follow_replies_per_s'])} | {y['follow_offers']:,} |")
+        print()
+
+    labels = sorted({r["label"] for r in runs if "rate" in r["label"].split("-")}, key=lambda l: (l.split("@")[-1], l))
+    if labels:
+        print("| measurement | round | foreign CPU | publishes/s | publish p99 µs | publish resends | follower p50 µs | p99 µs | p99.9 µs | unseen | replies/s | offers |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for label in labels:
+            for rnd, y in sorted(by(label).items()):
+                print(f"| {label} | {rnd} | {y['foreign']:.0%} | {fmt(y['rate'])} | {fmt(y['p99_us'])} | {y['timeouts']:,} | {fmt(y['follow_p50_us'])} | {fmt(y['follow_p99_us'])} | "
+                      f"{fmt(y['follow_p999_us'])} | {y['follow_unseen']:,} | {fmt(y['follow_replies_per_s'])} | {y['follow_offers']:,} |")
+        print()
+
+    do, dp = by("durable-publish-once"), by("durable-publish")
+    if do:
+        print("| round | foreign CPU | durable publish-once/s | durable publish/s | ratio | once p50 / p99 µs | publish p50 / p99 µs |")
+        print("|---|---|---|---|---|---|---|")
+        for rnd in sorted(do):
+            o, p = do[rnd], dp[rnd]
+            print(f"| {rnd} | {o['foreign']:.0%} / {p['foreign']:.0%} | {fmt(o['rate'])} | {fmt(p['rate'])} | {o['rate'] / p['rate']:.2f} | {fmt(o['p50_us'])} / {fmt(o['p99_us'])} | {fmt(p['p50_us'])} / {fmt(p['p99_us'])} |")
+        print()
+
+    ab = sorted({r["label"] for r in runs if "@" in r["label"]})
+    if ab:
+        print("| measurement | round | publishes/s | publish p99 µs | follower p50 µs | follower p99 µs | foreign CPU |")
+        print("|---|---|---|---|---|---|---|")
+        for label in ab:
+            for rnd, y in sorted(by(label).items()):
+                y = core(y)
+                print(f"| {label} | {rnd} | {fmt(y['rate'])} | {fmt(y['p99_us'])} | {fmt(y.get('follow_p50_us', 0))} | {fmt(y.get('follow_p99_us', 0))} | {by(label)[rnd]['foreign']:.0%} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--duration", default="10s")
+    r.add_argument("--rounds", type=int, default=3)
+    r.add_argument("--only", nargs="+", choices=list(GROUPS), default=list(GROUPS))
+    r.add_argument("--server", action="append", help="server binary (repeat for an A/B)")
+    s = sub.add_parser("summary")
+    s.add_argument("file")
+    opts = parser.parse_args()
+    run(opts) if opts.command == "run" else summary(opts)
+
+
+if __name__ == "__main__":
+    main()
