@@ -43,6 +43,11 @@ impl Deadlines {
     pub(super) fn len(&self) -> usize {
         self.heap.len()
     }
+
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.heap.capacity()
+    }
 }
 
 impl SessionManager {

@@ -13,6 +13,8 @@ mod budget;
 mod compact;
 mod error;
 mod expiry;
+#[cfg(test)]
+mod fair_tests;
 mod fairness;
 mod hosts;
 mod manager;

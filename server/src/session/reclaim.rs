@@ -80,28 +80,28 @@ impl Reclaimer {
         if fairness.progress_floor == 0 {
             return None;
         }
-        let usable = |sid: &SessionId| {
-            Some(*sid) != requester && sessions.get(sid).is_some_and(|s| is_slow(s, now, fairness))
-        };
+        let slow = |sid: &SessionId| sessions.get(sid).is_some_and(|s| is_slow(s, now, fairness));
         let mut scanned = false;
         loop {
+            // Reclaimed ones leave the end of the list: drop them first.
+            while self.candidates.last().is_some_and(|sid| !slow(sid)) {
+                self.candidates.pop();
+            }
             let (mut take, mut left) = (Vec::new(), short);
-            let mut i = self.candidates.len();
-            while i > 0 && !left.is_met() {
-                i -= 1;
-                let sid = self.candidates[i];
-                if usable(&sid) {
-                    left = left.minus(sessions[&sid].reserved);
-                    take.push(sid);
+            for sid in self.candidates.iter().rev() {
+                if left.is_met() {
+                    break;
+                }
+                if Some(*sid) != requester && slow(sid) {
+                    left = left.minus(sessions[sid].reserved);
+                    take.push(*sid);
                 }
             }
             if left.is_met() {
-                // Everything from `i` on is taken or no longer usable.
-                self.candidates.truncate(i);
                 return Some(take);
             }
-            // Every candidate was looked at: keep those still usable for later.
-            self.candidates.retain(|sid| usable(sid));
+            // Every candidate was looked at: keep those still slow for later.
+            self.candidates.retain(|sid| slow(sid));
             let due = self.scanned.is_none_or(|at| now >= at + RESCAN);
             if scanned || !due {
                 return None;
@@ -154,6 +154,11 @@ impl Reclaimer {
     /// Forgets that `sid` was reclaimed: its owner closed it.
     pub(super) fn forget(&mut self, sid: SessionId) {
         self.tombstones.remove(sid);
+    }
+
+    #[cfg(test)]
+    pub(super) fn tombstones_len(&self) -> usize {
+        self.tombstones.owners.len()
     }
 
     /// Drops what is out of date at `now` and gives memory back.

@@ -101,10 +101,11 @@ impl SessionManager {
         }
         let (evict, left) = self.evictable(now, short, need.requester);
         // A host over its share gets no claimed session for what it is over on.
-        let may_reclaim = !(left.bytes > 0 && over.memory) && !(left.slots > 0 && over.sessions);
+        let over_on_what_is_short =
+            (left.bytes > 0 && over.memory) || (left.slots > 0 && over.sessions);
         let reclaim = if left.is_met() {
             Some(Vec::new())
-        } else if may_reclaim {
+        } else if !over_on_what_is_short {
             let shares = Shares::of(&self.limits);
             let fairness = self.limits.fairness;
             self.reclaimer.plan(
