@@ -38,12 +38,6 @@ pub(super) fn shrink_heap<T: Ord>(heap: &mut BinaryHeap<T>) {
     }
 }
 
-pub(super) fn shrink_vec<T>(vec: &mut Vec<T>) {
-    if worth(vec.len(), vec.capacity()) {
-        vec.shrink_to(target(vec.len()));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,8 +63,9 @@ mod tests {
         shrink_heap(&mut heap);
         assert!(heap.capacity() < 2_048);
 
-        let mut small: Vec<u32> = Vec::with_capacity(1_000);
-        shrink_vec(&mut small);
-        assert_eq!(small.capacity(), 1_000, "small tables are left alone");
+        let mut small: HashMap<u32, u32> = HashMap::with_capacity(500);
+        let capacity = small.capacity();
+        shrink_map(&mut small);
+        assert_eq!(small.capacity(), capacity, "small tables are left alone");
     }
 }

@@ -72,7 +72,7 @@ impl SessionManager {
                 self.expiry.heap.push(Reverse((real, sid)));
             }
         }
-        self.reclaimer.expire(now);
+        self.reclaimer.expire(now, &self.sessions);
         if expired > 0 {
             self.compact();
         }

@@ -443,45 +443,89 @@ fn a_download_moves_by_its_fetches_and_refetching_buys_no_time_past_its_size() {
 }
 
 #[test]
-fn a_walk_that_found_nothing_is_not_repeated_at_once() {
+fn a_session_is_found_slow_the_moment_it_turns_slow_and_not_before() {
     let mut sim = Sim::new(Limits {
         max_sessions: 2,
         ..shares_off()
     });
-    hold(&mut sim, host(2, 1), 3, 2);
+    let early = hold(&mut sim, host(2, 1), 3, 2);
     sim.at(4_000);
-    hold(&mut sim, host(2, 2), 3, 2);
-    // At 5.05 s the first is slow (two bytes bought it 0.24 ms), the second is not.
-    sim.at(5_050);
+    let late = hold(&mut sim, host(2, 2), 3, 2);
+    // Two bytes buy 0.24 ms past the grace: the first turns slow at 5.0002 s.
+    sim.at(5_000);
     let reader = host(1, 1);
+    assert!(
+        sim.mgr
+            .offer(sim.now, reader, Bytes::from_static(b"xx"))
+            .is_err()
+    );
+    sim.at(5_001);
     let o = offer(sim.mgr.offer(sim.now, reader, Bytes::from_static(b"xx")));
     assert!(
         sim.reply(reader, format!("g:{}:0", o.sid))
             .starts_with("0:")
     );
-    assert_eq!(sim.mgr.stats().reclaimed.within_share, 1);
-    // The second turns slow at 9.0002 s: a walk at 9 s finds nothing, and the next one
-    // waits until 9.1 s.
-    let late = host(1, 2);
-    sim.at(9_000);
+    assert_eq!(sim.reply(host(2, 1), format!("c:{early}")), EXPIRED);
+    // The second turns slow at 9.0002 s; asking again and again before then changes
+    // nothing, and the moment it has turned, it gives way.
+    let other = host(1, 2);
+    for ms in [6_000, 8_000, 9_000] {
+        sim.at(ms);
+        assert!(
+            sim.mgr
+                .offer(sim.now, other, Bytes::from_static(b"xx"))
+                .is_err()
+        );
+    }
+    sim.at(9_001);
     assert!(
         sim.mgr
-            .offer(sim.now, late, Bytes::from_static(b"xx"))
-            .is_err()
-    );
-    sim.at(9_050);
-    assert!(
-        sim.mgr
-            .offer(sim.now, late, Bytes::from_static(b"xx"))
-            .is_err()
-    );
-    sim.at(9_100);
-    assert!(
-        sim.mgr
-            .offer(sim.now, late, Bytes::from_static(b"xx"))
+            .offer(sim.now, other, Bytes::from_static(b"xx"))
             .is_ok()
     );
+    assert_eq!(sim.reply(host(2, 2), format!("c:{late}")), EXPIRED);
     assert_eq!(sim.mgr.stats().reclaimed.within_share, 2);
+}
+
+#[test]
+fn a_session_that_moves_again_leaves_the_pool_of_slow_ones() {
+    let mut sim = Sim::new(Limits {
+        max_session_memory: 30_000,
+        ..shares_off()
+    });
+    let mover = host(2, 1);
+    let sid = hold(&mut sim, mover, 20_000, 1_000);
+    sim.at(5_500);
+    hold(&mut sim, host(3, 1), 9_000, 1_000);
+    // Slow from 5.12 s, and found so by a request that it could not make room for.
+    sim.at(6_000);
+    let newcomer = host(1, 1);
+    assert_eq!(sim.reply(newcomer, "a:21000:1000"), "4:busy");
+    assert_eq!(sim.mgr.reclaimer.watched().1, 1, "in the pool");
+    // It sends the rest: 20,000 bytes buy it up to 7.44 s.
+    for i in 1..20 {
+        sim.reply(mover, block(sid, i, &[b'm'; 1_000]));
+    }
+    assert!(
+        sim.mgr
+            .offer(sim.now, newcomer, Bytes::from(vec![b'n'; 9_000]))
+            .is_err()
+    );
+    assert_eq!(sim.mgr.reclaimer.watched().1, 0, "out of the pool");
+    sim.at(7_400);
+    assert!(
+        sim.mgr
+            .offer(sim.now, newcomer, Bytes::from(vec![b'n'; 9_000]))
+            .is_err()
+    );
+    // Watched again: once it has turned slow again, it gives way.
+    sim.at(7_500);
+    assert!(
+        sim.mgr
+            .offer(sim.now, newcomer, Bytes::from(vec![b'n'; 9_000]))
+            .is_ok()
+    );
+    assert_eq!(sim.reply(mover, format!("c:{sid}")), EXPIRED);
 }
 
 #[test]
@@ -514,4 +558,5 @@ fn a_crowd_that_expired_leaves_small_tables() {
     assert!(m.expiry.capacity() <= 1_024, "{}", m.expiry.capacity());
     assert!(m.budget.unclaimed.capacity() <= 1_024);
     assert_eq!(m.reclaimer.tombstones_len(), 0);
+    assert_eq!(m.reclaimer.watched(), (0, 0));
 }

@@ -250,15 +250,20 @@ impl SessionManager {
             return Err(SessionError::ForeignAddress);
         }
         session.last_seen = now;
-        if !session.claimed {
-            session.claimed = true;
-            self.budget.claim(session.reserved, session.host);
-        }
         let host = session.host;
+        let newly_claimed = !session.claimed;
+        session.claimed = true;
         let unreserved = match &session.state {
             State::Upload(up) if first_block && session.reserved == 0 => Some(up.cost()),
             _ => None,
         };
+        if newly_claimed {
+            let session = &self.sessions[&sid];
+            self.budget.claim(session.reserved, host);
+            let fairness = self.limits.fairness;
+            self.reclaimer
+                .watch(sid, session, &self.sessions, &fairness);
+        }
         // Only the address the id was sent to could echo it: it receives our datagrams.
         self.validated.insert(from, now);
         if let Some(cost) = unreserved {

@@ -8,13 +8,16 @@
 //! 65,000-byte block every 20 s into a 16 MiB upload (3 KB/s) falls below the default
 //! 8 KiB/s within 13 s; an honest upload that moves at all moves hundreds of times faster.
 //!
-//! Finding slow sessions takes a walk over the table, so a walk's findings are kept,
-//! best first, and used until they run out; the table is walked again at most every
-//! [`RESCAN`]. A reclaimed session's id is remembered for a session timeout so that its
+//! Each claimed session has the instant it would turn slow if it moved no more. They wait
+//! in a heap that progress does not touch, as the expiry deadlines do: an entry that
+//! comes due is checked against its session, which is put back at its real instant if it
+//! moved meanwhile, or joins the *pool* of slow sessions, ordered best to reclaim first.
+//! Nothing walks the whole table, so a flood of requests for room costs each a few heap
+//! operations. A reclaimed session's id is remembered for a session timeout so that its
 //! owner is told `4:expired: …` rather than `unknown session`.
 
 use std::cmp::Reverse;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -27,33 +30,40 @@ use super::manager::{Reclaimed, Session, State};
 use super::room::Shortfall;
 use super::{SessionError, SessionManager};
 
-/// The longest the table is walked for slow sessions: a walk that found too few is not
-/// repeated sooner, so requests that cannot be helped cost a lookup, not a walk of up to
-/// 100,000 sessions each.
-pub(super) const RESCAN: Duration = Duration::from_millis(100);
+/// How long a session that is due but cannot be judged yet (its commit is executing) waits
+/// to be looked at again.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// The instant `session` turns slow if it moves no more; `None` with the floor off.
+fn slow_at(session: &Session, fairness: &Fairness) -> Option<Instant> {
+    if fairness.progress_floor == 0 {
+        return None;
+    }
+    let credit = session.progress as f64 / fairness.progress_floor as f64;
+    let credit = Duration::try_from_secs_f64(credit).unwrap_or(Duration::MAX);
+    let at = session.created.checked_add(fairness.progress_grace)?;
+    at.checked_add(credit)
+}
 
 /// Whether `session` moves slower than the floor at `now`.
 pub(super) fn is_slow(session: &Session, now: Instant, fairness: &Fairness) -> bool {
-    if fairness.progress_floor == 0
-        || !session.claimed
-        || matches!(session.state, State::Executing(_))
-    {
-        return false;
-    }
-    let age = now.saturating_duration_since(session.created);
-    let Some(judged) = age.checked_sub(fairness.progress_grace) else {
-        return false;
-    };
-    judged.as_secs_f64() * fairness.progress_floor as f64 > session.progress as f64
+    session.claimed
+        && !matches!(session.state, State::Executing(_))
+        && slow_at(session, fairness).is_some_and(|at| now > at)
 }
 
-/// Slow sessions found, reclaimed ones remembered, and counts.
+/// Where a slow session stands in the pool: the greatest is reclaimed first.
+type Rank = (bool, u64, Reverse<Instant>, SessionId);
+
+/// When claimed sessions may turn slow, those that have, reclaimed ones, and counts.
 #[derive(Debug, Default)]
 pub(super) struct Reclaimer {
-    /// Sessions found slow by the last walk, the best to reclaim last; possibly stale
-    /// (moved, closed or gone since), which is checked before one is used.
-    candidates: Vec<SessionId>,
-    scanned: Option<Instant>,
+    /// When each claimed session would turn slow, as it was when pushed; checked when due.
+    due: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    /// Sessions found slow, by whether their host was over its share, their reservation
+    /// and their age when found; possibly stale (moved, closed or gone since), which is
+    /// checked before one is used.
+    pool: BTreeSet<Rank>,
     tombstones: Tombstones,
     reclaimed: Reclaimed,
 }
@@ -61,6 +71,58 @@ pub(super) struct Reclaimer {
 impl Reclaimer {
     pub(super) fn reclaimed(&self) -> Reclaimed {
         self.reclaimed
+    }
+
+    /// Watches `session`, just claimed, from now on.
+    pub(super) fn watch(
+        &mut self,
+        sid: SessionId,
+        session: &Session,
+        sessions: &HashMap<SessionId, Session>,
+        fairness: &Fairness,
+    ) {
+        let Some(at) = slow_at(session, fairness) else {
+            return;
+        };
+        self.due.push(Reverse((at, sid)));
+        // Closed sessions leave stale entries; rebuild before they outnumber live ones.
+        if self.due.len() > 2 * sessions.len() + 1024 {
+            self.due = sessions
+                .iter()
+                .filter(|(_, s)| s.claimed)
+                .filter_map(|(sid, s)| Some(Reverse((slow_at(s, fairness)?, *sid))))
+                .collect();
+        }
+    }
+
+    /// Moves the sessions that have turned slow by `now` into the pool.
+    fn refresh(
+        &mut self,
+        now: Instant,
+        sessions: &HashMap<SessionId, Session>,
+        fairness: &Fairness,
+        over_share: impl Fn(HostKey) -> bool,
+    ) {
+        while let Some(&Reverse((at, sid))) = self.due.peek() {
+            if at >= now {
+                break;
+            }
+            self.due.pop();
+            let Some(session) = sessions.get(&sid) else {
+                continue;
+            };
+            match slow_at(session, fairness) {
+                Some(real) if real >= now => self.due.push(Reverse((real, sid))),
+                Some(_) if is_slow(session, now, fairness) => {
+                    let over = over_share(session.host);
+                    self.pool
+                        .insert((over, session.reserved, Reverse(session.created), sid));
+                }
+                // Executing: judged once its reply is in.
+                Some(_) => self.due.push(Reverse((now + RECHECK, sid))),
+                None => {}
+            }
+        }
     }
 
     /// The slow sessions (never `requester`) that would make up `short`, best first, or
@@ -80,56 +142,36 @@ impl Reclaimer {
         if fairness.progress_floor == 0 {
             return None;
         }
-        let slow = |sid: &SessionId| sessions.get(sid).is_some_and(|s| is_slow(s, now, fairness));
-        let mut scanned = false;
-        loop {
-            // Reclaimed ones leave the end of the list: drop them first.
-            while self.candidates.last().is_some_and(|sid| !slow(sid)) {
-                self.candidates.pop();
-            }
-            let (mut take, mut left) = (Vec::new(), short);
-            for sid in self.candidates.iter().rev() {
-                if left.is_met() {
-                    break;
-                }
-                if Some(*sid) != requester && slow(sid) {
-                    left = left.minus(sessions[sid].reserved);
-                    take.push(*sid);
-                }
-            }
+        self.refresh(now, sessions, fairness, over_share);
+        let (mut take, mut left, mut stale) = (Vec::new(), short, Vec::new());
+        for rank in self.pool.iter().rev() {
             if left.is_met() {
-                return Some(take);
+                break;
             }
-            // Every candidate was looked at: keep those still slow for later.
-            self.candidates.retain(|sid| slow(sid));
-            let due = self.scanned.is_none_or(|at| now >= at + RESCAN);
-            if scanned || !due {
-                return None;
+            let sid = rank.3;
+            match sessions.get(&sid) {
+                Some(s) if is_slow(s, now, fairness) => {
+                    if Some(sid) != requester {
+                        left = left.minus(s.reserved);
+                        take.push(sid);
+                    }
+                }
+                moved => {
+                    stale.push(*rank);
+                    // It moved since it was found: watch it again.
+                    if let Some(at) = moved.and_then(|s| slow_at(s, fairness)) {
+                        self.due.push(Reverse((at.max(now), sid)));
+                    }
+                }
             }
-            self.scan(now, sessions, fairness, &over_share);
-            scanned = true;
         }
+        for rank in stale {
+            self.pool.remove(&rank);
+        }
+        left.is_met().then_some(take)
     }
 
-    /// Walks the table for slow sessions and orders them, the best to reclaim last.
-    fn scan(
-        &mut self,
-        now: Instant,
-        sessions: &HashMap<SessionId, Session>,
-        fairness: &Fairness,
-        over_share: &impl Fn(HostKey) -> bool,
-    ) {
-        self.scanned = Some(now);
-        let mut found: Vec<_> = sessions
-            .iter()
-            .filter(|(_, s)| is_slow(s, now, fairness))
-            .map(|(sid, s)| ((over_share(s.host), s.reserved, Reverse(s.created)), *sid))
-            .collect();
-        found.sort_unstable();
-        self.candidates = found.into_iter().map(|(_, sid)| sid).collect();
-    }
-
-    /// Remembers that `sid`, owned by `owner`, was reclaimed at `now`, and counts it.
+    /// Remembers that `sid`, owned by `owner`, was reclaimed, until `until`.
     pub(super) fn bury(&mut self, sid: SessionId, owner: SocketAddr, until: Instant, max: usize) {
         self.tombstones.insert(sid, owner, until, max);
     }
@@ -161,12 +203,22 @@ impl Reclaimer {
         self.tombstones.owners.len()
     }
 
+    #[cfg(test)]
+    pub(super) fn watched(&self) -> (usize, usize) {
+        (self.due.len(), self.pool.len())
+    }
+
     /// Drops what is out of date at `now` and gives memory back.
-    pub(super) fn expire(&mut self, now: Instant) {
+    pub(super) fn expire(&mut self, now: Instant, sessions: &HashMap<SessionId, Session>) {
         self.tombstones.expire(now);
-        if self.candidates.is_empty() {
-            compact::shrink_vec(&mut self.candidates);
+        if self.pool.len() > sessions.len() {
+            self.pool.retain(|rank| sessions.contains_key(&rank.3));
         }
+        if self.due.len() > 2 * sessions.len() + 1024 {
+            self.due
+                .retain(|Reverse((_, sid))| sessions.contains_key(sid));
+        }
+        compact::shrink_heap(&mut self.due);
     }
 }
 

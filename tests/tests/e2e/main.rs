@@ -12,6 +12,8 @@ mod client;
 mod conformance;
 mod durable;
 mod follow;
+mod hog;
+mod lockout;
 mod metrics;
 mod metrics_fairness;
 mod publish_once;
