@@ -56,6 +56,12 @@ impl Hog {
     /// each new port (one fewer than the per-source limit), each with its first block.
     /// Returns the sessions held in all.
     pub(crate) fn hold_table(&mut self, n: usize) -> usize {
+        self.hold_many(n, 3, 2)
+    }
+
+    /// `n` uploads of `size` bytes in blocks of `block_size`, 63 on each new port, each
+    /// with its first block. Returns the sessions held in all.
+    pub(crate) fn hold_many(&mut self, n: usize, size: u64, block_size: u64) -> usize {
         const PER_PORT: usize = 63;
         const THREADS: usize = 3;
         let first = self.sockets.len();
@@ -77,10 +83,13 @@ impl Hog {
                         let (mut held, mut refused) = (Vec::new(), 0);
                         for i in indices {
                             let count = PER_PORT.min(n - (i - first) * PER_PORT);
-                            let opens = vec![b"a:3:2".to_vec(); count];
+                            let open = format!("a:{size}:{block_size}").into_bytes();
+                            let opens = vec![open; count];
                             let (sids, busy) = open_all(&sockets[i], server, &opens);
                             refused += busy;
-                            let (mine, busy) = claim_all(&sockets[i], server, i, &sids, 2, false);
+                            let first = block_size.min(size) as usize;
+                            let (mine, busy) =
+                                claim_all(&sockets[i], server, i, &sids, first, false);
                             held.extend(mine);
                             refused += busy;
                         }
@@ -216,23 +225,32 @@ fn replies(s: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
     got
 }
 
-/// Sends every open at once; returns the sessions opened and how many were busy.
+/// At most this many datagrams of one socket in flight: three threads' worth must fit in
+/// the server's receive queue (208 KB by default), blocks of 1,400 bytes included.
+const WINDOW: usize = 16;
+
+/// Sends the opens, a window at a time; returns the sessions opened and how many were
+/// busy (or unanswered).
 fn open_all(s: &UdpSocket, server: SocketAddr, opens: &[Vec<u8>]) -> (Vec<SessionId>, usize) {
-    for open in opens {
-        s.send_to(open, server).expect("send open");
-    }
     let (mut sids, mut busy) = (Vec::new(), 0);
-    for r in replies(s, opens.len()) {
-        match Response::parse(Bytes::from(r), Expect::Opened) {
-            Ok(Response::Opened { sid, .. }) => sids.push(sid),
-            _ => busy += 1,
+    for window in opens.chunks(WINDOW) {
+        for open in window {
+            s.send_to(open, server).expect("send open");
+        }
+        let got = replies(s, window.len());
+        busy += window.len() - got.len();
+        for r in got {
+            match Response::parse(Bytes::from(r), Expect::Opened) {
+                Ok(Response::Opened { sid, .. }) => sids.push(sid),
+                _ => busy += 1,
+            }
         }
     }
     (sids, busy)
 }
 
-/// Sends each session its first block of `len` bytes; returns those acknowledged and
-/// how many were refused.
+/// Sends each session its first block of `len` bytes, a window at a time; returns those
+/// acknowledged and how many were refused (or unanswered).
 fn claim_all(
     s: &UdpSocket,
     server: SocketAddr,
@@ -241,34 +259,40 @@ fn claim_all(
     len: usize,
     large: bool,
 ) -> (Vec<Held>, usize) {
-    let blocks: Vec<(SessionId, Vec<u8>)> = sids
-        .iter()
-        .map(|&sid| {
-            let mut pdu = format!("b:{sid}:0:").into_bytes();
-            pdu.resize(pdu.len() + len, b'h');
-            (sid, pdu)
-        })
-        .collect();
-    for (_, pdu) in &blocks {
-        s.send_to(pdu, server).expect("send block");
+    let (mut held, mut refused) = (Vec::new(), 0);
+    for window in sids.chunks(WINDOW) {
+        let blocks: Vec<(SessionId, Vec<u8>)> = window
+            .iter()
+            .map(|&sid| {
+                let mut pdu = format!("b:{sid}:0:").into_bytes();
+                pdu.resize(pdu.len() + len, b'h');
+                (sid, pdu)
+            })
+            .collect();
+        for (_, pdu) in &blocks {
+            s.send_to(pdu, server).expect("send block");
+        }
+        let acked: Vec<SessionId> = replies(s, blocks.len())
+            .into_iter()
+            .filter_map(
+                |r| match Response::parse(Bytes::from(r), Expect::Acked) {
+                    Ok(Response::Acked { sid, .. }) => Some(sid),
+                    _ => None,
+                },
+            )
+            .collect();
+        refused += blocks.len() - acked.len();
+        held.extend(
+            blocks
+                .into_iter()
+                .filter(|(sid, _)| acked.contains(sid))
+                .map(|(sid, keepalive)| Held {
+                    socket,
+                    sid,
+                    keepalive,
+                    large,
+                }),
+        );
     }
-    let acked: Vec<SessionId> = replies(s, blocks.len())
-        .into_iter()
-        .filter_map(|r| match Response::parse(Bytes::from(r), Expect::Acked) {
-            Ok(Response::Acked { sid, .. }) => Some(sid),
-            _ => None,
-        })
-        .collect();
-    let refused = blocks.len() - acked.len();
-    let held = blocks
-        .into_iter()
-        .filter(|(sid, _)| acked.contains(sid))
-        .map(|(sid, keepalive)| Held {
-            socket,
-            sid,
-            keepalive,
-            large,
-        })
-        .collect();
     (held, refused)
 }

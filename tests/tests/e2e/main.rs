@@ -14,6 +14,7 @@ mod durable;
 mod follow;
 mod hog;
 mod lockout;
+mod memory_return;
 mod metrics;
 mod metrics_fairness;
 mod publish_once;
