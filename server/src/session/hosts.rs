@@ -77,6 +77,8 @@ impl Shares {
 #[derive(Debug, Default)]
 pub(super) struct Hosts {
     usage: HashMap<HostKey, Usage>,
+    /// Claimed sessions in all.
+    claimed: usize,
 }
 
 impl Hosts {
@@ -89,11 +91,17 @@ impl Hosts {
         self.usage.len()
     }
 
+    /// Claimed sessions in all.
+    pub(super) fn claimed(&self) -> usize {
+        self.claimed
+    }
+
     /// A session of `host` holding `reserved` bytes was claimed.
     pub(super) fn join(&mut self, host: HostKey, reserved: u64) {
         let usage = self.usage.entry(host).or_default();
         usage.sessions += 1;
         usage.reserved += reserved;
+        self.claimed += 1;
     }
 
     /// A claimed session of `host` holding `reserved` bytes is gone.
@@ -101,6 +109,7 @@ impl Hosts {
         if let Some(usage) = self.usage.get_mut(&host) {
             usage.sessions -= 1;
             usage.reserved -= reserved;
+            self.claimed -= 1;
             if usage.sessions == 0 {
                 self.usage.remove(&host);
             }

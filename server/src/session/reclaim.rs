@@ -64,6 +64,9 @@ pub(super) struct Reclaimer {
     /// and their age when found; possibly stale (moved, closed or gone since), which is
     /// checked before one is used.
     pool: BTreeSet<Rank>,
+    /// The reservations of the pool's sessions as ranked: at least what reclaiming all of
+    /// them would free, so that a request they cannot help is refused without a walk.
+    pool_bytes: u64,
     tombstones: Tombstones,
     reclaimed: Reclaimed,
 }
@@ -95,8 +98,28 @@ impl Reclaimer {
         }
     }
 
+    /// At most what reclaiming every slow session would free: bytes and slots.
+    pub(super) fn bound(&self) -> Shortfall {
+        Shortfall {
+            bytes: self.pool_bytes,
+            slots: self.pool.len() as u64,
+        }
+    }
+
+    fn pool_insert(&mut self, rank: Rank) {
+        if self.pool.insert(rank) {
+            self.pool_bytes += rank.1;
+        }
+    }
+
+    fn pool_remove(&mut self, rank: &Rank) {
+        if self.pool.remove(rank) {
+            self.pool_bytes -= rank.1;
+        }
+    }
+
     /// Moves the sessions that have turned slow by `now` into the pool.
-    fn refresh(
+    pub(super) fn refresh(
         &mut self,
         now: Instant,
         sessions: &HashMap<SessionId, Session>,
@@ -115,8 +138,7 @@ impl Reclaimer {
                 Some(real) if real >= now => self.due.push(Reverse((real, sid))),
                 Some(_) if is_slow(session, now, fairness) => {
                     let over = over_share(session.host);
-                    self.pool
-                        .insert((over, session.reserved, Reverse(session.created), sid));
+                    self.pool_insert((over, session.reserved, Reverse(session.created), sid));
                 }
                 // Executing: judged once its reply is in.
                 Some(_) => self.due.push(Reverse((now + RECHECK, sid))),
@@ -143,6 +165,10 @@ impl Reclaimer {
             return None;
         }
         self.refresh(now, sessions, fairness, over_share);
+        let bound = self.bound();
+        if short.bytes > bound.bytes || short.slots > bound.slots {
+            return None;
+        }
         let (mut take, mut left, mut stale) = (Vec::new(), short, Vec::new());
         for rank in self.pool.iter().rev() {
             if left.is_met() {
@@ -166,7 +192,7 @@ impl Reclaimer {
             }
         }
         for rank in stale {
-            self.pool.remove(&rank);
+            self.pool_remove(&rank);
         }
         left.is_met().then_some(take)
     }
@@ -213,6 +239,7 @@ impl Reclaimer {
         self.tombstones.expire(now);
         if self.pool.len() > sessions.len() {
             self.pool.retain(|rank| sessions.contains_key(&rank.3));
+            self.pool_bytes = self.pool.iter().map(|rank| rank.1).sum();
         }
         if self.due.len() > 2 * sessions.len() + 1024 {
             self.due

@@ -99,22 +99,45 @@ impl SessionManager {
         if short.is_met() {
             return Ok(());
         }
-        let (evict, left) = self.evictable(now, short, need.requester);
         // A host over its share gets no claimed session for what it is over on.
         let over_on_what_is_short =
-            (left.bytes > 0 && over.memory) || (left.slots > 0 && over.sessions);
+            (short.bytes > 0 && over.memory) || (short.slots > 0 && over.sessions);
+        let shares = Shares::of(&self.limits);
+        let fairness = self.limits.fairness;
+        let reclaimable = if over_on_what_is_short {
+            Shortfall::default()
+        } else {
+            let hosts = &self.budget.hosts;
+            self.reclaimer
+                .refresh(now, &self.sessions, &fairness, |host| {
+                    shares.exceeded_by(hosts.usage(host))
+                });
+            self.reclaimer.bound()
+        };
+        // Everything that could give way, at most: refused at once if it is not enough,
+        // so that a request that cannot be helped drops nothing and walks nothing.
+        let unclaimed = Shortfall {
+            bytes: self.budget.unclaimed_reserved,
+            slots: (self.sessions.len() - self.budget.hosts.claimed()) as u64,
+        };
+        let enough = short.bytes <= unclaimed.bytes + reclaimable.bytes
+            && short.slots <= unclaimed.slots + reclaimable.slots;
+        let left = if enough {
+            self.evict(now, short, need.requester)
+        } else {
+            short
+        };
         let reclaim = if left.is_met() {
             Some(Vec::new())
-        } else if !over_on_what_is_short {
-            let shares = Shares::of(&self.limits);
-            let fairness = self.limits.fairness;
+        } else if enough && !over_on_what_is_short {
+            let hosts = &self.budget.hosts;
             self.reclaimer.plan(
                 now,
                 left,
                 need.requester,
                 &self.sessions,
                 &fairness,
-                |host| shares.exceeded_by(self.budget.hosts.usage(host)),
+                |host| shares.exceeded_by(hosts.usage(host)),
             )
         } else {
             None
@@ -128,10 +151,6 @@ impl SessionManager {
             }
             return Err(SessionError::Busy);
         };
-        for sid in evict {
-            self.remove(sid);
-            self.evicted_total += 1;
-        }
         let mut slots = left.slots;
         for sid in reclaim {
             if !need.take_bytes && slots == 0 {
@@ -181,37 +200,32 @@ impl SessionManager {
         (short, over)
     }
 
-    /// The unclaimed sessions past the claim grace that would make up `short`, oldest
-    /// first, and what would still be missing after them.
-    fn evictable(
-        &mut self,
-        now: Instant,
-        short: Shortfall,
-        requester: Option<SessionId>,
-    ) -> (Vec<SessionId>, Shortfall) {
-        let unclaimed = |m: &Self, sid: &SessionId| m.sessions.get(sid).is_some_and(|s| !s.claimed);
-        // Claimed and closed sessions leave stale entries; those in front are garbage.
-        while let Some((_, sid)) = self.budget.unclaimed.front() {
-            if unclaimed(self, sid) {
-                break;
-            }
-            self.budget.unclaimed.pop_front();
-        }
+    /// Drops unclaimed sessions past the claim grace, oldest first, until `short` is made
+    /// up or the next one is within the grace; returns what is still missing.
+    fn evict(&mut self, now: Instant, short: Shortfall, requester: Option<SessionId>) -> Shortfall {
         let grace = self.limits.claim_grace;
-        let (mut take, mut left) = (Vec::new(), short);
-        for (created, sid) in &self.budget.unclaimed {
-            if left.is_met() || *created + grace > now {
+        let mut left = short;
+        while !left.is_met() {
+            let Some(&(created, sid)) = self.budget.unclaimed.front() else {
                 break;
-            }
-            match self.sessions.get(sid) {
-                Some(s) if !s.claimed && Some(*sid) != requester => {
-                    take.push(*sid);
+            };
+            match self.sessions.get(&sid) {
+                Some(s) if !s.claimed && Some(sid) != requester => {
+                    if created + grace > now {
+                        break;
+                    }
                     left = left.minus(s.reserved);
+                    self.budget.unclaimed.pop_front();
+                    self.remove(sid);
+                    self.evicted_total += 1;
                 }
-                _ => {}
+                // Claimed or gone since: a stale entry.
+                _ => {
+                    self.budget.unclaimed.pop_front();
+                }
             }
         }
-        (take, left)
+        left
     }
 }
 

@@ -274,12 +274,10 @@ fn claim_all(
         }
         let acked: Vec<SessionId> = replies(s, blocks.len())
             .into_iter()
-            .filter_map(
-                |r| match Response::parse(Bytes::from(r), Expect::Acked) {
-                    Ok(Response::Acked { sid, .. }) => Some(sid),
-                    _ => None,
-                },
-            )
+            .filter_map(|r| match Response::parse(Bytes::from(r), Expect::Acked) {
+                Ok(Response::Acked { sid, .. }) => Some(sid),
+                _ => None,
+            })
             .collect();
         refused += blocks.len() - acked.len();
         held.extend(

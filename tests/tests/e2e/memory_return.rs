@@ -19,12 +19,14 @@ use mboard_tests::{ServerProcess, gate, scrape};
 use super::hog::Hog;
 
 const MIB: f64 = (1 << 20) as f64;
+/// Long enough for the setup of a round (about 3 s in a release build) to finish before
+/// its first sessions expire.
+const SESSION_TIMEOUT: &str = "10s";
+/// How long memory is given to come back after the last session expired.
+const SETTLE: Duration = Duration::from_secs(15);
 
 fn series(metrics: SocketAddr, name: &str) -> u64 {
-    scrape(metrics)
-        .expect("scrape")
-        .value(name)
-        .unwrap_or(0.0) as u64
+    scrape(metrics).expect("scrape").value(name).unwrap_or(0.0) as u64
 }
 
 /// Resident memory of `server` once it has settled: the least of a few samples.
@@ -50,7 +52,11 @@ fn round(server: &ServerProcess, metrics: SocketAddr, sessions: usize) -> (u64, 
         .map(|h| h.hold_many(per_host, 2_000, 1_400))
         .sum();
     let refused: usize = hogs.iter().map(|h| h.refused).sum();
-    assert_eq!(held, per_host * 4, "every session opened and claimed ({refused} refused)");
+    assert_eq!(
+        held,
+        per_host * 4,
+        "every session opened and claimed ({refused} refused)"
+    );
     let peak = resident(server);
     drop(hogs);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -58,6 +64,8 @@ fn round(server: &ServerProcess, metrics: SocketAddr, sessions: usize) -> (u64, 
         assert!(Instant::now() < deadline, "sessions did not expire");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The allocator gives freed pages back after they have been unused for 10 s.
+    std::thread::sleep(SETTLE);
     (peak, resident(server))
 }
 
@@ -67,7 +75,7 @@ fn measure(rounds: usize, sessions: usize) -> (u64, Vec<(u64, u64)>) {
         "--metrics",
         "127.0.0.1:0",
         "--session-timeout",
-        "2s",
+        SESSION_TIMEOUT,
     ]);
     let metrics = server.metrics_addr().expect("metrics address");
     let start = resident(&server);
@@ -106,5 +114,8 @@ fn memory_comes_back_after_three_crowds_of_100000() {
     let _gate = gate::alone();
     let (start, rounds) = measure(3, 100_000);
     let last = rounds.last().expect("rounds").1;
-    assert!(last < start + (64 << 20), "start {start}, after three rounds {last}");
+    assert!(
+        last < start + (64 << 20),
+        "start {start}, after three rounds {last}"
+    );
 }
