@@ -30,6 +30,19 @@ const ATTACKER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// harder to break.
 const SESSION_TIMEOUT: &str = "90s";
 
+/// The real server, in memory, with a metrics endpoint and `extra` options; and where its
+/// metrics are.
+fn start(extra: &[&str]) -> (ServerProcess, SocketAddr) {
+    let mut args = vec!["--in-memory", "--metrics", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let server = ServerProcess::must_start(&args);
+    let metrics = server.metrics_addr().expect("metrics address");
+    (server, metrics)
+}
+
+/// Per-host shares off, so that one host can fill the server.
+const SHARES_OFF: [&str; 4] = ["--host-memory-share", "100", "--host-session-share", "100"];
+
 fn metric(metrics: SocketAddr, series: &str) -> u64 {
     let s = scrape(metrics).expect("scrape");
     s.value(series).unwrap_or(0.0) as u64
@@ -104,14 +117,7 @@ fn within_normal_time(v: &Victim) {
 fn one_host_with_many_ports_cannot_lock_another_host_out() {
     // Loads the machine (100,000 attack datagrams) and times the victim.
     let _gate = gate::load();
-    let server = ServerProcess::must_start(&[
-        "--in-memory",
-        "--metrics",
-        "127.0.0.1:0",
-        "--session-timeout",
-        SESSION_TIMEOUT,
-    ]);
-    let metrics = server.metrics_addr().expect("metrics address");
+    let (server, metrics) = start(&["--session-timeout", SESSION_TIMEOUT]);
     let three_kb = seed(server.addr);
     let mut hog = Hog::new(server.addr, ATTACKER);
     let started = Instant::now();
@@ -160,18 +166,8 @@ fn sessions_that_do_not_move_give_way_to_a_host_that_finds_the_server_full() {
     // Loads the machine (100,000 attack datagrams) and times the victim.
     let _gate = gate::load();
     // Shares off, so that one host can fill the server and only reclaiming makes room.
-    let server = ServerProcess::must_start(&[
-        "--in-memory",
-        "--metrics",
-        "127.0.0.1:0",
-        "--host-memory-share",
-        "100",
-        "--host-session-share",
-        "100",
-        "--session-timeout",
-        SESSION_TIMEOUT,
-    ]);
-    let metrics = server.metrics_addr().expect("metrics address");
+    let (server, metrics) =
+        start(&[&SHARES_OFF[..], &["--session-timeout", SESSION_TIMEOUT]].concat());
     let three_kb = seed(server.addr);
     let mut hog = Hog::new(server.addr, ATTACKER);
     // Both lockouts at once: the table nearly full of `a:3:2`, then 16 MiB uploads, then
@@ -212,18 +208,7 @@ fn an_honest_16_mib_upload_at_10_percent_loss_is_never_reclaimed() {
     // A large lossy transfer while others keep reclaiming: loads the machine.
     let _gate = gate::load();
     // Shares off, and the floor applying from the first 100 ms: stricter than the default.
-    let server = ServerProcess::must_start(&[
-        "--in-memory",
-        "--metrics",
-        "127.0.0.1:0",
-        "--host-memory-share",
-        "100",
-        "--host-session-share",
-        "100",
-        "--progress-grace",
-        "100ms",
-    ]);
-    let metrics = server.metrics_addr().expect("metrics address");
+    let (server, metrics) = start(&[&SHARES_OFF[..], &["--progress-grace", "100ms"]].concat());
     let mut rng = StdRng::seed_from_u64(16);
     // The largest text a 16 MiB upload carries (`1:` and the text).
     let big: Vec<u8> = (0..MIB16 - 2).map(|_| rng.random()).collect();
