@@ -7,6 +7,7 @@ use mboard_protocol::{DATA_HEADER_MAX, MAX_DATAGRAM};
 use crate::board::{JournalConfig, TokenLimits};
 use crate::limiter::RateLimit;
 use crate::metrics::EndpointLimits;
+use crate::session::Fairness;
 
 /// Limits on sessions and datagrams.
 ///
@@ -52,6 +53,9 @@ pub struct Limits {
     pub max_held_per_source: usize,
     /// How long `5:` publish tokens are remembered, and how many at most.
     pub tokens: TokenLimits,
+    /// Each host's share of the session budget and table, and the progress floor below
+    /// which a session may be reclaimed for a new one.
+    pub fairness: Fairness,
 }
 
 impl Default for Limits {
@@ -74,6 +78,7 @@ impl Default for Limits {
             max_held: 10_000,
             max_held_per_source: 16,
             tokens: TokenLimits::default(),
+            fairness: Fairness::default(),
         }
     }
 }
@@ -103,6 +108,9 @@ pub enum ConfigError {
     /// A rate limit that is not a number, or a burst that lets nothing through.
     #[error("{0}: the rate must be a number of at least 0 and the burst at least 1")]
     Rate(&'static str),
+    /// A host's share that is not a percentage from 1 to 100.
+    #[error("{0} must be a percentage from 1 to 100, not {1}")]
+    Share(&'static str, u8),
 }
 
 impl RateLimit {
@@ -160,6 +168,7 @@ impl Limits {
         if self.tokens.max_tokens == 0 {
             return Err(ConfigError::Zero("max tokens"));
         }
+        self.fairness.validate()?;
         self.metrics.validate()
     }
 
@@ -309,6 +318,10 @@ mod tests {
         assert_eq!(
             bad(|l| l.tokens.max_tokens = 0),
             Err(ConfigError::Zero("max tokens"))
+        );
+        assert_eq!(
+            bad(|l| l.fairness.host_memory_share = 0),
+            Err(ConfigError::Share("host memory share", 0))
         );
     }
 }

@@ -21,3 +21,4 @@ pub use limiter::RateLimit;
 pub use metrics::EndpointLimits;
 pub use reply::Reply;
 pub use server::{Listeners, ServerError, run, serve, set_receive_buffer};
+pub use session::Fairness;

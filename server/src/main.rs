@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use mboard_server::{
-    Config, EndpointLimits, Fsync, JournalConfig, Limits, RateLimit, Store, TokenLimits,
+    Config, EndpointLimits, Fairness, Fsync, JournalConfig, Limits, RateLimit, Store, TokenLimits,
 };
 use tokio::net::{TcpListener, UdpSocket};
 use tracing_subscriber::EnvFilter;
@@ -15,6 +15,13 @@ use tracing_subscriber::EnvFilter;
 /// The socket receive buffer asked for by default: room for several thousand small
 /// datagrams, enough for a thousand followers re-arming at once.
 const RECV_BUFFER: usize = 4 << 20;
+
+// glibc's allocator keeps what a crowd of sessions freed: after three rounds of 100,000
+// expired sessions the server still held 250 MiB. jemalloc returns freed pages to the
+// system (docs/BENCHMARKS.md, "Memory returned").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Message board over UDP: layer-1 board requests and layer-2 sessions on one port.
 #[derive(Debug, Parser)]
@@ -82,6 +89,46 @@ struct Args {
     /// is this old.
     #[arg(long, default_value_t = Limits::default().claim_grace.into())]
     claim_grace: humantime::Duration,
+
+    /// Each host's share of --max-session-memory, in percent. A host (an IPv4 address, an
+    /// IPv6 /64) may hold up to its share whenever there is room; beyond it, only room
+    /// that leaves one share free for other hosts (100: no per-host limit).
+    #[arg(
+        long,
+        env = "MBOARD_HOST_MEMORY_SHARE",
+        value_name = "PERCENT",
+        default_value_t = Fairness::default().host_memory_share
+    )]
+    host_memory_share: u8,
+
+    /// Each host's share of --max-sessions, in percent, on the same terms.
+    #[arg(
+        long,
+        env = "MBOARD_HOST_SESSION_SHARE",
+        value_name = "PERCENT",
+        default_value_t = Fairness::default().host_session_share
+    )]
+    host_session_share: u8,
+
+    /// When a new session does not fit, a session that has moved fewer than this many
+    /// bytes a second since it started (after --progress-grace) may be dropped for it,
+    /// hosts over their share first (0: never).
+    #[arg(
+        long,
+        env = "MBOARD_PROGRESS_FLOOR",
+        value_name = "BYTES_PER_SEC",
+        default_value_t = Fairness::default().progress_floor
+    )]
+    progress_floor: u64,
+
+    /// Time every session has before the progress floor applies to it.
+    #[arg(
+        long,
+        env = "MBOARD_PROGRESS_GRACE",
+        value_name = "DURATION",
+        default_value_t = Fairness::default().progress_grace.into()
+    )]
+    progress_grace: humantime::Duration,
 
     /// The longest a `6:` request is held waiting for a new message, whatever it asks.
     #[arg(long, default_value_t = Limits::default().max_hold.into())]
@@ -273,6 +320,12 @@ fn config(args: &Args) -> Config {
                 connections: args.metrics_connections,
                 connections_per_ip: args.metrics_connections_per_ip,
             },
+            fairness: Fairness {
+                host_memory_share: args.host_memory_share,
+                host_session_share: args.host_session_share,
+                progress_floor: args.progress_floor,
+                progress_grace: args.progress_grace.into(),
+            },
         },
         rate_limit: RateLimit {
             rate: args.rate_limit,
@@ -356,5 +409,32 @@ mod tests {
         .expect("parse");
         let metrics = config(&args).limits.metrics;
         assert_eq!((metrics.connections, metrics.connections_per_ip), (32, 2));
+    }
+
+    #[test]
+    fn host_shares_and_the_progress_floor_are_options() {
+        let args = Args::try_parse_from([
+            "mboard-server",
+            "--in-memory",
+            "--host-memory-share",
+            "50",
+            "--host-session-share",
+            "10",
+            "--progress-floor",
+            "0",
+            "--progress-grace",
+            "2s",
+        ])
+        .expect("parse");
+        let fair = config(&args).limits.fairness;
+        assert_eq!(
+            fair,
+            Fairness {
+                host_memory_share: 50,
+                host_session_share: 10,
+                progress_floor: 0,
+                progress_grace: std::time::Duration::from_secs(2),
+            }
+        );
     }
 }

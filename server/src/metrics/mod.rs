@@ -277,6 +277,41 @@ impl<B: Board> Collector for ServerCollector<B> {
             "Unclaimed sessions (never used by their owner) dropped to make room for new ones.",
             stats.evicted,
         )?;
+        {
+            let mut family = e.encode_descriptor(
+                "mboard_sessions_reclaimed",
+                "Sessions dropped before their timeout to make room for new ones, by reason: unclaimed (never used by their owner, past the claim grace), slow_over_share and slow (claimed, below the progress floor; of a host over its share, or not).",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (reason, n) in [
+                ("unclaimed", stats.evicted),
+                ("slow_over_share", stats.reclaimed.over_share),
+                ("slow", stats.reclaimed.within_share),
+            ] {
+                ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(
+                "mboard_host_share_refusals",
+                "Session requests refused busy while their host held more than its share, by the resource that was short: memory (--host-memory-share) or sessions (--host-session-share).",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (resource, n) in [
+                ("memory", stats.host_refusals.memory),
+                ("sessions", stats.host_refusals.sessions),
+            ] {
+                ConstCounter::new(n).encode(family.encode_family(&[("resource", resource)])?)?;
+            }
+        }
+        gauge(
+            &mut e,
+            "mboard_session_hosts",
+            "Hosts (IPv4 addresses, IPv6 /64s) holding at least one claimed session.",
+            stats.hosts as u64,
+        )?;
         gauge(
             &mut e,
             "mboard_session_reserved_bytes",

@@ -208,16 +208,9 @@ impl<T> SlotTable<T> {
 }
 
 /// The host a peer address counts against: IPv4 addresses (IPv4-mapped IPv6 ones too)
-/// as they are, IPv6 addresses by their /64.
+/// as they are, IPv6 addresses by their /64 — as the session budget counts hosts.
 pub(crate) fn host_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let mut octets = v6.octets();
-            octets[8..].fill(0);
-            IpAddr::V6(octets.into())
-        }
-        v4 => v4,
-    }
+    crate::session::HostKey::of(ip).ip()
 }
 
 #[cfg(test)]

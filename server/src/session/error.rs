@@ -16,6 +16,10 @@ pub enum SessionError {
     /// No room in the session limits now; the client may try again later.
     #[error("busy")]
     Busy,
+    /// The session moved slower than the progress floor and was dropped to make room for
+    /// another; its owner may start again.
+    #[error("expired: too slow while the server was full")]
+    Reclaimed,
     /// An upload larger than the request size limit.
     #[error("too large: max {max} bytes")]
     TooLarge {
@@ -78,6 +82,10 @@ mod tests {
                 "4:session belongs to another address",
             ),
             (SessionError::Busy, "4:busy"),
+            (
+                SessionError::Reclaimed,
+                "4:expired: too slow while the server was full",
+            ),
             (
                 SessionError::TooLarge { max: 1000 },
                 "4:too large: max 1000 bytes",

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use mboard_protocol::SessionId;
 
 use super::SessionManager;
+use super::compact;
 use super::manager::Session;
 
 /// Deadlines, possibly stale: an entry is checked against the session when it comes due.
@@ -42,6 +43,11 @@ impl Deadlines {
     pub(super) fn len(&self) -> usize {
         self.heap.len()
     }
+
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.heap.capacity()
+    }
 }
 
 impl SessionManager {
@@ -66,7 +72,19 @@ impl SessionManager {
                 self.expiry.heap.push(Reverse((real, sid)));
             }
         }
+        self.reclaimer.expire(now, &self.sessions);
+        if expired > 0 {
+            self.compact();
+        }
         expired
+    }
+
+    /// Shrinks the tables that a crowd of sessions grew, once it has gone.
+    fn compact(&mut self) {
+        compact::shrink_map(&mut self.sessions);
+        compact::shrink_map(&mut self.per_source);
+        compact::shrink_heap(&mut self.expiry.heap);
+        self.budget.shrink(&self.sessions);
     }
 
     /// The earliest instant at which [`SessionManager::expire`] may have work.

@@ -12,6 +12,9 @@ use rand::{RngCore, SeedableRng};
 use super::SessionError;
 use super::budget::Budget;
 use super::expiry::Deadlines;
+use super::hosts::HostKey;
+use super::reclaim::Reclaimer;
+use super::room::Need;
 use super::upload::{Shape, Upload};
 use super::validated::Validated;
 use crate::config::Limits;
@@ -62,6 +65,31 @@ pub struct Stats {
     pub expired: u64,
     /// Unclaimed sessions dropped to make room for new ones, since the start.
     pub evicted: u64,
+    /// Claimed sessions below the progress floor reclaimed for new ones, since the start:
+    /// those of hosts over their share, and the others.
+    pub reclaimed: Reclaimed,
+    /// Requests refused busy while their host held more than its share, since the start.
+    pub host_refusals: HostRefusals,
+    /// Hosts holding at least one claimed session.
+    pub hosts: usize,
+}
+
+/// Slow sessions reclaimed, by whether their host was over its share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reclaimed {
+    /// Of a host holding more than its share of memory or sessions.
+    pub over_share: u64,
+    /// Of a host within its shares.
+    pub within_share: u64,
+}
+
+/// Busy refusals of hosts over their share, by the resource that was short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostRefusals {
+    /// The host was over its share of session memory.
+    pub memory: u64,
+    /// The host was over its share of the session table.
+    pub sessions: u64,
 }
 
 #[derive(Debug)]
@@ -83,16 +111,26 @@ pub(super) enum State {
 
 #[derive(Debug)]
 pub(super) struct Session {
-    owner: SocketAddr,
+    pub(super) owner: SocketAddr,
+    pub(super) host: HostKey,
+    pub(super) created: Instant,
     pub(super) last_seen: Instant,
-    reserved: u64,
+    pub(super) reserved: u64,
     /// Its owner has sent a datagram naming it since it was created. Until then it may be
     /// a spoofed request's, and may be dropped to make room (see `Limits::claim_grace`).
     pub(super) claimed: bool,
+    /// Bytes moved since it was created: new blocks stored, blocks fetched (at most the
+    /// download's size). What the progress floor is checked against.
+    pub(super) progress: u64,
     pub(super) state: State,
 }
 
 impl Session {
+    /// The host it is charged to: only a claimed session counts against its host.
+    pub(super) fn claimant(&self) -> Option<HostKey> {
+        self.claimed.then_some(self.host)
+    }
+
     fn buffered(&self) -> u64 {
         match &self.state {
             State::Upload(up) => up.buffered(),
@@ -113,9 +151,11 @@ pub struct SessionManager {
     pub(super) budget: Budget,
     pub(super) expiry: Deadlines,
     pub(super) validated: Validated,
+    pub(super) reclaimer: Reclaimer,
     /// Sessions dropped by expiry, and to make room, since the start.
     pub(super) expired_total: u64,
     pub(super) evicted_total: u64,
+    pub(super) host_refusals: HostRefusals,
 }
 
 impl SessionManager {
@@ -129,8 +169,10 @@ impl SessionManager {
             per_source: HashMap::new(),
             budget: Budget::default(),
             expiry: Deadlines::default(),
+            reclaimer: Reclaimer::default(),
             expired_total: 0,
             evicted_total: 0,
+            host_refusals: HostRefusals::default(),
         }
     }
 
@@ -145,6 +187,9 @@ impl SessionManager {
             validated: self.validated.len(),
             expired: self.expired_total,
             evicted: self.evicted_total,
+            reclaimed: self.reclaimer.reclaimed(),
+            host_refusals: self.host_refusals,
+            hosts: self.budget.hosts.len(),
         }
     }
 
@@ -179,7 +224,7 @@ impl SessionManager {
         // The open is refused when the budget has no room for it now, but it reserves (and
         // allocates) nothing until its first block proves its owner receives our replies:
         // `a:` from spoofed sources, which costs a dozen bytes, then cannot hold the budget.
-        let sid = self.admit(now, from, upload.cost())?;
+        let sid = self.admit(now, from, upload.cost(), false)?;
         self.insert(sid, now, from, 0, State::Upload(upload));
         Ok(Response::Opened { sid, block_size })
     }
@@ -198,28 +243,40 @@ impl SessionManager {
         sid: SessionId,
         first_block: bool,
     ) -> Result<&mut Session, SessionError> {
-        let session = self
-            .sessions
-            .get_mut(&sid)
-            .ok_or(SessionError::UnknownSession)?;
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return Err(self.reclaimer.gone(sid, from));
+        };
         if session.owner != from {
             return Err(SessionError::ForeignAddress);
         }
         session.last_seen = now;
-        if !session.claimed {
-            session.claimed = true;
-            self.budget.claim(session.reserved);
-        }
+        let host = session.host;
+        let newly_claimed = !session.claimed;
+        session.claimed = true;
         let unreserved = match &session.state {
             State::Upload(up) if first_block && session.reserved == 0 => Some(up.cost()),
             _ => None,
         };
+        if newly_claimed {
+            let session = &self.sessions[&sid];
+            self.budget.claim(session.reserved, host);
+            let fairness = self.limits.fairness;
+            self.reclaimer
+                .watch(sid, session, &self.sessions, &fairness);
+        }
         // Only the address the id was sent to could echo it: it receives our datagrams.
         self.validated.insert(from, now);
         if let Some(cost) = unreserved {
-            self.make_room(now, cost, false)?;
+            let need = Need {
+                host,
+                bytes: cost,
+                slot: false,
+                take_bytes: true,
+                requester: Some(sid),
+            };
+            self.make_room(now, need)?;
         }
-        // Making room drops only unclaimed sessions: this one is still there.
+        // Making room never drops the session it is made for: this one is still there.
         let session = self
             .sessions
             .get_mut(&sid)
@@ -227,7 +284,7 @@ impl SessionManager {
         if let (Some(cost), State::Upload(up)) = (unreserved, &mut session.state) {
             up.reserved();
             session.reserved = cost;
-            self.budget.charge(cost, true);
+            self.budget.charge(cost, Some(host));
         }
         Ok(session)
     }
@@ -242,7 +299,14 @@ impl SessionManager {
     ) -> Result<Response, SessionError> {
         let session = self.claim(now, from, sid, true)?;
         let received = match &mut session.state {
-            State::Upload(up) => up.store(index, data)?,
+            State::Upload(up) => {
+                let before = up.received();
+                let received = up.store(index, data)?;
+                if received > before {
+                    session.progress += data.len() as u64;
+                }
+                received
+            }
             // A late duplicate after the commit: every block is held, so say so again.
             State::Executing(shape) | State::Committed { shape, .. } => {
                 shape.check(index, data.len())?;
@@ -289,7 +353,8 @@ impl SessionManager {
                 "reply larger than its reservation"
             );
             let cost = (reply.len() as u64).min(session.reserved);
-            self.budget.refund(session.reserved - cost, session.claimed);
+            self.budget
+                .refund(session.reserved - cost, session.claimant());
             session.reserved = cost;
             session.state = State::Committed { shape, reply };
         }
@@ -314,15 +379,20 @@ impl SessionManager {
             return Err(SessionError::IndexPastEnd);
         }
         let end = (start + block_size).min(data.len() as u64);
+        let size = data.len() as u64;
         let data = data.slice(start as usize..end as usize);
+        // Fetching the same block again moves nothing new, but a lost reply makes a client
+        // do just that; capping at the size keeps refetching from buying time forever.
+        session.progress = (session.progress + data.len() as u64).min(size);
         Ok(Response::Data { sid, index, data })
     }
 
     fn close(&mut self, now: Instant, from: SocketAddr, sid: SessionId) -> Outcome {
         match self.claim(now, from, sid, false) {
             // Closing is idempotent: a lost `0:` must not turn a resent `x:` into an error.
-            Ok(_) | Err(SessionError::UnknownSession) => {
+            Ok(_) | Err(SessionError::UnknownSession | SessionError::Reclaimed) => {
                 self.remove(sid);
+                self.reclaimer.forget(sid);
                 Outcome::Respond(Response::Closed)
             }
             Err(e) => Outcome::Refuse(e),
@@ -353,9 +423,12 @@ impl SessionManager {
         *self.per_source.entry(owner).or_insert(0) += 1;
         let session = Session {
             owner,
+            host: owner.into(),
+            created: now,
             last_seen: now,
             reserved: cost,
             claimed: false,
+            progress: 0,
             state,
         };
         self.sessions.insert(sid, session);
@@ -368,7 +441,7 @@ impl SessionManager {
         let Some(session) = self.sessions.remove(&sid) else {
             return;
         };
-        self.budget.refund(session.reserved, session.claimed);
+        self.budget.release(session.reserved, session.claimant());
         if let Some(n) = self.per_source.get_mut(&session.owner) {
             *n -= 1;
             if *n == 0 {

@@ -5,13 +5,21 @@
 //! reordering and expiry testable on a manual clock, without sleeping.
 //!
 //! Memory is accounted as *reservations*: an upload reserves its size at its first block,
-//! a download before its response is built, and sessions nobody has used yet give way
-//! when the server is full.
+//! a download before its response is built. Claimed sessions count against their host's
+//! share too, and when the server is full, sessions nobody has used yet give way, then
+//! sessions that move slower than the progress floor.
 
 mod budget;
+mod compact;
 mod error;
 mod expiry;
+#[cfg(test)]
+mod fair_tests;
+mod fairness;
+mod hosts;
 mod manager;
+mod reclaim;
+mod room;
 #[cfg(test)]
 mod tests;
 mod upload;
@@ -19,4 +27,6 @@ mod validated;
 
 pub use budget::Reservation;
 pub use error::SessionError;
-pub use manager::{Outcome, SessionManager, Stats};
+pub use fairness::Fairness;
+pub use hosts::HostKey;
+pub use manager::{HostRefusals, Outcome, Reclaimed, SessionManager, Stats};

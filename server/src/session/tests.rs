@@ -6,12 +6,27 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mboard_protocol::{Expect, Request, Response, SessionId};
 
-use super::{Outcome, SessionManager, Stats};
+use super::{Fairness, Outcome, SessionManager, Stats};
 use crate::config::Limits;
 use crate::reply::Reply;
 
 pub(super) fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The default limits with per-host shares and the progress floor off: every address of
+/// [`addr`] is on one host, so these are the limits for tests of the per-source and total
+/// limits alone.
+pub(super) fn unshared() -> Limits {
+    Limits {
+        fairness: Fairness {
+            host_memory_share: 100,
+            host_session_share: 100,
+            progress_floor: 0,
+            ..Fairness::default()
+        },
+        ..Limits::default()
+    }
 }
 
 /// A session manager on a manual clock, speaking wire bytes like a client would.

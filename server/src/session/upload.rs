@@ -88,6 +88,11 @@ impl Upload {
         self.cost
     }
 
+    /// Distinct blocks held.
+    pub(super) fn received(&self) -> u64 {
+        self.received
+    }
+
     /// Bytes allocated for the upload's data.
     pub(super) fn buffered(&self) -> u64 {
         self.buf.capacity() as u64

@@ -1,5 +1,7 @@
 //! Flood soak: garbage, abandoned opens, half-finished uploads and valid requests from many
-//! source ports at once. Valid requests keep being answered and memory stays bounded.
+//! source ports of one host, while another host holds what it can of the session memory
+//! and table and keeps it alive. Valid requests from a third host, direct replies and
+//! downloads alike, keep being answered and memory stays bounded.
 //!
 //! CI runs a 5-second variant. The 60-second soak:
 //!
@@ -10,14 +12,18 @@
 // The figures are the point of the soak; they show with `--nocapture`.
 #![allow(clippy::print_stdout)]
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use mboard_protocol::{Expect, Response};
 use mboard_tests::{Peer, ServerProcess, gate};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use super::hog::Hog;
 
 /// The session memory the soak configures; resident memory must stay under it plus
 /// [`MARGIN`]: the runtime, the receive buffers, the board's own growth and the allocator's
@@ -25,12 +31,16 @@ use rand::{Rng, SeedableRng};
 const SESSION_MEMORY: u64 = 64 << 20;
 const MARGIN: u64 = 64 << 20;
 
+/// The flooding host; the checker is on 127.0.0.1, the hogging host on 127.0.0.2.
+const FLOODER: &str = "127.0.0.3:0";
+const HOGGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
 /// One attacker thread: many source ports, a mix of hostile traffic, as fast as it can.
 fn attack(server: SocketAddr, seed: u64, stop: Arc<AtomicBool>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let sockets: Vec<UdpSocket> = (0..32)
         .map(|_| {
-            let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let s = UdpSocket::bind(FLOODER).expect("bind");
             s.set_nonblocking(true).expect("nonblocking");
             s
         })
@@ -87,6 +97,8 @@ fn attack(server: SocketAddr, seed: u64, stop: Arc<AtomicBool>) {
 struct Checked {
     asked: u64,
     answered: u64,
+    /// Of those, downloads (`3:5`).
+    long: (u64, u64),
     /// The longest stretch without an answer: a flood that overfills the socket's receive
     /// queue makes the kernel drop some of anyone's datagrams, but never for long.
     longest_gap: Duration,
@@ -94,19 +106,77 @@ struct Checked {
     peak: u64,
 }
 
-/// Valid requests for `duration`, one at a time, each given 200 ms.
+/// Message 5 is this long: its `3:5` is answered by a download offer, whose session a
+/// hogging host would keep from being made.
+const LONG: usize = 3_000;
+
+/// Sends `pdu` and waits 200 ms for a reply that `fits` (skipping late replies to earlier
+/// datagrams), `tries` times at most, as a client resends what goes unanswered.
+fn exchange(
+    checker: &Peer,
+    pdu: &[u8],
+    tries: usize,
+    fits: impl Fn(&[u8]) -> bool,
+) -> Option<Vec<u8>> {
+    for _ in 0..tries {
+        checker.send(pdu);
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while let Some(reply) =
+            checker.recv_within(deadline.saturating_duration_since(Instant::now()))
+        {
+            if fits(&reply) {
+                return Some(reply);
+            }
+        }
+    }
+    None
+}
+
+/// One valid request: `3:0`, one datagram given 200 ms; or (`long`) `3:5`, whose offer is
+/// fetched block by block and closed, each datagram resent up to twice. Whether it was
+/// answered in full.
+fn ask(checker: &Peer, long: bool) -> bool {
+    if !long {
+        // Message 0 never changes, whatever the garbage happens to publish.
+        let fits = |r: &[u8]| r.starts_with(b"0:") && r.ends_with(b":seed 0");
+        return exchange(checker, b"3:0", 1, fits).is_some();
+    }
+    let Some(reply) = exchange(checker, b"3:5", 3, |r| r.starts_with(b"d:")) else {
+        return false;
+    };
+    let Ok(Response::Offer(offer)) = Response::parse(Bytes::from(reply), Expect::Entry) else {
+        return false;
+    };
+    let mut whole = Vec::new();
+    for index in 0..offer.blocks() {
+        let head = format!("0:{}:{index}:", offer.sid);
+        let pdu = format!("g:{}:{index}", offer.sid);
+        match exchange(checker, pdu.as_bytes(), 3, |r| {
+            r.starts_with(head.as_bytes())
+        }) {
+            Some(block) => whole.extend_from_slice(&block[head.len()..]),
+            None => return false,
+        }
+    }
+    // The close is not waited for: a client sends it once.
+    checker.send(format!("x:{}", offer.sid).as_bytes());
+    whole.ends_with(&[b'L'; LONG])
+}
+
+/// Valid requests for `duration`, one at a time.
 fn check(server: &ServerProcess, checker: &Peer, duration: Duration) -> Checked {
     let started = Instant::now();
     let (mut asked, mut answered, mut peak) = (0u64, 0u64, 0u64);
     let (mut last_answer, mut longest_gap) = (Instant::now(), Duration::ZERO);
+    let mut long = (0, 0);
     let mut sampled = Instant::now();
     while started.elapsed() < duration {
         asked += 1;
-        // Message 0 never changes, whatever the garbage happens to publish.
-        checker.send(b"3:0");
-        let got = checker.recv_within(Duration::from_millis(200));
-        if got.is_some_and(|r| r.starts_with(b"0:") && r.ends_with(b":seed 0")) {
+        let is_long = asked % 2 == 0;
+        long.0 += u64::from(is_long);
+        if ask(checker, is_long) {
             answered += 1;
+            long.1 += u64::from(is_long);
             longest_gap = longest_gap.max(last_answer.elapsed());
             last_answer = Instant::now();
         }
@@ -119,6 +189,7 @@ fn check(server: &ServerProcess, checker: &Peer, duration: Duration) -> Checked 
     Checked {
         asked,
         answered,
+        long,
         longest_gap,
         peak,
     }
@@ -136,16 +207,21 @@ fn handled_by_server(metrics: SocketAddr) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     println!(
-        "server: {handled} datagrams handled; dropped: {} over the rate limit, {} by the kernel (receive queue full); sessions: {} evicted unclaimed, {} expired",
+        "server: {handled} datagrams handled; dropped: {} over the rate limit, {} by the kernel (receive queue full); sessions: {} evicted unclaimed, {} reclaimed slow ({} of hosts over their share), {} expired; {} refused for a host's share",
         series("mboard_datagrams_dropped_total{reason=\"rate_limit\"}"),
         series("mboard_datagrams_dropped_total{reason=\"receive_queue_full\"}"),
         series("mboard_sessions_evicted_total"),
+        series("mboard_sessions_reclaimed_total{reason=\"slow\"}")
+            + series("mboard_sessions_reclaimed_total{reason=\"slow_over_share\"}"),
+        series("mboard_sessions_reclaimed_total{reason=\"slow_over_share\"}"),
         series("mboard_sessions_expired_total"),
+        series("mboard_host_share_refusals_total{resource=\"memory\"}")
+            + series("mboard_host_share_refusals_total{resource=\"sessions\"}"),
     );
     handled
 }
 
-fn soak(duration: Duration) {
+fn soak(duration: Duration, at_least: f64) {
     let memory = SESSION_MEMORY.to_string();
     let server = ServerProcess::must_start(&[
         "--in-memory",
@@ -159,6 +235,19 @@ fn soak(duration: Duration) {
     for i in 0..5 {
         checker.ask(format!("1:seed {i}"));
     }
+    let long = format!("1:{}", "L".repeat(LONG));
+    assert_eq!(checker.ask_str(long), "0:5");
+    // The hogging host: as much of the table and the memory as its share lets it take,
+    // a block each, kept alive.
+    let mut hog = Hog::new(server.addr, HOGGER);
+    hog.hold_table(5_000);
+    hog.hold_memory(&[1 << 20; 64]);
+    println!(
+        "hogging host holds {} sessions ({} refused)",
+        hog.held.len(),
+        hog.refused
+    );
+    let keeper = hog.keep(Duration::from_secs(10));
     let stop = Arc::new(AtomicBool::new(false));
     let attackers: Vec<_> = (0..3)
         .map(|t| {
@@ -169,6 +258,7 @@ fn soak(duration: Duration) {
     let Checked {
         asked,
         answered,
+        long,
         longest_gap,
         peak,
     } = check(&server, &checker, duration);
@@ -176,12 +266,20 @@ fn soak(duration: Duration) {
     for a in attackers {
         a.join().expect("attacker");
     }
+    drop(keeper.stop());
     let peak = peak.max(server.resident_bytes().unwrap_or(0));
-    let share = answered as f64 / asked as f64;
+    // The share is of direct replies, as the soak has always counted; downloads, which
+    // need a session and so compete with the hogging host, are reported beside it.
+    let (direct_asked, direct_answered) = (asked - long.0, answered - long.1);
+    let share = direct_answered as f64 / direct_asked as f64;
+    let downloads = long.1 as f64 / long.0.max(1) as f64;
     println!(
-        "soak {:?}: {answered} of {asked} valid requests answered ({:.1}%), longest gap {:?}, peak resident memory {:.1} MiB (limit {} MiB session memory + {} MiB margin)",
+        "soak {:?}: {direct_answered} of {direct_asked} valid requests answered ({:.1}%), downloads {} of {} ({:.1}%), longest gap {:?}, peak resident memory {:.1} MiB (limit {} MiB session memory + {} MiB margin)",
         duration,
         share * 100.0,
+        long.1,
+        long.0,
+        downloads * 100.0,
         longest_gap,
         peak as f64 / (1 << 20) as f64,
         SESSION_MEMORY >> 20,
@@ -192,9 +290,14 @@ fn soak(duration: Duration) {
         "no valid request answered for {longest_gap:?}"
     );
     assert!(
-        share > 0.5,
+        share >= at_least,
         "only {:.1}% of valid requests answered",
         share * 100.0
+    );
+    assert!(
+        downloads > 0.25,
+        "only {:.1}% of downloads answered",
+        downloads * 100.0
     );
     assert!(
         peak < SESSION_MEMORY + MARGIN,
@@ -212,7 +315,8 @@ fn soak(duration: Duration) {
 fn flood_short() {
     // Three attackers flat out, and the checker times its answers under them.
     let _gate = gate::alone();
-    soak(Duration::from_secs(5));
+    // A loose bound: five seconds of a debug build under three flat-out floods.
+    soak(Duration::from_secs(5), 0.5);
 }
 
 #[test]
@@ -220,5 +324,7 @@ fn flood_short() {
 fn flood_soak_60s() {
     // Three attackers flat out, and the checker times its answers under them.
     let _gate = gate::alone();
-    soak(Duration::from_secs(60));
+    // 99% is the aim (docs/SECURITY.md has the figures); on a shared two-core machine
+    // the flood decides most of what is lost.
+    soak(Duration::from_secs(60), 0.9);
 }
