@@ -33,8 +33,8 @@ pub(crate) fn request(
 ) {
     debug!(
         %from,
-        request = REQUEST_TYPES[request_index(kind)],
-        reply = REPLY_CODES[reply_index(reply)],
+        request = %REQUEST_TYPES[request_index(kind)],
+        reply = %REPLY_CODES[reply_index(reply)],
         bytes_in = request_len,
         bytes_out = sent,
         micros = received.elapsed().as_micros() as u64,
@@ -47,8 +47,8 @@ pub(crate) fn request(
 pub(crate) fn held_answer(to: SocketAddr, reply: Option<ReplyCode>, sent: usize) {
     debug!(
         %to,
-        request = "after",
-        reply = REPLY_CODES[reply_index(reply)],
+        request = %"after",
+        reply = %REPLY_CODES[reply_index(reply)],
         bytes_out = sent,
         "held request answered"
     );

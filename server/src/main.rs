@@ -206,11 +206,11 @@ fn serve() -> anyhow::Result<()> {
     let options = first.with_file(first_args.config.as_deref())?;
     let args = Args::from_arg_matches(options.matches()).context("options")?;
     let logging = cli::Logging::init(args.log_level.as_deref())?;
+    let config = checked_config(&args)?;
     tracing::info!("configuration: {}", options.describe());
     if args.in_memory {
         tracing::info!("board is kept in memory: it is lost when the server stops");
     }
-    let config = checked_config(&args)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

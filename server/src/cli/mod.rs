@@ -2,15 +2,14 @@
 //! over the environment and a config file, logging, SIGHUP, man page and completions.
 
 mod logging;
+mod manual;
 mod options;
 mod reload;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-
-use anyhow::Context;
+use std::path::Path;
 
 pub(crate) use logging::Logging;
+pub(crate) use manual::Packaging;
 pub(crate) use options::Options;
 pub(crate) use reload::{Loaded, Reloader};
 
@@ -50,41 +49,6 @@ pub(crate) fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
             anyhow::bail!("data directory {} is not a directory", dir.display())
         }
         _ => Ok(()),
-    }
-}
-
-/// Hidden flags for packagers: the man page and the shell completions, generated from the
-/// options themselves so that they always match the binary.
-#[derive(Debug, clap::Args)]
-pub(crate) struct Packaging {
-    /// Write the man page (`mboard-server.1`) into DIR and print its path.
-    #[arg(long, hide = true, value_name = "DIR")]
-    manpage: Option<PathBuf>,
-
-    /// Print a completion script for SHELL.
-    #[arg(long, hide = true, value_name = "SHELL")]
-    completions: Option<clap_complete::Shell>,
-}
-
-impl Packaging {
-    /// Does what was asked of `cmd`, if anything; `true` if it did (and the program ends).
-    pub(crate) fn run(&self, mut cmd: clap::Command) -> anyhow::Result<bool> {
-        let mut out = std::io::stdout().lock();
-        if let Some(dir) = &self.manpage {
-            let cannot = || format!("cannot write the man page into {}", dir.display());
-            std::fs::create_dir_all(dir).with_context(cannot)?;
-            let page = clap_mangen::Man::new(cmd)
-                .generate_to(dir)
-                .with_context(cannot)?;
-            writeln!(out, "{}", page.display())?;
-            return Ok(true);
-        }
-        if let Some(shell) = self.completions {
-            let name = cmd.get_name().to_owned();
-            clap_complete::generate(shell, &mut cmd, name, &mut out);
-            return Ok(true);
-        }
-        Ok(false)
     }
 }
 

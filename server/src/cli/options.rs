@@ -87,10 +87,8 @@ impl Options {
     }
 
     /// Parses `argv` (program name first) and the environment.
-    pub(crate) fn try_from_args(
-        mut cmd: Command,
-        argv: Vec<OsString>,
-    ) -> Result<Options, clap::Error> {
+    pub(crate) fn try_from_args(cmd: Command, argv: Vec<OsString>) -> Result<Options, clap::Error> {
+        let mut cmd = switches_from_environment(cmd);
         cmd.build();
         let first = cmd.clone().try_get_matches_from(&argv)?;
         Ok(Options {
@@ -321,6 +319,24 @@ impl Options {
         ));
         line
     }
+}
+
+/// Lets a switch's variable say `1`, `yes`, `on` or `true`, and `0`, `no`, `off`, `false`
+/// or nothing. A switch set off by its variable is left out entirely, as if the variable
+/// were unset: clap would otherwise count it as given, and refuse the options it conflicts
+/// with (`MBOARD_IN_MEMORY=false` with `--data-dir`).
+fn switches_from_environment(cmd: Command) -> Command {
+    cmd.mut_args(|arg| {
+        if !matches!(arg.get_action(), ArgAction::SetTrue) {
+            return arg;
+        }
+        let off = arg.get_env().and_then(std::env::var_os).is_some_and(|v| {
+            let v = v.to_string_lossy().trim().to_ascii_lowercase();
+            matches!(v.as_str(), "" | "0" | "n" | "no" | "f" | "false" | "off")
+        });
+        let arg = arg.value_parser(clap::builder::BoolishValueParser::new());
+        if off { arg.env(None) } else { arg }
+    })
 }
 
 fn or_none(list: &str) -> &str {

@@ -14,6 +14,7 @@ mod durable;
 mod follow;
 mod metrics;
 mod metrics_fairness;
+mod operations;
 mod publish_once;
 mod rate_limit;
 mod reflection;
