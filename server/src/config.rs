@@ -91,7 +91,7 @@ pub const AMPLIFICATION_FLOOR: usize = 64;
 pub const MIN_DATAGRAM: usize = 128;
 
 /// A configuration value that cannot work.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
     /// `max_datagram` outside what UDP and the protocol's headers allow.
     #[error("max datagram must be between {MIN_DATAGRAM} and {MAX_DATAGRAM} bytes, not {0}")]
@@ -105,24 +105,52 @@ pub enum ConfigError {
     /// A zero deduplication window would forget every token at once.
     #[error("dedup window must be longer than zero")]
     DedupWindow,
-    /// A rate limit that is not a number, or a burst that lets nothing through.
-    #[error("{0}: the rate must be a number of at least 0 and the burst at least 1")]
-    Rate(&'static str),
+    /// A rate that is not a number of at least 0.
+    #[error("{0} must be a number of at least 0 (0 turns it off), not {1}")]
+    Rate(&'static str, f64),
+    /// A burst that would let nothing through while the rate limit is on.
+    #[error("{0} must be a number of at least 1 while its rate is above 0, not {1}")]
+    Burst(&'static str, f64),
+    /// Session memory too small for the smallest session.
+    #[error(
+        "max session memory must be at least twice max datagram ({0} bytes), not {1}: the smallest upload or download is larger than one datagram"
+    )]
+    SessionMemory(u64, u64),
+    /// A zero validation lifetime would forget every address at once.
+    #[error("validation ttl must be longer than zero")]
+    ValidationTtl,
     /// A host's share that is not a percentage from 1 to 100.
     #[error("{0} must be a percentage from 1 to 100, not {1}")]
     Share(&'static str, u8),
+    /// No receive loop would take datagrams off the socket.
+    #[error("workers must be at least 1")]
+    Workers,
+}
+
+/// What a [`RateLimit`]'s parts are called in its error messages.
+#[derive(Debug, Clone, Copy)]
+pub struct RateNames {
+    /// The rate, e.g. `rate limit`.
+    pub rate: &'static str,
+    /// The burst, e.g. `rate burst`.
+    pub burst: &'static str,
+    /// The table size, e.g. `rate sources`.
+    pub sources: &'static str,
 }
 
 impl RateLimit {
     /// Checks that the limit is a number and, when on, lets at least one datagram through.
-    pub fn validate(&self, what: &'static str) -> Result<(), ConfigError> {
-        let rate_ok = self.rate.is_finite() && self.rate >= 0.0;
-        let burst_ok = self.rate == 0.0 || (self.burst.is_finite() && self.burst >= 1.0);
-        if rate_ok && burst_ok && self.max_sources > 0 {
-            Ok(())
-        } else {
-            Err(ConfigError::Rate(what))
+    pub fn validate(&self, names: RateNames) -> Result<(), ConfigError> {
+        if !(self.rate.is_finite() && self.rate >= 0.0) {
+            return Err(ConfigError::Rate(names.rate, self.rate));
         }
+        if self.rate > 0.0 && !(self.burst.is_finite() && self.burst >= 1.0) {
+            return Err(ConfigError::Burst(names.burst, self.burst));
+        }
+        if self.max_sources == 0 {
+            return Err(ConfigError::Zero(names.sources));
+        }
+        Ok(())
     }
 }
 
@@ -130,8 +158,19 @@ impl Config {
     /// Checks every limit.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.limits.validate()?;
-        self.rate_limit.validate("rate limit")?;
-        self.error_limit.validate("error reply limit")
+        if self.workers == 0 {
+            return Err(ConfigError::Workers);
+        }
+        self.rate_limit.validate(RateNames {
+            rate: "rate limit",
+            burst: "rate burst",
+            sources: "rate sources",
+        })?;
+        self.error_limit.validate(RateNames {
+            rate: "error reply rate",
+            burst: "error reply burst",
+            sources: "error reply sources",
+        })
     }
 }
 
@@ -144,8 +183,12 @@ impl Limits {
         if self.max_request_size == 0 {
             return Err(ConfigError::Zero("max request size"));
         }
-        if self.max_session_memory == 0 {
-            return Err(ConfigError::Zero("max session memory"));
+        let smallest_session = 2 * self.max_datagram as u64;
+        if self.max_session_memory < smallest_session {
+            return Err(ConfigError::SessionMemory(
+                smallest_session,
+                self.max_session_memory,
+            ));
         }
         if self.max_sessions_per_source == 0 {
             return Err(ConfigError::Zero("max sessions per source"));
@@ -155,6 +198,12 @@ impl Limits {
         }
         if self.session_timeout.is_zero() {
             return Err(ConfigError::Timeout);
+        }
+        if self.validation_ttl.is_zero() {
+            return Err(ConfigError::ValidationTtl);
+        }
+        if self.max_validated == 0 {
+            return Err(ConfigError::Zero("max validated"));
         }
         if self.max_held == 0 {
             return Err(ConfigError::Zero("max held"));
@@ -220,6 +269,8 @@ pub struct Config {
     pub workers: usize,
     /// Seed for session ids; `None` seeds from the operating system.
     pub seed: Option<u64>,
+    /// How often the access log sums up traffic at `info` (`None` or zero: never).
+    pub summary_interval: Option<Duration>,
 }
 
 impl Default for Config {
@@ -232,6 +283,7 @@ impl Default for Config {
             error_limit: RateLimit::ERROR_REPLIES,
             workers: 2 * cores,
             seed: None,
+            summary_interval: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -247,34 +299,51 @@ mod tests {
         assert_eq!(l.download_block_size(), 1_412);
     }
 
+    const NAMES: RateNames = RateNames {
+        rate: "r",
+        burst: "b",
+        sources: "s",
+    };
+
     #[test]
-    fn unworkable_rate_limits_are_refused() {
+    fn unworkable_rate_limits_are_refused_each_in_its_own_words() {
         let ok = RateLimit::default();
-        assert_eq!(ok.validate("x"), Ok(()));
+        assert_eq!(ok.validate(NAMES), Ok(()));
         let off = RateLimit {
             rate: 0.0,
             burst: 0.0,
             ..ok
         };
-        assert_eq!(off.validate("x"), Ok(()), "0 turns limiting off");
-        for bad in [
-            RateLimit {
-                rate: f64::NAN,
-                ..ok
-            },
-            RateLimit { rate: -1.0, ..ok },
-            RateLimit { burst: 0.5, ..ok },
-            RateLimit {
-                burst: f64::INFINITY,
-                ..ok
-            },
-            RateLimit {
-                max_sources: 0,
-                ..ok
-            },
-        ] {
-            assert_eq!(bad.validate("x"), Err(ConfigError::Rate("x")), "{bad:?}");
-        }
+        assert_eq!(off.validate(NAMES), Ok(()), "0 turns limiting off");
+        let nan = RateLimit {
+            rate: f64::NAN,
+            ..ok
+        };
+        assert!(matches!(
+            nan.validate(NAMES),
+            Err(ConfigError::Rate("r", _))
+        ));
+        let negative = RateLimit { rate: -1.0, ..ok };
+        assert_eq!(negative.validate(NAMES), Err(ConfigError::Rate("r", -1.0)));
+        let half = RateLimit { burst: 0.5, ..ok };
+        assert_eq!(half.validate(NAMES), Err(ConfigError::Burst("b", 0.5)));
+        let endless = RateLimit {
+            burst: f64::INFINITY,
+            ..ok
+        };
+        assert!(matches!(
+            endless.validate(NAMES),
+            Err(ConfigError::Burst("b", _))
+        ));
+        let untracked = RateLimit {
+            max_sources: 0,
+            ..ok
+        };
+        assert_eq!(untracked.validate(NAMES), Err(ConfigError::Zero("s")));
+        assert_eq!(
+            ConfigError::Zero("rate sources").to_string(),
+            "rate sources must be at least 1"
+        );
         let config = Config {
             error_limit: RateLimit {
                 burst: 0.0,
@@ -284,8 +353,13 @@ mod tests {
         };
         assert_eq!(
             config.validate(),
-            Err(ConfigError::Rate("error reply limit"))
+            Err(ConfigError::Burst("error reply burst", 0.0))
         );
+        let no_workers = Config {
+            workers: 0,
+            ..Config::default()
+        };
+        assert_eq!(no_workers.validate(), Err(ConfigError::Workers));
     }
 
     #[test]
@@ -305,7 +379,25 @@ mod tests {
         );
         assert!(bad(|l| l.max_sessions = 0).is_err());
         assert!(bad(|l| l.max_sessions_per_source = 0).is_err());
-        assert!(bad(|l| l.max_session_memory = 0).is_err());
+        assert_eq!(
+            bad(|l| l.max_session_memory = 100),
+            Err(ConfigError::SessionMemory(2_944, 100))
+        );
+        assert_eq!(
+            bad(|l| {
+                l.max_datagram = 1_000;
+                l.max_session_memory = 2_000;
+            }),
+            Ok(())
+        );
+        assert_eq!(
+            bad(|l| l.validation_ttl = Duration::ZERO),
+            Err(ConfigError::ValidationTtl)
+        );
+        assert_eq!(
+            bad(|l| l.max_validated = 0),
+            Err(ConfigError::Zero("max validated"))
+        );
         assert!(bad(|l| l.max_request_size = 0).is_err());
         assert_eq!(
             bad(|l| l.session_timeout = Duration::ZERO),

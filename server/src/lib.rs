@@ -1,15 +1,17 @@
 //! The mboard server: board store, session manager, request handler and UDP driver.
 //!
-//! [`run`] is the one entry point: the binary and the end-to-end tests both start the
-//! server through it.
+//! [`run`] is the one entry point: the end-to-end tests start the server through it, and
+//! the binary through [`run_reloading`], which is `run` taking on new settings on SIGHUP.
 #![warn(missing_docs)]
 
+mod access;
 pub mod board;
 pub mod config;
 pub mod handler;
 mod held;
 pub mod limiter;
 pub mod metrics;
+pub mod reload;
 mod reply;
 mod server;
 pub mod session;
@@ -19,6 +21,7 @@ pub use config::{Config, ConfigError, Limits, Store};
 pub use held::{HoldCounts, Wake, WakeCause};
 pub use limiter::RateLimit;
 pub use metrics::EndpointLimits;
+pub use reload::{Reloadable, Reloads};
 pub use reply::Reply;
-pub use server::{Listeners, ServerError, run, serve, set_receive_buffer};
+pub use server::{Listeners, ServerError, run, run_reloading, serve, set_receive_buffer};
 pub use session::Fairness;

@@ -3,6 +3,10 @@
 //! Sans-IO like the session manager: [`RateLimiter::allow`] takes `now`. The table is a
 //! sharded map so the two cores rarely meet on one lock, and it is bounded: buckets that
 //! have refilled completely carry no state worth keeping and are swept when it fills.
+//!
+//! The limit itself can change while the server runs (SIGHUP, [`RateLimiter::set_limit`]):
+//! it is kept in atomics that every datagram reads with plain relaxed loads, which cost
+//! what reading a field does, so the path of a datagram takes no lock for it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -51,10 +55,45 @@ struct Bucket {
     at: Instant,
 }
 
+/// A [`RateLimit`] that can be replaced while it is read. A datagram judged during the
+/// change may see the new rate with the old burst; either way it gets a sane verdict.
+#[derive(Debug)]
+struct LiveLimit {
+    /// `f64` bits.
+    rate: AtomicU64,
+    /// `f64` bits.
+    burst: AtomicU64,
+    max_sources: AtomicUsize,
+}
+
+impl LiveLimit {
+    fn new(limit: RateLimit) -> Self {
+        LiveLimit {
+            rate: AtomicU64::new(limit.rate.to_bits()),
+            burst: AtomicU64::new(limit.burst.to_bits()),
+            max_sources: AtomicUsize::new(limit.max_sources),
+        }
+    }
+
+    fn get(&self) -> RateLimit {
+        RateLimit {
+            rate: f64::from_bits(self.rate.load(Ordering::Relaxed)),
+            burst: f64::from_bits(self.burst.load(Ordering::Relaxed)),
+            max_sources: self.max_sources.load(Ordering::Relaxed),
+        }
+    }
+
+    fn set(&self, limit: RateLimit) {
+        self.rate.store(limit.rate.to_bits(), Ordering::Relaxed);
+        self.burst.store(limit.burst.to_bits(), Ordering::Relaxed);
+        self.max_sources.store(limit.max_sources, Ordering::Relaxed);
+    }
+}
+
 /// The rate limiter shared by the receive loops.
 #[derive(Debug)]
 pub struct RateLimiter {
-    limit: RateLimit,
+    limit: LiveLimit,
     buckets: DashMap<SocketAddr, Bucket>,
     dropped: AtomicU64,
     untracked: AtomicU64,
@@ -65,7 +104,7 @@ impl RateLimiter {
     /// A limiter with these settings.
     pub fn new(limit: RateLimit) -> Self {
         RateLimiter {
-            limit,
+            limit: LiveLimit::new(limit),
             buckets: DashMap::new(),
             dropped: AtomicU64::new(0),
             untracked: AtomicU64::new(0),
@@ -73,17 +112,32 @@ impl RateLimiter {
         }
     }
 
+    /// The limit in force.
+    pub fn limit(&self) -> RateLimit {
+        self.limit.get()
+    }
+
+    /// Replaces the limit from the next datagram on. Sources keep the tokens they have
+    /// saved, down to the new burst; turning limiting off forgets them all.
+    pub fn set_limit(&self, limit: RateLimit) {
+        self.limit.set(limit);
+        if limit.rate <= 0.0 {
+            self.buckets.clear();
+        }
+    }
+
     /// Whether a datagram from `from` at `now` is within its source's limit; counts it if not.
     pub fn allow(&self, from: SocketAddr, now: Instant) -> bool {
-        if self.limit.rate <= 0.0 {
+        let limit = self.limit.get();
+        if limit.rate <= 0.0 {
             return true;
         }
         if let Some(mut bucket) = self.buckets.get_mut(&from) {
-            return self.take(&mut bucket, now);
+            return self.take(&limit, &mut bucket, now);
         }
-        if self.buckets.len() >= self.limit.max_sources {
-            self.sweep(now);
-            if self.buckets.len() >= self.limit.max_sources {
+        if self.buckets.len() >= limit.max_sources {
+            self.sweep(&limit, now);
+            if self.buckets.len() >= limit.max_sources {
                 // Per-source limits cannot stop a flood from many addresses anyway; refusing
                 // newcomers would let such a flood lock real clients out.
                 self.untracked.fetch_add(1, Ordering::Relaxed);
@@ -93,10 +147,10 @@ impl RateLimiter {
         // Two receive loops may meet a new source at once: the entry decides which one
         // creates its bucket, and the other takes from that bucket, so a burst is a burst.
         match self.buckets.entry(from) {
-            dashmap::Entry::Occupied(mut bucket) => self.take(bucket.get_mut(), now),
+            dashmap::Entry::Occupied(mut bucket) => self.take(&limit, bucket.get_mut(), now),
             dashmap::Entry::Vacant(slot) => {
                 slot.insert(Bucket {
-                    tokens: self.limit.burst - 1.0,
+                    tokens: limit.burst - 1.0,
                     at: now,
                 });
                 true
@@ -105,9 +159,9 @@ impl RateLimiter {
     }
 
     /// Refills `bucket` for the time since it was last used and takes a datagram from it.
-    fn take(&self, bucket: &mut Bucket, now: Instant) -> bool {
+    fn take(&self, limit: &RateLimit, bucket: &mut Bucket, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.limit.rate).min(self.limit.burst);
+        bucket.tokens = (bucket.tokens + elapsed * limit.rate).min(limit.burst);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
@@ -118,12 +172,12 @@ impl RateLimiter {
     }
 
     /// Forgets sources whose buckets have refilled: they would start full anyway.
-    fn sweep(&self, now: Instant) {
+    fn sweep(&self, limit: &RateLimit, now: Instant) {
         // One sweeper at a time; the others carry on.
         if self.sweeping.swap(1, Ordering::Acquire) == 1 {
             return;
         }
-        let refill = Duration::from_secs_f64(self.limit.burst / self.limit.rate);
+        let refill = Duration::try_from_secs_f64(limit.burst / limit.rate).unwrap_or(Duration::MAX);
         self.buckets
             .retain(|_, b| now.saturating_duration_since(b.at) < refill);
         self.sweeping.store(0, Ordering::Release);
@@ -227,6 +281,46 @@ mod tests {
         // 100 ms later every bucket has refilled (10 tokens at 100/s): they are swept.
         assert!(l.allow(addr(9), t0 + 100 * MS));
         assert_eq!(l.sources(), 1);
+    }
+
+    #[test]
+    fn a_new_limit_applies_to_the_next_datagram() {
+        let l = RateLimiter::new(RateLimit {
+            rate: 1.0,
+            burst: 2.0,
+            max_sources: 100,
+        });
+        let t0 = Instant::now();
+        assert_eq!((0..5).filter(|_| l.allow(addr(1), t0)).count(), 2);
+        // A faster rate refills the same bucket faster: 1,000/s is one token a millisecond.
+        let faster = RateLimit {
+            rate: 1_000.0,
+            burst: 2.0,
+            max_sources: 100,
+        };
+        l.set_limit(faster);
+        assert_eq!(l.limit(), faster);
+        assert_eq!((0..5).filter(|_| l.allow(addr(1), t0 + MS)).count(), 1);
+        // Off: everything passes and the table is forgotten.
+        l.set_limit(RateLimit {
+            rate: 0.0,
+            ..faster
+        });
+        assert_eq!(l.sources(), 0);
+        assert!((0..100).all(|_| l.allow(addr(1), t0 + MS)));
+        // On again with a smaller burst: a new bucket holds that burst.
+        l.set_limit(RateLimit {
+            burst: 3.0,
+            ..faster
+        });
+        assert_eq!((0..10).filter(|_| l.allow(addr(1), t0 + MS)).count(), 3);
+        // A smaller table: the newcomer is let through untracked while the others are active.
+        l.set_limit(RateLimit {
+            max_sources: 1,
+            ..faster
+        });
+        assert!(l.allow(addr(2), t0 + MS));
+        assert_eq!((l.sources(), l.untracked()), (1, 1));
     }
 
     #[test]

@@ -1,16 +1,16 @@
 //! `mboard-server`: serves the message board over UDP.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use mboard_server::{
     Config, EndpointLimits, Fairness, Fsync, JournalConfig, Limits, RateLimit, Store, TokenLimits,
 };
 use tokio::net::{TcpListener, UdpSocket};
-use tracing_subscriber::EnvFilter;
+
+mod cli;
 
 /// The socket receive buffer asked for by default: room for several thousand small
 /// datagrams, enough for a thousand followers re-arming at once.
@@ -30,64 +30,64 @@ struct Args {
     // Defaults are read from `Limits::default()` and `RateLimit` so that each is written
     // once; durations are `humantime::Duration` so that `--help` shows them as `30s`.
     /// Address to serve on (IPv4 or IPv6, e.g. `[::1]:7777`).
-    #[arg(long, default_value = "127.0.0.1:7777")]
+    #[arg(long, env = "MBOARD_LISTEN", default_value = "127.0.0.1:7777")]
     listen: SocketAddr,
 
     /// Keep the board in memory only (lost when the server stops).
-    #[arg(long, conflicts_with_all = ["data_dir", "fsync"])]
+    #[arg(long, env = "MBOARD_IN_MEMORY", conflicts_with_all = ["data_dir", "fsync"])]
     in_memory: bool,
 
     /// Directory of the durable board (created if missing).
-    #[arg(long, default_value = "mboard-data")]
+    #[arg(long, env = "MBOARD_DATA_DIR", default_value = "mboard-data")]
     data_dir: PathBuf,
 
     /// When a publish is acknowledged: `always` after fsync, `never` after the write
     /// (survives a server crash, not a power failure).
-    #[arg(long, default_value = "always")]
+    #[arg(long, env = "MBOARD_FSYNC", default_value = "always")]
     fsync: Fsync,
 
     /// Drop a session after this long without a datagram (`30s`, `500ms`).
-    #[arg(long, default_value_t = Limits::default().session_timeout.into())]
+    #[arg(long, env = "MBOARD_SESSION_TIMEOUT", default_value_t = Limits::default().session_timeout.into())]
     session_timeout: humantime::Duration,
 
     /// Largest request an upload session may carry, in bytes.
-    #[arg(long, default_value_t = Limits::default().max_request_size)]
+    #[arg(long, env = "MBOARD_MAX_REQUEST_SIZE", default_value_t = Limits::default().max_request_size)]
     max_request_size: u64,
 
     /// Largest response sent as one datagram, in bytes; larger ones become download offers.
-    #[arg(long, default_value_t = Limits::default().max_datagram)]
+    #[arg(long, env = "MBOARD_MAX_DATAGRAM", default_value_t = Limits::default().max_datagram)]
     max_datagram: usize,
 
     /// Bytes all sessions together may reserve (uploads, cached replies, downloads).
-    #[arg(long, default_value_t = Limits::default().max_session_memory)]
+    #[arg(long, env = "MBOARD_MAX_SESSION_MEMORY", default_value_t = Limits::default().max_session_memory)]
     max_session_memory: u64,
 
     /// Open sessions one source address (IP and port) may hold.
-    #[arg(long, default_value_t = Limits::default().max_sessions_per_source)]
+    #[arg(long, env = "MBOARD_MAX_SESSIONS_PER_SOURCE", default_value_t = Limits::default().max_sessions_per_source)]
     max_sessions_per_source: u32,
 
     /// Open sessions in all.
-    #[arg(long, default_value_t = Limits::default().max_sessions)]
+    #[arg(long, env = "MBOARD_MAX_SESSIONS", default_value_t = Limits::default().max_sessions)]
     max_sessions: u32,
 
     /// Until an address has proved it receives our datagrams, send it at most this many
     /// times the bytes of its request (or 64 bytes); larger replies become download
     /// offers. 0 turns the rule off.
-    #[arg(long, default_value_t = Limits::default().amplification_factor)]
+    #[arg(long, env = "MBOARD_AMPLIFICATION_FACTOR", default_value_t = Limits::default().amplification_factor)]
     amplification_factor: u32,
 
     /// Apply the amplification rule to loopback sources too (exempt by default).
-    #[arg(long)]
+    #[arg(long, env = "MBOARD_AMPLIFICATION_LOOPBACK")]
     amplification_loopback: bool,
 
     /// How long an address stays validated after echoing one of our session ids.
-    #[arg(long, default_value_t = Limits::default().validation_ttl.into())]
+    #[arg(long, env = "MBOARD_VALIDATION_TTL", default_value_t = Limits::default().validation_ttl.into())]
     validation_ttl: humantime::Duration,
 
     /// When the server is full, a session nobody has used since it was created (an
     /// upload with no block, an offer never fetched) may be dropped for a new one once it
     /// is this old.
-    #[arg(long, default_value_t = Limits::default().claim_grace.into())]
+    #[arg(long, env = "MBOARD_CLAIM_GRACE", default_value_t = Limits::default().claim_grace.into())]
     claim_grace: humantime::Duration,
 
     /// Each host's share of --max-session-memory, in percent. A host (an IPv4 address, an
@@ -131,56 +131,61 @@ struct Args {
     progress_grace: humantime::Duration,
 
     /// The longest a `6:` request is held waiting for a new message, whatever it asks.
-    #[arg(long, default_value_t = Limits::default().max_hold.into())]
+    #[arg(long, env = "MBOARD_MAX_HOLD", default_value_t = Limits::default().max_hold.into())]
     max_hold: humantime::Duration,
 
     /// `6:` requests held at once, in all; more are answered `4:busy`.
-    #[arg(long, default_value_t = Limits::default().max_held)]
+    #[arg(long, env = "MBOARD_MAX_HELD", default_value_t = Limits::default().max_held)]
     max_held: usize,
 
     /// `6:` requests one source address (IP and port) may have held at once.
-    #[arg(long, default_value_t = Limits::default().max_held_per_source)]
+    #[arg(long, env = "MBOARD_MAX_HELD_PER_SOURCE", default_value_t = Limits::default().max_held_per_source)]
     max_held_per_source: usize,
 
     /// Validated addresses remembered at once.
-    #[arg(long, default_value_t = Limits::default().max_validated)]
+    #[arg(long, env = "MBOARD_MAX_VALIDATED", default_value_t = Limits::default().max_validated)]
     max_validated: usize,
 
     /// Remember the token of every `5:` publish for at least this long: a resend with the
     /// same token within it stores nothing and gets the same id.
-    #[arg(long, default_value_t = Limits::default().tokens.window.into())]
+    #[arg(long, env = "MBOARD_DEDUP_WINDOW", default_value_t = Limits::default().tokens.window.into())]
     dedup_window: humantime::Duration,
 
     /// Publish tokens remembered at once (about 90 bytes each); past it the oldest are
     /// forgotten before their window ends, and counted.
-    #[arg(long, default_value_t = Limits::default().tokens.max_tokens)]
+    #[arg(long, env = "MBOARD_MAX_TOKENS", default_value_t = Limits::default().tokens.max_tokens)]
     max_tokens: usize,
 
     /// Datagrams per second one source address may sustain; more are dropped without a
     /// reply (0 turns rate limiting off).
-    #[arg(long, default_value_t = RateLimit::default().rate)]
+    #[arg(help_heading = RELOADED)]
+    #[arg(long, env = "MBOARD_RATE_LIMIT", default_value_t = RateLimit::default().rate)]
     rate_limit: f64,
 
     /// Datagrams one source address may send at once after being quiet.
-    #[arg(long, default_value_t = RateLimit::default().burst)]
+    #[arg(help_heading = RELOADED)]
+    #[arg(long, env = "MBOARD_RATE_BURST", default_value_t = RateLimit::default().burst)]
     rate_burst: f64,
 
     /// Replies to malformed input (codes 1 and 3) one destination may be sent per second;
     /// more are dropped, which ends any reflection loop with another server (0: off).
-    #[arg(long, default_value_t = RateLimit::ERROR_REPLIES.rate)]
+    #[arg(help_heading = RELOADED)]
+    #[arg(long, env = "MBOARD_ERROR_REPLY_RATE", default_value_t = RateLimit::ERROR_REPLIES.rate)]
     error_reply_rate: f64,
 
     /// Replies to malformed input one destination may be sent at once.
-    #[arg(long, default_value_t = RateLimit::ERROR_REPLIES.burst)]
+    #[arg(help_heading = RELOADED)]
+    #[arg(long, env = "MBOARD_ERROR_REPLY_BURST", default_value_t = RateLimit::ERROR_REPLIES.burst)]
     error_reply_burst: f64,
 
     /// Source addresses the rate limiter tracks at once.
-    #[arg(long, default_value_t = RateLimit::default().max_sources)]
+    #[arg(help_heading = RELOADED)]
+    #[arg(long, env = "MBOARD_RATE_SOURCES", default_value_t = RateLimit::default().max_sources)]
     rate_sources: usize,
 
     /// Serve Prometheus metrics at `http://ADDR/metrics` (off by default; keep ADDR
     /// private, e.g. `127.0.0.1:9477`).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "MBOARD_METRICS", value_name = "ADDR")]
     metrics: Option<SocketAddr>,
 
     /// Connections the metrics endpoint holds at once. When full, an idle one (or one
@@ -210,13 +215,30 @@ struct Args {
     recv_buffer: usize,
 
     /// Receive loops sharing the socket (default: twice the number of cores).
-    #[arg(long)]
+    #[arg(long, env = "MBOARD_WORKERS")]
     workers: Option<usize>,
 
     /// Log filter, e.g. `info` or `mboard_server=debug` (default: $RUST_LOG, else `info`).
-    #[arg(long)]
+    #[arg(help_heading = RELOADED)]
+    #[arg(long, env = "MBOARD_LOG_LEVEL", value_parser = cli::log_filter)]
     log_level: Option<String>,
+
+    /// Read options from this TOML file too, each by its long name (`max-sessions =
+    /// 1000`); the command line and the environment win over it. SIGHUP reads it again.
+    #[arg(long, env = "MBOARD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// How often to log a summary of the traffic at `info` (`0s`: never); an interval
+    /// without traffic logs nothing.
+    #[arg(long, env = "MBOARD_SUMMARY_INTERVAL", default_value = "1m")]
+    summary_interval: humantime::Duration,
+
+    #[command(flatten)]
+    packaging: cli::Packaging,
 }
+
+/// The help heading of the options SIGHUP reloads from the config file.
+const RELOADED: &str = cli::RELOADED;
 
 /// Runs the server; any error that stops it is one line on standard error and exit code 1.
 #[allow(clippy::print_stderr)]
@@ -224,36 +246,41 @@ fn main() -> std::process::ExitCode {
     match serve() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // `{:#}` puts the causes on the same line: `cannot bind …: Address in use`.
-            eprintln!("error: {e:#}");
+            // The causes on the same line: `cannot bind …: Address in use`.
+            eprintln!("error: {}", cli::one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
 fn serve() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let filter = match &args.log_level {
-        Some(level) => EnvFilter::try_new(level).context("bad --log-level")?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-
+    let first = cli::Options::from_command_line(Args::command());
+    let first_args = Args::from_arg_matches(first.matches()).context("options")?;
+    if first_args.packaging.run(Args::command())? {
+        return Ok(());
+    }
+    let options = first.with_file(first_args.config.as_deref())?;
+    let args = Args::from_arg_matches(options.matches()).context("options")?;
+    let logging = cli::Logging::init(args.log_level.as_deref())?;
+    let config = checked_config(&args)?;
+    tracing::info!("configuration: {}", options.describe());
     if args.in_memory {
         tracing::info!("board is kept in memory: it is lost when the server stops");
     }
-    let config = config(&args);
-    config.validate().context("invalid configuration")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
+        let (reloads, reloader) = cli::Reloader::new(options, logging, &config, |args| {
+            let args = Args::from_arg_matches(args)?;
+            Ok(cli::Loaded {
+                config: checked_config(&args)?,
+                log_level: args.log_level,
+            })
+        });
+        reloader.listen()?;
         let udp = UdpSocket::bind(args.listen)
             .await
             .with_context(|| format!("cannot bind {}", args.listen))?;
@@ -279,9 +306,27 @@ fn serve() -> anyhow::Result<()> {
             None => None,
         };
         let listeners = mboard_server::Listeners { udp, metrics };
-        mboard_server::run(listeners, config, shutdown).await?;
+        mboard_server::run_reloading(listeners, config, reloads, shutdown).await?;
         Ok(())
     })
+}
+
+/// The configuration the options give, refused in one line if it cannot work.
+fn checked_config(args: &Args) -> anyhow::Result<Config> {
+    let config = config(args);
+    config.validate().context("invalid configuration")?;
+    if let Store::Journal(journal) = &config.store {
+        cli::check_data_dir(&journal.dir)?;
+    }
+    let limits = &config.limits;
+    if limits.max_session_memory < limits.max_request_size {
+        tracing::warn!(
+            max_session_memory = limits.max_session_memory,
+            max_request_size = limits.max_request_size,
+            "requests and replies larger than the session memory are answered 4:busy"
+        );
+    }
+    Ok(config)
 }
 
 /// The server's configuration as the options give it.
@@ -339,6 +384,7 @@ fn config(args: &Args) -> Config {
         },
         workers: args.workers.unwrap_or(defaults.workers),
         seed: None,
+        summary_interval: Some(args.summary_interval.into()),
     }
 }
 
@@ -368,9 +414,114 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use std::ffi::OsString;
+    use std::io::Write;
 
     use super::*;
+
+    /// The options an operator sets: not `--help`, `--version` or the packagers' flags.
+    fn options() -> Vec<clap::Arg> {
+        Args::command()
+            .get_arguments()
+            .filter(|a| !a.is_hide_set() && !matches!(a.get_id().as_str(), "help" | "version"))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn every_option_has_its_environment_variable() {
+        for arg in options() {
+            let long = arg.get_long().expect("every option has a long name");
+            let expected = format!("MBOARD_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(expected.as_str()),
+                "--{long} needs `env = \"{expected}\"`"
+            );
+        }
+    }
+
+    #[test]
+    fn every_option_with_a_default_can_be_written_in_the_config_file() {
+        // Each option set to its own default, by its long name, in one file.
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        for arg in options() {
+            let long = arg.get_long().expect("long name");
+            if arg.get_id() == "in_memory" {
+                writeln!(file, "{long} = false").expect("write");
+            } else if let Some(default) = arg.get_default_values().first() {
+                let default = default.to_str().expect("utf-8");
+                if arg.get_action().takes_values() {
+                    writeln!(file, "{long} = {default:?}").expect("write");
+                } else {
+                    writeln!(file, "{long} = {default}").expect("write");
+                }
+            }
+        }
+        let argv = vec![OsString::from("mboard-server")];
+        let options = cli::Options::try_from_args(Args::command(), argv)
+            .expect("command line")
+            .with_file(Some(file.path()))
+            .expect("every default is accepted in the file");
+        let args = Args::from_arg_matches(options.matches()).expect("args");
+        let defaults = Args::try_parse_from(["mboard-server"]).expect("defaults");
+        assert_eq!(
+            format!("{:?}", config(&args)),
+            format!("{:?}", config(&defaults))
+        );
+    }
+
+    #[test]
+    fn the_options_under_the_reload_heading_are_the_ones_a_reload_changes() {
+        let heading = |a: &clap::Arg| a.get_help_heading() == Some(RELOADED);
+        let reloaded: Vec<_> = options().into_iter().filter(heading).collect();
+        assert!(reloaded.len() >= 6, "{reloaded:?}");
+        let base = Args::try_parse_from(["mboard-server", "--in-memory"]).expect("parse");
+        for arg in reloaded {
+            let long = format!("--{}", arg.get_long().expect("long"));
+            let value = if arg.get_id() == "log_level" {
+                "debug"
+            } else {
+                "5"
+            };
+            let args = Args::try_parse_from(["mboard-server", "--in-memory", &long, value])
+                .expect("parse");
+            let changed = config(&args).reloadable() != config(&base).reloadable()
+                || args.log_level != base.log_level;
+            assert!(changed, "{long} {value} changes nothing a reload applies");
+        }
+    }
+
+    #[test]
+    fn unworkable_options_are_refused_before_anything_starts() {
+        let refused = |extra: &[&str]| {
+            let argv = [&["mboard-server", "--in-memory"], extra].concat();
+            let args = Args::try_parse_from(argv).expect("parse");
+            cli::one_line(&checked_config(&args).expect_err("refused"))
+        };
+        assert_eq!(
+            refused(&["--rate-sources", "0"]),
+            "invalid configuration: rate sources must be at least 1"
+        );
+        assert_eq!(
+            refused(&["--workers", "0"]),
+            "invalid configuration: workers must be at least 1"
+        );
+        assert!(refused(&["--max-session-memory", "100"]).contains("twice max datagram"));
+        assert_eq!(
+            refused(&["--rate-burst", "0.5"]),
+            "invalid configuration: rate burst must be a number of at least 1 while its rate is above 0, not 0.5"
+        );
+        assert_eq!(
+            refused(&["--error-reply-rate", "NaN"]),
+            "invalid configuration: error reply rate must be a number of at least 0 (0 turns it off), not NaN"
+        );
+        let bad_filter = Args::try_parse_from(["mboard-server", "--log-level", "x=y=z"]);
+        assert!(
+            bad_filter.is_err(),
+            "a bad log filter is refused while parsing"
+        );
+    }
 
     #[test]
     fn no_options_means_the_library_defaults() {

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mboard_protocol::RequestKind;
@@ -14,11 +14,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
+use crate::access;
 use crate::board::{Board, Journal, JournalError, MemoryBoard};
 use crate::config::{Config, ConfigError, Store};
 use crate::handler::{Answer, Handler};
 use crate::limiter::{RateLimit, RateLimiter};
 use crate::metrics::{DropReason, Metrics, ServerCollector, Shard, serve_metrics};
+use crate::reload::{self, Reloadable, Reloads, Targets};
 use crate::reply::Reply;
 
 /// Requests handled in their own tasks at once (publishes waiting for the journal, large
@@ -59,10 +61,22 @@ impl From<UdpSocket> for Listeners {
 
 /// Serves the board on `listeners` until `shutdown` resolves or the socket fails.
 ///
-/// `main` and the tests both start the server through here.
+/// The tests start the server through here, and `main` through [`run_reloading`].
 pub async fn run(
     listeners: impl Into<Listeners>,
     config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let reloads = reload::fixed(config.reloadable());
+    run_reloading(listeners, config, reloads, shutdown).await
+}
+
+/// [`run`], taking on the settings sent on `reloads` while it serves (changes sent after
+/// it started; its first settings are `config`'s).
+pub async fn run_reloading(
+    listeners: impl Into<Listeners>,
+    config: Config,
+    reloads: Reloads,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let listeners = listeners.into();
@@ -70,7 +84,7 @@ pub async fn run(
     match &config.store {
         Store::Memory => {
             let board = MemoryBoard::with_tokens(config.limits.tokens);
-            serve_board(listeners, board, config, shutdown).await
+            serve_board(listeners, board, config, reloads, shutdown).await
         }
         Store::Journal(journal) => {
             // Replay reads the whole file: keep it off the async workers.
@@ -78,7 +92,7 @@ pub async fn run(
             let (board, _) = tokio::task::spawn_blocking(move || Journal::open(&journal, tokens))
                 .await
                 .map_err(io::Error::other)??;
-            serve_board(listeners, board, config, shutdown).await
+            serve_board(listeners, board, config, reloads, shutdown).await
         }
     }
 }
@@ -88,20 +102,19 @@ async fn serve_board<B: Board>(
     listeners: Listeners,
     board: B,
     config: Config,
+    reloads: Reloads,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let seed = config.seed.unwrap_or_else(rand::random);
+    let first = config.reloadable();
     let handler = Arc::new(Handler::new(board, config.limits, seed));
-    let workers = config.workers.max(1);
-    serve(
-        listeners,
-        handler,
-        workers,
-        config.rate_limit,
-        config.error_limit,
-        shutdown,
-    )
-    .await
+    let settings = Settings {
+        workers: config.workers,
+        first,
+        reloads,
+        summary_interval: config.summary_interval,
+    };
+    serve_with(listeners, handler, settings, shutdown).await
 }
 
 /// Serves an existing handler (and so any board) on `listeners`.
@@ -113,18 +126,55 @@ pub async fn serve<B: Board>(
     error_limit: RateLimit,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let Listeners { udp, metrics } = listeners.into();
+    let first = Reloadable {
+        rate_limit,
+        error_limit,
+    };
+    let settings = Settings {
+        workers,
+        reloads: reload::fixed(first.clone()),
+        first,
+        summary_interval: Config::default().summary_interval,
+    };
+    serve_with(listeners.into(), handler, settings, shutdown).await
+}
+
+/// How the driver runs, besides the handler.
+struct Settings {
+    workers: usize,
+    /// The reloadable settings to start with.
+    first: Reloadable,
+    reloads: Reloads,
+    summary_interval: Option<Duration>,
+}
+
+async fn serve_with<B: Board>(
+    listeners: Listeners,
+    handler: Arc<Handler<B>>,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let Listeners { udp, metrics } = listeners;
     let socket = Arc::new(udp);
+    let workers = settings.workers.max(1);
     info!(addr = %socket.local_addr()?, workers, "serving");
     let shared = Shared {
         socket,
         metrics: Arc::new(Metrics::new(workers)),
-        limiter: Arc::new(RateLimiter::new(rate_limit)),
-        errors: Arc::new(RateLimiter::new(error_limit)),
+        limiter: Arc::new(RateLimiter::new(settings.first.rate_limit)),
+        errors: Arc::new(RateLimiter::new(settings.first.error_limit)),
         deferred: Arc::new(Semaphore::new(DEFERRED_MAX)),
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(report_drops(shared.limiter.clone()));
+    let targets = Targets {
+        limiter: shared.limiter.clone(),
+        errors: shared.errors.clone(),
+    };
+    tasks.spawn(reload::apply_reloads(settings.reloads, targets));
+    if let Some(interval) = settings.summary_interval.filter(|i| !i.is_zero()) {
+        tasks.spawn(access::summaries(shared.access_sources(&handler), interval));
+    }
     if let Some(listener) = metrics {
         tasks.spawn(shared.serve_metrics(listener, &handler));
     }
@@ -161,6 +211,17 @@ impl Shared {
             metrics: self.metrics.clone(),
             shard,
             errors: self.errors.clone(),
+        }
+    }
+
+    /// What the access log's summaries read.
+    fn access_sources<B: Board>(&self, handler: &Arc<Handler<B>>) -> access::Sources<B> {
+        access::Sources {
+            metrics: self.metrics.clone(),
+            handler: handler.clone(),
+            limiter: self.limiter.clone(),
+            errors: self.errors.clone(),
+            socket: self.socket.clone(),
         }
     }
 
@@ -262,12 +323,15 @@ struct Sender {
     errors: Arc<RateLimiter>,
 }
 
-/// A request being answered: where its reply goes, and what metrics count of it.
+/// A request being answered: where its reply goes, and what metrics and the access log
+/// say of it.
 #[derive(Debug, Clone, Copy)]
 struct Source {
     kind: Option<RequestKind>,
     len: usize,
     from: SocketAddr,
+    /// When its datagram was taken off the socket.
+    received: Instant,
 }
 
 impl<B: Board> Receiver<B> {
@@ -284,17 +348,19 @@ impl<B: Board> Receiver<B> {
                 }
                 Err(e) => return Err(e),
             };
+            let received = Instant::now();
             // Over its source's limit: dropped without a reply (and counted), before any work.
-            if !self.limiter.allow(from, Instant::now()) {
+            if !self.limiter.allow(from, received) {
                 continue;
             }
             // One copy per datagram: published text keeps exactly its own bytes alive.
             let datagram = Bytes::copy_from_slice(&buf[..len]);
-            let handled = self.handler.handle(Instant::now(), from, datagram).await;
+            let handled = self.handler.handle(received, from, datagram).await;
             let source = Source {
                 kind: handled.kind,
                 len,
                 from,
+                received,
             };
             match handled.answer {
                 // A large reply is copied on a blocking thread, and a publish waits for its
@@ -338,40 +404,53 @@ impl Sender {
     /// Sends an answer, building it on a blocking thread, or awaiting it, first if need be.
     async fn deliver(&self, answer: Answer, source: Source) -> io::Result<()> {
         let reply = resolve(answer).await?;
-        self.shard()
-            .answered(source.kind, source.len, reply.as_ref().map(Reply::code));
-        match reply {
-            Some(reply) => self.send(&reply, source.from).await,
-            None => Ok(()),
-        }
+        let code = reply.as_ref().map(Reply::code);
+        self.shard().answered(source.kind, source.len, code);
+        let sent = match reply {
+            Some(reply) => self.send(&reply, source.from).await?,
+            None => 0,
+        };
+        access::request(
+            source.from,
+            source.kind,
+            source.len,
+            code,
+            sent,
+            source.received,
+        );
+        Ok(())
     }
 
     /// Sends the answer to a held request (counted when it was received).
     async fn deliver_held(&self, answer: Answer, to: SocketAddr) -> io::Result<()> {
-        match resolve(answer).await? {
-            Some(reply) => self.send(&reply, to).await,
-            None => Ok(()),
-        }
+        let reply = resolve(answer).await?;
+        let sent = match &reply {
+            Some(reply) => self.send(reply, to).await?,
+            None => 0,
+        };
+        access::held_answer(to, reply.as_ref().map(Reply::code), sent);
+        Ok(())
     }
 
-    async fn send(&self, reply: &Reply, to: SocketAddr) -> io::Result<()> {
+    /// Sends `reply` to `to`, returning the bytes sent (0 if it was dropped).
+    async fn send(&self, reply: &Reply, to: SocketAddr) -> io::Result<usize> {
         // Replies to malformed input (`1` bad format, `3` unknown request) are limited per
         // destination. Every reply of ours that another mboard (or an echo service)
         // receives makes it answer `1` or `3` or publish, so one spoofed datagram naming
         // another server's address could otherwise start a loop between the two that never
         // ends; a loop carries one datagram, and the first reply dropped ends it.
         if reply.code().is_refusal() && !self.errors.allow(to, Instant::now()) {
-            return Ok(());
+            return Ok(0);
         }
         match self.socket.send_to(reply.bytes(), to).await {
             Ok(sent) => {
                 self.shard().sent(sent);
-                Ok(())
+                Ok(sent)
             }
             Err(e) if transient(&e) => {
                 debug!(%to, error = %e, "send failed");
                 self.shard().dropped(DropReason::SendError);
-                Ok(())
+                Ok(0)
             }
             Err(e) => Err(e),
         }

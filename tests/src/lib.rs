@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub use peer::{Peer, Upload, board_contents};
 pub use process::{CliOutput, CliProcess, ServerProcess, binary, cli};
-pub use scrape::{Scrape, http, scrape};
+pub use scrape::{PROMETHEUS_ACCEPT, Scrape, http, http_accepting, scrape};
 pub use server::{TestServer, TestServerBuilder};
 
 /// A data directory for a server: a path that does not exist yet, so that the server

@@ -87,23 +87,40 @@ impl ServerProcess {
     /// Starts `mboard-server --listen 127.0.0.1:0 <args>` and waits until it serves; if it
     /// exits instead, returns its exit code and standard error.
     pub fn start(args: &[&str]) -> Result<ServerProcess, (Option<i32>, String)> {
-        Self::start_listening("127.0.0.1:0", args)
+        Self::start_with_env(args, &[])
     }
 
     /// [`ServerProcess::must_start`] on `addr`: a restart where the server was, so that
     /// clients (and proxies) in front of it find it again.
     pub fn must_start_on(addr: SocketAddr, args: &[&str]) -> ServerProcess {
-        Self::start_listening(&addr.to_string(), args)
+        Self::start_listening(&addr.to_string(), args, &[])
             .unwrap_or_else(|(code, log)| panic!("exit {code:?}: {log}"))
+    }
+
+    /// [`ServerProcess::start`] with these environment variables; any other `MBOARD_…`
+    /// variable of the test's own environment is left out.
+    pub fn start_with_env(
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<ServerProcess, (Option<i32>, String)> {
+        Self::start_listening("127.0.0.1:0", args, env)
     }
 
     fn start_listening(
         listen: &str,
         args: &[&str],
+        env: &[(&str, &str)],
     ) -> Result<ServerProcess, (Option<i32>, String)> {
-        let mut child = Command::new(binary("mboard-server"))
+        let mut command = Command::new(binary("mboard-server"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("MBOARD_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
             .args(["--listen", listen])
             .args(args)
+            .envs(env.iter().copied())
             // The log is parsed for addresses: plain text, whatever the terminal.
             .env("NO_COLOR", "1")
             .stderr(Stdio::piped())
@@ -171,6 +188,32 @@ impl ServerProcess {
     /// Everything it has logged so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log").clone()
+    }
+
+    /// Waits up to `timeout` for its log to contain `text`; returns the log either way.
+    pub fn log_until(&self, text: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.contains(text) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends it a signal by name (`HUP`, `TERM`, …).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.child.id());
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Kills it with SIGKILL: no chance to flush or clean up.

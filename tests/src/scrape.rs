@@ -36,14 +36,29 @@ impl Scrape {
     }
 }
 
-/// Sends `<method> <path> HTTP/1.1` to a metrics endpoint and reads the whole response
-/// (the request asks the server to close the connection after it).
+/// The `Accept` header Prometheus (3.x) scrapes with: OpenMetrics first.
+pub const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
+
+/// Sends `<method> <path> HTTP/1.1` to a metrics endpoint with Prometheus's `Accept`
+/// header and reads the whole response (the request asks the server to close the
+/// connection after it).
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> Result<Scrape> {
+    http_accepting(addr, method, path, Some(PROMETHEUS_ACCEPT))
+}
+
+/// [`http`] with this `Accept` header, or none.
+pub fn http_accepting(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    accept: Option<&str>,
+) -> Result<Scrape> {
     let mut stream = TcpStream::connect(addr).context("connect to metrics")?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
     )?;
     let mut raw = String::new();
     stream

@@ -49,6 +49,7 @@ impl TestServer {
                 error_limit: RateLimit::ERROR_REPLIES,
                 workers: 2,
                 seed: Some(42),
+                summary_interval: None,
             },
             metrics: false,
             serve: Box::new(|listeners, config, shutdown| {

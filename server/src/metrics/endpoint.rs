@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{ALLOW, CONTENT_TYPE};
+use hyper::header::{ACCEPT, ALLOW, CONTENT_TYPE, HeaderValue, VARY};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
@@ -35,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
+use super::exposition::{self, Format};
 use super::gauge;
 use super::slots::{Admission, Cap, EndpointLimits, Phase, SlotId, SlotTable};
 
@@ -49,9 +50,6 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one metrics connection may stay open, however busy, so that nothing holds a
 /// slot for ever (a client that never reads its response stays `Responding`).
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
-
-/// The content type of the OpenMetrics text format, which Prometheus scrapes natively.
-const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What the endpoint's connections share: the slot table (each entry holds the sender
 /// that tells its connection to close) and the counts of connections closed early.
@@ -368,18 +366,26 @@ fn respond(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         r.headers_mut()
-            .insert(ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
     let mut text = String::with_capacity(8_192);
     if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
         return reply(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n");
     }
+    let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    if format == Format::Text {
+        text = exposition::to_text(&text);
+    }
     let mut r = Response::new(Full::new(Bytes::from(text)));
-    r.headers_mut().insert(
+    let headers = r.headers_mut();
+    headers.insert(
         CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(CONTENT_TYPE_OPENMETRICS),
+        HeaderValue::from_static(format.content_type()),
     );
+    // Caches between a scraper and the endpoint must not give one format for the other.
+    headers.insert(VARY, HeaderValue::from_static("accept"));
     r
 }
 
@@ -468,7 +474,9 @@ mod tests {
     /// One keep-alive `GET /metrics`, read to the end of its body.
     fn keep_alive_get(stream: &mut StdStream) -> String {
         stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .write_all(
+                b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text\r\n\r\n",
+            )
             .expect("send");
         let mut got = Vec::new();
         let mut buf = [0u8; 4_096];

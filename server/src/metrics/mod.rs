@@ -6,6 +6,7 @@
 //! itself, and how it shares its connections between hosts, is in `endpoint` and `slots`.
 
 mod endpoint;
+mod exposition;
 mod slots;
 
 pub(crate) use endpoint::serve_metrics;

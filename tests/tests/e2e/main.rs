@@ -20,6 +20,7 @@ mod lockout;
 mod memory_return;
 mod metrics;
 mod metrics_fairness;
+mod operations;
 mod publish_once;
 mod rate_limit;
 mod reflection;

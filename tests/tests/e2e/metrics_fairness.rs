@@ -256,7 +256,7 @@ fn timed_scrape(addr: SocketAddr) -> Result<Duration> {
     stream.set_read_timeout(Some(limit.saturating_sub(started.elapsed())))?;
     write!(
         stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: application/openmetrics-text\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).context("read")?;
