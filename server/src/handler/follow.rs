@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use mboard_protocol::{ErrorCode, MessageId, Response};
 use tokio::sync::Notify;
 
-use super::{Answer, Handler, storage_failure};
+use super::{Answer, Handler};
 use crate::board::Board;
 use crate::config::Limits;
 use crate::held::{HoldCounts, HoldLimits, Holds, Wake, WakeCause};
@@ -100,7 +100,7 @@ impl<B: Board> Handler<B> {
                     }
                 }
             }
-            Err(e) => Answer::Reply(storage_failure(&e)),
+            Err(e) => Answer::Reply(self.board_failure(&e)),
         }
     }
 
@@ -113,7 +113,7 @@ impl<B: Board> Handler<B> {
     ) -> Answer {
         match self.board.span_after(after, max) {
             Ok(span) => self.messages(now, to, span),
-            Err(e) => Answer::Reply(storage_failure(&e)),
+            Err(e) => Answer::Reply(self.board_failure(&e)),
         }
     }
 

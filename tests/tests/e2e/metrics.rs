@@ -154,8 +154,8 @@ fn the_journal_reports_its_commits_and_fsyncs() {
     let _gate = gate::plain();
     let dir = DataDir::new();
     let store = Store::Journal(JournalConfig {
-        dir: dir.path().to_owned(),
         fsync: Fsync::Always,
+        ..JournalConfig::new(dir.path().to_owned())
     });
     let server = TestServer::builder().store(store).metrics().start();
     let metrics = server.metrics.expect("metrics endpoint");

@@ -35,8 +35,8 @@ fn upload(peer: &Peer, pdu: &[u8], block: usize) -> String {
 
 fn journal(dir: &DataDir) -> Store {
     Store::Journal(JournalConfig {
-        dir: dir.path().to_path_buf(),
         fsync: Fsync::Always,
+        ..JournalConfig::new(dir.path().to_path_buf())
     })
 }
 

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::format::{self, FILE_HEADER, encode_record, encode_record_v1};
 use super::testing::{TempDir, all, from, open, runtime};
 use super::{Fsync, Journal};
-use crate::board::{Board, Published, TokenLimits};
+use crate::board::{Board, Published, Retention, TokenLimits};
 
 fn token(n: u128) -> PublishToken {
     PublishToken(Uuid::from_u128(n))
@@ -119,7 +119,8 @@ fn a_full_table_at_start_up_keeps_the_newest() {
         max_tokens: 2,
         ..TokenLimits::default()
     };
-    let (j, rec) = Journal::open(&dir.config(Fsync::Always), limits).expect("open");
+    let (j, rec) =
+        Journal::open(&dir.config(Fsync::Always), limits, Retention::UNLIMITED).expect("open");
     assert_eq!(rec.tokens, 2);
     assert_eq!(j.tokens().map(|c| c.evicted_early), Some(3));
     assert_eq!(once(&j, token(4), b"t"), Published::Duplicate(MessageId(4)));

@@ -20,13 +20,14 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use mboard_protocol::{Entry, Message, MessageId, PublishToken, Timestamp};
 use prometheus_client::registry::Registry;
 use tracing::info;
 
+use super::retention::Retention;
 use super::sums::Sums;
 use super::tokens::{TokenCounts, TokenLimits, Tokens};
 use super::{Board, BoardError, Published, Span};
@@ -90,6 +91,25 @@ pub struct JournalConfig {
     pub dir: PathBuf,
     /// The fsync policy.
     pub fsync: Fsync,
+    /// A segment file is closed and the next one started once it holds this many bytes
+    /// (a record larger than that still fits: its segment grows past it).
+    pub segment_size: u64,
+    /// At shutdown, how long to wait for the disk to take what is queued; past it the
+    /// server exits without acknowledging what is not durable.
+    pub shutdown_grace: Duration,
+}
+
+impl JournalConfig {
+    /// The journal in `dir`, with the defaults: `--fsync always`, 64 MiB segments, a 10 s
+    /// shutdown grace.
+    pub fn new(dir: PathBuf) -> Self {
+        JournalConfig {
+            dir,
+            fsync: Fsync::Always,
+            segment_size: 64 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Where each message's record lies, and the sums behind spans.
@@ -129,7 +149,9 @@ impl Journal {
     pub fn open(
         config: &JournalConfig,
         limits: TokenLimits,
+        retention: Retention,
     ) -> Result<(Journal, Recovery), JournalError> {
+        let _ = retention;
         let started = Instant::now();
         let dir = &config.dir;
         fs::create_dir_all(dir).map_err(io_at(dir))?;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use mboard_protocol::{Message, MessageId};
 
 use super::{Fsync, JOURNAL_FILE, Journal, JournalConfig, JournalError, Recovery};
-use crate::board::{Board, TokenLimits};
+use crate::board::{Board, Retention, TokenLimits};
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub(super) struct TempDir(pub(super) PathBuf);
@@ -25,8 +25,8 @@ impl TempDir {
 
     pub(super) fn config(&self, fsync: Fsync) -> JournalConfig {
         JournalConfig {
-            dir: self.0.clone(),
             fsync,
+            ..JournalConfig::new(self.0.clone())
         }
     }
 
@@ -43,7 +43,11 @@ impl Drop for TempDir {
 
 /// Opens the journal in `dir` with the default token limits.
 pub(super) fn open(dir: &TempDir, fsync: Fsync) -> Result<(Journal, Recovery), JournalError> {
-    Journal::open(&dir.config(fsync), TokenLimits::default())
+    Journal::open(
+        &dir.config(fsync),
+        TokenLimits::default(),
+        Retention::UNLIMITED,
+    )
 }
 
 pub(super) fn runtime() -> tokio::runtime::Runtime {
