@@ -1,202 +1,305 @@
-//! The journal's byte layout, and the one check every reader applies to a record.
+//! The journal's byte layout (format 3), and the one check every reader applies to a record.
 //!
 //! All integers are little-endian:
 //!
 //! ```text
-//! header   "MBOARD\0J" (8) | version u32 (= 2) | reserved u32
-//! record   magic (4) | body_len u32 | header_crc u32 | body_crc u32 | body
-//! "MBR2"   id u64 | time_micros u64 | flags u8 | [token (16)] | family u8 (4|6) | ip (4|16) | port u16 | text
-//! "MBR1"   id u64 | time_micros u64 | family u8 (4|6) | ip (4|16) | port u16 | text
+//! stub     "MBOARD\0J" (8) | version u32 (= 3) | reserved u32 | salt u64 | newest segment u64 | crc u32
+//! segment  "MBOARD\0S" (8) | version u32 (= 3) | reserved u32 | salt u64 | first id u64 | crc u32 | reserved u32
+//! record   "MBR3" | body_len u32 | salt u64 | header_crc u32 | body_crc u32 | body
+//! body     kind u8 | batch u32 | id u64 | time_micros u64 | by kind:
+//!   0      family u8 (4|6) | ip (4|16) | port u16 | text          a message
+//!   1      token (16) | family | ip | port | text                  a message published by `5:`
+//!   2      token (16)                                              a token note: `id` was published under it
+//!   3      (nothing)                                               a kept note: ids below `id` were trimmed
 //! ```
 //!
-//! `header_crc` is CRC-32C of the magic and the length, so a damaged length is detected as
-//! damage instead of being trusted. Flag bit 0 says a `5:` publish token follows; other
-//! bits are zero. This server writes `MBR2` records only and reads both: a version-1 file
-//! holds `MBR1` records, and once upgraded (its header says 2) `MBR1` records followed by
-//! `MBR2` ones. The record magic, not the file header, says how to read a record; the
-//! header is there so that a server that reads only version 1 refuses a file it would
-//! otherwise mistake for one with a torn tail.
+//! The **salt** is drawn at random when the journal is created and is the same in every
+//! header and record of it. A record counts only if its salt is the journal's and both
+//! checksums hold: `header_crc` covers the magic, the length and the salt, and then the
+//! record's place (its segment's first id and its offset in the segment, which are not
+//! stored); `body_crc` covers the body. So a copy of records inside a published text is
+//! never taken for one: its author never saw the salt, and even a copy of this journal's
+//! own records sits at another place. `batch` is how many bytes before this record its
+//! group commit began: start-up uses it to tell a torn last write from damage to a
+//! written one.
 //!
 //! Start-up, the forward search after damage and reads all judge a record with
 //! [`record_at`], so they cannot disagree about what an intact record is.
 
-use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
 use mboard_protocol::{Message, MessageId, PublishToken, Timestamp};
 use uuid::Uuid;
 
-const FILE_MAGIC: &[u8; 8] = b"MBOARD\0J";
+use super::window::Window;
+
+/// The magic of the file named `journal` (the stub now, the whole journal before format 3).
+pub(super) const STUB_MAGIC: &[u8; 8] = b"MBOARD\0J";
+const SEGMENT_MAGIC: &[u8; 8] = b"MBOARD\0S";
 /// The journal format this server writes.
-pub(super) const VERSION: u32 = 2;
-/// The oldest journal format this server reads (and upgrades).
-pub(super) const OLDEST_VERSION: u32 = 1;
-/// Where the version sits in the file header.
-pub(super) const VERSION_AT: u64 = 8;
-/// Bytes before the first record.
-pub(super) const FILE_HEADER: u64 = 16;
-/// Record magics, by the record format they name.
-const RECORD_V1: &[u8; 4] = b"MBR1";
-const RECORD_V2: &[u8; 4] = b"MBR2";
+pub(super) const VERSION: u32 = 3;
+/// Bytes of the stub.
+pub(super) const STUB_LEN: usize = 36;
+/// Bytes before a segment's first record.
+pub(super) const SEGMENT_HEADER: u64 = 40;
+const RECORD_MAGIC: &[u8; 4] = b"MBR3";
 /// Bytes before a record's body.
-pub(super) const RECORD_HEADER: usize = 16;
-/// Flag bit: a publish token follows the flags.
-const HAS_TOKEN: u8 = 1;
-/// The most text a record holds: `body_len` is a u32, and the rest of a body takes at
-/// most 52 bytes.
+pub(super) const RECORD_HEADER: usize = 24;
+/// Bytes of a body before what its kind adds.
+const BODY_FIXED: usize = 1 + 4 + 8 + 8;
+/// The most text a record holds: `body_len` is a u32.
 pub(super) const MAX_TEXT: usize = u32::MAX as usize - 64;
-/// Enough of a record to size its entry without its text: the header, then id, time,
-/// flags, a token, family, an IPv6 address and the port.
-pub(super) const RECORD_HEAD: usize = RECORD_HEADER + 52;
+/// Enough of a record to size its entry without its text: the header, the fixed body,
+/// a token, family, an IPv6 address and the port.
+pub(super) const RECORD_HEAD: usize = RECORD_HEADER + BODY_FIXED + 16 + 1 + 16 + 2;
 
-/// The header of a new journal.
-pub(super) fn file_header() -> [u8; FILE_HEADER as usize] {
-    let mut header = [0; FILE_HEADER as usize];
-    header[..8].copy_from_slice(FILE_MAGIC);
-    header[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    header
+const KIND_MESSAGE: u8 = 0;
+const KIND_MESSAGE_TOKEN: u8 = 1;
+const KIND_TOKEN_NOTE: u8 = 2;
+const KIND_KEPT_NOTE: u8 = 3;
+
+/// A journal's identity, in every header and record it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Salt(pub(super) u64);
+
+impl Salt {
+    /// A new journal's.
+    pub(super) fn random() -> Salt {
+        Salt(rand::random())
+    }
 }
 
-/// The format version a file header declares, or `None` if it is no journal's header.
-pub(super) fn file_version(header: &[u8; FILE_HEADER as usize]) -> Option<u32> {
-    (&header[..8] == FILE_MAGIC).then(|| u32_at(header, VERSION_AT as usize))
+/// Where a record is: the journal, the segment (by its first id) and the offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Place {
+    pub(super) salt: Salt,
+    pub(super) segment: u64,
+    pub(super) offset: u64,
 }
 
-/// Appends one record for a message, in the current format.
-pub(super) fn encode_record(
-    out: &mut Vec<u8>,
-    id: MessageId,
-    time: Timestamp,
-    from: SocketAddr,
-    token: Option<PublishToken>,
-    text: &[u8],
-) {
-    encode(out, RECORD_V2, id, time, from, token, text);
-}
+impl Place {
+    /// The checksum of a record header at this place.
+    fn header_crc(&self, h: &[u8]) -> u32 {
+        let crc = crc32c::crc32c(&h[..16]);
+        let crc = crc32c::crc32c_append(crc, &self.segment.to_le_bytes());
+        crc32c::crc32c_append(crc, &self.offset.to_le_bytes())
+    }
 
-/// Appends one record in the version-1 format, as older servers wrote it.
-#[cfg(test)]
-pub(super) fn encode_record_v1(
-    out: &mut Vec<u8>,
-    id: MessageId,
-    time: Timestamp,
-    from: SocketAddr,
-    text: &[u8],
-) {
-    encode(out, RECORD_V1, id, time, from, None, text);
-}
-
-fn encode(
-    out: &mut Vec<u8>,
-    magic: &[u8; 4],
-    id: MessageId,
-    time: Timestamp,
-    from: SocketAddr,
-    token: Option<PublishToken>,
-    text: &[u8],
-) {
-    let start = out.len();
-    out.extend_from_slice(magic);
-    out.extend_from_slice(&[0; 12]);
-    let body = out.len();
-    out.extend_from_slice(&id.0.to_le_bytes());
-    out.extend_from_slice(&time.0.to_le_bytes());
-    if magic == RECORD_V2 {
-        match token {
-            Some(token) => {
-                out.push(HAS_TOKEN);
-                out.extend_from_slice(token.0.as_bytes());
-            }
-            None => out.push(0),
+    /// The same segment, `n` bytes further on.
+    pub(super) fn plus(self, n: u64) -> Place {
+        Place {
+            offset: self.offset + n,
+            ..self
         }
     }
-    match from.ip() {
-        IpAddr::V4(ip) => {
-            out.push(4);
-            out.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            out.push(6);
-            out.extend_from_slice(&ip.octets());
-        }
-    }
-    out.extend_from_slice(&from.port().to_le_bytes());
-    out.extend_from_slice(text);
-    let body_len = (out.len() - body) as u32;
-    out[start + 4..start + 8].copy_from_slice(&body_len.to_le_bytes());
-    let header_crc = crc32c::crc32c(&out[start..start + 8]);
-    out[start + 8..start + 12].copy_from_slice(&header_crc.to_le_bytes());
-    let body_crc = crc32c::crc32c(&out[body..]);
-    out[start + 12..start + 16].copy_from_slice(&body_crc.to_le_bytes());
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut x = [0; 4];
-    x.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(x)
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or([0; 4]))
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut x = [0; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]))
 }
 
-/// A record header whose own checksum holds.
-struct Header {
-    /// Whether the body is in the version-2 layout (flags and an optional token).
-    v2: bool,
-    body_len: usize,
-    body_crc: u32,
+/// The stub: what the file `journal` holds once the journal is in segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stub {
+    pub(super) salt: Salt,
+    /// The first id of the newest segment when the stub was written: start-up refuses a
+    /// journal whose newest segment is older (the last one was removed).
+    pub(super) newest: u64,
 }
 
-/// The header at the start of `h`, if its magic and checksum hold.
-fn header(h: &[u8]) -> Option<Header> {
-    if h.len() < RECORD_HEADER || crc32c::crc32c(&h[..8]) != u32_at(h, 8) {
-        return None;
+impl Stub {
+    pub(super) fn encode(&self) -> [u8; STUB_LEN] {
+        let mut b = [0; STUB_LEN];
+        b[..8].copy_from_slice(STUB_MAGIC);
+        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[16..24].copy_from_slice(&self.salt.0.to_le_bytes());
+        b[24..32].copy_from_slice(&self.newest.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..32]);
+        b[32..36].copy_from_slice(&crc.to_le_bytes());
+        b
     }
-    let v2 = match &h[..4] {
-        m if m == RECORD_V2 => true,
-        m if m == RECORD_V1 => false,
-        _ => return None,
-    };
-    Some(Header {
-        v2,
-        body_len: u32_at(h, 4) as usize,
-        body_crc: u32_at(h, 12),
-    })
+
+    /// The stub in `b` (the whole file), if it is one and its checksum holds.
+    pub(super) fn decode(b: &[u8]) -> Option<Stub> {
+        let ok = b.len() == STUB_LEN
+            && &b[..8] == STUB_MAGIC
+            && u32_at(b, 8) == VERSION
+            && crc32c::crc32c(&b[..32]) == u32_at(b, 32);
+        ok.then(|| Stub {
+            salt: Salt(u64_at(b, 16)),
+            newest: u64_at(b, 24),
+        })
+    }
 }
 
-/// The fields before the text, decoded from the start of a body.
-struct Fields {
+/// The version the file `journal` declares (1 and 2: a whole journal; 3: a stub), or
+/// `None` if it does not start as one.
+pub(super) fn declared_version(b: &[u8]) -> Option<u32> {
+    (b.len() >= 12 && &b[..8] == STUB_MAGIC).then(|| u32_at(b, 8))
+}
+
+/// A segment's header.
+pub(super) fn segment_header(salt: Salt, first: u64) -> [u8; SEGMENT_HEADER as usize] {
+    let mut b = [0; SEGMENT_HEADER as usize];
+    b[..8].copy_from_slice(SEGMENT_MAGIC);
+    b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    b[16..24].copy_from_slice(&salt.0.to_le_bytes());
+    b[24..32].copy_from_slice(&first.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..32]);
+    b[32..36].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// The salt and first id a segment header declares, or why it is not one.
+pub(super) fn read_segment_header(b: &[u8]) -> Result<(Salt, u64), String> {
+    if b.len() < SEGMENT_HEADER as usize || &b[..8] != SEGMENT_MAGIC {
+        return Err("not a journal segment".into());
+    }
+    if crc32c::crc32c(&b[..32]) != u32_at(b, 32) {
+        return Err("segment header fails its checksum".into());
+    }
+    match u32_at(b, 8) {
+        VERSION => Ok((Salt(u64_at(b, 16)), u64_at(b, 24))),
+        v => Err(format!(
+            "segment of format version {v}; this server reads {VERSION}"
+        )),
+    }
+}
+
+/// What a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// A message: its text runs from `text_at` to the record's end.
+    Message {
+        token: Option<PublishToken>,
+        from: SocketAddr,
+        text_at: usize,
+    },
+    /// `id` was published under `token` (kept for a trimmed message's token).
+    TokenNote { token: PublishToken },
+    /// Every id below `id` was trimmed.
+    KeptNote,
+}
+
+/// An intact record of this journal, as found at some offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Record {
+    pub(super) kind: Kind,
+    pub(super) id: MessageId,
+    pub(super) time: Timestamp,
+    /// Bytes between the start of its group commit and this record.
+    pub(super) batch: u32,
+    /// The whole record: header and body.
+    pub(super) len: usize,
+}
+
+impl Record {
+    /// The size of its `4:` record in a reply, if it is a message.
+    pub(super) fn reply_len(&self) -> Option<u64> {
+        match self.kind {
+            Kind::Message { from, text_at, .. } => {
+                Some(Message::record_len_of(self.id, self.time, from, self.len - text_at) as u64)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A record to append.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Body<'a> {
+    Message {
+        from: SocketAddr,
+        token: Option<PublishToken>,
+        text: &'a [u8],
+    },
+    TokenNote(PublishToken),
+    KeptNote,
+}
+
+/// Appends one record to `out`, whose first byte goes to `at` (its salt, segment and
+/// offset); `batch` is `out`'s length when the record's group commit began.
+pub(super) fn encode(
+    out: &mut Vec<u8>,
+    at: Place,
+    batch: usize,
     id: MessageId,
     time: Timestamp,
-    token: Option<PublishToken>,
-    from: SocketAddr,
-    /// Where the text starts in the body.
-    text_at: usize,
+    body: Body<'_>,
+) {
+    let start = out.len();
+    let place = at.plus(start as u64);
+    out.extend_from_slice(RECORD_MAGIC);
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&place.salt.0.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    let body_at = out.len();
+    let kind = match body {
+        Body::Message { token: None, .. } => KIND_MESSAGE,
+        Body::Message { token: Some(_), .. } => KIND_MESSAGE_TOKEN,
+        Body::TokenNote(_) => KIND_TOKEN_NOTE,
+        Body::KeptNote => KIND_KEPT_NOTE,
+    };
+    out.push(kind);
+    let batch = u32::try_from(start - batch).unwrap_or(u32::MAX);
+    out.extend_from_slice(&batch.to_le_bytes());
+    out.extend_from_slice(&id.0.to_le_bytes());
+    out.extend_from_slice(&time.0.to_le_bytes());
+    match body {
+        Body::Message { from, token, text } => {
+            if let Some(token) = token {
+                out.extend_from_slice(token.0.as_bytes());
+            }
+            match from.ip() {
+                IpAddr::V4(ip) => {
+                    out.push(4);
+                    out.extend_from_slice(&ip.octets());
+                }
+                IpAddr::V6(ip) => {
+                    out.push(6);
+                    out.extend_from_slice(&ip.octets());
+                }
+            }
+            out.extend_from_slice(&from.port().to_le_bytes());
+            out.extend_from_slice(text);
+        }
+        Body::TokenNote(token) => out.extend_from_slice(token.0.as_bytes()),
+        Body::KeptNote => {}
+    }
+    let body_len = (out.len() - body_at) as u32;
+    out[start + 4..start + 8].copy_from_slice(&body_len.to_le_bytes());
+    let header_crc = place.header_crc(&out[start..start + 16]);
+    out[start + 16..start + 20].copy_from_slice(&header_crc.to_le_bytes());
+    let body_crc = crc32c::crc32c(&out[body_at..]);
+    out[start + 20..start + 24].copy_from_slice(&body_crc.to_le_bytes());
 }
 
-/// Decodes the fields at the start of `body` (which may stop anywhere after them), laid
-/// out as version 2 if `v2`, else as version 1.
-fn fields(body: &[u8], v2: bool) -> Option<Fields> {
-    let id = MessageId(u64_at(body.get(..8)?, 0));
-    let time = Timestamp(u64_at(body.get(8..16)?, 0));
-    let (token, at) = if v2 {
-        match *body.get(16)? {
-            0 => (None, 17),
-            HAS_TOKEN => {
-                let t: [u8; 16] = body.get(17..33)?.try_into().ok()?;
-                (Some(PublishToken(Uuid::from_bytes(t))), 33)
-            }
-            _ => return None,
-        }
-    } else {
-        (None, 16)
-    };
+/// A record header at `place` whose magic, salt and checksum hold: the body length and
+/// checksum.
+fn header(h: &[u8], place: Place) -> Option<(usize, u32)> {
+    if h.len() < RECORD_HEADER
+        || &h[..4] != RECORD_MAGIC
+        || u64_at(h, 8) != place.salt.0
+        || place.header_crc(h) != u32_at(h, 16)
+    {
+        return None;
+    }
+    Some((u32_at(h, 4) as usize, u32_at(h, 20)))
+}
+
+fn token_at(body: &[u8], at: usize) -> Option<PublishToken> {
+    let t: [u8; 16] = body.get(at..at + 16)?.try_into().ok()?;
+    Some(PublishToken(Uuid::from_bytes(t)))
+}
+
+/// The address at `at` in a message body, and where the text starts.
+fn address(body: &[u8], at: usize) -> Option<(SocketAddr, usize)> {
     let (ip, rest): (IpAddr, usize) = match body.get(at)? {
         4 => {
             let o: [u8; 4] = body.get(at + 1..at + 5)?.try_into().ok()?;
@@ -209,89 +312,93 @@ fn fields(body: &[u8], v2: bool) -> Option<Fields> {
         _ => return None,
     };
     let port = u16::from_le_bytes(body.get(rest..rest + 2)?.try_into().ok()?);
-    Some(Fields {
+    Some((SocketAddr::new(ip, port), rest + 2))
+}
+
+/// Decodes a body (which may stop anywhere after its fields, for sizing) of a record of
+/// `len` bytes in all.
+fn decode(body: &[u8], len: usize, exact: bool) -> Option<Record> {
+    let fixed = body.get(..BODY_FIXED)?;
+    let (id, time) = (MessageId(u64_at(fixed, 5)), Timestamp(u64_at(fixed, 13)));
+    let batch = u32_at(fixed, 1);
+    let kind = match fixed[0] {
+        k @ (KIND_MESSAGE | KIND_MESSAGE_TOKEN) => {
+            let (token, at) = if k == KIND_MESSAGE_TOKEN {
+                (Some(token_at(body, BODY_FIXED)?), BODY_FIXED + 16)
+            } else {
+                (None, BODY_FIXED)
+            };
+            let (from, text_at) = address(body, at)?;
+            if RECORD_HEADER + text_at > len {
+                return None;
+            }
+            Kind::Message {
+                token,
+                from,
+                text_at: RECORD_HEADER + text_at,
+            }
+        }
+        KIND_TOKEN_NOTE if !exact || body.len() == BODY_FIXED + 16 => Kind::TokenNote {
+            token: token_at(body, BODY_FIXED)?,
+        },
+        KIND_KEPT_NOTE if !exact || body.len() == BODY_FIXED => Kind::KeptNote,
+        _ => return None,
+    };
+    Some(Record {
+        kind,
         id,
         time,
-        token,
-        from: SocketAddr::new(ip, port),
-        text_at: rest + 2,
+        batch,
+        len,
     })
 }
 
-/// An intact record, as found at some offset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Record {
-    pub(super) id: MessageId,
-    pub(super) time: Timestamp,
-    /// The `5:` publish token it was stored under, if any.
-    pub(super) token: Option<PublishToken>,
-    pub(super) from: SocketAddr,
-    /// Where the text starts, counted from the record's start.
-    pub(super) text_at: usize,
-    /// The whole record: header and body.
-    pub(super) len: usize,
-}
-
-impl Record {
-    /// The size of its `4:` record in a reply.
-    pub(super) fn reply_len(&self) -> u64 {
-        Message::record_len_of(self.id, self.time, self.from, self.len - self.text_at) as u64
-    }
+/// Whether `b` starts like a record (the magic), the cheap test before [`record_at`].
+pub(super) fn looks_like_record(b: &[u8]) -> bool {
+    b.starts_with(RECORD_MAGIC)
 }
 
 /// What the record check found at an offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Check {
-    /// Both checksums hold and the body decodes.
+    /// This journal's salt, both checksums hold and the body decodes.
     Valid(Record),
-    /// Both checksums hold but the body does not decode: no torn write leaves that.
+    /// This journal's salt and both checksums hold, but the body does not decode: no torn
+    /// write leaves that.
     Malformed,
-    /// No valid header, a checksum mismatch, or the record runs past the end: what a
-    /// torn write leaves, or damage.
+    /// Not a record of this journal, a checksum mismatch, or the record runs past the end:
+    /// what a torn write leaves, or damage.
     Damaged,
 }
 
-impl Check {
-    /// Whether both checksums hold, decodable or not.
-    pub(super) fn is_intact(&self) -> bool {
-        !matches!(self, Check::Damaged)
-    }
-}
-
-/// Checks the record at the start of `bytes`; `Err(n)` asks for `n` bytes to decide.
-fn check(bytes: &[u8]) -> Result<Check, usize> {
+/// Checks the record at the start of `bytes`, found at `place`; `Err(n)` asks for `n`
+/// bytes to decide.
+fn check(bytes: &[u8], place: Place) -> Result<Check, usize> {
     if bytes.len() < RECORD_HEADER {
         return Err(RECORD_HEADER);
     }
-    let Some(header) = header(bytes) else {
+    let Some((body_len, body_crc)) = header(bytes, place) else {
         return Ok(Check::Damaged);
     };
-    let len = RECORD_HEADER.saturating_add(header.body_len);
+    let len = RECORD_HEADER.saturating_add(body_len);
     let body = bytes.get(RECORD_HEADER..len).ok_or(len)?;
-    if crc32c::crc32c(body) != header.body_crc {
+    if crc32c::crc32c(body) != body_crc {
         return Ok(Check::Damaged);
     }
-    Ok(match fields(body, header.v2) {
-        Some(f) => Check::Valid(Record {
-            id: f.id,
-            time: f.time,
-            token: f.token,
-            from: f.from,
-            text_at: RECORD_HEADER + f.text_at,
-            len,
-        }),
+    Ok(match decode(body, len, true) {
+        Some(record) => Check::Valid(record),
         None => Check::Malformed,
     })
 }
 
-/// The one record check: judges the record at `offset`, reading through `window` as much
-/// of the file as the record needs.
-pub(super) fn record_at(window: &mut Window<'_>, offset: u64) -> io::Result<Check> {
-    let end = window.end;
+/// The one record check: judges the record at `place`, reading through `window` (on that
+/// segment) as much of the file as the record needs.
+pub(super) fn record_at(window: &mut Window<'_>, place: Place) -> io::Result<Check> {
+    let (end, offset) = (window.end(), place.offset);
     let mut need = RECORD_HEADER;
     loop {
         let bytes = window.bytes(offset, need)?;
-        match check(bytes) {
+        match check(bytes, place) {
             Ok(found) => return Ok(found),
             // A window reaching the end that still falls short holds a cut-off record.
             Err(more) if more > bytes.len() && offset + (bytes.len() as u64) < end => {
@@ -302,77 +409,47 @@ pub(super) fn record_at(window: &mut Window<'_>, offset: u64) -> io::Result<Chec
     }
 }
 
-/// The entry length of the record whose start is `head` (at least [`RECORD_HEAD`] bytes,
-/// unless the file ends first): the header's checksum is checked, the body's is not.
+/// The text of `record`, found at `offset` by the last [`record_at`] on `window`.
+pub(super) fn text(window: &Window<'_>, offset: u64, record: &Record) -> Bytes {
+    match record.kind {
+        Kind::Message { text_at, .. } => {
+            window.slice(offset + text_at as u64, offset + record.len as u64)
+        }
+        _ => Bytes::new(),
+    }
+}
+
+/// The entry length of the message record whose start is `head` (at least
+/// [`RECORD_HEAD`] bytes, unless the file ends first): the header's checksum is checked,
+/// the body's is not.
 ///
 /// Sizing a reply must not read a 16 MiB text; the read that builds the reply goes
 /// through [`record_at`] and checks the body.
-pub(super) fn entry_len(head: &[u8]) -> Option<usize> {
-    let header = header(head)?;
-    let f = fields(head.get(RECORD_HEADER..)?, header.v2)?;
-    let text_len = header.body_len.checked_sub(f.text_at)?;
+pub(super) fn entry_len(head: &[u8], place: Place) -> Option<usize> {
+    let (body_len, _) = header(head, place)?;
+    let len = RECORD_HEADER + body_len;
+    let record = decode(head.get(RECORD_HEADER..)?, len, false)?;
+    let Kind::Message { from, text_at, .. } = record.kind else {
+        return None;
+    };
     let entry = mboard_protocol::Entry {
-        time: f.time,
-        from: f.from,
+        time: record.time,
+        from,
         text: Bytes::new(),
     };
-    Some(entry.encoded_len() + text_len)
-}
-
-/// A buffered view of the journal file up to `end`, read with positioned reads.
-///
-/// Every reader walks records through one of these: start-up and the forward search a
-/// chunk at a time, a read of a span in one read of exactly the span.
-#[derive(Debug)]
-pub(super) struct Window<'f> {
-    file: &'f File,
-    end: u64,
-    chunk: usize,
-    /// File offset of `buf[0]`.
-    base: u64,
-    buf: Bytes,
-}
-
-impl<'f> Window<'f> {
-    /// A window on `file` up to `end` that reads at least `chunk` bytes at a time.
-    pub(super) fn new(file: &'f File, end: u64, chunk: usize) -> Self {
-        Window {
-            file,
-            end,
-            chunk,
-            base: 0,
-            buf: Bytes::new(),
-        }
-    }
-
-    /// The bytes from `offset` on: at least `need` of them, unless `end` comes first.
-    fn bytes(&mut self, offset: u64, need: usize) -> io::Result<&[u8]> {
-        let wanted = offset.saturating_add(need as u64).min(self.end);
-        let held = self.base + self.buf.len() as u64;
-        if offset < self.base || offset > held || wanted > held {
-            let n = self
-                .end
-                .saturating_sub(offset)
-                .min(need.max(self.chunk) as u64) as usize;
-            let mut buf = vec![0; n];
-            self.file.read_exact_at(&mut buf, offset)?;
-            self.base = offset;
-            self.buf = Bytes::from(buf);
-        }
-        Ok(&self.buf[(offset - self.base) as usize..])
-    }
-
-    /// The text of `record`, found at `offset` by the last [`record_at`], without a copy.
-    pub(super) fn text(&self, offset: u64, record: &Record) -> Bytes {
-        let at = (offset - self.base) as usize;
-        self.buf.slice(at + record.text_at..at + record.len)
-    }
+    Some(entry.encoded_len() + (len - text_at))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const SALT: Salt = Salt(0x5eed_5a17_0000_0001);
+    const AT: Place = Place {
+        salt: SALT,
+        segment: 100,
+        offset: 40,
+    };
     const TOKEN: PublishToken =
         PublishToken(Uuid::from_u128(0x0b7f5d2e_8c4a_4f1e_9d3b_6a2c1e0f9b8d));
 
@@ -380,116 +457,177 @@ mod tests {
         SocketAddr::from(([0xfe80, 0, 0, 0, 0, 0, 0, 1], 443))
     }
 
-    fn record(text: &[u8]) -> Vec<u8> {
+    fn message(text: &[u8], token: Option<PublishToken>) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_record(
-            &mut out,
-            MessageId(7),
-            Timestamp(42),
-            from(),
-            Some(TOKEN),
+        let body = Body::Message {
+            from: from(),
+            token,
             text,
-        );
+        };
+        encode(&mut out, AT, 0, MessageId(7), Timestamp(42), body);
         out
     }
 
     fn valid(bytes: &[u8]) -> Record {
-        match check(bytes) {
+        match check(bytes, AT) {
             Ok(Check::Valid(r)) => r,
             other => panic!("not valid: {other:?}"),
         }
     }
 
     #[test]
-    fn an_encoded_record_checks_as_valid_and_sizes_its_entry() {
-        let bytes = record(b"some text");
-        let r = valid(&bytes);
-        assert_eq!(
-            (r.id, r.time, r.token, r.from, r.len),
-            (
-                MessageId(7),
-                Timestamp(42),
-                Some(TOKEN),
-                from(),
-                bytes.len()
-            )
-        );
-        assert_eq!(&bytes[r.text_at..r.len], b"some text");
-        let entry = mboard_protocol::Entry {
-            time: r.time,
-            from: r.from,
-            text: Bytes::from_static(b"some text"),
-        };
-        assert_eq!(entry_len(&bytes), Some(entry.encoded_len()));
+    fn a_message_checks_as_valid_and_sizes_its_entry() {
+        for token in [None, Some(TOKEN)] {
+            let bytes = message(b"some text", token);
+            let r = valid(&bytes);
+            let Kind::Message {
+                token: t,
+                from: f,
+                text_at,
+            } = r.kind
+            else {
+                panic!("a message")
+            };
+            assert_eq!(
+                (r.id, r.time, t, f, r.len, r.batch),
+                (MessageId(7), Timestamp(42), token, from(), bytes.len(), 0)
+            );
+            assert_eq!(&bytes[text_at..r.len], b"some text");
+            let entry = mboard_protocol::Entry {
+                time: r.time,
+                from: f,
+                text: Bytes::from_static(b"some text"),
+            };
+            assert_eq!(entry_len(&bytes, AT), Some(entry.encoded_len()));
+            assert_eq!(
+                r.reply_len(),
+                Some(Message::record_len_of(r.id, r.time, f, 9) as u64)
+            );
+        }
         // The widest record's fields fit in what sizing reads.
-        assert_eq!(r.text_at, RECORD_HEAD);
+        let r = valid(&message(b"", Some(TOKEN)));
+        assert!(matches!(r.kind, Kind::Message { text_at, .. } if text_at == RECORD_HEAD));
     }
 
     #[test]
-    fn records_without_a_token_and_version_1_records_read_alike() {
-        let v4 = SocketAddr::from(([10, 1, 2, 3], 9));
-        let mut plain = Vec::new();
-        encode_record(&mut plain, MessageId(1), Timestamp(5), v4, None, b"text");
-        let mut old = Vec::new();
-        encode_record_v1(&mut old, MessageId(1), Timestamp(5), v4, b"text");
-        assert_eq!(&old[..4], b"MBR1");
-        assert_eq!(&plain[..4], b"MBR2");
-        assert_eq!(old.len() + 1, plain.len(), "one flags byte more");
-        for bytes in [&plain, &old] {
-            let r = valid(bytes);
-            assert_eq!(
-                (r.id, r.time, r.token, r.from),
-                (MessageId(1), Timestamp(5), None, v4)
-            );
-            assert_eq!(&bytes[r.text_at..], b"text");
-            assert_eq!(entry_len(bytes), entry_len(&plain));
-        }
+    fn notes_carry_an_id_a_time_and_a_token() {
+        let mut out = Vec::new();
+        encode(
+            &mut out,
+            AT,
+            0,
+            MessageId(3),
+            Timestamp(9),
+            Body::TokenNote(TOKEN),
+        );
+        let at = out.len();
+        encode(&mut out, AT, 0, MessageId(5), Timestamp(10), Body::KeptNote);
+        let note = valid(&out);
+        assert_eq!(
+            (note.kind, note.id, note.time, note.reply_len()),
+            (
+                Kind::TokenNote { token: TOKEN },
+                MessageId(3),
+                Timestamp(9),
+                None
+            )
+        );
+        let kept = match check(&out[at..], AT.plus(at as u64)) {
+            Ok(Check::Valid(r)) => r,
+            other => panic!("not valid: {other:?}"),
+        };
+        assert_eq!(
+            (kept.kind, kept.id, kept.batch),
+            (Kind::KeptNote, MessageId(5), at as u32)
+        );
+        assert_eq!(entry_len(&out, AT), None, "a note has no entry");
+    }
+
+    #[test]
+    fn a_record_of_another_journal_or_from_another_place_is_not_one() {
+        let bytes = message(b"text", None);
+        let other = Place {
+            salt: Salt(SALT.0 ^ 1),
+            ..AT
+        };
+        assert_eq!(check(&bytes, other), Ok(Check::Damaged));
+        assert_eq!(entry_len(&bytes, other), None);
+        // The same bytes at another offset, or in another segment: a copy.
+        assert_eq!(check(&bytes, AT.plus(1)), Ok(Check::Damaged));
+        let moved = Place { segment: 0, ..AT };
+        assert_eq!(check(&bytes, moved), Ok(Check::Damaged));
+        // Even with the salt's bytes replaced and the header checksum made good again, the
+        // salt itself must match.
+        let zero = Place {
+            salt: Salt(0),
+            ..AT
+        };
+        let mut forged = bytes.clone();
+        forged[8..16].copy_from_slice(&0u64.to_le_bytes());
+        let crc = zero.header_crc(&forged);
+        forged[16..20].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(check(&forged, AT), Ok(Check::Damaged));
+        assert!(matches!(check(&forged, zero), Ok(Check::Valid(_))));
     }
 
     #[test]
     fn short_input_asks_for_more_and_damage_is_damage() {
-        let bytes = record(b"text");
-        assert_eq!(check(&bytes[..5]), Err(RECORD_HEADER));
-        assert_eq!(check(&bytes[..RECORD_HEADER]), Err(bytes.len()));
-        // A byte of the token is covered by the body checksum like any other.
+        let bytes = message(b"text", Some(TOKEN));
+        assert_eq!(check(&bytes[..5], AT), Err(RECORD_HEADER));
+        assert_eq!(check(&bytes[..RECORD_HEADER], AT), Err(bytes.len()));
         for i in [
             0,
             3,
             5,
             9,
+            17,
+            21,
             RECORD_HEADER + 1,
-            RECORD_HEADER + 20,
+            RECORD_HEADER + 30,
             bytes.len() - 1,
         ] {
             let mut bad = bytes.clone();
             bad[i] ^= 0x20;
-            assert_eq!(check(&bad), Ok(Check::Damaged), "byte {i}");
+            assert_eq!(check(&bad, AT), Ok(Check::Damaged), "byte {i}");
         }
     }
 
     #[test]
-    fn a_checksummed_body_that_does_not_decode_is_malformed_not_damaged() {
+    fn a_checksummed_body_that_does_not_decode_is_malformed() {
         let resealed = |at: usize, value: u8| {
-            let mut bytes = record(b"text");
+            let mut bytes = message(b"text", None);
             bytes[at] = value;
             let crc = crc32c::crc32c(&bytes[RECORD_HEADER..]);
-            bytes[12..16].copy_from_slice(&crc.to_le_bytes());
-            check(&bytes)
+            bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+            check(&bytes, AT)
         };
-        // An unknown flag bit; family byte 5 (after the flags and the token).
-        assert_eq!(resealed(RECORD_HEADER + 16, 3), Ok(Check::Malformed));
-        assert_eq!(resealed(RECORD_HEADER + 33, 5), Ok(Check::Malformed));
-        assert!(Check::Malformed.is_intact() && !Check::Damaged.is_intact());
+        // An unknown kind; family byte 5.
+        assert_eq!(resealed(RECORD_HEADER, 9), Ok(Check::Malformed));
+        assert_eq!(
+            resealed(RECORD_HEADER + BODY_FIXED, 5),
+            Ok(Check::Malformed)
+        );
     }
 
     #[test]
-    fn file_headers_name_their_version() {
-        let header = file_header();
-        assert_eq!(file_version(&header), Some(VERSION));
-        let mut old = header;
-        old[8..12].copy_from_slice(&1u32.to_le_bytes());
-        assert_eq!(file_version(&old), Some(1));
-        old[0] = b'X';
-        assert_eq!(file_version(&old), None);
+    fn headers_and_stubs_round_trip_and_refuse_damage() {
+        let header = segment_header(SALT, 1_234);
+        assert_eq!(read_segment_header(&header), Ok((SALT, 1_234)));
+        let mut bad = header;
+        bad[25] ^= 1;
+        assert!(read_segment_header(&bad).is_err());
+        assert!(read_segment_header(b"MBOARD\0J and more bytes than a header").is_err());
+        let stub = Stub {
+            salt: SALT,
+            newest: 99,
+        };
+        let bytes = stub.encode();
+        assert_eq!(Stub::decode(&bytes), Some(stub));
+        assert_eq!(declared_version(&bytes), Some(VERSION));
+        let mut bad = bytes;
+        bad[30] ^= 1;
+        assert_eq!(Stub::decode(&bad), None);
+        assert_eq!(declared_version(b"MBOARD\0J\x02\0\0\0\0\0\0\0"), Some(2));
+        assert_eq!(declared_version(b"not a journal"), None);
     }
 }
