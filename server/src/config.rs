@@ -149,6 +149,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let unit = unit.trim();
+    let bad = || format!("{s:?} is not a size (e.g. 4096, 512KiB, 64MiB, 1.5GiB)");
+    if number.is_empty() {
+        return Err(bad());
+    }
     let scale: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" => 1_000,
@@ -165,10 +169,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             ));
         }
     };
-    let bad = || format!("{s:?} is not a size (e.g. 4096, 512KiB, 64MiB, 1.5GiB)");
-    if number.is_empty() {
-        return Err(bad());
-    }
     if let Ok(n) = number.parse::<u64>() {
         return n.checked_mul(scale).ok_or_else(bad);
     }

@@ -2,6 +2,7 @@
 //! metrics scrapes, and a fault-injecting proxy.
 
 pub mod classic;
+pub mod disk;
 pub mod gate;
 mod peer;
 mod process;

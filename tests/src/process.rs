@@ -86,9 +86,15 @@ impl ServerProcess {
     /// Starts `mboard-server --listen 127.0.0.1:0 <args>` and waits until it serves; if it
     /// exits instead, returns its exit code and standard error.
     pub fn start(args: &[&str]) -> Result<ServerProcess, (Option<i32>, String)> {
-        let mut child = Command::new(binary("mboard-server"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
+        let mut cmd = Command::new(binary("mboard-server"));
+        cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        Self::start_command(cmd)
+    }
+
+    /// [`ServerProcess::start`] for a command of the caller's making (environment variables,
+    /// a shell that sets limits and `exec`s the server), which must pass `--listen` itself.
+    pub fn start_command(mut cmd: Command) -> Result<ServerProcess, (Option<i32>, String)> {
+        let mut child = cmd
             // The log is parsed for addresses: plain text, whatever the terminal.
             .env("NO_COLOR", "1")
             .stderr(Stdio::piped())
@@ -156,6 +162,34 @@ impl ServerProcess {
     /// Everything it has logged so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log").clone()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends it SIGTERM without waiting for it to exit.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Waits up to `timeout` for it to exit: `Some(code)` if it did.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Kills it with SIGKILL: no chance to flush or clean up.

@@ -135,6 +135,8 @@ impl MemoryBoard {
             self.wake_trimmer();
             return Err(BoardError::Refused(Refusal::Busy));
         }
+        // The first message of an empty board sets when the next one is due to age out.
+        let was_empty = inner.entries.is_empty();
         let id = MessageId(inner.sums.next());
         // Taken under the lock so that timestamps never go backwards as ids go forwards.
         let time = Timestamp::from_system_time(SystemTime::now());
@@ -145,7 +147,8 @@ impl MemoryBoard {
         inner.entries.push_back(Entry { time, from, text });
         let over = self
             .retention
-            .size_exceeded(inner.entries.len() as u64, inner.bytes);
+            .size_exceeded(inner.entries.len() as u64, inner.bytes)
+            || (was_empty && self.retention.age.is_some());
         drop(inner);
         if over {
             self.wake_trimmer();

@@ -94,8 +94,10 @@ impl Journal {
             };
             layout.write_stub(stub).map_err(io_at(&layout.stub()))?;
         }
-        let (_, gone) = recovered.index.trim(&retention, now, u64::MAX);
+        let (trimmed, gone) = recovered.index.trim(&retention, now, u64::MAX);
         recovered.trimmed.extend(gone);
+        // What start-up trimmed is noted like anything the writer trims.
+        let kept = (trimmed > 0).then(|| recovered.index.sums().first());
         let index = &recovered.index;
         let recovery = Recovery {
             messages: index.sums().len(),
@@ -136,6 +138,7 @@ impl Journal {
             lock,
             lock_ident,
             doomed: recovered.trimmed,
+            kept,
         };
         let salt = found.stub.salt;
         let index = Arc::new(RwLock::new(recovered.index));

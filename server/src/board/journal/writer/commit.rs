@@ -118,7 +118,7 @@ impl Writer {
             health,
             metrics,
             warnings: Warnings::default(),
-            kept: None,
+            kept: start.kept,
             last_write: Instant::now(),
             doomed: start.doomed,
             next_check: Instant::now() + CHECK_EVERY,

@@ -85,6 +85,8 @@ pub(super) struct Start {
     pub(super) lock_ident: Identity,
     /// Segments already trimmed, to delete.
     pub(super) doomed: Vec<Segment>,
+    /// A kept note to write: start-up trimmed every id below it.
+    pub(super) kept: Option<u64>,
 }
 
 /// The running writer: its queue, its thread and its metrics.

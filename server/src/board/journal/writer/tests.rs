@@ -495,4 +495,3 @@ fn shutdown_writes_what_is_queued_when_the_disk_keeps_up() {
     assert_eq!(rec.messages, 50);
     drop(j);
 }
-
