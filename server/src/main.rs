@@ -24,7 +24,7 @@ struct Args {
     listen: SocketAddr,
 
     /// Keep the board in memory only (lost when the server stops).
-    #[arg(long, conflicts_with_all = ["data_dir", "fsync", "segment_size", "shutdown_grace"])]
+    #[arg(long, conflicts_with_all = ["data_dir", "fsync"])]
     in_memory: bool,
 
     /// Directory of the durable board (created if missing).
@@ -37,12 +37,12 @@ struct Args {
     fsync: Fsync,
 
     /// Start a new journal segment file once the current one holds this much (`64MiB`); a
-    /// larger message still fits, in a segment that grows past it.
+    /// larger message still fits, in a segment that grows past it. (Journal only.)
     #[arg(long, env = "MBOARD_SEGMENT_SIZE", value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
     segment_size: u64,
 
     /// At shutdown, wait at most this long for the disk to take the publishes queued for
-    /// it; then exit without acknowledging those that are not durable.
+    /// it; then exit without acknowledging those that are not durable. (Journal only.)
     #[arg(
         long,
         env = "MBOARD_SHUTDOWN_GRACE",

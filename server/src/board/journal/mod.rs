@@ -33,6 +33,7 @@ use index::{Index, Piece};
 use window::Window;
 use writer::health::SharedState;
 
+mod address;
 mod error;
 #[cfg(test)]
 mod exactly_once;
@@ -441,6 +442,11 @@ mod tests {
                 ..
             })
         ));
+        assert!(
+            err.to_string().contains("00000000000000000000.seg"),
+            "{err}"
+        );
+        assert!(j.entry_len(MessageId(0)).is_ok(), "the header holds");
         assert!(j.get(MessageId(1)).is_ok());
     }
 }

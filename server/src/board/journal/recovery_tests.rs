@@ -2,7 +2,6 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -14,7 +13,7 @@ use super::testing::{
     TEXTS, TempDir, all, from, ids, open, open_with, publish_all, publish_n, published,
 };
 use super::{Fsync, JournalError};
-use crate::board::{Board, Retention};
+use crate::board::Retention;
 
 /// Every file under `dir` with its bytes (but the lock, which start-up makes), to show
 /// that nothing changed.
@@ -405,23 +404,6 @@ fn an_upgrade_interrupted_is_redone_or_finished() {
     assert!(
         err.to_string()
             .contains("holds 31 messages and the segments 30"),
-        "{err}"
-    );
-}
-
-#[test]
-fn a_damaged_record_found_while_serving_names_its_segment() {
-    let dir = TempDir::new();
-    let (j, _) = open(&dir, Fsync::Always).expect("open");
-    publish_all(&j, &TEXTS);
-    let f = OpenOptions::new()
-        .write(true)
-        .open(dir.segment(0))
-        .expect("open");
-    f.write_all_at(b"X", SEGMENT_HEADER + 2).expect("damage");
-    let err = j.entry_len(MessageId(0)).expect_err("damaged");
-    assert!(
-        err.to_string().contains("00000000000000000000.seg"),
         "{err}"
     );
 }

@@ -27,12 +27,13 @@
 //! [`record_at`], so they cannot disagree about what an intact record is.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use mboard_protocol::{Message, MessageId, PublishToken, Timestamp};
 use uuid::Uuid;
 
+use super::address;
 use super::window::Window;
 
 /// The magic of the file named `journal` (the stub now, the whole journal before format 3).
@@ -256,17 +257,7 @@ pub(super) fn encode(
             if let Some(token) = token {
                 out.extend_from_slice(token.0.as_bytes());
             }
-            match from.ip() {
-                IpAddr::V4(ip) => {
-                    out.push(4);
-                    out.extend_from_slice(&ip.octets());
-                }
-                IpAddr::V6(ip) => {
-                    out.push(6);
-                    out.extend_from_slice(&ip.octets());
-                }
-            }
-            out.extend_from_slice(&from.port().to_le_bytes());
+            address::encode(out, from);
             out.extend_from_slice(text);
         }
         Body::TokenNote(token) => out.extend_from_slice(token.0.as_bytes()),
@@ -298,23 +289,6 @@ fn token_at(body: &[u8], at: usize) -> Option<PublishToken> {
     Some(PublishToken(Uuid::from_bytes(t)))
 }
 
-/// The address at `at` in a message body, and where the text starts.
-fn address(body: &[u8], at: usize) -> Option<(SocketAddr, usize)> {
-    let (ip, rest): (IpAddr, usize) = match body.get(at)? {
-        4 => {
-            let o: [u8; 4] = body.get(at + 1..at + 5)?.try_into().ok()?;
-            (Ipv4Addr::from(o).into(), at + 5)
-        }
-        6 => {
-            let o: [u8; 16] = body.get(at + 1..at + 17)?.try_into().ok()?;
-            (Ipv6Addr::from(o).into(), at + 17)
-        }
-        _ => return None,
-    };
-    let port = u16::from_le_bytes(body.get(rest..rest + 2)?.try_into().ok()?);
-    Some((SocketAddr::new(ip, port), rest + 2))
-}
-
 /// Decodes a body (which may stop anywhere after its fields, for sizing) of a record of
 /// `len` bytes in all.
 fn decode(body: &[u8], len: usize, exact: bool) -> Option<Record> {
@@ -328,7 +302,7 @@ fn decode(body: &[u8], len: usize, exact: bool) -> Option<Record> {
             } else {
                 (None, BODY_FIXED)
             };
-            let (from, text_at) = address(body, at)?;
+            let (from, text_at) = address::decode(body, at)?;
             if RECORD_HEADER + text_at > len {
                 return None;
             }

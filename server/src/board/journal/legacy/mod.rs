@@ -18,7 +18,7 @@
 
 use std::fs::File;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -26,6 +26,7 @@ use mboard_protocol::{MessageId, PublishToken, Timestamp};
 use tracing::warn;
 use uuid::Uuid;
 
+use super::address;
 use super::error::{JournalError, io_at};
 use super::recovery::Torn;
 use super::window::Window;
@@ -110,17 +111,7 @@ fn encode(
             None => out.push(0),
         }
     }
-    match from.ip() {
-        IpAddr::V4(ip) => {
-            out.push(4);
-            out.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            out.push(6);
-            out.extend_from_slice(&ip.octets());
-        }
-    }
-    out.extend_from_slice(&from.port().to_le_bytes());
+    address::encode(out, from);
     out.extend_from_slice(text);
     let body_len = (out.len() - body) as u32;
     out[start + 4..start + 8].copy_from_slice(&body_len.to_le_bytes());
@@ -194,24 +185,13 @@ fn fields(body: &[u8], v2: bool) -> Option<Fields> {
     } else {
         (None, 16)
     };
-    let (ip, rest): (IpAddr, usize) = match body.get(at)? {
-        4 => {
-            let o: [u8; 4] = body.get(at + 1..at + 5)?.try_into().ok()?;
-            (Ipv4Addr::from(o).into(), at + 5)
-        }
-        6 => {
-            let o: [u8; 16] = body.get(at + 1..at + 17)?.try_into().ok()?;
-            (Ipv6Addr::from(o).into(), at + 17)
-        }
-        _ => return None,
-    };
-    let port = u16::from_le_bytes(body.get(rest..rest + 2)?.try_into().ok()?);
+    let (from, text_at) = address::decode(body, at)?;
     Some(Fields {
         id,
         time,
         token,
-        from: SocketAddr::new(ip, port),
-        text_at: rest + 2,
+        from,
+        text_at,
     })
 }
 
