@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mboard_protocol::{DATA_HEADER_MAX, MAX_DATAGRAM};
 
-use crate::board::{JournalConfig, TokenLimits};
+use crate::board::{JournalConfig, Retention, TokenLimits};
 use crate::limiter::RateLimit;
 use crate::metrics::EndpointLimits;
 use crate::session::Fairness;
@@ -56,6 +56,11 @@ pub struct Limits {
     /// Each host's share of the session budget and table, and the progress floor below
     /// which a session may be reclaimed for a new one.
     pub fairness: Fairness,
+    /// Publishes waiting for the disk at once; beyond it they are answered `4:busy` at
+    /// once, so a stalled disk never holds up a receive loop.
+    pub max_queued_publishes: usize,
+    /// Bytes of text waiting for the disk at once; beyond it, likewise `4:busy`.
+    pub max_queued_bytes: u64,
 }
 
 impl Default for Limits {
@@ -79,6 +84,8 @@ impl Default for Limits {
             max_held_per_source: 16,
             tokens: TokenLimits::default(),
             fairness: Fairness::default(),
+            max_queued_publishes: 4_096,
+            max_queued_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -125,7 +132,99 @@ pub enum ConfigError {
     /// No receive loop would take datagrams off the socket.
     #[error("workers must be at least 1")]
     Workers,
+    /// A byte limit below the largest message, which would trim it as soon as it is stored
+    /// (or, for the publish queue, refuse it every time).
+    #[error("{what} must be at least the max request size ({min} bytes), not {found}")]
+    BelowRequest {
+        /// The option.
+        what: &'static str,
+        /// The max request size.
+        min: u64,
+        /// The value given.
+        found: u64,
+    },
+    /// A zero retention age would trim every message as soon as it is stored.
+    #[error("retain age must be longer than zero")]
+    RetainAge,
+    /// A journal segment size outside what the journal can work with.
+    #[error("segment size must be between {MIN_SEGMENT} and {MAX_SEGMENT} bytes, not {0}")]
+    SegmentSize(u64),
 }
+
+/// The smallest journal segment: smaller ones would mean a file per few messages.
+pub const MIN_SEGMENT: u64 = 64 * 1024;
+/// The largest journal segment (1 TiB).
+pub const MAX_SEGMENT: u64 = 1 << 40;
+
+/// The byte limit on the memory board unless `--retain-bytes` says otherwise: 256 MiB, the
+/// default session memory, so a flood cannot take the machine's memory and a `4:0` of the
+/// whole board fits in one download (docs/OPERATIONS.md).
+pub const MEMORY_RETAIN_BYTES: u64 = 256 * 1024 * 1024;
+
+/// A size in bytes as people write it: `4096`, `512KiB`, `64MiB`, `1.5GiB`, `10GB`. `KB`,
+/// `MB`, `GB`, `TB` are powers of 1,000; `KiB` … `TiB` (or `K` … `T`) powers of 1,024; a
+/// bare number or `B` is bytes. Case does not matter.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let unit = unit.trim();
+    let bad = || format!("{s:?} is not a size (e.g. 4096, 512KiB, 64MiB, 1.5GiB)");
+    if number.is_empty() {
+        return Err(bad());
+    }
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "unknown size unit {unit:?} in {s:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"
+            ));
+        }
+    };
+    if let Ok(n) = number.parse::<u64>() {
+        return n.checked_mul(scale).ok_or_else(bad);
+    }
+    let n: f64 = number.parse().map_err(|_| bad())?;
+    let bytes = (n * scale as f64).round();
+    if bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64 {
+        Ok(bytes as u64)
+    } else {
+        Err(bad())
+    }
+}
+
+impl Retention {
+    /// Checks that the limits keep at least the newest message of any allowed size.
+    pub fn validate(&self, limits: &Limits) -> Result<(), ConfigError> {
+        if self.messages == Some(0) {
+            return Err(ConfigError::Zero("retain messages"));
+        }
+        if let Some(bytes) = self.bytes
+            && bytes < limits.max_request_size
+        {
+            return Err(ConfigError::BelowRequest {
+                what: "retain bytes",
+                min: limits.max_request_size,
+                found: bytes,
+            });
+        }
+        if self.age.is_some_and(|a| a.is_zero()) {
+            return Err(ConfigError::RetainAge);
+        }
+        Ok(())
+    }
+}
+
 
 /// What a [`RateLimit`]'s parts are called in its error messages.
 #[derive(Debug, Clone, Copy)]
@@ -170,7 +269,14 @@ impl Config {
             rate: "error reply rate",
             burst: "error reply burst",
             sources: "error reply sources",
-        })
+        })?;
+        self.retention.validate(&self.limits)?;
+        if let Store::Journal(journal) = &self.store
+            && !(MIN_SEGMENT..=MAX_SEGMENT).contains(&journal.segment_size)
+        {
+            return Err(ConfigError::SegmentSize(journal.segment_size));
+        }
+        Ok(())
     }
 }
 
@@ -218,6 +324,16 @@ impl Limits {
             return Err(ConfigError::Zero("max tokens"));
         }
         self.fairness.validate()?;
+        if self.max_queued_publishes == 0 {
+            return Err(ConfigError::Zero("max queued publishes"));
+        }
+        if self.max_queued_bytes < self.max_request_size {
+            return Err(ConfigError::BelowRequest {
+                what: "max queued bytes",
+                min: self.max_request_size,
+                found: self.max_queued_bytes,
+            });
+        }
         self.metrics.validate()
     }
 
@@ -271,6 +387,10 @@ pub struct Config {
     pub seed: Option<u64>,
     /// How often the access log sums up traffic at `info` (`None` or zero: never).
     pub summary_interval: Option<Duration>,
+    /// What the store keeps. The binary's defaults differ by store: the memory board
+    /// keeps [`MEMORY_RETAIN_BYTES`] (as `Config::default()`, whose store is memory), the
+    /// journal everything.
+    pub retention: Retention,
 }
 
 impl Default for Config {
@@ -284,6 +404,10 @@ impl Default for Config {
             workers: 2 * cores,
             seed: None,
             summary_interval: Some(Duration::from_secs(60)),
+            retention: Retention {
+                bytes: Some(MEMORY_RETAIN_BYTES),
+                ..Retention::UNLIMITED
+            },
         }
     }
 }
@@ -414,6 +538,97 @@ mod tests {
         assert_eq!(
             bad(|l| l.fairness.host_memory_share = 0),
             Err(ConfigError::Share("host memory share", 0))
+        );
+        assert_eq!(
+            bad(|l| l.max_queued_publishes = 0),
+            Err(ConfigError::Zero("max queued publishes"))
+        );
+        assert_eq!(
+            bad(|l| l.max_queued_bytes = 1_000).map_err(|e| e.to_string()),
+            Err(
+                "max queued bytes must be at least the max request size (16777216 bytes), not 1000"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn sizes_are_read_as_people_write_them() {
+        for (text, bytes) in [
+            ("4096", 4_096),
+            ("0", 0),
+            ("512KiB", 512 << 10),
+            ("64MiB", 64 << 20),
+            ("64mib", 64 << 20),
+            ("64M", 64 << 20),
+            ("1.5GiB", 3 << 29),
+            ("10GB", 10_000_000_000),
+            ("2TiB", 2 << 40),
+            ("7 KB", 7_000),
+            ("100B", 100),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for bad in [
+            "",
+            "MiB",
+            "12XB",
+            "-1",
+            "1e3",
+            "99999999999999999999TiB",
+            "1.2.3MiB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_size("3 parsecs"),
+            Err(
+                "unknown size unit \"parsecs\" in \"3 parsecs\" (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn unworkable_retention_and_segments_are_refused() {
+        let limits = Limits::default();
+        let keep = |r: Retention| r.validate(&limits).map_err(|e| e.to_string());
+        assert_eq!(keep(Retention::UNLIMITED), Ok(()));
+        assert_eq!(
+            keep(Retention {
+                messages: Some(0),
+                ..Retention::UNLIMITED
+            }),
+            Err("retain messages must be at least 1".into())
+        );
+        assert_eq!(
+            keep(Retention {
+                bytes: Some(1 << 20),
+                ..Retention::UNLIMITED
+            }),
+            Err(
+                "retain bytes must be at least the max request size (16777216 bytes), not 1048576"
+                    .into()
+            )
+        );
+        assert_eq!(
+            keep(Retention {
+                age: Some(Duration::ZERO),
+                ..Retention::UNLIMITED
+            }),
+            Err("retain age must be longer than zero".into())
+        );
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert_eq!(Config::default().retention.bytes, Some(MEMORY_RETAIN_BYTES));
+        let mut journal = JournalConfig::new("data".into());
+        journal.segment_size = 1_000;
+        let config = Config {
+            store: Store::Journal(journal),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.validate().map_err(|e| e.to_string()),
+            Err("segment size must be between 65536 and 1099511627776 bytes, not 1000".into())
         );
     }
 }

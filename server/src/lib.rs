@@ -16,7 +16,7 @@ mod reply;
 mod server;
 pub mod session;
 
-pub use board::{Fsync, JournalConfig, TokenLimits};
+pub use board::{Fsync, JournalConfig, Retention, TokenLimits};
 pub use config::{Config, ConfigError, Limits, Store};
 pub use held::{HoldCounts, Wake, WakeCause};
 pub use limiter::RateLimit;

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser};
+use mboard_server::config::{MEMORY_RETAIN_BYTES, parse_size};
 use mboard_server::{
-    Config, EndpointLimits, Fairness, Fsync, JournalConfig, Limits, RateLimit, Store, TokenLimits,
+    Config, EndpointLimits, Fairness, Fsync, JournalConfig, Limits, RateLimit, Retention, Store,
+    TokenLimits,
 };
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -45,6 +47,45 @@ struct Args {
     /// (survives a server crash, not a power failure).
     #[arg(long, env = "MBOARD_FSYNC", default_value = "always")]
     fsync: Fsync,
+
+    /// Start a new journal segment file once the current one holds this much (`64MiB`); a
+    /// larger message still fits, in a segment that grows past it. (Journal only.)
+    #[arg(long, env = "MBOARD_SEGMENT_SIZE", value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    segment_size: u64,
+
+    /// At shutdown, wait at most this long for the disk to take the publishes queued for
+    /// it; then exit without acknowledging those that are not durable. (Journal only.)
+    #[arg(
+        long,
+        env = "MBOARD_SHUTDOWN_GRACE",
+        value_name = "DURATION",
+        default_value = "10s"
+    )]
+    shutdown_grace: humantime::Duration,
+
+    /// Keep only the newest N messages (`none`: no limit). Older ones are trimmed: `3:`
+    /// answers them `2:no longer kept`, and their ids are never reused.
+    #[arg(long, env = "MBOARD_RETAIN_MESSAGES", value_name = "N|none", default_value = "none", value_parser = parse_count)]
+    retain_messages: Keep<u64>,
+
+    /// Keep only the newest messages that fit in SIZE (`512MiB`; `none`: no limit): bytes
+    /// on disk for the journal, bytes of memory for `--in-memory`. Default: none for the
+    /// journal, 256MiB in memory.
+    #[arg(long, env = "MBOARD_RETAIN_BYTES", value_name = "SIZE|none", value_parser = parse_bytes)]
+    retain_bytes: Option<Keep<u64>>,
+
+    /// Keep a message for at most this long after its publish (`7d`, `12h`; `none`: no
+    /// limit), by the server's clock.
+    #[arg(long, env = "MBOARD_RETAIN_AGE", value_name = "DURATION|none", default_value = "none", value_parser = parse_age)]
+    retain_age: Keep<std::time::Duration>,
+
+    /// Publishes waiting for the disk at once; more are answered `4:busy` at once.
+    #[arg(long, env = "MBOARD_MAX_QUEUED_PUBLISHES", value_name = "N", default_value_t = Limits::default().max_queued_publishes)]
+    max_queued_publishes: usize,
+
+    /// Bytes of text waiting for the disk at once (`256MiB`); more are answered `4:busy`.
+    #[arg(long, env = "MBOARD_MAX_QUEUED_BYTES", value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+    max_queued_bytes: u64,
 
     /// Drop a session after this long without a datagram (`30s`, `500ms`).
     #[arg(long, env = "MBOARD_SESSION_TIMEOUT", default_value_t = Limits::default().session_timeout.into())]
@@ -240,6 +281,35 @@ struct Args {
 /// The help heading of the options SIGHUP reloads from the config file.
 const RELOADED: &str = cli::RELOADED;
 
+/// A retention limit, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Keep<T>(Option<T>);
+
+fn keep<T>(s: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<Keep<T>, String> {
+    if s.eq_ignore_ascii_case("none") {
+        Ok(Keep(None))
+    } else {
+        parse(s).map(|v| Keep(Some(v)))
+    }
+}
+
+fn parse_count(s: &str) -> Result<Keep<u64>, String> {
+    keep(s, |s| {
+        s.parse()
+            .map_err(|_| format!("{s:?} is not a number of messages"))
+    })
+}
+
+fn parse_bytes(s: &str) -> Result<Keep<u64>, String> {
+    keep(s, parse_size)
+}
+
+fn parse_age(s: &str) -> Result<Keep<std::time::Duration>, String> {
+    keep(s, |s| {
+        humantime::parse_duration(s).map_err(|e| e.to_string())
+    })
+}
+
 /// Runs the server; any error that stops it is one line on standard error and exit code 1.
 #[allow(clippy::print_stderr)]
 fn main() -> std::process::ExitCode {
@@ -338,7 +408,15 @@ fn config(args: &Args) -> Config {
         Store::Journal(JournalConfig {
             dir: args.data_dir.clone(),
             fsync: args.fsync,
+            segment_size: args.segment_size,
+            shutdown_grace: args.shutdown_grace.into(),
         })
+    };
+    let default_bytes = args.in_memory.then_some(MEMORY_RETAIN_BYTES);
+    let retention = Retention {
+        messages: args.retain_messages.0,
+        bytes: args.retain_bytes.map_or(default_bytes, |k| k.0),
+        age: args.retain_age.0,
     };
     Config {
         store,
@@ -371,6 +449,8 @@ fn config(args: &Args) -> Config {
                 progress_floor: args.progress_floor,
                 progress_grace: args.progress_grace.into(),
             },
+            max_queued_publishes: args.max_queued_publishes,
+            max_queued_bytes: args.max_queued_bytes,
         },
         rate_limit: RateLimit {
             rate: args.rate_limit,
@@ -385,6 +465,7 @@ fn config(args: &Args) -> Config {
         workers: args.workers.unwrap_or(defaults.workers),
         seed: None,
         summary_interval: Some(args.summary_interval.into()),
+        retention,
     }
 }
 
@@ -534,6 +615,18 @@ mod tests {
         assert_eq!(config.error_limit, defaults.error_limit);
         assert_eq!(config.workers, defaults.workers);
         assert_eq!(args.recv_buffer, RECV_BUFFER);
+        assert_eq!(config.retention, defaults.retention, "memory keeps 256 MiB");
+        let durable = Args::try_parse_from(["mboard-server"]).expect("parse");
+        let durable = super::config(&durable);
+        assert_eq!(
+            durable.retention,
+            Retention::UNLIMITED,
+            "the journal keeps all"
+        );
+        let Store::Journal(journal) = durable.store else {
+            panic!("durable by default")
+        };
+        assert_eq!(journal, JournalConfig::new("mboard-data".into()));
     }
 
     #[test]
@@ -545,6 +638,48 @@ mod tests {
             Args::try_parse_from(["mboard-server", "--recv-buffer", "-1"]).is_err(),
             "a size is a number of bytes"
         );
+    }
+
+    #[test]
+    fn retention_options_take_sizes_durations_and_none() {
+        let args = Args::try_parse_from([
+            "mboard-server",
+            "--retain-messages",
+            "1000",
+            "--retain-bytes",
+            "512MiB",
+            "--retain-age",
+            "7d",
+            "--segment-size",
+            "1MiB",
+        ])
+        .expect("parse");
+        let config = config(&args);
+        assert_eq!(
+            config.retention,
+            Retention {
+                messages: Some(1_000),
+                bytes: Some(512 << 20),
+                age: Some(std::time::Duration::from_secs(7 * 86_400)),
+            }
+        );
+        let Store::Journal(journal) = config.store else {
+            panic!("durable")
+        };
+        assert_eq!(journal.segment_size, 1 << 20);
+        let unlimited =
+            Args::try_parse_from(["mboard-server", "--in-memory", "--retain-bytes", "none"])
+                .expect("parse");
+        assert_eq!(super::config(&unlimited).retention, Retention::UNLIMITED);
+        for bad in [
+            &["--retain-bytes", "lots"][..],
+            &["--retain-messages", "-3"],
+            &["--retain-age", "soon"],
+            &["--segment-size", "1XB"],
+        ] {
+            let argv = ["mboard-server"].iter().chain(bad).copied();
+            assert!(Args::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -23,8 +23,9 @@ use crate::metrics::{DropReason, Metrics, ServerCollector, Shard, serve_metrics}
 use crate::reload::{self, Reloadable, Reloads, Targets};
 use crate::reply::Reply;
 
-/// Requests handled in their own tasks at once (publishes waiting for the journal, large
-/// replies being built); see [`Receiver::deferred`].
+/// Large replies being built in their own tasks at once; see [`Receiver::deferred`].
+/// (Publishes waiting for the journal hold a place in the handler's own queue instead,
+/// `--max-queued-publishes`, which never waits.)
 const DEFERRED_MAX: usize = 4_096;
 
 /// Why the server stopped other than by being asked to.
@@ -39,6 +40,9 @@ pub enum ServerError {
     /// The journal could not be opened.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The memory board's retention thread could not be started.
+    #[error("cannot start the board: {0}")]
+    Board(io::Error),
 }
 
 /// Where the server listens: the board's UDP socket, and optionally a TCP listener for
@@ -83,15 +87,18 @@ pub async fn run_reloading(
     config.validate()?;
     match &config.store {
         Store::Memory => {
-            let board = MemoryBoard::with_tokens(config.limits.tokens);
+            let board = MemoryBoard::with_limits(config.limits.tokens, config.retention)
+                .map_err(ServerError::Board)?;
             serve_board(listeners, board, config, reloads, shutdown).await
         }
         Store::Journal(journal) => {
             // Replay reads the whole file: keep it off the async workers.
-            let (journal, tokens) = (journal.clone(), config.limits.tokens);
-            let (board, _) = tokio::task::spawn_blocking(move || Journal::open(&journal, tokens))
-                .await
-                .map_err(io::Error::other)??;
+            let (journal, tokens, retention) =
+                (journal.clone(), config.limits.tokens, config.retention);
+            let (board, _) =
+                tokio::task::spawn_blocking(move || Journal::open(&journal, tokens, retention))
+                    .await
+                    .map_err(io::Error::other)??;
             serve_board(listeners, board, config, reloads, shutdown).await
         }
     }
@@ -303,9 +310,8 @@ fn transient(e: &io::Error) -> bool {
 struct Receiver<B> {
     /// Answers datagrams.
     handler: Arc<Handler<B>>,
-    /// Permits for work detached from the loops (publishes waiting for the disk, large
-    /// replies being built); when none is left the loop waits, which pushes back on
-    /// senders instead of queueing without bound.
+    /// Permits for large replies being built off the loops; when none is left the loop
+    /// waits, which pushes back on senders instead of queueing without bound.
     deferred: Arc<Semaphore>,
     /// Per-source rate limit, applied before any work.
     limiter: Arc<RateLimiter>,
@@ -366,9 +372,14 @@ impl<B: Board> Receiver<B> {
                 // A large reply is copied on a blocking thread, and a publish waits for its
                 // group commit, in tasks of their own, so neither occupies the receive loop.
                 // Each large reply holds a reservation in the session budget, which bounds
-                // how many can exist.
-                answer @ (Answer::Build(_) | Answer::Wait(_)) => {
-                    self.detach(source, answer).await?
+                // how many can exist; each publish holds a place in the handler's queue for
+                // the disk, taken without waiting (a full queue is answered `4:busy`).
+                answer @ Answer::Build(_) => self.detach(source, answer).await?,
+                answer @ Answer::Wait(_) => {
+                    let sender = self.sender.clone();
+                    tokio::spawn(async move {
+                        let _ = sender.deliver(answer, source).await;
+                    });
                 }
                 answer => self.sender.deliver(answer, source).await?,
             }

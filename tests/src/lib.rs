@@ -2,6 +2,7 @@
 //! metrics scrapes, and a fault-injecting proxy.
 
 pub mod classic;
+pub mod disk;
 pub mod gate;
 mod peer;
 mod process;
@@ -46,9 +47,35 @@ impl DataDir {
         self.path.to_str().expect("temp dir paths are UTF-8")
     }
 
-    /// The journal the server keeps in it.
+    /// The file `journal` in it: the stub naming the journal's segments (before format 3,
+    /// the whole journal).
     pub fn journal(&self) -> PathBuf {
         self.path.join("journal")
+    }
+
+    /// The segment file whose first message id is `first`.
+    pub fn segment(&self, first: u64) -> PathBuf {
+        self.path.join("segments").join(format!("{first:020}.seg"))
+    }
+
+    /// The first ids of the segment files there are, oldest first.
+    pub fn segments(&self) -> Vec<u64> {
+        let mut firsts: Vec<u64> = std::fs::read_dir(self.path.join("segments"))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| {
+                        e.ok()?
+                            .file_name()
+                            .to_str()?
+                            .strip_suffix(".seg")?
+                            .parse()
+                            .ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        firsts.sort_unstable();
+        firsts
     }
 }
 

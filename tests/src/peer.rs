@@ -85,6 +85,15 @@ impl Peer {
         String::from_utf8_lossy(&self.ask(pdu)).into_owned()
     }
 
+    /// [`Peer::ask`], with a download offer followed: the whole reply, however large.
+    pub fn ask_whole(&self, pdu: impl AsRef<[u8]>) -> Vec<u8> {
+        let reply = self.ask(pdu);
+        match Response::parse(Bytes::from(reply.clone()), Expect::Closed) {
+            Ok(Response::Offer(offer)) => self.fetch(&offer, 0..offer.blocks()).expect("fetch"),
+            _ => reply,
+        }
+    }
+
     /// Opens an upload session and returns its id and block size.
     pub fn open(&self, size: usize, block_size: usize) -> Result<(SessionId, usize)> {
         let reply = self.ask(format!("a:{size}:{block_size}"));

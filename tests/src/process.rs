@@ -117,10 +117,17 @@ impl ServerProcess {
                 command.env_remove(name);
             }
         }
-        let mut child = command
+        command
             .args(["--listen", listen])
             .args(args)
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Self::start_command(command)
+    }
+
+    /// [`ServerProcess::start`] for a command of the caller's making (environment variables,
+    /// a shell that sets limits and `exec`s the server), which must pass `--listen` itself.
+    pub fn start_command(mut cmd: Command) -> Result<ServerProcess, (Option<i32>, String)> {
+        let mut child = cmd
             // The log is parsed for addresses: plain text, whatever the terminal.
             .env("NO_COLOR", "1")
             .stderr(Stdio::piped())
@@ -197,6 +204,34 @@ impl ServerProcess {
             let log = self.log();
             if log.contains(text) || Instant::now() > deadline {
                 return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends it SIGTERM without waiting for it to exit.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Waits up to `timeout` for it to exit: `Some(code)` if it did.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code());
+            }
+            if Instant::now() > deadline {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }

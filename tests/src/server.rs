@@ -50,6 +50,7 @@ impl TestServer {
                 workers: 2,
                 seed: Some(42),
                 summary_interval: None,
+                retention: mboard_server::board::Retention::UNLIMITED,
             },
             metrics: false,
             serve: Box::new(|listeners, config, shutdown| {
@@ -83,6 +84,12 @@ impl TestServerBuilder {
     /// Where the board is kept.
     pub fn store(mut self, store: Store) -> Self {
         self.config.store = store;
+        self
+    }
+
+    /// What the board keeps (everything, unless this is called).
+    pub fn retention(mut self, retention: mboard_server::board::Retention) -> Self {
+        self.config.retention = retention;
         self
     }
 

@@ -8,6 +8,10 @@
 //! looking a token up and assigning an id are one step: the memory board and the journal
 //! share [`tokens::Tokens`]; a store with its own deduplication can use that instead.
 //!
+//! Retention ([`Retention`]) trims the oldest messages off either store, off the receive
+//! loops; ids keep counting, so the kept ids are consecutive from [`Board::oldest`], and a
+//! trimmed id reads as [`BoardError::NotKept`] where it once existed.
+//!
 //! Each store lives in its own submodule and keeps its failures in its own error type;
 //! [`BoardError`] carries them without naming them, so a new store needs no change here.
 
@@ -19,11 +23,14 @@ use mboard_protocol::{Entry, Message, MessageId, PublishToken, encode_messages};
 
 mod journal;
 mod memory;
+pub mod retention;
 mod sums;
 pub mod tokens;
+pub(crate) mod warnings;
 
 pub use journal::{Fsync, Journal, JournalConfig, JournalError, Recovery, Torn};
-pub use memory::MemoryBoard;
+pub use memory::{ENTRY_COST, MemoryBoard};
+pub use retention::Retention;
 pub use tokens::{TokenCounts, TokenLimits};
 
 /// A failure of the store itself (not of the request).
@@ -38,6 +45,79 @@ pub enum BoardError {
     /// The store does not do this (a test double, say).
     #[error("this store cannot {0}")]
     Unsupported(&'static str),
+    /// The message existed but retention has trimmed it.
+    #[error("no longer kept")]
+    NotKept,
+    /// The store cannot take a publish now and stored nothing; it keeps answering reads.
+    #[error("{0}")]
+    Refused(Refusal),
+}
+
+/// Why a store refused a publish, storing nothing: the reason a `4` reply carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Too many publishes wait already (a slow or stalled disk); try again later.
+    #[error("busy")]
+    Busy,
+    /// The disk is full.
+    #[error("storage full")]
+    Full,
+    /// The filesystem is read-only.
+    #[error("storage read-only")]
+    ReadOnly,
+    /// The data directory is no longer this server's (its files were removed, or its lock
+    /// is no longer held): nothing more is written until the server is restarted.
+    #[error("storage unavailable")]
+    Unavailable,
+}
+
+/// Whether a store can take publishes now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreState {
+    /// Publishes are stored.
+    #[default]
+    Writable,
+    /// The disk is full; retried until there is room.
+    Full,
+    /// The filesystem is read-only; retried with backoff until it is writable.
+    ReadOnly,
+    /// The data directory is no longer ours; nothing is written until a restart.
+    Lost,
+}
+
+impl StoreState {
+    /// Every state, in the order metrics list them.
+    pub const ALL: [StoreState; 4] = [
+        StoreState::Writable,
+        StoreState::Full,
+        StoreState::ReadOnly,
+        StoreState::Lost,
+    ];
+
+    /// Its name in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreState::Writable => "writable",
+            StoreState::Full => "full",
+            StoreState::ReadOnly => "read_only",
+            StoreState::Lost => "lost",
+        }
+    }
+}
+
+/// What a store keeps, and whether it can store more: read by the metrics endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// Messages kept.
+    pub messages: u64,
+    /// Their bytes, as the store's retention counts them.
+    pub bytes: u64,
+    /// The oldest id kept (the next id when nothing is).
+    pub oldest: MessageId,
+    /// Messages trimmed by retention since the server started.
+    pub trimmed: u64,
+    /// Whether publishes are stored now.
+    pub state: StoreState,
 }
 
 /// What became of a `5:` publish.
@@ -64,7 +144,7 @@ impl Published {
 /// building it cannot change what the reply holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Span {
-    /// Position of the first message in the store's order (opaque to callers).
+    /// The id of its first message.
     pub start: u64,
     /// How many messages the request covers.
     pub count: u64,
@@ -75,7 +155,7 @@ pub struct Span {
 }
 
 impl Span {
-    /// The ids in the span, oldest first: ids are consecutive on every board.
+    /// The ids in the span, oldest first: kept ids are consecutive on every board.
     pub fn ids(&self) -> impl Iterator<Item = MessageId> {
         (self.start..self.start + self.count).map(MessageId)
     }
@@ -121,7 +201,19 @@ pub trait Board: Send + Sync + 'static {
         None
     }
 
-    /// One message, or `None` if there is no message with that id.
+    /// The oldest id kept: every id below it was trimmed by retention. A store that never
+    /// trims keeps everything from 0.
+    fn oldest(&self) -> Result<MessageId, BoardError> {
+        Ok(MessageId(0))
+    }
+
+    /// What the store keeps and whether it can store more, for a store that reports it.
+    fn status(&self) -> Option<Status> {
+        None
+    }
+
+    /// One message, or `None` if there is no message with that id (none yet, or trimmed:
+    /// [`Board::oldest`] tells which).
     fn get(&self, id: MessageId) -> Result<Option<Entry>, BoardError>;
 
     /// The encoded length of message `id` (what [`Entry::encoded_len`] would say), or
@@ -141,10 +233,13 @@ pub trait Board: Send + Sync + 'static {
     /// and the sizes of their replies (for `6:`).
     fn span_after(&self, after: MessageId, max: u64) -> Result<Span, BoardError>;
 
-    /// The messages in `span`, oldest first.
+    /// The messages in `span`, oldest first: those still kept, so a span whose oldest
+    /// messages were trimmed since it was taken yields only its newer ones.
     fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError>;
 
-    /// Appends the `4:` reply for `span` (as [`encode_messages`] would) to `out`.
+    /// Appends the `4:` reply for `span` (as [`encode_messages`] would) to `out`: for the
+    /// messages still kept, as [`Board::messages`], so the reply may be shorter than the
+    /// span said.
     ///
     /// A store that keeps entries in memory overrides this to encode straight from them,
     /// without cloning each entry (whose shared reference counts every reader would

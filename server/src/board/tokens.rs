@@ -164,6 +164,32 @@ impl TokenTable {
         }
     }
 
+    /// The tokens published within the window at `now` whose ids are in `first..end`,
+    /// with their ids and publish times: those a store must keep when it deletes the
+    /// records of those ids.
+    pub fn live_between(
+        &self,
+        first: u64,
+        end: u64,
+        now: Timestamp,
+    ) -> Vec<(PublishToken, MessageId, Timestamp)> {
+        self.published
+            .iter()
+            .filter(|(_, s)| {
+                (first..end).contains(&s.id.0) && now.0.saturating_sub(s.at) < self.window_micros
+            })
+            .map(|(token, s)| (*token, s.id, Timestamp(s.at)))
+            .collect()
+    }
+
+    /// The id and publish time of `token`, if it was published within the window at `now`.
+    pub fn live(&self, token: PublishToken, now: Timestamp) -> Option<(MessageId, Timestamp)> {
+        self.published
+            .get(&token)
+            .filter(|s| now.0.saturating_sub(s.at) < self.window_micros)
+            .map(|s| (s.id, Timestamp(s.at)))
+    }
+
     /// Forgets published tokens whose window has ended by `now`.
     pub fn expire(&mut self, now: Timestamp) {
         while let Some(&(at, token)) = self.order.front() {
@@ -397,6 +423,25 @@ mod tests {
         t.expire(secs(200));
         assert_eq!(t.counts().held, 0);
         assert!(t.order.is_empty());
+    }
+
+    #[test]
+    fn live_tokens_are_found_by_their_ids() {
+        let mut t = table(100);
+        for n in 0..6u64 {
+            assert!(is_new(t.claim(token(n.into()), secs(n))));
+            t.published(token(n.into()), MessageId(n * 10), secs(n));
+        }
+        let mut live = t.live_between(10, 40, secs(100));
+        live.sort_by_key(|(_, id, _)| *id);
+        let ids: Vec<(u64, u64)> = live.iter().map(|(_, id, at)| (id.0, at.0)).collect();
+        assert_eq!(ids, vec![(10, 1_000_000), (20, 2_000_000), (30, 3_000_000)]);
+        // Those whose window has ended are not live, and nothing is forgotten by asking.
+        assert_eq!(t.live_between(0, 100, secs(122)).len(), 3);
+        assert_eq!(t.live(token(2), secs(100)), Some((MessageId(20), secs(2))));
+        assert_eq!(t.live(token(1), secs(121)), None);
+        assert_eq!(t.live(token(9), secs(0)), None);
+        assert_eq!(t.counts().held, 6);
     }
 
     /// docs/OPERATIONS.md states the table's memory from these sizes: 32 bytes a token in

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use mboard_protocol::{ErrorCode, MessageId, ReplyCode, Response};
 use tokio::sync::Notify;
 
-use super::{Answer, Handler, storage_failure};
+use super::{Answer, Handler};
 use crate::board::Board;
 use crate::config::Limits;
 use crate::held::{HoldCounts, HoldLimits, Holds, Wake, WakeCause};
@@ -109,7 +109,7 @@ impl<B: Board> Handler<B> {
                     }
                 }
             }
-            Err(e) => Answer::Reply(storage_failure(&e)),
+            Err(e) => Answer::Reply(self.board_failure(&e)),
         }
     }
 
@@ -122,7 +122,7 @@ impl<B: Board> Handler<B> {
     ) -> Answer {
         match self.board.span_after(after, max) {
             Ok(span) => self.messages(now, to, span),
-            Err(e) => Answer::Reply(storage_failure(&e)),
+            Err(e) => Answer::Reply(self.board_failure(&e)),
         }
     }
 
@@ -131,7 +131,7 @@ impl<B: Board> Handler<B> {
     fn read_woken(self: &Arc<Self>, now: Instant, wake: Wake) -> Answer {
         let span = match self.board.span_after(wake.after, wake.max) {
             Ok(span) => span,
-            Err(e) => return Answer::Reply(storage_failure(&e)),
+            Err(e) => return Answer::Reply(self.board_failure(&e)),
         };
         let key = (span.start, span.count);
         if let Some((shared, reply)) = &*lock(&self.follow.shared)

@@ -17,9 +17,11 @@ use mboard_protocol::{
     BoardRequest, ErrorCode, PublishToken, Request, Response, SessionId, encode_ids, ids_reply_len,
     messages_reply_len,
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-use crate::board::{Board, BoardError, Published, Span};
+use crate::board::warnings::Warnings;
+use crate::board::{Board, BoardError, Published, Refusal, Span};
 use crate::config::Limits;
 use crate::reply::Reply;
 use crate::session::{Outcome, SessionManager, Stats};
@@ -28,6 +30,8 @@ mod answer;
 mod follow;
 #[cfg(test)]
 mod follow_tests;
+#[cfg(test)]
+mod retention_tests;
 #[cfg(test)]
 mod tests;
 
@@ -47,11 +51,23 @@ pub struct Handler<B> {
     duplicates: AtomicU64,
     /// Held `6:` requests, and those a publish or a deadline has made due.
     follow: follow::Followers,
+    /// Publishes waiting for the disk (`--max-queued-publishes`), and their bytes
+    /// (`--max-queued-bytes`): taken without waiting, so that a stalled disk is answered
+    /// `4:busy` instead of holding up a receive loop.
+    queued: Arc<Semaphore>,
+    queued_bytes: Arc<Semaphore>,
+    /// Board failures are logged once per interval each, with a count of the rest.
+    warnings: Warnings,
 }
 
-fn storage_failure(e: &BoardError) -> Reply {
-    warn!(error = %e, "board failure");
-    Reply::error(ErrorCode::ErrTransm, "storage failure")
+/// A publish's place in the queue for the disk, held until it is answered.
+struct Queued {
+    _slot: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+}
+
+fn busy() -> Reply {
+    Reply::error(ErrorCode::ErrTransm, Refusal::Busy.to_string())
 }
 
 impl<B: Board> Handler<B> {
@@ -61,10 +77,51 @@ impl<B: Board> Handler<B> {
             board,
             sessions: Mutex::new(SessionManager::new(limits.clone(), seed)),
             follow: follow::Followers::new(&limits),
+            queued: Arc::new(Semaphore::new(limits.max_queued_publishes)),
+            queued_bytes: Arc::new(Semaphore::new(
+                usize::try_from(limits.max_queued_bytes)
+                    .unwrap_or(usize::MAX)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
             limits,
             publishes: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            warnings: Warnings::default(),
         }
+    }
+
+    /// The reply for a failure of the board: a trimmed message is `2:no longer kept`; a
+    /// publish the store refused says why (the store logs that itself, once); anything
+    /// else is `4:storage failure`, logged once per interval with a count of repeats.
+    fn board_failure(&self, e: &BoardError) -> Reply {
+        match e {
+            BoardError::NotKept => Reply::error(ErrorCode::MsgNotFound, "no longer kept"),
+            BoardError::Refused(why) => Reply::error(ErrorCode::ErrTransm, why.to_string()),
+            e => {
+                let text = e.to_string();
+                if let Some(line) = self.warnings.admit(&text, Instant::now()) {
+                    let repeats = line.suffix(self.warnings.interval());
+                    warn!(error = %text, "board failure{repeats}");
+                }
+                Reply::error(ErrorCode::ErrTransm, "storage failure")
+            }
+        }
+    }
+
+    /// A place in the queue for the disk for a publish of `len` bytes, or `None` when the
+    /// queue is full.
+    fn queue(&self, len: usize) -> Option<Queued> {
+        let slot = self.queued.clone().try_acquire_owned().ok()?;
+        let bytes = u32::try_from(len).unwrap_or(u32::MAX);
+        let bytes = self
+            .queued_bytes
+            .clone()
+            .try_acquire_many_owned(bytes)
+            .ok()?;
+        Some(Queued {
+            _slot: slot,
+            _bytes: bytes,
+        })
     }
 
     /// The limits in force.
@@ -105,8 +162,13 @@ impl<B: Board> Handler<B> {
         self.sessions().stats()
     }
 
-    /// Drops idle sessions; returns the next instant worth calling again, if any.
+    /// Drops idle sessions; returns the next instant worth calling again, if any. Also
+    /// reports the board failures kept quiet in intervals that have ended.
     pub fn expire(&self, now: Instant) -> Option<Instant> {
+        for (error, n) in self.warnings.flush(now) {
+            let n = crate::board::warnings::thousands(n);
+            warn!(%error, "board failure: {n} more like it were not logged");
+        }
         let mut sessions = self.sessions();
         let expired = sessions.expire(now);
         if expired > 0 {
@@ -234,15 +296,28 @@ impl<B: Board> Handler<B> {
         match req {
             // A disk-backed board makes a publish wait for its group commit: that leaves the
             // receive loop, so the loop keeps receiving and concurrent publishes share a sync.
+            // The wait holds a place in the queue for the disk, taken without waiting.
             BoardRequest::Publish(text) if self.board.defers_publish() => {
+                let Some(queued) = self.queue(text.len()) else {
+                    return Answer::Reply(busy());
+                };
                 let this = self.clone();
-                Answer::Wait(Box::pin(async move { this.publish(from, text).await }))
+                Answer::Wait(Box::pin(async move {
+                    let reply = this.publish(from, text).await;
+                    drop(queued);
+                    reply
+                }))
             }
             BoardRequest::Publish(text) => Answer::Reply(self.publish(from, text).await),
             BoardRequest::PublishOnce { token, text } if self.board.defers_publish() => {
+                let Some(queued) = self.queue(text.len()) else {
+                    return Answer::Reply(busy());
+                };
                 let this = self.clone();
                 Answer::Wait(Box::pin(async move {
-                    this.publish_once(from, token, text).await
+                    let reply = this.publish_once(from, token, text).await;
+                    drop(queued);
+                    reply
                 }))
             }
             BoardRequest::PublishOnce { token, text } => {
@@ -259,11 +334,11 @@ impl<B: Board> Handler<B> {
                         Ok(())
                     },
                 ),
-                Err(e) => Answer::Reply(storage_failure(&e)),
+                Err(e) => Answer::Reply(self.board_failure(&e)),
             },
             BoardRequest::Last(n) => match self.board.span(n) {
                 Ok(span) => self.messages(now, from, span),
-                Err(e) => Answer::Reply(storage_failure(&e)),
+                Err(e) => Answer::Reply(self.board_failure(&e)),
             },
             BoardRequest::After {
                 after,
@@ -299,7 +374,7 @@ impl<B: Board> Handler<B> {
                 self.follow.published(id);
                 Reply::new(&Response::Published(id))
             }
-            Err(e) => storage_failure(&e),
+            Err(e) => self.board_failure(&e),
         }
     }
 
@@ -319,12 +394,13 @@ impl<B: Board> Handler<B> {
             Err(BoardError::Unsupported(_)) => {
                 Reply::error(ErrorCode::UnknownControl, "unknown request 5")
             }
-            Err(e) => storage_failure(&e),
+            Err(e) => self.board_failure(&e),
         }
     }
 
     /// `3:<id>`, sized first and read when built: a large text is read off the receive
-    /// loop, and not at all if the reply is refused as busy.
+    /// loop, and not at all if the reply is refused as busy. An id retention has trimmed
+    /// is `2:no longer kept`, also when it is trimmed between the two.
     fn get(
         self: &Arc<Self>,
         now: Instant,
@@ -335,27 +411,31 @@ impl<B: Board> Handler<B> {
             Ok(Some(len)) => {
                 let size = 2 + len as u64;
                 self.sized(now, from, size, move |board, out| {
-                    // Boards only grow, so a message that had a length still exists.
-                    let entry = board.get(id)?.ok_or_else(|| {
-                        BoardError::Storage(
-                            format!("storage failure: message {id} vanished").into(),
-                        )
-                    })?;
+                    // Ids are never reused, so a message that had a length and is gone now
+                    // was trimmed.
+                    let entry = board.get(id)?.ok_or(BoardError::NotKept)?;
                     Response::Entry(entry).encode(out);
                     Ok(())
                 })
             }
-            Ok(None) => Answer::Reply(Reply::error(
-                ErrorCode::MsgNotFound,
-                format!("no message {id}"),
-            )),
-            Err(e) => Answer::Reply(storage_failure(&e)),
+            Ok(None) => match self.board.oldest() {
+                Ok(oldest) if id < oldest => {
+                    Answer::Reply(self.board_failure(&BoardError::NotKept))
+                }
+                Ok(_) => Answer::Reply(Reply::error(
+                    ErrorCode::MsgNotFound,
+                    format!("no message {id}"),
+                )),
+                Err(e) => Answer::Reply(self.board_failure(&e)),
+            },
+            Err(e) => Answer::Reply(self.board_failure(&e)),
         }
     }
 
     /// A reply of a known `size`: built now if it fits a datagram; otherwise a download,
     /// reserved now (so an oversized reply is refused before anything is copied) and built
-    /// later, off the receive loop.
+    /// later, off the receive loop. A reply that came out shorter (retention trimmed the
+    /// oldest messages of its span meanwhile) is offered at the size it has.
     fn sized<F>(self: &Arc<Self>, now: Instant, from: SocketAddr, size: u64, encode: F) -> Answer
     where
         F: FnOnce(&B, &mut Vec<u8>) -> Result<(), BoardError> + Send + 'static,
@@ -364,7 +444,7 @@ impl<B: Board> Handler<B> {
             let mut out = Vec::with_capacity(size as usize);
             return Answer::Reply(match encode(&self.board, &mut out) {
                 Ok(()) => Reply::ok(Bytes::from(out)),
-                Err(e) => storage_failure(&e),
+                Err(e) => self.board_failure(&e),
             });
         }
         let reservation = match self.sessions().reserve(now, from, size) {
@@ -375,13 +455,18 @@ impl<B: Board> Handler<B> {
         Answer::Build(Box::new(move || {
             let mut out = Vec::with_capacity(size as usize);
             match encode(&this.board, &mut out) {
-                Ok(()) => {
-                    debug_assert_eq!(out.len() as u64, size, "span disagrees with reply");
+                Ok(()) if out.len() as u64 == size => {
                     offered(this.sessions().fill(reservation, Bytes::from(out)))
+                }
+                Ok(()) => {
+                    debug_assert!((out.len() as u64) < size, "span disagrees with reply");
+                    let mut sessions = this.sessions();
+                    sessions.cancel(reservation);
+                    offered(sessions.offer(now, from, Bytes::from(out)))
                 }
                 Err(e) => {
                     this.sessions().cancel(reservation);
-                    storage_failure(&e)
+                    this.board_failure(&e)
                 }
             }
         }))

@@ -24,7 +24,7 @@ use tokio::net::UdpSocket;
 
 use mboard_protocol::{ReplyCode, RequestKind};
 
-use crate::board::Board;
+use crate::board::{Board, Status, StoreState};
 use crate::handler::Handler;
 use crate::limiter::RateLimiter;
 
@@ -396,8 +396,44 @@ impl<B: Board> Collector for ServerCollector<B> {
                 span.count,
             )?;
         }
+        if let Some(status) = self.handler.board().status() {
+            encode_status(&mut e, &status)?;
+        }
         Ok(())
     }
+}
+
+/// What the store keeps and whether it can store more.
+fn encode_status(e: &mut DescriptorEncoder<'_>, status: &Status) -> fmt::Result {
+    gauge(
+        e,
+        "mboard_retained_bytes",
+        "Bytes of the messages kept, as --retain-bytes counts them (memory: each text plus 128 bytes; journal: bytes on disk).",
+        status.bytes,
+    )?;
+    gauge(
+        e,
+        "mboard_oldest_id",
+        "The oldest message id kept (the next id when none is); ids below it were trimmed.",
+        status.oldest.0,
+    )?;
+    counter(
+        e,
+        "mboard_trimmed_messages",
+        "Messages trimmed by retention since the server started.",
+        status.trimmed,
+    )?;
+    let mut family = e.encode_descriptor(
+        "mboard_store_state",
+        "Whether the store takes publishes: 1 for the state it is in (writable, full, read_only, lost).",
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for state in StoreState::ALL {
+        let on = i64::from(state == status.state);
+        ConstGauge::new(on).encode(family.encode_family(&[("state", state.name())])?)?;
+    }
+    Ok(())
 }
 
 /// Datagrams the kernel dropped because `socket`'s receive queue was full.

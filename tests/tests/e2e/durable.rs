@@ -172,12 +172,13 @@ fn torn_tails_are_cut_off_with_a_warning() {
         assert_eq!(p.ask_str(format!("1:message {i}")), format!("0:{i}"));
     }
     server.stop();
-    let good = std::fs::metadata(dir.journal()).expect("journal").len();
+    let segment = dir.segment(0);
+    let good = std::fs::metadata(&segment).expect("segment").len();
 
     // Bytes appended after the last record, as by a write that never finished.
-    let mut bytes = std::fs::read(dir.journal()).expect("read");
-    bytes.extend_from_slice(b"MBR1\x10\x00\x00\x00garbage");
-    std::fs::write(dir.journal(), &bytes).expect("write");
+    let mut bytes = std::fs::read(&segment).expect("read");
+    bytes.extend_from_slice(b"MBR3\x10\x00\x00\x00garbage");
+    std::fs::write(&segment, &bytes).expect("write");
     let server = start(&dir);
     let log = server.log();
     assert!(
@@ -188,15 +189,12 @@ fn torn_tails_are_cut_off_with_a_warning() {
     );
     assert_eq!(Peer::new(server.addr).ask_str("2:0"), "0:0:1:2:3:4");
     server.stop();
-    assert_eq!(
-        std::fs::metadata(dir.journal()).expect("journal").len(),
-        good
-    );
+    assert_eq!(std::fs::metadata(&segment).expect("segment").len(), good);
 
     // The file cut in the middle of its last record.
     let f = std::fs::OpenOptions::new()
         .write(true)
-        .open(dir.journal())
+        .open(&segment)
         .expect("open");
     f.set_len(good - 5).expect("cut");
     drop(f);
@@ -226,19 +224,19 @@ fn corruption_stops_start_up_and_changes_nothing() {
         p.ask(format!("1:message number {i}"));
     }
     server.stop();
-    let mut bytes = std::fs::read(dir.journal()).expect("read");
+    let segment = dir.segment(0);
+    let mut bytes = std::fs::read(&segment).expect("read");
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
-    std::fs::write(dir.journal(), &bytes).expect("write");
+    std::fs::write(&segment, &bytes).expect("write");
     let snapshot = |d: &DataDir| {
-        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(d.path())
-            .expect("dir")
-            .map(|e| e.expect("entry"))
-            .map(|e| {
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    std::fs::read(e.path()).expect("file"),
-                )
+        let mut files: Vec<(String, Vec<u8>)> = ["journal", "LOCK"]
+            .iter()
+            .map(|name| d.path().join(name))
+            .chain(d.segments().into_iter().map(|s| d.segment(s)))
+            .map(|path| {
+                let bytes = std::fs::read(&path).expect("file");
+                (path.display().to_string(), bytes)
             })
             .collect();
         files.sort();
@@ -249,7 +247,7 @@ fn corruption_stops_start_up_and_changes_nothing() {
         panic!("a corrupt journal must stop start-up")
     };
     assert_ne!(code, Some(0));
-    let path = dir.journal().display().to_string();
+    let path = segment.display().to_string();
     assert!(
         log.contains(&format!("journal {path} is corrupt at offset ")),
         "{log}"

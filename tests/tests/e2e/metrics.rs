@@ -154,8 +154,8 @@ fn the_journal_reports_its_commits_and_fsyncs() {
     let _gate = gate::plain();
     let dir = DataDir::new();
     let store = Store::Journal(JournalConfig {
-        dir: dir.path().to_owned(),
         fsync: Fsync::Always,
+        ..JournalConfig::new(dir.path().to_owned())
     });
     let server = TestServer::builder().store(store).metrics().start();
     let metrics = server.metrics.expect("metrics endpoint");
@@ -171,8 +171,9 @@ fn the_journal_reports_its_commits_and_fsyncs() {
         expect(s, "mboard_publishes_total", 3.0)?;
         expect(s, "mboard_messages", 3.0)
     });
-    let file = std::fs::metadata(dir.journal()).expect("journal").len();
+    let file = std::fs::metadata(dir.segment(0)).expect("segment").len();
     assert_eq!(s.value("mboard_journal_bytes"), Some(file as f64));
+    assert_eq!(s.value("mboard_journal_segments"), Some(1.0));
     assert!(
         s.body
             .contains("mboard_journal_fsync_seconds_bucket{le=\"+Inf\"} 3")

@@ -35,8 +35,8 @@ fn upload(peer: &Peer, pdu: &[u8], block: usize) -> String {
 
 fn journal(dir: &DataDir) -> Store {
     Store::Journal(JournalConfig {
-        dir: dir.path().to_path_buf(),
         fsync: Fsync::Always,
+        ..JournalConfig::new(dir.path().to_path_buf())
     })
 }
 
@@ -234,7 +234,7 @@ fn tokens_are_remembered_across_sigkill_and_restart() {
     let _gate = gate::timed();
     let dir = DataDir::new();
     let server = start(&dir);
-    assert!(server.log().contains("format=2"), "{}", server.log());
+    assert!(server.log().contains("format=3"), "{}", server.log());
     let p = Peer::new(server.addr);
     assert_eq!(p.ask_str(once(TOKEN, "datagram")), "0:0");
     let big = once(OTHER, &"b".repeat(5_000));

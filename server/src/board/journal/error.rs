@@ -3,9 +3,10 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::LOCK_FILE;
-use super::format::{OLDEST_VERSION, VERSION};
-use crate::board::BoardError;
+use super::format::VERSION;
+use super::layout::LOCK_FILE;
+use super::legacy::OLDEST_VERSION;
+use crate::board::{BoardError, Refusal};
 
 /// Why the journal could not be opened, or could not store or read a message.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,14 @@ pub enum JournalError {
         /// Byte offset of the damaged record.
         offset: u64,
         /// What is wrong there.
+        reason: String,
+    },
+    /// A part of the journal is missing: a segment, or the segments directory.
+    #[error("journal {} is incomplete: {reason}; start-up refused, nothing was changed", .path.display())]
+    Incomplete {
+        /// What is missing.
+        path: PathBuf,
+        /// What that means.
         reason: String,
     },
     /// The file does not start with the journal magic.
@@ -52,13 +61,15 @@ pub enum JournalError {
     /// Reading or writing the journal failed while serving.
     #[error("storage failure: {0}")]
     Storage(#[source] io::Error),
-    /// A failed write could not be undone, so the writer refuses every publish since.
-    #[error("storage failure: journal is unwritable")]
-    Unwritable,
+    /// The journal cannot take a publish now (full, read-only, lost, busy).
+    #[error("{0}")]
+    Refused(Refusal),
     /// A stored record failed its check when read back.
-    #[error("record at offset {offset} failed its checksum")]
+    #[error("record at offset {offset} of {} failed its checksum", .path.display())]
     Damaged {
-        /// Byte offset of the record in the journal.
+        /// The segment.
+        path: PathBuf,
+        /// Byte offset of the record in the segment.
         offset: u64,
     },
     /// The text is larger than a journal record can hold (4 GiB).
@@ -71,7 +82,10 @@ pub enum JournalError {
 
 impl From<JournalError> for BoardError {
     fn from(e: JournalError) -> Self {
-        BoardError::Storage(Box::new(e))
+        match e {
+            JournalError::Refused(why) => BoardError::Refused(why),
+            e => BoardError::Storage(Box::new(e)),
+        }
     }
 }
 
@@ -96,13 +110,16 @@ mod tests {
             "storage failure: disk on fire"
         );
         assert_eq!(
-            as_board(JournalError::Unwritable),
-            "storage failure: journal is unwritable"
+            as_board(JournalError::Damaged {
+                path: "data/segments/00000000000000000000.seg".into(),
+                offset: 40
+            }),
+            "record at offset 40 of data/segments/00000000000000000000.seg failed its checksum"
         );
-        assert_eq!(
-            as_board(JournalError::Damaged { offset: 16 }),
-            "record at offset 16 failed its checksum"
-        );
+        assert!(matches!(
+            BoardError::from(JournalError::Refused(Refusal::Full)),
+            BoardError::Refused(Refusal::Full)
+        ));
         assert_eq!(as_board(JournalError::TooLarge), "text too large to store");
         assert_eq!(as_board(JournalError::Closed), "journal closed");
     }

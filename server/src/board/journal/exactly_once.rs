@@ -1,5 +1,5 @@
-//! `5:` on the journal: tokens in records, rebuilt at start-up within the window, and
-//! version-1 journals opened and upgraded.
+//! `5:` on the journal: tokens in records, rebuilt at start-up within the window (also
+//! from journals of older formats, upgraded into segments).
 
 use std::fs;
 use std::sync::Arc;
@@ -9,10 +9,11 @@ use bytes::Bytes;
 use mboard_protocol::{MessageId, PublishToken, Timestamp};
 use uuid::Uuid;
 
-use super::format::{self, FILE_HEADER, encode_record, encode_record_v1};
+use super::format;
+use super::legacy::{self, encode_record, encode_record_v1};
 use super::testing::{TempDir, all, from, open, runtime};
 use super::{Fsync, Journal};
-use crate::board::{Board, Published, TokenLimits};
+use crate::board::{Board, Published, Retention, TokenLimits};
 
 fn token(n: u128) -> PublishToken {
     PublishToken(Uuid::from_u128(n))
@@ -28,10 +29,11 @@ fn ago(d: Duration) -> Timestamp {
     Timestamp::from_system_time(SystemTime::now() - d)
 }
 
-/// Writes a journal file of format `version` holding `records`.
+/// Writes a single-file journal of format `version` holding `records`, as the servers
+/// before segments did.
 fn write_journal(dir: &TempDir, version: u32, records: &[u8]) {
     fs::create_dir_all(&dir.0).expect("dir");
-    let mut bytes = format::file_header().to_vec();
+    let mut bytes = legacy::file_header().to_vec();
     bytes[8..12].copy_from_slice(&version.to_le_bytes());
     bytes.extend_from_slice(records);
     fs::write(dir.journal(), bytes).expect("write");
@@ -39,8 +41,7 @@ fn write_journal(dir: &TempDir, version: u32, records: &[u8]) {
 
 fn header_version(dir: &TempDir) -> u32 {
     let bytes = fs::read(dir.journal()).expect("read");
-    let header: [u8; FILE_HEADER as usize] = bytes[..16].try_into().expect("header");
-    format::file_version(&header).expect("a journal")
+    format::declared_version(&bytes).expect("a journal")
 }
 
 #[test]
@@ -60,7 +61,7 @@ fn a_token_publishes_once_and_is_remembered_across_a_restart() {
         assert_eq!(j.tokens().map(|c| c.held), Some(2));
     }
     let (j, rec) = open(&dir, Fsync::Always).expect("reopen");
-    assert_eq!((rec.messages, rec.tokens, rec.format), (2, 2, 2));
+    assert_eq!((rec.messages, rec.tokens, rec.format), (2, 2, 3));
     assert_eq!(
         once(&j, token(1), b"hi"),
         Published::Duplicate(MessageId(0))
@@ -94,7 +95,7 @@ fn start_up_remembers_only_the_records_inside_the_window() {
     );
     write_journal(&dir, 2, &records);
     let (j, rec) = open(&dir, Fsync::Always).expect("open");
-    assert_eq!((rec.messages, rec.tokens), (3, 1));
+    assert_eq!((rec.messages, rec.tokens, rec.format), (3, 1, 2));
     assert_eq!(once(&j, token(2), b"x"), Published::Duplicate(MessageId(2)));
     assert_eq!(once(&j, token(1), b"old"), Published::Stored(MessageId(3)));
 }
@@ -119,7 +120,8 @@ fn a_full_table_at_start_up_keeps_the_newest() {
         max_tokens: 2,
         ..TokenLimits::default()
     };
-    let (j, rec) = Journal::open(&dir.config(Fsync::Always), limits).expect("open");
+    let (j, rec) =
+        Journal::open(&dir.config(Fsync::Always), limits, Retention::UNLIMITED).expect("open");
     assert_eq!(rec.tokens, 2);
     assert_eq!(j.tokens().map(|c| c.evicted_early), Some(3));
     assert_eq!(once(&j, token(4), b"t"), Published::Duplicate(MessageId(4)));
@@ -127,34 +129,29 @@ fn a_full_table_at_start_up_keeps_the_newest() {
 }
 
 #[test]
-fn a_version_1_journal_is_read_and_upgraded_in_place() {
+fn a_version_1_journal_is_upgraded_into_segments() {
     let dir = TempDir::new();
     let mut records = Vec::new();
     let at = ago(Duration::from_secs(1));
     encode_record_v1(&mut records, MessageId(0), at, from(7), b"written by v1");
     encode_record_v1(&mut records, MessageId(1), at, from(8), b"also v1");
     write_journal(&dir, 1, &records);
-    let before = fs::read(dir.journal()).expect("read");
     {
         let (j, rec) = open(&dir, Fsync::Always).expect("open");
         assert_eq!((rec.format, rec.messages, rec.torn), (1, 2, None));
-        assert_eq!(
-            header_version(&dir),
-            2,
-            "upgraded before anything is written"
-        );
-        let after = fs::read(dir.journal()).expect("read");
-        assert_eq!(after[16..], before[16..], "records are not rewritten");
-        assert_eq!(once(&j, token(9), b"v2"), Published::Stored(MessageId(2)));
+        assert_eq!(header_version(&dir), 3, "the old file is now the stub");
+        assert_eq!(dir.segments(), vec![0]);
+        assert_eq!(once(&j, token(9), b"v3"), Published::Stored(MessageId(2)));
     }
     let (j, rec) = open(&dir, Fsync::Always).expect("reopen");
-    assert_eq!((rec.format, rec.messages, rec.tokens), (2, 3, 1));
+    assert_eq!((rec.format, rec.messages, rec.tokens), (3, 3, 1));
     let texts: Vec<Bytes> = all(&j).into_iter().map(|m| m.entry.text).collect();
-    let want: [&[u8]; 3] = [b"written by v1", b"also v1", b"v2"];
+    let want: [&[u8]; 3] = [b"written by v1", b"also v1", b"v3"];
     assert_eq!(texts, want.map(Bytes::from_static));
     assert_eq!(all(&j)[1].entry.from, from(8));
+    assert_eq!(all(&j)[0].entry.time, at, "times are kept");
     assert_eq!(
-        once(&j, token(9), b"v2"),
+        once(&j, token(9), b"v3"),
         Published::Duplicate(MessageId(2))
     );
 }

@@ -1,11 +1,13 @@
-//! The durable board: an append-only journal with group commit, and an index in memory.
+//! The durable board: a journal of segment files with group commit, and an index in memory.
 //!
-//! The file is `<data dir>/journal` (layout in [`format`]); records are written in id
-//! order, ids consecutive from 0. Start-up replays it ([`recovery`]); one thread appends
-//! to it ([`writer`]); reads go straight to the file.
+//! The data directory holds a stub, the segments and a lock ([`layout`]; bytes in
+//! [`format`]). Records are written in id order; kept ids are consecutive. Start-up replays
+//! every segment ([`recovery`]), after upgrading a single-file journal of an older format
+//! ([`upgrade`]); one thread appends, rolls segments, trims and deletes them ([`writer`]);
+//! reads go straight to the files.
 //!
-//! Memory holds 16 bytes a message (its offset and a running size sum); texts are read back
-//! with positioned reads, and the page cache does the caching.
+//! Memory holds 16 bytes a message (its offset and a running size sum; 20 under an age
+//! limit); texts are read back with positioned reads, and the page cache does the caching.
 //!
 //! `5:` tokens are part of their records, so start-up rebuilds the token table from the
 //! records inside the window, and the writer resolves each token in the table only once its
@@ -13,42 +15,45 @@
 //! and a crash between the write and the reply leaves the token remembered.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
-use std::time::{Instant, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use mboard_protocol::{Entry, Message, MessageId, PublishToken, Timestamp};
 use prometheus_client::registry::Registry;
-use tracing::info;
 
-use super::sums::Sums;
-use super::tokens::{TokenCounts, TokenLimits, Tokens};
-use super::{Board, BoardError, Published, Span};
-use error::io_at;
-use format::{Check, MAX_TEXT, RECORD_HEAD, VERSION, VERSION_AT, Window, record_at};
+use super::tokens::{TokenCounts, Tokens};
+use super::{Board, BoardError, Published, Span, Status};
+use format::{Check, Kind, MAX_TEXT, Place, RECORD_HEAD, Salt, record_at};
+use index::{Index, Piece};
+use window::Window;
+use writer::health::SharedState;
 
+mod address;
 mod error;
 #[cfg(test)]
 mod exactly_once;
 mod format;
+mod index;
+mod layout;
+mod legacy;
+mod open;
 mod recovery;
 #[cfg(test)]
+mod recovery_tests;
+#[cfg(test)]
 mod testing;
+mod upgrade;
+mod window;
 mod writer;
 
 pub use error::JournalError;
+pub(super) use open::try_lock;
 pub use recovery::{Recovery, Torn};
-
-/// The journal file inside the data directory.
-const JOURNAL_FILE: &str = "journal";
-/// The lock file inside the data directory.
-const LOCK_FILE: &str = "LOCK";
 
 /// When a publish is acknowledged relative to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,23 +95,24 @@ pub struct JournalConfig {
     pub dir: PathBuf,
     /// The fsync policy.
     pub fsync: Fsync,
+    /// A segment file is closed and the next one started once it holds this many bytes
+    /// (a record larger than that still fits: its segment grows past it).
+    pub segment_size: u64,
+    /// At shutdown, how long to wait for the disk to take what is queued; past it the
+    /// server exits without acknowledging what is not durable.
+    pub shutdown_grace: Duration,
 }
 
-/// Where each message's record lies, and the sums behind spans.
-#[derive(Debug, Default)]
-struct Index {
-    /// Offset of message `i`'s record.
-    offsets: Vec<u64>,
-    sums: Sums,
-    /// End of the last record written (and synced, under `always`).
-    end: u64,
-}
-
-impl Index {
-    /// Counts one more message, whose record starts at `offset`.
-    fn push(&mut self, offset: u64, record_len: u64) {
-        self.offsets.push(offset);
-        self.sums.push(record_len);
+impl JournalConfig {
+    /// The journal in `dir`, with the defaults: `--fsync always`, 64 MiB segments, a 10 s
+    /// shutdown grace.
+    pub fn new(dir: PathBuf) -> Self {
+        JournalConfig {
+            dir,
+            fsync: Fsync::Always,
+            segment_size: 64 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
     }
 }
 
@@ -114,197 +120,100 @@ impl Index {
 #[derive(Debug)]
 pub struct Journal {
     index: Arc<RwLock<Index>>,
-    reader: File,
+    salt: Salt,
     /// Tokens of `5:` publishes inside the window; the writer resolves them.
     tokens: Tokens,
-    /// Declared before the lock, so the writer finishes before the lock is released.
+    /// Whether the writer can write, for metrics.
+    state: Arc<SharedState>,
+    /// The writer also holds the data directory's lock, until it ends.
     writer: writer::Handle,
-    /// Held for the journal's lifetime; the OS releases the lock when the process dies.
-    _lock: File,
 }
 
 impl Journal {
-    /// Opens (or creates) the journal in `config.dir`, replays it (upgrading an older
-    /// format), rebuilds the token table within `limits` and starts the writer.
-    pub fn open(
-        config: &JournalConfig,
-        limits: TokenLimits,
-    ) -> Result<(Journal, Recovery), JournalError> {
-        let started = Instant::now();
-        let dir = &config.dir;
-        fs::create_dir_all(dir).map_err(io_at(dir))?;
-        let lock = lock(dir)?;
-        let path = dir.join(JOURNAL_FILE);
-        if !path.exists() {
-            create(&path, dir)?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_at(&path))?;
-        let tokens = Tokens::new(limits);
-        let now = Timestamp::from_system_time(SystemTime::now());
-        let recovered = recovery::recover(&file, &path, &mut tokens.table(), now)?;
-        let index = recovered.index;
-        let recovery = Recovery {
-            messages: index.sums.len(),
-            torn: recovered.torn,
-            format: recovered.format,
-            tokens: tokens.table().counts().held,
-        };
-        info!(
-            journal = %path.display(),
-            format = recovery.format,
-            messages = recovery.messages,
-            tokens = recovery.tokens,
-            bytes = index.end,
-            fsync = %config.fsync,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "journal replayed"
-        );
-        if recovered.format < VERSION {
-            upgrade(&path, recovered.format)?;
-        }
-        let reader = file.try_clone().map_err(io_at(&path))?;
-        let index = Arc::new(RwLock::new(index));
-        let writer = writer::Handle::start(file, index.clone(), config.fsync, path.clone())
-            .map_err(io_at(&path))?;
-        let journal = Journal {
-            index,
-            reader,
-            tokens,
-            writer,
-            _lock: lock,
-        };
-        Ok((journal, recovery))
-    }
-
     fn index(&self) -> Result<RwLockReadGuard<'_, Index>, BoardError> {
         self.index.read().map_err(|_| BoardError::Poisoned)
     }
 
+    /// Trims what retention no longer allows at `now` (a manual clock), as the writer does
+    /// by the wall clock on its own, and deletes the segments that leaves empty.
+    pub async fn trim(&self, now: Timestamp) -> Result<(), BoardError> {
+        Ok(self.writer.trim(now).await?)
+    }
+
     /// Sizes message `id`'s entry from the start of its record, without its text.
     fn read_len(&self, id: MessageId) -> Result<Option<usize>, BoardError> {
-        let offset = {
-            let index = self.index()?;
-            match usize::try_from(id.0)
-                .ok()
-                .and_then(|i| index.offsets.get(i))
-            {
-                Some(&offset) => offset,
-                None => return Ok(None),
-            }
+        let Some((file, segment, path, offset)) = self
+            .index()?
+            .locate(id.0)
+            .map(|(s, offset)| (s.file.clone(), s.first, s.path.clone(), offset))
+        else {
+            return Ok(None);
         };
         let mut head = [0u8; RECORD_HEAD];
-        let n = self
-            .reader
+        let n = file
             .read_at(&mut head, offset)
             .map_err(JournalError::Storage)?;
-        let len = format::entry_len(&head[..n]).ok_or(JournalError::Damaged { offset })?;
+        let place = Place {
+            salt: self.salt,
+            segment,
+            offset,
+        };
+        let len =
+            format::entry_len(&head[..n], place).ok_or(JournalError::Damaged { path, offset })?;
         Ok(Some(len))
     }
 
-    /// Reads `count` consecutive messages from position `start` in one positioned read.
-    fn read(&self, start: u64, count: u64) -> Result<Vec<Message>, BoardError> {
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        let (from, to) = {
-            let index = self.index()?;
-            let len = index.offsets.len() as u64;
-            let end = start + count;
-            if end > len {
-                return Ok(Vec::new());
-            }
-            let to = if end < len {
-                index.offsets[end as usize]
-            } else {
-                index.end
-            };
-            (index.offsets[start as usize], to)
-        };
-        // A window the size of the span: one read, and every text shares its buffer.
-        let mut window = Window::new(&self.reader, to, (to - from) as usize);
-        let mut messages = Vec::with_capacity(count as usize);
-        let mut at = from;
-        while at < to {
-            let check = record_at(&mut window, at).map_err(JournalError::Storage)?;
-            let Check::Valid(record) = check else {
-                return Err(JournalError::Damaged { offset: at }.into());
-            };
-            let entry = Entry {
-                time: record.time,
-                from: record.from,
-                text: window.text(at, &record),
-            };
-            messages.push(Message {
-                id: record.id,
-                entry,
-            });
-            at += record.len as u64;
+    /// Reads the messages of `span` still kept, a segment at a time, each in one
+    /// positioned read.
+    fn read(&self, span: &Span) -> Result<Vec<Message>, BoardError> {
+        let pieces = self.index()?.pieces(span);
+        let mut messages = Vec::with_capacity(span.count as usize);
+        for piece in pieces {
+            self.read_piece(&piece, &mut messages)?;
         }
         Ok(messages)
     }
-}
 
-/// Takes the data directory's lock, or says who holds it.
-fn lock(dir: &Path) -> Result<File, JournalError> {
-    let lock_path = dir.join(LOCK_FILE);
-    let lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(io_at(&lock_path))?;
-    match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(fs::TryLockError::WouldBlock) => Err(JournalError::Locked {
-            dir: dir.to_path_buf(),
-        }),
-        Err(fs::TryLockError::Error(e)) => Err(io_at(&lock_path)(e)),
+    fn read_piece(&self, piece: &Piece, out: &mut Vec<Message>) -> Result<(), BoardError> {
+        // A window the size of the piece: one read, and every text shares its buffer.
+        let mut window = Window::new(&piece.file, piece.to, (piece.to - piece.from) as usize);
+        let (mut at, mut id) = (piece.from, piece.first);
+        let damaged = |offset| JournalError::Damaged {
+            path: piece.path.clone(),
+            offset,
+        };
+        while id < piece.first + piece.count {
+            let place = Place {
+                salt: self.salt,
+                segment: piece.segment,
+                offset: at,
+            };
+            let check = record_at(&mut window, place).map_err(JournalError::Storage)?;
+            let Check::Valid(record) = check else {
+                return Err(damaged(at).into());
+            };
+            if let Kind::Message { from, .. } = record.kind {
+                if record.id.0 != id {
+                    return Err(damaged(at).into());
+                }
+                let text = format::text(&window, at, &record);
+                out.push(Message {
+                    id: record.id,
+                    entry: Entry {
+                        time: record.time,
+                        from,
+                        text,
+                    },
+                });
+                id += 1;
+            }
+            at += record.len as u64;
+            if at >= piece.to && id < piece.first + piece.count {
+                return Err(damaged(at).into());
+            }
+        }
+        Ok(())
     }
-}
-
-/// Rewrites the header of a journal of format `from` to say the current version, durably,
-/// before the writer appends its first record of the current format.
-///
-/// Records are never rewritten: the new server reads the old ones as they are. The header
-/// matters to the servers before it, which would otherwise cut the new records off as a
-/// torn tail; with it they refuse the file and say why. The version is 4 bytes inside the
-/// first sector, so a crash leaves either version, and this server reads both.
-fn upgrade(path: &Path, from: u32) -> Result<(), JournalError> {
-    // The journal's own handle appends, and a positioned write through O_APPEND lands at
-    // the end on Linux: the header is rewritten through a handle of its own.
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io_at(path))?;
-    file.write_all_at(&VERSION.to_le_bytes(), VERSION_AT)
-        .and_then(|()| file.sync_data())
-        .map_err(io_at(path))?;
-    info!(
-        journal = %path.display(),
-        from,
-        to = VERSION,
-        "journal format upgraded: old records are read as they are, new ones carry publish tokens; servers before version {VERSION} will refuse this file"
-    );
-    Ok(())
-}
-
-/// Creates an empty journal durably: header written, file and directory synced.
-fn create(path: &Path, dir: &Path) -> Result<(), JournalError> {
-    // Written under a temporary name and renamed, so a crash never leaves a headerless file.
-    let tmp = dir.join(format!("{JOURNAL_FILE}.new"));
-    let mut f = File::create(&tmp).map_err(io_at(&tmp))?;
-    f.write_all(&format::file_header())
-        .and_then(|()| f.sync_all())
-        .map_err(io_at(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_at(path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_at(dir))
 }
 
 impl Board for Journal {
@@ -346,8 +255,32 @@ impl Board for Journal {
         Some(self.tokens.counts())
     }
 
+    fn oldest(&self) -> Result<MessageId, BoardError> {
+        Ok(MessageId(self.index()?.sums().first()))
+    }
+
+    fn status(&self) -> Option<Status> {
+        let index = self.index().ok()?;
+        let held = index.held();
+        Some(Status {
+            messages: held.messages,
+            bytes: held.bytes,
+            oldest: MessageId(index.sums().first()),
+            trimmed: index.trimmed(),
+            state: self.state.get(),
+        })
+    }
+
     fn get(&self, id: MessageId) -> Result<Option<Entry>, BoardError> {
-        Ok(self.read(id.0, 1)?.pop().map(|m| m.entry))
+        let one = Span {
+            start: id.0,
+            count: 1,
+            ..Span::default()
+        };
+        if self.index()?.sums().clip(&one).count == 0 {
+            return Ok(None);
+        }
+        Ok(self.read(&one)?.pop().map(|m| m.entry))
     }
 
     fn entry_len(&self, id: MessageId) -> Result<Option<usize>, BoardError> {
@@ -355,15 +288,23 @@ impl Board for Journal {
     }
 
     fn span(&self, n: u64) -> Result<Span, BoardError> {
-        Ok(self.index()?.sums.span(n))
+        Ok(self.index()?.sums().span(n))
     }
 
     fn span_after(&self, after: MessageId, max: u64) -> Result<Span, BoardError> {
-        Ok(self.index()?.sums.span_after(after.0, max))
+        Ok(self.index()?.sums().span_after(after.0, max))
     }
 
     fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError> {
-        self.read(span.start, span.count)
+        self.read(span)
+    }
+}
+
+#[cfg(test)]
+impl Journal {
+    /// The writer, for tests that stall it or make its disk fail.
+    pub(in crate::board::journal) fn writer(&self) -> &writer::Handle {
+        &self.writer
     }
 }
 
@@ -371,7 +312,7 @@ impl Board for Journal {
 mod tests {
     use std::fs::OpenOptions;
 
-    use super::format::FILE_HEADER;
+    use super::format::{RECORD_HEADER, SEGMENT_HEADER};
     use super::testing::{TEXTS, TempDir, all, from, open, publish_all, runtime};
     use super::*;
 
@@ -410,8 +351,10 @@ mod tests {
                 Recovery {
                     messages: 0,
                     torn: None,
-                    format: 2,
-                    tokens: 0
+                    format: 3,
+                    tokens: 0,
+                    segments: 1,
+                    oldest: 0,
                 }
             );
             assert_eq!(
@@ -426,8 +369,10 @@ mod tests {
             Recovery {
                 messages: 4,
                 torn: None,
-                format: 2,
-                tokens: 0
+                format: 3,
+                tokens: 0,
+                segments: 1,
+                oldest: 0,
             }
         );
         assert_eq!(all(&j), before);
@@ -482,9 +427,10 @@ mod tests {
         publish_all(&j, &TEXTS);
         let f = OpenOptions::new()
             .write(true)
-            .open(dir.journal())
+            .open(dir.segment(0))
             .expect("open");
-        f.write_all_at(b"X", FILE_HEADER + 16 + 24).expect("damage");
+        f.write_all_at(b"X", SEGMENT_HEADER + RECORD_HEADER as u64 + 30)
+            .expect("damage");
         let err = j.get(MessageId(0)).expect_err("damaged");
         let BoardError::Storage(e) = &err else {
             panic!("{err}")
@@ -492,9 +438,15 @@ mod tests {
         assert!(matches!(
             e.downcast_ref::<JournalError>(),
             Some(JournalError::Damaged {
-                offset: FILE_HEADER
+                offset: SEGMENT_HEADER,
+                ..
             })
         ));
+        assert!(
+            err.to_string().contains("00000000000000000000.seg"),
+            "{err}"
+        );
+        assert!(j.entry_len(MessageId(0)).is_ok(), "the header holds");
         assert!(j.get(MessageId(1)).is_ok());
     }
 }

@@ -1,33 +1,49 @@
-//! Start-up: every record is read once to rebuild the index, and the token table from the
+//! Start-up: every segment is read once to rebuild the index, and the token table from the
 //! records whose publish is still inside the deduplication window.
 //!
-//! At the first damaged record the rest of the file is searched for an intact record: if
-//! there is one, the damage is corruption and start-up stops with the offset, writing
-//! nothing; if there is none, the damage is a torn tail (the server died mid-write) and it
-//! is cut off with a warning.
+//! What may be wrong, and what start-up does about it:
+//!
+//! - Damage at the end of the newest segment, with no record of a later group commit
+//!   after it, is a **torn tail**: the server died during its last write, which was
+//!   never acknowledged. It is cut off, with a warning. Records of the same group commit
+//!   after the damage (a write whose pages reached the disk out of order) are cut with it.
+//! - Damage anywhere else — in an older segment, or followed by a record of a later group
+//!   commit — is **corruption**: start-up stops, naming the file and offset, and changes
+//!   and deletes nothing.
+//! - A segment missing between two others, or the newest one missing, is corruption too.
+//!
+//! Only this journal's records count (their salt and place, see [`super::format`]), so a
+//! text holding copies of records cannot make a torn tail look like corruption.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mboard_protocol::Timestamp;
 use tracing::warn;
 
-use super::Index;
 use super::error::{JournalError, io_at};
 use super::format::{
-    self, Check, FILE_HEADER, OLDEST_VERSION, RECORD_HEADER, VERSION, Window, record_at,
+    Check, Kind, Place, RECORD_HEADER, SEGMENT_HEADER, Stub, looks_like_record,
+    read_segment_header, record_at,
 };
+use super::index::{Index, Segment};
+use super::layout::{Layout, list_segments};
+use super::window::Window;
 use crate::board::tokens::TokenTable;
 
-/// Start-up reads the file this many bytes at a time.
+/// Start-up reads a segment this many bytes at a time.
 const CHUNK: usize = 1 << 20;
 
 /// A torn tail that start-up cut off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Torn {
-    /// Where the damaged record began (the new end of the file).
+    /// The first id of the segment it was in (`None`: the single file of a journal of an
+    /// older format, before it was upgraded).
+    pub segment: Option<u64>,
+    /// Where the damaged record began in that segment (the segment's new end).
     pub offset: u64,
     /// Bytes removed.
     pub dropped: u64,
@@ -36,354 +52,277 @@ pub struct Torn {
 /// What start-up found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recovery {
-    /// Messages in the journal.
+    /// Messages kept.
     pub messages: u64,
     /// The torn tail that was cut off, if any.
     pub torn: Option<Torn>,
-    /// The format version the file declared when it was opened (it is upgraded to the
-    /// current one before anything is written).
+    /// The format version the journal had when it was opened (an older one is upgraded
+    /// before anything is written).
     pub format: u32,
     /// Publish tokens remembered from records inside the deduplication window.
     pub tokens: usize,
+    /// Segment files.
+    pub segments: usize,
+    /// The oldest id kept (the next id, if none is).
+    pub oldest: u64,
 }
 
 /// What [`recover`] rebuilt.
 pub(super) struct Recovered {
     pub(super) index: Index,
     pub(super) torn: Option<Torn>,
-    pub(super) format: u32,
+    /// The id the newest segment's next message record must have (below the index's next
+    /// id if a kept note says records were lost, and then a new segment is started).
+    pub(super) next_in_newest: u64,
+    /// Segments whose messages a kept note says were all trimmed, to delete.
+    pub(super) trimmed: Vec<Segment>,
 }
 
-/// Reads the whole journal into an index, cutting off a torn tail and refusing corruption;
-/// tokens of records within the window at `now` go into `tokens`.
-pub(super) fn recover(
-    file: &File,
-    path: &Path,
-    tokens: &mut TokenTable,
-    now: Timestamp,
-) -> Result<Recovered, JournalError> {
-    let len = file.metadata().map_err(io_at(path))?.len();
-    let format = check_file_header(file, len, path)?;
-    let (index, damaged) = index_records(file, len, path, &mut |record| {
-        if let Some(token) = record.token {
-            tokens.restore(token, record.id, record.time, now);
-        }
-    })?;
-    let Some(at) = damaged else {
-        return Ok(Recovered {
-            index,
-            torn: None,
-            format,
-        });
-    };
-    if let Some(valid) = find_record_after(file, at + 1, len).map_err(io_at(path))? {
-        return Err(JournalError::Corrupt {
-            path: path.to_path_buf(),
-            offset: at,
-            reason: format!(
-                "damaged record (checksum mismatch) followed by a valid record at offset {valid}"
-            ),
-        });
-    }
-    let torn = Torn {
-        offset: at,
-        dropped: len - at,
-    };
-    cut(file, path, torn)?;
-    Ok(Recovered {
-        index,
-        torn: Some(torn),
-        format,
-    })
-}
-
-/// The file's format version; refuses a file that is not a journal of a format this
-/// server reads.
-fn check_file_header(file: &File, len: u64, path: &Path) -> Result<u32, JournalError> {
-    let mut header = [0u8; FILE_HEADER as usize];
-    let version = if len < FILE_HEADER || file.read_exact_at(&mut header, 0).is_err() {
-        None
-    } else {
-        format::file_version(&header)
-    };
-    match version {
-        Some(v) if (OLDEST_VERSION..=VERSION).contains(&v) => Ok(v),
-        Some(found) => Err(JournalError::Version {
-            path: path.to_path_buf(),
-            found,
-        }),
-        None => Err(JournalError::NotAJournal {
-            path: path.to_path_buf(),
-        }),
-    }
-}
-
-/// Indexes the records in order, up to the first damaged one, whose offset it returns;
-/// `each` sees every record indexed.
-///
-/// A record that is intact but does not fit (an undecodable body, an id out of order) was
-/// written whole by something other than this server, so it is corruption, not a torn tail.
-fn index_records(
-    file: &File,
-    len: u64,
-    path: &Path,
-    each: &mut dyn FnMut(&format::Record),
-) -> Result<(Index, Option<u64>), JournalError> {
-    let corrupt = |offset, reason| JournalError::Corrupt {
+fn corrupt(path: &Path, offset: u64, reason: String) -> JournalError {
+    JournalError::Corrupt {
         path: path.to_path_buf(),
         offset,
         reason,
-    };
-    let mut window = Window::new(file, len, CHUNK);
-    let mut index = Index::default();
-    let mut offset = FILE_HEADER;
-    while offset < len {
-        let record = match record_at(&mut window, offset).map_err(io_at(path))? {
-            Check::Valid(record) => record,
-            Check::Malformed => return Err(corrupt(offset, "malformed record body".into())),
-            Check::Damaged => {
-                index.end = offset;
-                return Ok((index, Some(offset)));
-            }
-        };
-        let expected = index.sums.len();
-        if record.id.0 != expected {
-            let reason = format!("expected message id {expected}, found {}", record.id);
-            return Err(corrupt(offset, reason));
-        }
-        index.push(offset, record.reply_len());
-        each(&record);
-        offset += record.len as u64;
     }
-    index.end = offset;
-    Ok((index, None))
 }
 
-/// The offset of the first intact record starting in `from..len`, if any.
-fn find_record_after(file: &File, from: u64, len: u64) -> io::Result<Option<u64>> {
-    let mut window = Window::new(file, len, CHUNK);
-    let last = len.saturating_sub(RECORD_HEADER as u64);
-    for at in from..=last {
-        if record_at(&mut window, at)?.is_intact() {
-            return Ok(Some(at));
+/// Reads every segment of the journal `stub` describes into an index (keeping publish
+/// times if `times`), cutting off a torn tail and refusing corruption; tokens of records
+/// within the window at `now` go into `tokens`.
+pub(super) fn recover(
+    layout: &Layout,
+    stub: Stub,
+    tokens: &mut TokenTable,
+    now: Timestamp,
+    times: bool,
+) -> Result<Recovered, JournalError> {
+    let dir = layout.segments();
+    let (listed, strangers) = list_segments(&dir).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => JournalError::Incomplete {
+            path: dir.clone(),
+            reason: "the segments directory is missing".into(),
+        },
+        _ => io_at(&dir)(e),
+    })?;
+    for path in strangers {
+        warn!(file = %path.display(), "not a journal segment: left alone");
+    }
+    let newest = listed.last().map(|(first, _)| *first);
+    if newest.is_none_or(|n| n < stub.newest) {
+        return Err(JournalError::Incomplete {
+            path: layout.segment(stub.newest),
+            reason: "the newest segment is missing".into(),
+        });
+    }
+    let first = listed.first().map_or(stub.newest, |(first, _)| *first);
+    let mut index = Index::new(first, times, now);
+    let mut kept = 0;
+    let mut torn = None;
+    let last = listed.len() - 1;
+    for (i, (first, path)) in listed.into_iter().enumerate() {
+        if index.next() != first {
+            let reason = if first > index.next() {
+                format!(
+                    "segments are missing before it: ids {} to {} are nowhere",
+                    index.next(),
+                    first - 1
+                )
+            } else {
+                format!(
+                    "it overlaps the segment before it (which ends at id {})",
+                    index.next()
+                )
+            };
+            return Err(corrupt(&path, 0, reason));
         }
-    }
-    Ok(None)
-}
-
-/// Cuts `torn` off the end of the file, durably, before anything is appended after it.
-fn cut(file: &File, path: &Path, torn: Torn) -> Result<(), JournalError> {
-    warn!(
-        journal = %path.display(),
-        offset = torn.offset,
-        dropped = torn.dropped,
-        "torn final record cut off: dropped {} bytes at offset {}",
-        torn.dropped,
-        torn.offset
-    );
-    file.set_len(torn.offset).map_err(io_at(path))?;
-    file.sync_all().map_err(io_at(path))
-}
-
-#[cfg(test)]
-mod tests {
-    use std::fs::{self, OpenOptions};
-    use std::io::Write;
-
-    use mboard_protocol::MessageId;
-
-    use super::super::Fsync;
-    use super::super::testing::{TEXTS, TempDir, all, open, publish_all, published};
-    use super::*;
-
-    #[test]
-    fn appended_garbage_is_a_torn_tail() {
-        let dir = TempDir::new();
-        let len = published(&dir);
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(dir.journal())
-            .expect("open");
-        f.write_all(b"MBR1 half a record from a dying server")
-            .expect("append");
-        drop(f);
-        let (j, rec) = open(&dir, Fsync::Always).expect("repaired");
-        assert_eq!(
-            rec,
-            Recovery {
-                messages: 4,
-                torn: Some(Torn {
-                    offset: len,
-                    dropped: 38
-                }),
-                format: 2,
-                tokens: 0
-            }
-        );
-        assert_eq!(
-            fs::metadata(dir.journal()).expect("meta").len(),
-            len,
-            "cut back"
-        );
-        assert_eq!(all(&j).len(), 4);
-        assert_eq!(publish_all(&j, &[b"after repair"]), vec![MessageId(4)]);
-    }
-
-    #[test]
-    fn a_record_cut_short_is_a_torn_tail() {
-        let dir = TempDir::new();
-        let len = published(&dir);
-        // Header, id, time, flags, family, IPv4 address, port, "last".
-        let last_record = (RECORD_HEADER + 8 + 8 + 1 + 1 + 4 + 2 + 4) as u64;
-        for cut in [len - 1, len - 10, len - last_record + 3] {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(dir.journal())
-                .expect("open");
-            f.set_len(cut).expect("cut");
-            drop(f);
-            let (j, rec) = open(&dir, Fsync::Always).expect("repaired");
-            let torn = rec.torn.expect("torn");
-            assert_eq!(
-                (rec.messages, torn.offset, torn.dropped),
-                (3, len - last_record, cut - (len - last_record))
-            );
-            assert_eq!(
-                all(&j)
-                    .iter()
-                    .map(|m| m.entry.text.clone())
-                    .collect::<Vec<_>>(),
-                TEXTS[..3].to_vec()
-            );
-            drop(j);
-            // Put the fourth back for the next cut.
-            let (j, _) = open(&dir, Fsync::Always).expect("open");
-            publish_all(&j, &[b"last"]);
-        }
-    }
-
-    fn flipped_byte_is_refused(at: impl Fn(u64) -> u64) {
-        let dir = TempDir::new();
-        let len = published(&dir);
-        let mut bytes = fs::read(dir.journal()).expect("read");
-        let i = at(len) as usize;
-        bytes[i] ^= 0x20;
-        fs::write(dir.journal(), &bytes).expect("write");
-        let listing = |d: &Path| {
-            let mut v: Vec<(String, Vec<u8>)> = fs::read_dir(d)
-                .expect("dir")
-                .map(|e| {
-                    let e = e.expect("entry");
-                    (
-                        e.file_name().to_string_lossy().into_owned(),
-                        fs::read(e.path()).expect("file"),
-                    )
-                })
-                .collect();
-            v.sort();
-            v
+        let file = Arc::new(open_segment(&path, stub, first)?);
+        let scan = Scan {
+            file: &file,
+            path: &path,
+            place: Place {
+                salt: stub.salt,
+                segment: first,
+                offset: SEGMENT_HEADER,
+            },
+            newest: i == last,
         };
-        let before = listing(&dir.0);
-        let err = open(&dir, Fsync::Always).expect_err("corruption");
-        let JournalError::Corrupt { path, offset, .. } = &err else {
-            panic!("{err}")
-        };
-        assert_eq!(path, &dir.journal());
-        assert!(*offset <= i as u64, "{err}");
-        let text = err.to_string();
-        assert!(
-            text.contains(&format!("at offset {offset}")) && text.contains("nothing was changed"),
-            "{text}"
-        );
-        assert_eq!(listing(&dir.0), before, "the directory is unchanged");
-    }
-
-    #[test]
-    fn a_flipped_text_byte_in_the_middle_stops_start_up() {
-        // The first record's text starts 16 + 8 + 8 + 1 + 1 + 4 + 2 bytes after the file header.
-        flipped_byte_is_refused(|_| FILE_HEADER + 16 + 24 + 3);
-    }
-
-    #[test]
-    fn a_flipped_length_byte_is_not_mistaken_for_a_torn_tail() {
-        // Byte 1 of the first record's length: the record now claims to run past the end.
-        flipped_byte_is_refused(|_| FILE_HEADER + 5);
-    }
-
-    #[test]
-    fn foreign_files_are_refused() {
-        let dir = TempDir::new();
-        fs::create_dir_all(&dir.0).expect("dir");
-        fs::write(dir.journal(), b"not a journal at all").expect("write");
-        assert!(matches!(
-            open(&dir, Fsync::Always),
-            Err(JournalError::NotAJournal { .. })
+        let len = file.metadata().map_err(io_at(&path))?.len();
+        index.add_segment(Segment::new(
+            first,
+            file.clone(),
+            path.clone(),
+            SEGMENT_HEADER,
         ));
-        // A journal's header but for the version.
-        let mut header = format::file_header();
-        header[8..12].copy_from_slice(&3u32.to_le_bytes());
-        fs::write(dir.journal(), header).expect("write");
-        let err = open(&dir, Fsync::Always).expect_err("version");
-        assert!(
-            matches!(err, JournalError::Version { found: 3, .. }),
-            "{err}"
-        );
-        assert!(
-            err.to_string()
-                .ends_with("this server reads versions 1 to 2"),
-            "{err}"
-        );
+        let end = scan.records(len, &mut index, &mut kept, tokens, now)?;
+        if end < len {
+            torn = Some(scan.cut(end, len)?);
+        }
+        index.grow(end);
     }
+    let next_in_newest = index.next();
+    let trimmed = index.trim_below(kept);
+    Ok(Recovered {
+        index,
+        torn,
+        next_in_newest,
+        trimmed,
+    })
+}
 
-    /// Texts that straddle and exceed the start-up chunk, so replay reads past its buffer.
-    fn publish_across_chunks(dir: &TempDir) -> Vec<Vec<u8>> {
-        let texts: Vec<Vec<u8>> = [CHUNK - 100, 300, 2 * CHUNK + 5, 7]
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| vec![b'a' + i as u8; n])
-            .collect();
-        let (j, _) = open(dir, Fsync::Never).expect("open");
-        let refs: Vec<&[u8]> = texts.iter().map(Vec::as_slice).collect();
-        publish_all(&j, &refs);
-        texts
+/// Opens a segment and checks its header: this journal's salt, and the first id its name
+/// says.
+fn open_segment(path: &Path, stub: Stub, first: u64) -> Result<File, JournalError> {
+    let file = File::open(path).map_err(io_at(path))?;
+    let mut header = [0u8; SEGMENT_HEADER as usize];
+    let read = file.read_at(&mut header, 0).map_err(io_at(path))?;
+    let (salt, declared) = read_segment_header(&header[..read]).map_err(|r| corrupt(path, 0, r))?;
+    if salt != stub.salt {
+        return Err(corrupt(
+            path,
+            0,
+            "the segment belongs to another journal (its salt differs)".into(),
+        ));
     }
-
-    #[test]
-    fn records_larger_than_a_chunk_replay_whole() {
-        let dir = TempDir::new();
-        let texts = publish_across_chunks(&dir);
-        let (j, rec) = open(&dir, Fsync::Never).expect("reopen");
-        assert_eq!(
-            rec,
-            Recovery {
-                messages: 4,
-                torn: None,
-                format: 2,
-                tokens: 0
-            }
-        );
-        let read: Vec<Vec<u8>> = all(&j).iter().map(|m| m.entry.text.to_vec()).collect();
-        assert_eq!(read, texts);
+    if declared != first {
+        return Err(corrupt(
+            path,
+            0,
+            format!("the header says the first id is {declared}, the name says {first}"),
+        ));
     }
+    Ok(file)
+}
 
-    #[test]
-    fn the_forward_search_finds_a_record_chunks_past_the_damage() {
-        let dir = TempDir::new();
-        publish_across_chunks(&dir);
-        let mut bytes = fs::read(dir.journal()).expect("read");
-        // The first record's text: the next intact record starts about a chunk later.
-        bytes[FILE_HEADER as usize + 40] ^= 0x20;
-        fs::write(dir.journal(), &bytes).expect("write");
-        let err = open(&dir, Fsync::Always).expect_err("corruption");
-        assert!(
-            matches!(
-                err,
-                JournalError::Corrupt {
-                    offset: FILE_HEADER,
-                    ..
+/// One segment being read.
+struct Scan<'a> {
+    file: &'a File,
+    path: &'a PathBuf,
+    /// Where its first record is.
+    place: Place,
+    /// Whether it is the newest segment, the only one that may end torn.
+    newest: bool,
+}
+
+impl Scan<'_> {
+    /// Indexes the records up to the first damaged one (or the end), whose offset it
+    /// returns; a damaged record that is not a torn tail is refused.
+    fn records(
+        &self,
+        len: u64,
+        index: &mut Index,
+        kept: &mut u64,
+        tokens: &mut TokenTable,
+        now: Timestamp,
+    ) -> Result<u64, JournalError> {
+        let mut window = Window::new(self.file, len, CHUNK);
+        let mut offset = self.place.offset;
+        while offset < len {
+            let place = Place {
+                offset,
+                ..self.place
+            };
+            let record = match record_at(&mut window, place).map_err(io_at(self.path))? {
+                Check::Valid(record) => record,
+                Check::Malformed => {
+                    return Err(corrupt(self.path, offset, "malformed record body".into()));
                 }
-            ),
-            "{err}"
+                Check::Damaged => {
+                    self.judge(offset, len)?;
+                    return Ok(offset);
+                }
+            };
+            match record.kind {
+                Kind::Message { token, .. } => {
+                    let expected = index.next();
+                    if record.id.0 != expected {
+                        let reason = format!("expected message id {expected}, found {}", record.id);
+                        return Err(corrupt(self.path, offset, reason));
+                    }
+                    index.push(offset, record.reply_len().unwrap_or(0), record.time);
+                    if let Some(token) = token {
+                        tokens.restore(token, record.id, record.time, now);
+                    }
+                }
+                Kind::TokenNote { token } => {
+                    tokens.restore(token, record.id, record.time, now);
+                    index.noted([token]);
+                }
+                Kind::KeptNote => *kept = (*kept).max(record.id.0),
+            }
+            offset += record.len as u64;
+        }
+        Ok(offset)
+    }
+
+    /// Decides what the damage at `at` is: a torn tail only at the end of the newest
+    /// segment with no record of a later group commit after it.
+    fn judge(&self, at: u64, len: u64) -> Result<(), JournalError> {
+        if !self.newest {
+            return Err(corrupt(
+                self.path,
+                at,
+                "damaged record (checksum mismatch) in a segment that is not the newest".into(),
+            ));
+        }
+        match self.later_commit(at, len).map_err(io_at(self.path))? {
+            Some(valid) => Err(corrupt(
+                self.path,
+                at,
+                format!(
+                    "damaged record (checksum mismatch) followed by a record of a later write at offset {valid}"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The offset of a record after `at` written by a later group commit than the one
+    /// `at` belongs to (or one that is intact but does not decode), if there is one.
+    fn later_commit(&self, at: u64, len: u64) -> io::Result<Option<u64>> {
+        let mut window = Window::new(self.file, len, CHUNK);
+        let last = len.saturating_sub(RECORD_HEADER as u64);
+        for c in at + 1..=last {
+            if !looks_like_record(window.bytes(c, 4)?) {
+                continue;
+            }
+            let place = Place {
+                offset: c,
+                ..self.place
+            };
+            match record_at(&mut window, place)? {
+                // Its commit began after the damaged record: that write had completed.
+                Check::Valid(r) if c.checked_sub(u64::from(r.batch)).is_none_or(|s| s > at) => {
+                    return Ok(Some(c));
+                }
+                Check::Malformed => return Ok(Some(c)),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Cuts the torn tail `at..len` off, durably, before anything is appended after it.
+    fn cut(&self, at: u64, len: u64) -> Result<Torn, JournalError> {
+        let torn = Torn {
+            segment: Some(self.place.segment),
+            offset: at,
+            dropped: len - at,
+        };
+        warn!(
+            segment = %self.path.display(),
+            offset = torn.offset,
+            dropped = torn.dropped,
+            "torn final record cut off: dropped {} bytes at offset {}",
+            torn.dropped,
+            torn.offset
         );
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.path)
+            .map_err(io_at(self.path))?;
+        file.set_len(at)
+            .and_then(|()| file.sync_all())
+            .map_err(io_at(self.path))?;
+        Ok(torn)
     }
 }
