@@ -23,6 +23,8 @@ mod session;
 pub use after::{Page, Pages};
 pub use follow::{Follow, FollowEvent, Start, WAIT};
 
+/// Offers whose sessions vanish before they are fetched, in a row, before a read gives up.
+const MAX_OFFERS_LOST: u32 = 4;
 /// Transfers above this size report progress.
 pub const PROGRESS_THRESHOLD: u64 = 1 << 20;
 
@@ -316,12 +318,24 @@ impl Client {
 
     /// [`Client::request`] of a request already encoded, its reply read as `expect`.
     fn request_pdu(&mut self, pdu: Bytes, expect: Expect) -> Result<Response, ClientError> {
-        let reply = self.exchange(pdu, |r| match Response::parse(r.clone(), expect) {
-            Ok(resp) => Ok(session::Verdict::Answer(0, resp)),
-            Err(_) if session::late(&r) => Ok(session::Verdict::Ignore),
-            Err(e) => Err(format!("{e}, got {}", excerpt(&r))),
-        })?;
-        self.settle(reply, expect)
+        let mut offers_lost = 0;
+        loop {
+            let reply =
+                self.exchange(pdu.clone(), |r| match Response::parse(r.clone(), expect) {
+                    Ok(resp) => Ok(session::Verdict::Answer(0, resp)),
+                    Err(_) if session::late(&r) => Ok(session::Verdict::Ignore),
+                    Err(e) => Err(format!("{e}, got {}", excerpt(&r))),
+                })?;
+            match self.settle(reply, expect) {
+                // Only fetching a download offer can meet `4:unknown session` here: its
+                // session was dropped before it was fetched (a full server gave its room
+                // to a newcomer, or it expired). A board request is a read, so ask again.
+                Err(e) if e.is_lost_session() && offers_lost < MAX_OFFERS_LOST => {
+                    offers_lost += 1;
+                }
+                settled => return settled,
+            }
+        }
     }
 
     /// Turns a reply into the final response: errors become [`ClientError::Server`] and

@@ -225,7 +225,6 @@ impl Retention {
     }
 }
 
-
 /// What a [`RateLimit`]'s parts are called in its error messages.
 #[derive(Debug, Clone, Copy)]
 pub struct RateNames {
