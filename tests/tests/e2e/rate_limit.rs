@@ -44,11 +44,11 @@ fn unworkable_limits_stop_the_binary_with_one_line() {
     for (args, says) in [
         (
             &["--rate-burst", "0.5"][..],
-            "error: invalid configuration: rate limit: the rate must be a number of at least 0 and the burst at least 1\n",
+            "error: invalid configuration: rate burst must be a number of at least 1 while its rate is above 0, not 0.5\n",
         ),
         (
             &["--error-reply-rate", "nan"],
-            "error: invalid configuration: error reply limit",
+            "error: invalid configuration: error reply rate must be a number of at least 0",
         ),
         (
             &["--max-datagram", "100"],
