@@ -528,9 +528,7 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().expect("temp file");
         for arg in options() {
             let long = arg.get_long().expect("long name");
-            if arg.get_id() == "in_memory" {
-                writeln!(file, "{long} = false").expect("write");
-            } else if let Some(default) = arg.get_default_values().first() {
+            if let Some(default) = arg.get_default_values().first() {
                 let default = default.to_str().expect("utf-8");
                 if arg.get_action().takes_values() {
                     writeln!(file, "{long} = {default:?}").expect("write");

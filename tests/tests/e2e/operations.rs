@@ -430,3 +430,20 @@ fn metrics_answer_in_the_format_the_scraper_asks_for() {
         assert_eq!(openmetrics.value("mboard_publishes_total"), Some(1.0));
     }
 }
+
+#[test]
+fn the_example_config_file_is_accepted_as_it_is_shipped() {
+    let _gate = gate::plain();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/mboard.toml");
+    let dir = DataDir::new();
+    // Its data directory is the system's; the command line wins over it here.
+    let server = ServerProcess::must_start(&["--config", example, "--data-dir", dir.arg()]);
+    let log = server.log();
+    assert!(
+        log.contains(
+            "/deploy/mboard.toml: fsync,rate-limit,rate-burst,log-level,summary-interval)"
+        ),
+        "{log}"
+    );
+    assert_eq!(Peer::new(server.addr).ask_str("1:configured"), "0:0");
+}
