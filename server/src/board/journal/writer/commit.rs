@@ -20,7 +20,7 @@ use super::{
 use crate::board::journal::error::JournalError;
 use crate::board::journal::format::{Body, Place, SEGMENT_HEADER, Salt, Stub, encode};
 use crate::board::journal::index::{Index, Segment};
-use crate::board::journal::layout::{Identity, Layout, create_segment, identity_of};
+use crate::board::journal::layout::{Identity, Layout, create_segment};
 use crate::board::journal::{Fsync, JournalConfig};
 use crate::board::retention::Retention;
 use crate::board::tokens::{Claimed, Tokens};
@@ -30,8 +30,6 @@ use crate::board::{Refusal, StoreState};
 /// The segment being appended to.
 pub(super) struct Active {
     pub(super) file: File,
-    pub(super) path: PathBuf,
-    pub(super) ident: Identity,
     pub(super) first: u64,
     /// The id its next message record must have.
     pub(super) next: u64,
@@ -53,6 +51,7 @@ pub(super) struct Writer {
     pub(super) active: Active,
     /// Held for the writer's lifetime; the OS releases it when the process ends.
     pub(super) _lock: File,
+    pub(super) lock_path: PathBuf,
     pub(super) lock_ident: Identity,
     /// A lock taken on a data directory recreated after ours was removed.
     pub(super) tomb_lock: Option<File>,
@@ -93,11 +92,8 @@ impl Writer {
         health: Health,
         metrics: WriterMetrics,
     ) -> io::Result<Writer> {
-        let ident = identity_of(&start.file)?;
         let active = Active {
             file: start.file,
-            path: start.segment.path.clone(),
-            ident,
             first: start.segment.first,
             next: start.next_in_file,
             len: start.segment.len,
@@ -113,6 +109,7 @@ impl Writer {
             tokens,
             active,
             _lock: start.lock,
+            lock_path: Layout::new(&config.dir).lock(),
             lock_ident: start.lock_ident,
             tomb_lock: None,
             health,
@@ -245,7 +242,7 @@ impl Writer {
             refuse(batch, || JournalError::Refused(why));
             return;
         }
-        if !self.owned() {
+        if !self.lock_ours() {
             self.lose(self.active.next);
             self.health.refused(batch.len() as u64);
             refuse(batch, || JournalError::Refused(Refusal::Unavailable));
@@ -260,9 +257,11 @@ impl Writer {
             self.failed(&e, batch);
             return;
         }
-        // Written (and synced): only now is the directory known to be ours still.
+        // Written (and synced): only now is the directory known to be ours still. If not,
+        // what was written is cut off again: a refused publish is stored nowhere.
         if !self.owned() {
-            self.lose(encoded.first_id + batch.len() as u64);
+            self.unwrite();
+            self.lose(encoded.first_id);
             self.health.refused(batch.len() as u64);
             refuse(batch, || JournalError::Refused(Refusal::Unavailable));
             return;
@@ -298,11 +297,8 @@ impl Writer {
         })?;
         let path = self.layout.segment(first);
         let reader = File::open(&path)?;
-        let ident = identity_of(&file)?;
         self.active = Active {
             file,
-            path: path.clone(),
-            ident,
             first,
             next: first,
             len: SEGMENT_HEADER,
@@ -380,13 +376,18 @@ impl Writer {
             synced
         });
         if let Err(e) = written {
-            if self.active.file.set_len(self.active.len).is_err() {
-                self.active.dirty = true;
-            }
+            self.unwrite();
             return Err(e);
         }
         self.last_write = Instant::now();
         Ok(())
+    }
+
+    /// Cuts the buffer just appended off the segment again.
+    pub(super) fn unwrite(&mut self) {
+        if self.active.file.set_len(self.active.len).is_err() {
+            self.active.dirty = true;
+        }
     }
 
     /// Indexes a written batch, so readers see it, then acknowledges it.

@@ -1,11 +1,14 @@
 //! Whether the data directory is still ours, and what is done when it is not.
 //!
-//! Before a batch is written and again before it is acknowledged, the writer checks that
-//! the lock file and the segment it writes to are still the files it opened (two `stat`
-//! calls: the paths name the same device and inode). If not — the directory or the
-//! segment was removed or replaced, or the lock file was, so another server may be writing
-//! here — publishes are refused from then on, once logged, and reads of what was stored
-//! go on from the files already open.
+//! Before a batch is written, the writer checks that the lock file is still the one it
+//! holds (`stat` of its path: the same device and inode), so that it never writes where
+//! another server may; before acknowledging it, that the lock is still its own and the
+//! segment it wrote to still linked (`fstat`: a link count above 0), so that it never
+//! acknowledges into a file nobody can read again. Three calls, about 3 µs a batch. If not
+//! — the directory or the segment was removed, or the lock file was removed or replaced,
+//! so another server may be writing here — the batch just written is cut off again (so a
+//! refused publish is stored nowhere), publishes are refused from then on, once logged, and
+//! reads of what was stored go on from the files already open.
 //!
 //! So that no id is ever handed out again, the writer then leaves behind the one thing a
 //! later server needs: where the ids go on. If the directory is still ours (only segments
@@ -13,8 +16,9 @@
 //! directory is gone, it makes it again, locks it, and writes the same. A directory that
 //! another server has taken is left alone.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 
 use tracing::error;
 
@@ -23,11 +27,21 @@ use crate::board::journal::format::Stub;
 use crate::board::journal::layout::{create_segment, identity_of, still_names};
 use crate::board::journal::try_lock;
 
+/// Whether `file` still has a name (a link count above 0); a failing `fstat` leaves that to
+/// the write that follows.
+fn linked(file: &File) -> bool {
+    file.metadata().map_or(true, |m| m.nlink() > 0)
+}
+
 impl Writer {
-    /// Whether the lock file and the segment being written are still ours.
+    /// Whether the lock file is still the one this server holds.
+    pub(super) fn lock_ours(&self) -> bool {
+        still_names(&self.lock_path, self.lock_ident)
+    }
+
+    /// Whether the lock file is still ours and the segment being written still linked.
     pub(super) fn owned(&self) -> bool {
-        still_names(&self.layout.lock(), self.lock_ident)
-            && still_names(&self.active.path, self.active.ident)
+        self.lock_ours() && linked(&self.active.file)
     }
 
     /// The directory is no longer ours: stop writing, say so once, and leave a segment
@@ -38,10 +52,10 @@ impl Writer {
         }
         self.metrics.failed(super::metrics::Cause::Lost);
         let dir = self.layout.dir().to_path_buf();
-        let why = if !still_names(&self.layout.lock(), self.lock_ident) {
+        let why = if !still_names(&self.lock_path, self.lock_ident) {
             "its lock file was removed or replaced"
         } else {
-            "the segment being written was removed or replaced"
+            "the segment being written was removed"
         };
         let left = match self.tombstone(next) {
             Ok(Some(what)) => what,
@@ -79,7 +93,7 @@ impl Writer {
                 true
             }
             Err(e) => return Err(e),
-            Ok(_) if still_names(&self.layout.lock(), self.lock_ident) => false,
+            Ok(_) if still_names(&self.lock_path, self.lock_ident) => false,
             Ok(_) => return Ok(None),
         };
         let segments = self.layout.segments();

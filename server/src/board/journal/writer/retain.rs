@@ -101,7 +101,7 @@ impl Writer {
     /// Writes `notes` (tokens with their ids and times) and the kept note that waits, if
     /// any, as a commit of their own; says whether they are durable.
     pub(super) fn write_notes(&mut self, notes: Vec<(PublishToken, MessageId, Timestamp)>) -> bool {
-        if self.health.refusing(Instant::now()).is_some() || !self.owned() {
+        if self.health.refusing(Instant::now()).is_some() || !self.lock_ours() {
             return false;
         }
         if let Err(e) = self.prepare() {
@@ -126,6 +126,7 @@ impl Writer {
             return false;
         }
         if !self.owned() {
+            self.unwrite();
             self.lose(self.next_id());
             return false;
         }
