@@ -14,9 +14,10 @@ use tokio::net::{TcpListener, UdpSocket};
 
 mod cli;
 
-/// The socket receive buffer asked for by default: room for several thousand small
-/// datagrams, enough for a thousand followers re-arming at once.
-const RECV_BUFFER: usize = 4 << 20;
+/// The socket receive buffer asked for by default: 0, the system's own. A larger buffer
+/// absorbs a thousand followers re-arming at once, but under a flood it is a longer queue
+/// that every honest request waits behind (docs/OPERATIONS.md).
+const RECV_BUFFER: usize = 0;
 
 // glibc's allocator keeps what a crowd of sessions freed: after three rounds of 100,000
 // expired sessions the server still held 250 MiB. jemalloc returns freed pages to the
