@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Alternating A/B runs of `mboard-bench publish` against two server configurations, each
-# started afresh (a new data directory) for every run, and the ratio of B to A.
+# started afresh (a new data directory) for every run, and the ratio of B to A: of the
+# publishes per second, and of the server's CPU time per publish (user + system, from
+# /proc, over the whole run), which other load on the machine disturbs far less.
 #
 #   scripts/bench-ab.sh ROUNDS DURATION 'A server args' 'B server args' [bench args]
 #
@@ -25,7 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-run() { # run LABEL ARGS: one measurement; prints "LABEL rate p50 p99"
+run() { # run LABEL ARGS: one measurement; prints "LABEL rate p50 p99 cpu_us_per_publish"
   local label=$1 args=$2 bin=target/release/mboard-server
   rm -rf "$data/board"
   args=${args//\{data\}/$data/board}
@@ -40,8 +42,20 @@ run() { # run LABEL ARGS: one measurement; prints "LABEL rate p50 p99"
   sleep 0.5
   local json
   json=$(target/release/mboard-bench --server 127.0.0.1:$port --duration "$duration" --warmup 1s --json "${bench[@]}")
+  # The next id is how many publishes the server stored; its CPU time is fields 14 and 15.
+  local cpu
+  cpu=$(python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(b"1:probe", ("127.0.0.1", int(sys.argv[1])))
+n = int(s.recvfrom(100)[0].decode().split(":")[1])
+fields = open(f"/proc/{sys.argv[2]}/stat").read().rsplit(")", 1)[1].split()
+ticks = int(fields[11]) + int(fields[12])
+print(round(ticks * 1e6 / 100 / max(n, 1), 2))
+' "$port" "$server_pid")
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
-  python3 -c 'import json,sys; r=json.loads(sys.argv[2]); print(sys.argv[1], round(r["rate"]), r["p50_us"], r["p99_us"])' "$label" "$json"
+  python3 -c 'import json,sys; r=json.loads(sys.argv[2]); print(sys.argv[1], round(r["rate"]), r["p50_us"], r["p99_us"], sys.argv[3])' "$label" "$json" "$cpu"
 }
 
 results=()
@@ -53,8 +67,12 @@ printf '%s\n' "${results[@]}"
 printf '%s\n' "${results[@]}" | python3 -c '
 import sys, statistics
 rows = [l.split() for l in sys.stdin if l.strip()]
-a = [float(r[1]) for r in rows if r[0] == "A"]
-b = [float(r[1]) for r in rows if r[0] == "B"]
+def col(label, i):
+    return [float(r[i]) for r in rows if r[0] == label]
+a, b = col("A", 1), col("B", 1)
 pairs = [y / x for x, y in zip(a, b)]
-print(f"median A {statistics.median(a):.0f}/s, median B {statistics.median(b):.0f}/s; B/A per round {[round(p, 3) for p in pairs]}, median {statistics.median(pairs):.3f}")
+print(f"publishes/s: median A {statistics.median(a):.0f}, median B {statistics.median(b):.0f}; B/A per round {[round(p, 2) for p in pairs]}, median {statistics.median(pairs):.3f}")
+ca, cb = col("A", 4), col("B", 4)
+cpairs = [y / x for x, y in zip(ca, cb)]
+print(f"server CPU per publish: median A {statistics.median(ca):.2f} us, median B {statistics.median(cb):.2f} us; B/A per round {[round(p, 2) for p in cpairs]}, median {statistics.median(cpairs):.3f}")
 '

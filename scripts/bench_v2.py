@@ -12,14 +12,22 @@ and `foreign`, the share of the machine's CPU time that went to processes other 
 server and this load generator while it ran (the machine is shared; a run with a large
 foreign share measured the neighbours as much as mboard).
 
-Groups:
-  once     publish-once (with its echo ceiling), publish-session, publish; in memory
-  follow   follow with 0 and 1000 followers, `1:` and `5:` publishers, at full rate
-  paced    follow with 1000 followers at 200 and 50 publishes a second
-  durable  publish-once and publish with `--data-dir` and `--fsync always`
+Groups (a round runs every measurement of a group, back to back):
+  once          publish-once (with its echo ceiling), publish-session, publish; in memory
+  publish-once  publish-once alone (for an A/B of two builds)
+  follow        follow with 0 and with 1000 followers, `1:` publishers, at full rate
+  follow-once   the same with `5:` publishers
+  paced-200     follow with 1000 followers at 200 publishes a second
+  paced-50      the same at 50 a second
+  durable       publish-once and publish with `--data-dir` and `--fsync always`
 
 `--server BIN` (repeatable) runs each measurement once per server binary, alternating,
 for an A/B of two builds; the label then ends in `@<n>`, n counting from 0.
+
+`--max-foreign F` (say 0.2) keeps a round only if no run in it saw more than that share of
+the CPU go to other processes: each attempt first waits for the machine to be quiet (under
+F busy for 5 s), and a round that was disturbed anyway is printed with `"rejected": true`
+and run again, up to `--attempts` times. The summary leaves rejected runs out.
 """
 
 import argparse
@@ -47,16 +55,17 @@ GROUPS = {
         ("publish-session", MEMORY, ["publish-session"]),
         ("publish", MEMORY, ["publish"]),
     ],
+    "publish-once": [("publish-once", MEMORY, ["publish-once"])],
     "follow": [
         ("follow-0", MEMORY, ["follow", "--followers", "0"]),
         ("follow-1000", MEMORY, ["follow", "--followers", "1000"]),
+    ],
+    "follow-once": [
         ("follow-once-0", MEMORY, ["follow", "--once", "--followers", "0"]),
         ("follow-once-1000", MEMORY, ["follow", "--once", "--followers", "1000"]),
     ],
-    "paced": [
-        ("follow-1000-rate-200", MEMORY, ["follow", "--followers", "1000", "--rate", "200"]),
-        ("follow-1000-rate-50", MEMORY, ["follow", "--followers", "1000", "--rate", "50"]),
-    ],
+    "paced-200": [("follow-1000-rate-200", MEMORY, ["follow", "--followers", "1000", "--rate", "200"])],
+    "paced-50": [("follow-1000-rate-50", MEMORY, ["follow", "--followers", "1000", "--rate", "50"])],
     "durable": [
         ("durable-publish-once", DURABLE, ["publish-once"]),
         ("durable-publish", DURABLE, ["publish"]),
@@ -123,6 +132,19 @@ def measure(binary, label, server_args, bench_args, duration, data):
     return report
 
 
+def wait_quiet(share, patience=1800):
+    """Waits (up to `patience` seconds) until the CPU has been under `share` busy for 5 s."""
+    ncpu = os.cpu_count() or 1
+    hz = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        b0 = busy_ticks()
+        time.sleep(5)
+        if (busy_ticks() - b0) / hz / (5 * ncpu) < share:
+            return
+    sys.exit(f"the machine was not quiet for {patience} s")
+
+
 def run(opts):
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
     servers = opts.server or [os.path.join(BIN, "mboard-server")]
@@ -133,13 +155,24 @@ def run(opts):
                 runs = GROUPS[group]
                 # Turn the order each round, so that no measurement always comes first.
                 k = (rnd - 1) % len(runs)
-                for label, server_args, bench_args in runs[k:] + runs[:k]:
-                    order = servers if rnd % 2 else list(reversed(servers))
-                    for binary in order:
-                        tag = label if len(servers) == 1 else f"{label}@{servers.index(binary)}"
-                        r = measure(binary, tag, server_args, bench_args, opts.duration, os.path.join(data, "board"))
-                        r["round"] = rnd
+                for attempt in range(opts.attempts):
+                    if opts.max_foreign is not None:
+                        wait_quiet(opts.max_foreign)
+                    results = []
+                    for label, server_args, bench_args in runs[k:] + runs[:k]:
+                        order = servers if rnd % 2 else list(reversed(servers))
+                        for binary in order:
+                            tag = label if len(servers) == 1 else f"{label}@{servers.index(binary)}"
+                            r = measure(binary, tag, server_args, bench_args, opts.duration, os.path.join(data, "board"))
+                            r["round"] = rnd
+                            results.append(r)
+                    disturbed = opts.max_foreign is not None and max(r["foreign"] for r in results) > opts.max_foreign
+                    for r in results:
+                        if disturbed:
+                            r["rejected"] = True
                         print(json.dumps(r), flush=True)
+                    if not disturbed:
+                        break
     finally:
         shutil.rmtree(data, ignore_errors=True)
 
@@ -149,7 +182,10 @@ def fmt(x, digits=0):
 
 
 def summary(opts):
-    runs = [json.loads(line) for line in open(opts.file) if line.startswith("{")]
+    every = [json.loads(line) for line in open(opts.file) if line.startswith("{")]
+    runs = [r for r in every if not r.get("rejected")]
+    if len(runs) < len(every):
+        print(f"({len(every) - len(runs)} runs of disturbed rounds left out)\n")
 
     def by(label):
         return {r["round"]: r for r in runs if r["label"] == label}
@@ -218,6 +254,8 @@ def main():
     r.add_argument("--rounds", type=int, default=3)
     r.add_argument("--only", nargs="+", choices=list(GROUPS), default=list(GROUPS))
     r.add_argument("--server", action="append", help="server binary (repeat for an A/B)")
+    r.add_argument("--max-foreign", type=float, help="keep only rounds with less foreign CPU than this share")
+    r.add_argument("--attempts", type=int, default=20)
     s = sub.add_parser("summary")
     s.add_argument("file")
     opts = parser.parse_args()

@@ -12,6 +12,7 @@
 //! Waiting rather than answering nothing matters inside an upload: a commit that answered
 //! nothing would stay executing, and every later commit of its session would go unanswered.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -68,9 +69,11 @@ pub struct TokenTable {
     /// token has been published again since (only a restore can do that) is stale: its
     /// time differs from the slot's, and it is skipped.
     order: VecDeque<(u64, PublishToken)>,
-    /// Tokens being published, each with the channel its waiting resends listen on. Never
-    /// forgotten early nor by age: the store resolves every one (or drops its guard).
-    pending: HashMap<PublishToken, watch::Sender<Option<MessageId>>>,
+    /// Tokens being published, each with the channel its waiting resends listen on, made
+    /// when the first resend comes (most publishes have none: no channel to allocate and
+    /// notify for them). Never forgotten early nor by age: the store resolves every one
+    /// (or drops its guard).
+    pending: HashMap<PublishToken, Option<watch::Sender<Option<MessageId>>>>,
     evicted_early: u64,
 }
 
@@ -110,17 +113,26 @@ impl TokenTable {
         if let Some(slot) = self.published.get(&token) {
             return Claim::Published(slot.id);
         }
-        if let Some(waiters) = self.pending.get(&token) {
-            return Claim::Pending(waiters.subscribe());
+        match self.pending.entry(token) {
+            Entry::Occupied(mut waiters) => {
+                let waiters = waiters
+                    .get_mut()
+                    .get_or_insert_with(|| watch::channel(None).0);
+                Claim::Pending(waiters.subscribe())
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(None);
+                Claim::New
+            }
         }
-        self.pending.insert(token, watch::channel(None).0);
-        Claim::New
     }
 
     /// The pending `token` was stored as `id` at `at`: remember it, and tell its waiters.
     pub fn published(&mut self, token: PublishToken, id: MessageId, at: Timestamp) {
         if let Some(waiters) = self.pending.remove(&token) {
-            waiters.send_replace(Some(id));
+            if let Some(waiters) = waiters {
+                waiters.send_replace(Some(id));
+            }
             self.remember(token, id, at.0);
         }
     }

@@ -14,6 +14,10 @@ use crate::board::retention::Retention;
 /// Messages trimmed under one hold of the lock, so readers wait microseconds at most.
 const TRIM_CHUNK: usize = 4_096;
 
+/// How long a woken thread lets publishes gather before it trims: the board is over a
+/// count or byte limit for about this long at most.
+const BATCH_WAIT: Duration = Duration::from_millis(1);
+
 /// Trims `inner` down to what `retention` allows at `now`, a chunk at a time; the texts
 /// are freed outside the lock.
 pub(super) fn trim(
@@ -73,7 +77,14 @@ impl Trimmer {
         let thread = std::thread::Builder::new()
             .name("mboard-retention".into())
             .spawn(move || {
+                let mut woken = false;
                 while !state.stop.load(Ordering::Acquire) {
+                    if woken {
+                        // Publishes keep taking the board over its limits: let them gather
+                        // for a moment, so that they are trimmed in a batch and the thread
+                        // is woken a thousand times a second at most, not once a publish.
+                        std::thread::sleep(BATCH_WAIT);
+                    }
                     state.wanted.store(false, Ordering::Release);
                     let now = Timestamp::from_system_time(SystemTime::now());
                     let next = match trim(&inner, &retention, now) {
@@ -81,6 +92,7 @@ impl Trimmer {
                         Err(_) => return,
                     };
                     if state.wanted.load(Ordering::Acquire) {
+                        woken = true;
                         continue;
                     }
                     // Woken early by a publish (or the board being dropped), or by the
@@ -90,6 +102,7 @@ impl Trimmer {
                         Duration::from_micros(at.0.saturating_sub(now.0))
                     });
                     std::thread::park_timeout(wait.min(Duration::from_secs(3_600)));
+                    woken = state.wanted.load(Ordering::Acquire);
                 }
             })?;
         Ok(Trimmer {
@@ -99,7 +112,10 @@ impl Trimmer {
     }
 
     pub(super) fn wake(&self) {
-        if !self.shared.wanted.swap(true, Ordering::AcqRel)
+        // Read before writing: under a stream of publishes the flag is already set, and a
+        // load does not take the cache line from the other cores.
+        if !self.shared.wanted.load(Ordering::Relaxed)
+            && !self.shared.wanted.swap(true, Ordering::AcqRel)
             && let Some(thread) = &self.thread
         {
             thread.thread().unpark();
