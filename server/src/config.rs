@@ -7,6 +7,7 @@ use mboard_protocol::{DATA_HEADER_MAX, MAX_DATAGRAM};
 use crate::board::{JournalConfig, Retention, TokenLimits};
 use crate::limiter::RateLimit;
 use crate::metrics::EndpointLimits;
+use crate::overload::Shedding;
 use crate::session::Fairness;
 
 /// Limits on sessions and datagrams.
@@ -380,6 +381,8 @@ pub struct Config {
     pub rate_limit: RateLimit,
     /// Per-destination limit on replies to malformed input (codes `1` and `3`).
     pub error_limit: RateLimit,
+    /// Who gives way when a receive loop falls behind.
+    pub shedding: Shedding,
     /// Receive loops sharing the socket.
     pub workers: usize,
     /// Seed for session ids; `None` seeds from the operating system.
@@ -400,6 +403,7 @@ impl Default for Config {
             limits: Limits::default(),
             rate_limit: RateLimit::default(),
             error_limit: RateLimit::ERROR_REPLIES,
+            shedding: Shedding::default(),
             workers: 2 * cores,
             seed: None,
             summary_interval: Some(Duration::from_secs(60)),

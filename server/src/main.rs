@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use mboard_server::config::{MEMORY_RETAIN_BYTES, parse_size};
 use mboard_server::{
-    Config, EndpointLimits, Fairness, Fsync, JournalConfig, Limits, RateLimit, Retention, Store,
-    TokenLimits,
+    Config, EndpointLimits, Fairness, Fsync, JournalConfig, Limits, RateLimit, Retention, Shedding,
+    Store, TokenLimits,
 };
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -151,6 +151,19 @@ struct Args {
         default_value_t = Fairness::default().host_session_share
     )]
     host_session_share: u8,
+
+    /// While a receive loop falls behind (the socket's queue never empties), each host
+    /// keeps this share of the loop's traffic, in percent (at least an equal share of the
+    /// hosts seen lately), and its datagrams past it are dropped unanswered, so that a
+    /// flood from one host cannot make the kernel drop everyone's. 0 turns this off.
+    #[arg(
+        long,
+        env = "MBOARD_OVERLOAD_HOST_SHARE",
+        value_name = "PERCENT",
+        default_value_t = Shedding::default().host_share,
+        value_parser = clap::value_parser!(u8).range(0..=100)
+    )]
+    overload_host_share: u8,
 
     /// When a new session does not fit, a session that has moved fewer than this many
     /// bytes a second since it started (after --progress-grace) may be dropped for it,
@@ -463,6 +476,9 @@ fn config(args: &Args) -> Config {
             burst: args.error_reply_burst,
             ..RateLimit::ERROR_REPLIES
         },
+        shedding: Shedding {
+            host_share: args.overload_host_share,
+        },
         workers: args.workers.unwrap_or(defaults.workers),
         seed: None,
         summary_interval: Some(args.summary_interval.into()),
@@ -721,5 +737,18 @@ mod tests {
                 progress_grace: std::time::Duration::from_secs(2),
             }
         );
+    }
+
+    #[test]
+    fn the_overload_share_is_an_option_in_percent() {
+        let args =
+            |share: &str| Args::try_parse_from(["mboard-server", "--overload-host-share", share]);
+        let parsed = args("10").expect("parse");
+        assert_eq!(config(&parsed).shedding, Shedding { host_share: 10 });
+        assert_eq!(config(&args("0").expect("parse")).shedding.host_share, 0);
+        assert!(args("101").is_err());
+        assert!(args("-1").is_err());
+        let defaults = Args::try_parse_from(["mboard-server"]).expect("parse");
+        assert_eq!(config(&defaults).shedding, Shedding::default());
     }
 }

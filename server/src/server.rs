@@ -20,8 +20,10 @@ use crate::config::{Config, ConfigError, Store};
 use crate::handler::{Answer, Handler};
 use crate::limiter::{RateLimit, RateLimiter};
 use crate::metrics::{DropReason, Metrics, ServerCollector, Shard, serve_metrics};
+use crate::overload::{Overload, Shedding};
 use crate::reload::{self, Reloadable, Reloads, Targets};
 use crate::reply::Reply;
+use crate::session::HostKey;
 
 /// Large replies being built in their own tasks at once; see [`Receiver::deferred`].
 /// (Publishes waiting for the journal hold a place in the handler's own queue instead,
@@ -117,6 +119,7 @@ async fn serve_board<B: Board>(
     let handler = Arc::new(Handler::new(board, config.limits, seed));
     let settings = Settings {
         workers: config.workers,
+        shedding: config.shedding,
         first,
         reloads,
         summary_interval: config.summary_interval,
@@ -139,6 +142,7 @@ pub async fn serve<B: Board>(
     };
     let settings = Settings {
         workers,
+        shedding: Shedding::default(),
         reloads: reload::fixed(first.clone()),
         first,
         summary_interval: Config::default().summary_interval,
@@ -149,6 +153,7 @@ pub async fn serve<B: Board>(
 /// How the driver runs, besides the handler.
 struct Settings {
     workers: usize,
+    shedding: Shedding,
     /// The reloadable settings to start with.
     first: Reloadable,
     reloads: Reloads,
@@ -192,6 +197,8 @@ async fn serve_with<B: Board>(
             deferred: shared.deferred.clone(),
             limiter: shared.limiter.clone(),
             sender: shared.sender(shard),
+            overload: Overload::new(settings.shedding, Instant::now()),
+            share: settings.shedding.host_share,
         };
         tasks.spawn(receiver.run());
     }
@@ -317,6 +324,10 @@ struct Receiver<B> {
     limiter: Arc<RateLimiter>,
     /// Where replies go out, shared with the tasks this loop detaches.
     sender: Sender,
+    /// Whether this loop keeps up, and who gives way when it does not.
+    overload: Overload,
+    /// The share, in percent, [`Receiver::overload`] keeps each host to (for its log line).
+    share: u8,
 }
 
 /// What sending a reply needs: the socket, the loop's own shard of the metrics, and the
@@ -341,11 +352,11 @@ struct Source {
 }
 
 impl<B: Board> Receiver<B> {
-    async fn run(self) -> io::Result<()> {
+    async fn run(mut self) -> io::Result<()> {
         // Room for the largest datagram the kernel can hand us, IPv6 included.
         let mut buf = vec![0u8; 65_536];
         loop {
-            let (len, from) = match self.sender.socket.recv_from(&mut buf).await {
+            let (len, from) = match self.receive(&mut buf).await {
                 Ok(received) => received,
                 Err(e) if transient(&e) => {
                     debug!(error = %e, "receive error ignored");
@@ -358,6 +369,19 @@ impl<B: Board> Receiver<B> {
             // Over its source's limit: dropped without a reply (and counted), before any work.
             if !self.limiter.allow(from, received) {
                 continue;
+            }
+            // Behind, and its host sends more than its share: dropped the same way.
+            if !self.overload.admit(HostKey::from(from), received) {
+                self.sender.shard().dropped(DropReason::Overload);
+                continue;
+            }
+            if let Some(hold) = self.overload.began() {
+                warn!(
+                    loop_ = self.sender.shard,
+                    share_percent = self.share,
+                    hold = %humantime::format_duration(hold),
+                    "a receive loop fell behind: dropping the datagrams of hosts over their share of the traffic"
+                );
             }
             // One copy per datagram: published text keeps exactly its own bytes alive.
             let datagram = Bytes::copy_from_slice(&buf[..len]);
@@ -383,6 +407,18 @@ impl<B: Board> Receiver<B> {
                 }
                 answer => self.sender.deliver(answer, source).await?,
             }
+        }
+    }
+
+    /// The next datagram, noting whether the loop had to wait for it.
+    async fn receive(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let socket = &self.sender.socket;
+        match socket.try_recv_from(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.overload.waited();
+                socket.recv_from(buf).await
+            }
+            received => received,
         }
     }
 

@@ -47,6 +47,7 @@ impl TestServer {
                 limits: Limits::default(),
                 rate_limit: RateLimit::default(),
                 error_limit: RateLimit::ERROR_REPLIES,
+                shedding: mboard_server::Shedding::default(),
                 workers: 2,
                 seed: Some(42),
                 summary_interval: None,

@@ -72,6 +72,8 @@ pub enum DropReason {
     ReceiveError,
     /// Sending its reply failed (e.g. the kernel's send buffer was full).
     SendError,
+    /// Its receive loop was behind and its host over its share of the traffic.
+    Overload,
 }
 
 /// One receive loop's counters, on a cache line pair of its own.
@@ -82,6 +84,7 @@ pub struct Shard {
     received_bytes: AtomicU64,
     sent_bytes: AtomicU64,
     receive_errors: AtomicU64,
+    shed: AtomicU64,
     send_errors: AtomicU64,
 }
 
@@ -113,6 +116,9 @@ impl Shard {
             DropReason::SendError => {
                 self.send_errors.fetch_add(1, Relaxed);
             }
+            DropReason::Overload => {
+                self.shed.fetch_add(1, Relaxed);
+            }
         }
     }
 }
@@ -136,6 +142,8 @@ pub struct Totals {
     pub receive_errors: u64,
     /// Replies whose send failed.
     pub send_errors: u64,
+    /// Datagrams dropped by a loop that was behind, their host being over its share.
+    pub shed: u64,
 }
 
 impl Metrics {
@@ -164,6 +172,7 @@ impl Metrics {
             t.sent_bytes += s.sent_bytes.load(Relaxed);
             t.receive_errors += s.receive_errors.load(Relaxed);
             t.send_errors += s.send_errors.load(Relaxed);
+            t.shed += s.shed.load(Relaxed);
         }
         t
     }
@@ -227,6 +236,7 @@ impl<B: Board> Collector for ServerCollector<B> {
                 ("error_reply_limit", self.errors.dropped()),
                 ("receive_error", t.receive_errors),
                 ("send_error", t.send_errors),
+                ("overload", t.shed),
             ];
             if let Some(n) = receive_queue_drops(&self.socket) {
                 reasons.push(("receive_queue_full", n));

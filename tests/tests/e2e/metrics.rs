@@ -80,6 +80,12 @@ fn requests_are_counted_by_type_and_reply_and_bytes_exactly() {
             s,
             "mboard_datagrams_dropped_total{reason=\"rate_limit\"}",
             0.0,
+        )?;
+        // A server that keeps up sheds nothing.
+        expect(
+            s,
+            "mboard_datagrams_dropped_total{reason=\"overload\"}",
+            0.0,
         )
     });
     let s = scrape(metrics).expect("scrape");

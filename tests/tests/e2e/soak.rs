@@ -207,8 +207,9 @@ fn handled_by_server(metrics: SocketAddr) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     println!(
-        "server: {handled} datagrams handled; dropped: {} over the rate limit, {} by the kernel (receive queue full); sessions: {} evicted unclaimed, {} reclaimed slow ({} of hosts over their share), {} expired; {} refused for a host's share",
+        "server: {handled} datagrams handled; dropped: {} over the rate limit, {} shed by a loop behind, {} by the kernel (receive queue full); sessions: {} evicted unclaimed, {} reclaimed slow ({} of hosts over their share), {} expired; {} refused for a host's share",
         series("mboard_datagrams_dropped_total{reason=\"rate_limit\"}"),
+        series("mboard_datagrams_dropped_total{reason=\"overload\"}"),
         series("mboard_datagrams_dropped_total{reason=\"receive_queue_full\"}"),
         series("mboard_sessions_evicted_total"),
         series("mboard_sessions_reclaimed_total{reason=\"slow\"}")

@@ -1,0 +1,208 @@
+//! Fair shedding when the server cannot keep up: the hosts sending most give way.
+//!
+//! A flood larger than the server can handle fills the socket's receive queue, and the
+//! kernel then drops datagrams at random, an honest client's as likely as the flood's: a
+//! host sending 95% of the traffic decides what everyone else loses. No per-source limit
+//! helps, since the flood comes from many ports (or spoofed addresses) and is only costly
+//! in sum. So each receive loop watches whether it keeps up — a loop that keeps up finds
+//! the queue empty now and then, a loop that does not never does — and while it does not,
+//! it drops the datagrams of every host past its share of the traffic before any work
+//! (no parse, no reply), which costs little more than the receive: the loop catches up,
+//! the queue stops overflowing, and the hosts within their share are answered.
+//!
+//! A host is shed only when others were seen lately (a lone host, say a benchmark, has
+//! nobody to give way to), and never below an equal share of the hosts seen: hosts that
+//! send alike lose alike to the kernel already.
+//!
+//! Shedding lasts a while after the loop last fell behind (`hold`), since the loop keeps up
+//! *because* it sheds; each time it stops shedding and falls behind again at once, the next
+//! hold is twice as long (up to [`MAX_HOLD`]), so a flood that lasts costs a probe's losses
+//! at ever longer intervals, and a burst that passed is forgotten.
+//!
+//! Sans-IO: [`Overload::admit`] and [`Overload::waited`] take `now`. One per receive loop,
+//! so no lock is shared; each loop sees its part of the traffic, which is enough to tell
+//! who sends most.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crate::session::HostKey;
+
+/// How long one count of the traffic lasts.
+const WINDOW: Duration = Duration::from_millis(50);
+/// How long the hosts seen are remembered: shedding needs someone to shed for, and a
+/// client that asks once a second is someone.
+const EPOCH: u32 = 20;
+/// Below this many datagrams a window, one loop is not overloaded whatever it finds.
+const MIN_ARRIVALS: u32 = 128;
+/// The first hold; each immediate relapse doubles it.
+const BASE_HOLD: Duration = Duration::from_secs(1);
+/// The longest hold.
+const MAX_HOLD: Duration = Duration::from_secs(32);
+/// Hosts counted in one window; the rest are let through (a table that grows with spoofed
+/// sources would be a cost of its own, and a host of one datagram is within any share).
+/// The hosts over their quota in one window are kept in the next one's table from the
+/// start, so filling the table does not hide them.
+const MAX_HOSTS: usize = 4_096;
+
+/// How the loops shed load, as configured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shedding {
+    /// The share of one loop's traffic that one host keeps while the loop is behind, in
+    /// percent (it keeps more if there are few hosts: never less than an equal share). 0
+    /// turns shedding off; 100 sheds nothing.
+    pub host_share: u8,
+}
+
+impl Default for Shedding {
+    /// A quarter, the same share of the session table and memory a host has.
+    fn default() -> Self {
+        Shedding { host_share: 25 }
+    }
+}
+
+/// One receive loop's watch over its load.
+#[derive(Debug)]
+pub(crate) struct Overload {
+    share: f64,
+    /// The window being counted.
+    started: Instant,
+    arrivals: u32,
+    waits: u32,
+    counts: HashMap<HostKey, u32>,
+    /// The hosts seen in this epoch's windows so far, and how many the last epoch saw.
+    seen: HashSet<HostKey>,
+    seen_before: usize,
+    windows: u32,
+    /// While shedding: until when, and how many datagrams a host may have a window.
+    shedding: Option<(Instant, u32)>,
+    /// When shedding last ended, to tell a relapse from a new overload.
+    ended: Option<Instant>,
+    hold: Duration,
+    /// Set when shedding begins (not when it is prolonged), for the loop to say so.
+    began: bool,
+}
+
+impl Overload {
+    /// A watch that starts counting at `now`.
+    pub(crate) fn new(shedding: Shedding, now: Instant) -> Self {
+        Overload {
+            share: f64::from(shedding.host_share.min(100)) / 100.0,
+            started: now,
+            arrivals: 0,
+            waits: 0,
+            counts: HashMap::new(),
+            seen: HashSet::new(),
+            seen_before: 0,
+            windows: 0,
+            shedding: None,
+            ended: None,
+            hold: BASE_HOLD,
+            began: false,
+        }
+    }
+
+    /// The loop found the socket's queue empty: it keeps up.
+    pub(crate) fn waited(&mut self) {
+        self.waits = self.waits.saturating_add(1);
+    }
+
+    /// Whether a datagram from `host`, received at `now`, is to be handled (else dropped
+    /// unanswered).
+    pub(crate) fn admit(&mut self, host: HostKey, now: Instant) -> bool {
+        if self.share <= 0.0 {
+            return true;
+        }
+        if now.saturating_duration_since(self.started) >= WINDOW {
+            self.roll(now);
+        }
+        self.arrivals = self.arrivals.saturating_add(1);
+        let full = self.counts.len() >= MAX_HOSTS;
+        let count = match self.counts.entry(host) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) if !full => e.insert(0),
+            Entry::Vacant(_) => return true,
+        };
+        *count += 1;
+        !self
+            .shedding
+            .is_some_and(|(until, quota)| now < until && *count > quota)
+    }
+
+    /// If shedding began since the last call: for how long, at first.
+    pub(crate) fn began(&mut self) -> Option<Duration> {
+        std::mem::take(&mut self.began).then_some(self.hold)
+    }
+
+    /// Whether the loop is shedding at `now`.
+    #[cfg(test)]
+    fn shedding(&self, now: Instant) -> bool {
+        self.shedding.is_some_and(|(until, _)| now < until)
+    }
+
+    /// Ends the window: decides from it whether to shed during the next, and how much.
+    fn roll(&mut self, now: Instant) {
+        let hosts = self.hosts_seen();
+        let behind = self.waits == 0 && self.arrivals >= MIN_ARRIVALS;
+        let arrivals = f64::from(self.arrivals);
+        // Never less than an equal share: when every host sends alike, random losses are
+        // already fair, and shedding would only add to them.
+        let quota = (arrivals * self.share).max(arrivals / hosts as f64).ceil() as u32;
+        if let Some((until, _)) = self.shedding.filter(|&(until, _)| now >= until) {
+            self.shedding = None;
+            self.ended = Some(until);
+        }
+        if behind && hosts > 1 {
+            let relapse = self
+                .ended
+                .is_some_and(|ended| now.saturating_duration_since(ended) <= 4 * WINDOW);
+            if relapse {
+                self.hold = (self.hold * 2).min(MAX_HOLD);
+            }
+            self.began |= self.shedding.is_none();
+            let until = self
+                .shedding
+                .map_or(now + self.hold, |(until, _)| until.max(now + self.hold));
+            self.shedding = Some((until, quota));
+        } else if let Some((until, _)) = self.shedding {
+            // Still shedding: the quota follows the traffic.
+            self.shedding = Some((until, quota));
+        } else if self
+            .ended
+            .is_some_and(|ended| now.saturating_duration_since(ended) > self.hold)
+        {
+            // Kept up for a whole hold without shedding: the overload has passed.
+            self.hold = BASE_HOLD;
+            self.ended = None;
+        }
+        self.started = now;
+        self.arrivals = 0;
+        self.waits = 0;
+        // The hosts that went past the quota stay in the table, so that sources sprayed
+        // to fill it cannot hide them.
+        self.counts.retain(|_, count| *count > quota);
+        self.counts.values_mut().for_each(|count| *count = 0);
+    }
+
+    /// The hosts seen lately (this epoch or the last), counting the window just ended in.
+    fn hosts_seen(&mut self) -> usize {
+        for host in self.counts.keys() {
+            if self.seen.len() >= MAX_HOSTS {
+                break;
+            }
+            self.seen.insert(*host);
+        }
+        let hosts = self.seen.len().max(self.seen_before).max(1);
+        self.windows += 1;
+        if self.windows >= EPOCH {
+            self.seen_before = self.seen.len();
+            self.seen.clear();
+            self.windows = 0;
+        }
+        hosts
+    }
+}
+
+#[cfg(test)]
+mod tests;

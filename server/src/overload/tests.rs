@@ -1,0 +1,193 @@
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::*;
+
+fn host(last: u8) -> HostKey {
+    HostKey::of(IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)))
+}
+
+/// The host that floods.
+fn flood() -> HostKey {
+    host(99)
+}
+
+/// Runs `windows` windows from `*now`, each with `traffic` (host, datagrams) interleaved
+/// evenly, the loop waiting once a window if `keeps_up`; returns what each host got through,
+/// in `traffic`'s order.
+fn drive(
+    o: &mut Overload,
+    now: &mut Instant,
+    windows: u32,
+    traffic: &[(HostKey, u32)],
+    keeps_up: bool,
+) -> Vec<u32> {
+    let mut admitted = vec![0; traffic.len()];
+    let total: u32 = traffic.iter().map(|t| t.1).sum();
+    for _ in 0..windows {
+        let step = WINDOW / total.max(1);
+        if keeps_up {
+            o.waited();
+        }
+        // Interleaved as a flood would arrive: each host in proportion.
+        let mut sent = vec![0; traffic.len()];
+        for i in 0..total {
+            let (k, (h, _)) = traffic
+                .iter()
+                .enumerate()
+                .filter(|(k, (_, n))| sent[*k] < *n)
+                .min_by_key(|(k, (_, n))| u64::from(sent[*k]) * u64::from(total) / u64::from(*n))
+                .expect("a host with datagrams left");
+            sent[k] += 1;
+            if o.admit(*h, *now + step * i) {
+                admitted[k] += 1;
+            }
+        }
+        *now += WINDOW;
+    }
+    admitted
+}
+
+fn start() -> (Overload, Instant) {
+    let now = Instant::now();
+    (Overload::new(Shedding::default(), now), now)
+}
+
+#[test]
+fn a_loop_that_keeps_up_sheds_nothing_however_lopsided_the_traffic() {
+    let (mut o, mut now) = start();
+    let traffic = [(flood(), 5_000), (host(1), 5)];
+    assert_eq!(drive(&mut o, &mut now, 40, &traffic, true), [200_000, 200]);
+}
+
+#[test]
+fn one_host_alone_is_never_shed_even_when_the_loop_is_behind() {
+    // A benchmark from one machine saturates the server with nobody to protect.
+    let (mut o, mut now) = start();
+    assert_eq!(
+        drive(&mut o, &mut now, 40, &[(host(1), 5_000)], false),
+        [200_000]
+    );
+}
+
+#[test]
+fn behind_the_flood_is_cut_to_its_share_and_the_quiet_host_loses_nothing() {
+    let (mut o, mut now) = start();
+    let traffic = [(flood(), 2_000), (host(1), 2), (host(2), 20)];
+    // The first window only counts; from then on the flood keeps a third (an equal share
+    // of three hosts is more than the configured quarter).
+    drive(&mut o, &mut now, 1, &traffic, false);
+    let got = drive(&mut o, &mut now, 10, &traffic, false);
+    assert_eq!(got[1..], [20, 200]);
+    let quota = (2_022f64 / 3.0).ceil() as u32;
+    assert_eq!(got[0], 10 * quota);
+}
+
+#[test]
+fn the_configured_share_applies_among_many_hosts() {
+    let (mut o, mut now) = start();
+    let mut traffic: Vec<(HostKey, u32)> = (1..=9).map(|i| (host(i), 10)).collect();
+    traffic.push((flood(), 1_000));
+    drive(&mut o, &mut now, 1, &traffic, false);
+    let got = drive(&mut o, &mut now, 4, &traffic, false);
+    assert!(got[..9].iter().all(|&n| n == 40), "{got:?}");
+    assert_eq!(got[9], 4 * (1_090f64 * 0.25).ceil() as u32);
+}
+
+#[test]
+fn shedding_lasts_its_hold_after_the_loop_catches_up_then_stops() {
+    let (mut o, mut now) = start();
+    let traffic = [(flood(), 1_000), (host(1), 1_000), (host(2), 10)];
+    drive(
+        &mut o,
+        &mut now,
+        1,
+        &[(flood(), 1_000), (host(2), 10)],
+        false,
+    );
+    // The window's count is judged when the next one's first datagram comes.
+    assert_eq!(o.began(), None);
+    assert!(o.admit(host(2), now));
+    assert_eq!(o.began(), Some(BASE_HOLD));
+    assert_eq!(o.began(), None, "said once");
+    // Caught up (thanks to the shedding): still shedding for the hold.
+    let windows = (BASE_HOLD.as_millis() / WINDOW.as_millis()) as u32;
+    drive(&mut o, &mut now, windows - 1, &traffic, true);
+    assert!(o.shedding(now));
+    drive(&mut o, &mut now, 2, &traffic, true);
+    assert!(!o.shedding(now));
+    assert_eq!(
+        drive(&mut o, &mut now, 2, &traffic, true),
+        [2_000, 2_000, 20]
+    );
+}
+
+#[test]
+fn each_relapse_doubles_the_hold_up_to_the_longest_and_calm_resets_it() {
+    let (mut o, mut now) = start();
+    let traffic = [(flood(), 1_000), (host(1), 10)];
+    let mut holds = Vec::new();
+    for _ in 0..8 {
+        // Behind until shedding begins, then caught up until it ends; then behind at once.
+        while o.began().is_none() {
+            drive(&mut o, &mut now, 1, &traffic, false);
+        }
+        holds.push(o.hold);
+        while o.shedding(now) {
+            drive(&mut o, &mut now, 1, &traffic, true);
+        }
+    }
+    let secs: Vec<u64> = holds.iter().map(Duration::as_secs).collect();
+    assert_eq!(secs, [1, 2, 4, 8, 16, 32, 32, 32]);
+    // Kept up for longer than a hold without shedding: the next overload starts afresh.
+    drive(&mut o, &mut now, 33 * 20, &traffic, true);
+    drive(&mut o, &mut now, 1, &traffic, false);
+    assert_eq!(o.began(), Some(BASE_HOLD));
+}
+
+#[test]
+fn hosts_that_send_alike_are_left_to_the_kernel() {
+    let (mut o, mut now) = start();
+    let traffic = [(host(1), 1_000), (host(2), 1_000)];
+    assert_eq!(
+        drive(&mut o, &mut now, 10, &traffic, false),
+        [10_000, 10_000]
+    );
+}
+
+#[test]
+fn a_share_of_zero_turns_shedding_off() {
+    let now = Instant::now();
+    let mut o = Overload::new(Shedding { host_share: 0 }, now);
+    let mut now = now;
+    let traffic = [(flood(), 2_000), (host(1), 2)];
+    assert_eq!(drive(&mut o, &mut now, 10, &traffic, false), [20_000, 20]);
+    assert_eq!(o.began(), None);
+}
+
+#[test]
+fn hosts_past_the_table_are_let_through() {
+    let (mut o, mut now) = start();
+    let t0 = now;
+    // Behind with two hosts, so shedding starts.
+    drive(
+        &mut o,
+        &mut now,
+        1,
+        &[(flood(), 1_000), (host(1), 10)],
+        false,
+    );
+    assert!(o.admit(host(1), now));
+    assert!(o.shedding(now));
+    // A window of spoofed sources filling the table: those past it are not counted.
+    let spoofed = (0..MAX_HOSTS as u32 + 10)
+        .map(|i| HostKey::of(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i))))
+        .collect::<Vec<_>>();
+    for (i, h) in spoofed.iter().enumerate() {
+        assert!(o.admit(*h, now + Duration::from_micros(i as u64)), "{i}");
+    }
+    assert!(o.counts.len() <= MAX_HOSTS);
+    assert!(now > t0);
+    // The flood, over its quota last window, was kept in the table: still held to it.
+    let shed = (0..1_000).filter(|_| !o.admit(flood(), now)).count();
+    assert!(shed > 0);
+}
