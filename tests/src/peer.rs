@@ -56,6 +56,10 @@ impl Peer {
 
     /// Waits up to `timeout` for one datagram.
     pub fn recv_within(&self, timeout: Duration) -> Option<Vec<u8>> {
+        // A zero timeout would mean "block forever" to the socket (and is refused).
+        if timeout.is_zero() {
+            return None;
+        }
         self.socket
             .set_read_timeout(Some(timeout))
             .expect("timeout");

@@ -296,7 +296,7 @@ fn soak(duration: Duration, at_least: f64) {
         share * 100.0
     );
     assert!(
-        downloads > 0.25,
+        downloads > 0.75,
         "only {:.1}% of downloads answered",
         downloads * 100.0
     );
@@ -324,8 +324,9 @@ fn soak(duration: Duration, at_least: f64) {
 fn flood_short() {
     // Three attackers flat out, and the checker times its answers under them.
     let _gate = gate::alone();
-    // A loose bound: five seconds of a debug build under three flat-out floods.
-    soak(Duration::from_secs(5), 0.5);
+    // Five seconds of a debug build under three flat-out floods: the loops shed the
+    // flooding host, so nearly all are answered (97–99% on a loaded 2-core machine).
+    soak(Duration::from_secs(5), 0.9);
 }
 
 #[test]
@@ -333,7 +334,6 @@ fn flood_short() {
 fn flood_soak_60s() {
     // Three attackers flat out, and the checker times its answers under them.
     let _gate = gate::alone();
-    // 99% is the aim (docs/SECURITY.md has the figures); on a shared two-core machine
-    // the flood decides most of what is lost.
-    soak(Duration::from_secs(60), 0.9);
+    // docs/SECURITY.md has the figures: 99.7% on a 2-core machine shared with builds.
+    soak(Duration::from_secs(60), 0.99);
 }
