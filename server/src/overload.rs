@@ -33,7 +33,7 @@ use crate::session::HostKey;
 const WINDOW: Duration = Duration::from_millis(50);
 /// How long the hosts seen are remembered: shedding needs someone to shed for, and a
 /// client that asks once a second is someone.
-const EPOCH: u32 = 20;
+const EPOCH: Duration = Duration::from_secs(1);
 /// Below this many datagrams a window, one loop is not overloaded whatever it finds.
 const MIN_ARRIVALS: u32 = 128;
 /// The first hold; each immediate relapse doubles it.
@@ -74,7 +74,7 @@ pub(crate) struct Overload {
     /// The hosts seen in this epoch's windows so far, and how many the last epoch saw.
     seen: HashSet<HostKey>,
     seen_before: usize,
-    windows: u32,
+    epoch_started: Instant,
     /// While shedding: until when, and how many datagrams a host may have a window.
     shedding: Option<(Instant, u32)>,
     /// When shedding last ended, to tell a relapse from a new overload.
@@ -95,7 +95,7 @@ impl Overload {
             counts: HashMap::new(),
             seen: HashSet::new(),
             seen_before: 0,
-            windows: 0,
+            epoch_started: now,
             shedding: None,
             ended: None,
             hold: BASE_HOLD,
@@ -143,7 +143,7 @@ impl Overload {
 
     /// Ends the window: decides from it whether to shed during the next, and how much.
     fn roll(&mut self, now: Instant) {
-        let hosts = self.hosts_seen();
+        let hosts = self.hosts_seen(now);
         let behind = self.waits == 0 && self.arrivals >= MIN_ARRIVALS;
         let arrivals = f64::from(self.arrivals);
         // Never less than an equal share: when every host sends alike, random losses are
@@ -154,9 +154,11 @@ impl Overload {
             self.ended = Some(until);
         }
         if behind && hosts > 1 {
-            let relapse = self
-                .ended
-                .is_some_and(|ended| now.saturating_duration_since(ended) <= 4 * WINDOW);
+            // Doubled once a relapse, when shedding begins again, not for each window.
+            let relapse = self.shedding.is_none()
+                && self
+                    .ended
+                    .is_some_and(|ended| now.saturating_duration_since(ended) <= 4 * WINDOW);
             if relapse {
                 self.hold = (self.hold * 2).min(MAX_HOLD);
             }
@@ -186,7 +188,7 @@ impl Overload {
     }
 
     /// The hosts seen lately (this epoch or the last), counting the window just ended in.
-    fn hosts_seen(&mut self) -> usize {
+    fn hosts_seen(&mut self, now: Instant) -> usize {
         for host in self.counts.keys() {
             if self.seen.len() >= MAX_HOSTS {
                 break;
@@ -194,11 +196,12 @@ impl Overload {
             self.seen.insert(*host);
         }
         let hosts = self.seen.len().max(self.seen_before).max(1);
-        self.windows += 1;
-        if self.windows >= EPOCH {
-            self.seen_before = self.seen.len();
+        let age = now.saturating_duration_since(self.epoch_started);
+        if age >= EPOCH {
+            // An epoch that ended long ago (the loop was idle) says nothing of now.
+            self.seen_before = if age < 2 * EPOCH { self.seen.len() } else { 0 };
             self.seen.clear();
-            self.windows = 0;
+            self.epoch_started = now;
         }
         hosts
     }

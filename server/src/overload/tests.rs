@@ -25,9 +25,6 @@ fn drive(
     let total: u32 = traffic.iter().map(|t| t.1).sum();
     for _ in 0..windows {
         let step = WINDOW / total.max(1);
-        if keeps_up {
-            o.waited();
-        }
         // Interleaved as a flood would arrive: each host in proportion.
         let mut sent = vec![0; traffic.len()];
         for i in 0..total {
@@ -38,6 +35,10 @@ fn drive(
                 .min_by_key(|(k, (_, n))| u64::from(sent[*k]) * u64::from(total) / u64::from(*n))
                 .expect("a host with datagrams left");
             sent[k] += 1;
+            // Once a window, midway, the loop finds the queue empty.
+            if keeps_up && i == total / 2 {
+                o.waited();
+            }
             if o.admit(*h, *now + step * i) {
                 admitted[k] += 1;
             }
@@ -141,6 +142,7 @@ fn each_relapse_doubles_the_hold_up_to_the_longest_and_calm_resets_it() {
     // Kept up for longer than a hold without shedding: the next overload starts afresh.
     drive(&mut o, &mut now, 33 * 20, &traffic, true);
     drive(&mut o, &mut now, 1, &traffic, false);
+    assert!(o.admit(host(1), now));
     assert_eq!(o.began(), Some(BASE_HOLD));
 }
 
@@ -190,4 +192,22 @@ fn hosts_past_the_table_are_let_through() {
     // The flood, over its quota last window, was kept in the table: still held to it.
     let shed = (0..1_000).filter(|_| !o.admit(flood(), now)).count();
     assert!(shed > 0);
+}
+
+#[test]
+fn hosts_seen_before_a_long_quiet_are_forgotten() {
+    let (mut o, mut now) = start();
+    // Two hosts, the loop keeping up; then a long quiet; then one host alone and behind.
+    drive(
+        &mut o,
+        &mut now,
+        30,
+        &[(host(1), 200), (host(2), 200)],
+        true,
+    );
+    now += Duration::from_secs(10);
+    drive(&mut o, &mut now, 1, &[(host(1), 1_000)], false);
+    let alone = drive(&mut o, &mut now, 40, &[(host(1), 1_000)], false);
+    assert_eq!(alone, [40_000]);
+    assert_eq!(o.began(), None);
 }
