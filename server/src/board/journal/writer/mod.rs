@@ -40,6 +40,8 @@ mod lost;
 mod metrics;
 mod retain;
 #[cfg(test)]
+mod retain_tests;
+#[cfg(test)]
 mod tests;
 
 use health::{Health, SharedState};
