@@ -338,6 +338,14 @@ fn config_file(text: &str) -> tempfile::NamedTempFile {
     file
 }
 
+/// The memory board and a durable one in `dir`, as a config file says them.
+fn stores_in_a_file(dir: &DataDir) -> [String; 2] {
+    [
+        "in-memory = true\n".to_owned(),
+        format!("data-dir = {:?}\n", dir.arg()),
+    ]
+}
+
 /// Rewrites `file` as `text`, sends SIGHUP, and waits for the log to say `until`.
 fn reload(server: &ServerProcess, file: &tempfile::NamedTempFile, text: &str, until: &str) {
     std::fs::write(file.path(), text).expect("rewrite config");
@@ -350,10 +358,7 @@ fn reload(server: &ServerProcess, file: &tempfile::NamedTempFile, text: &str, un
 fn sighup_lowers_and_raises_the_retention_on_both_stores() {
     let _gate = gate::plain();
     let dir = DataDir::new();
-    let stores = [
-        "in-memory = true\n".to_owned(),
-        format!("data-dir = {:?}\n", dir.arg()),
-    ];
+    let stores = stores_in_a_file(&dir);
     for store in stores {
         let file = config_file(&format!("{store}retain-messages = 10\n"));
         let path = file.path().to_str().expect("utf-8 path");
@@ -385,7 +390,12 @@ fn sighup_lowers_and_raises_the_retention_on_both_stores() {
         assert_eq!(p.ask_str("3:6"), "2:no longer kept");
 
         // Back to no limit at all.
-        reload(&server, &file, &store, "retain-messages: 100 → none, retain-bytes: 1GiB → (unset)");
+        reload(
+            &server,
+            &file,
+            &store,
+            "retain-messages: 100 → none, retain-bytes: 1GiB → (unset)",
+        );
         publish(&p, 100, 20);
         assert_eq!(kept(&p).len(), 108, "{store}");
         let log = server.log();
@@ -398,10 +408,7 @@ fn sighup_lowers_and_raises_the_retention_on_both_stores() {
 fn a_retention_that_cannot_work_on_sighup_keeps_the_old_one() {
     let _gate = gate::plain();
     let dir = DataDir::new();
-    let stores = [
-        "in-memory = true\n".to_owned(),
-        format!("data-dir = {:?}\n", dir.arg()),
-    ];
+    let stores = stores_in_a_file(&dir);
     for (i, store) in stores.iter().enumerate() {
         let file = config_file(&format!("{store}retain-messages = 5\n"));
         let path = file.path().to_str().expect("utf-8 path");

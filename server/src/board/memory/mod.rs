@@ -97,7 +97,10 @@ impl MemoryBoard {
 
     /// An empty board that keeps everything, remembering publish tokens within `limits`.
     pub fn with_tokens(limits: TokenLimits) -> Self {
-        Self::unstarted(limits, Retention::UNLIMITED)
+        let mut board = Self::unstarted(limits, Retention::UNLIMITED);
+        // No thread until a limit comes (by `set_retention`).
+        board.trims_itself = true;
+        board
     }
 
     /// An empty board remembering publish tokens within `limits` and keeping what

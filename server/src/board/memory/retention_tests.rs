@@ -357,28 +357,29 @@ fn a_lower_byte_limit_moves_the_busy_margin_at_once() {
 
 #[test]
 fn new_limits_are_trimmed_to_by_the_thread_started_for_them() {
-    let board =
-        MemoryBoard::with_limits(TokenLimits::default(), Retention::UNLIMITED).expect("board");
-    for i in 0..10 {
-        publish(&board, &format!("m{i}"));
+    let unlimited = MemoryBoard::with_limits(TokenLimits::default(), Retention::UNLIMITED);
+    for board in [unlimited.expect("board"), MemoryBoard::new()] {
+        for i in 0..10 {
+            publish(&board, &format!("m{i}"));
+        }
+        board
+            .set_retention(Retention {
+                messages: Some(3),
+                ..Retention::UNLIMITED
+            })
+            .expect("first limit");
+        until_ids(&board, &[7, 8, 9]);
+        // The thread slept until further notice; a new age limit wakes it.
+        board
+            .set_retention(Retention {
+                messages: Some(3),
+                age: Some(Duration::from_millis(1)),
+                ..Retention::UNLIMITED
+            })
+            .expect("age");
+        until_ids(&board, &[]);
+        assert_eq!(board.oldest().expect("oldest"), MessageId(10));
     }
-    board
-        .set_retention(Retention {
-            messages: Some(3),
-            ..Retention::UNLIMITED
-        })
-        .expect("first limit");
-    until_ids(&board, &[7, 8, 9]);
-    // The thread slept until further notice; a new age limit wakes it.
-    board
-        .set_retention(Retention {
-            messages: Some(3),
-            age: Some(Duration::from_millis(1)),
-            ..Retention::UNLIMITED
-        })
-        .expect("age");
-    until_ids(&board, &[]);
-    assert_eq!(board.oldest().expect("oldest"), MessageId(10));
 }
 
 #[test]

@@ -1,24 +1,14 @@
 //! Retention changed while the journal runs (a reload): lower limits are trimmed to by
 //! the writer, higher ones keep what is there, and what cannot change is refused.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use mboard_protocol::{MessageId, Timestamp};
 
 use super::super::JournalError;
 use super::super::testing::{TempDir, ids, open_with, publish_n, runtime};
+use super::tests::{keep, now};
 use crate::board::{Board, BoardError, Retention};
-
-fn keep(messages: u64) -> Retention {
-    Retention {
-        messages: Some(messages),
-        ..Retention::UNLIMITED
-    }
-}
-
-fn now() -> Timestamp {
-    Timestamp::from_system_time(SystemTime::now())
-}
 
 /// Waits until the writer has trimmed `j` to `want`, by itself.
 fn until_ids(j: &super::super::Journal, want: &[u64]) {
