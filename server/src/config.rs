@@ -147,6 +147,12 @@ pub enum ConfigError {
     /// A zero retention age would trim every message as soon as it is stored.
     #[error("retain age must be longer than zero")]
     RetainAge,
+    /// An age limit reloaded onto a journal started without one, whose index keeps no
+    /// publish times to weigh.
+    #[error(
+        "retain age cannot be set by a reload on a journal started without one (it keeps no publish times in memory); restart to set it"
+    )]
+    RetainAgeReload,
     /// A journal segment size outside what the journal can work with.
     #[error("segment size must be between {MIN_SEGMENT} and {MAX_SEGMENT} bytes, not {0}")]
     SegmentSize(u64),

@@ -68,17 +68,21 @@ struct Args {
 
     /// Keep only the newest N messages (`none`: no limit). Older ones are trimmed: `3:`
     /// answers them `2:no longer kept`, and their ids are never reused.
+    #[arg(help_heading = RELOADED)]
     #[arg(long, env = "MBOARD_RETAIN_MESSAGES", value_name = "N|none", default_value = "none", value_parser = parse_count)]
     retain_messages: Keep<u64>,
 
     /// Keep only the newest messages that fit in SIZE (`512MiB`; `none`: no limit): bytes
     /// on disk for the journal, bytes of memory for `--in-memory`. Default: none for the
     /// journal, 256MiB in memory.
+    #[arg(help_heading = RELOADED)]
     #[arg(long, env = "MBOARD_RETAIN_BYTES", value_name = "SIZE|none", value_parser = parse_bytes)]
     retain_bytes: Option<Keep<u64>>,
 
     /// Keep a message for at most this long after its publish (`7d`, `12h`; `none`: no
-    /// limit), by the server's clock.
+    /// limit), by the server's clock. On the journal, a reload can set it only if the
+    /// server started with one.
+    #[arg(help_heading = RELOADED)]
     #[arg(long, env = "MBOARD_RETAIN_AGE", value_name = "DURATION|none", default_value = "none", value_parser = parse_age)]
     retain_age: Keep<std::time::Duration>,
 
@@ -359,8 +363,12 @@ fn serve() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
-        let (reloads, reloader) = cli::Reloader::new(options, logging, &config, |args| {
-            let args = Args::from_arg_matches(args)?;
+        let in_memory = args.in_memory;
+        let (reloads, reloader) = cli::Reloader::new(options, logging, &config, move |args| {
+            let mut args = Args::from_arg_matches(args)?;
+            // The store takes a restart, so the reloaded limits (`--retain-bytes`'s
+            // default above all) are those of the store the server runs.
+            args.in_memory = in_memory;
             Ok(cli::Loaded {
                 config: checked_config(&args)?,
                 log_level: args.log_level,
@@ -580,14 +588,14 @@ mod tests {
     fn the_options_under_the_reload_heading_are_the_ones_a_reload_changes() {
         let heading = |a: &clap::Arg| a.get_help_heading() == Some(RELOADED);
         let reloaded: Vec<_> = options().into_iter().filter(heading).collect();
-        assert!(reloaded.len() >= 6, "{reloaded:?}");
+        assert!(reloaded.len() >= 9, "{reloaded:?}");
         let base = Args::try_parse_from(["mboard-server", "--in-memory"]).expect("parse");
         for arg in reloaded {
             let long = format!("--{}", arg.get_long().expect("long"));
-            let value = if arg.get_id() == "log_level" {
-                "debug"
-            } else {
-                "5"
+            let value = match arg.get_id().as_str() {
+                "log_level" => "debug",
+                "retain_age" => "5s",
+                _ => "5",
             };
             let args = Args::try_parse_from(["mboard-server", "--in-memory", &long, value])
                 .expect("parse");

@@ -139,6 +139,8 @@ pub async fn serve<B: Board>(
     let first = Reloadable {
         rate_limit,
         error_limit,
+        // Never applied: nobody reloads this server, and the board keeps its own limits.
+        retention: crate::board::Retention::UNLIMITED,
     };
     let settings = Settings {
         workers,
@@ -179,11 +181,17 @@ async fn serve_with<B: Board>(
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(report_drops(shared.limiter.clone()));
+    let board = handler.clone();
     let targets = Targets {
         limiter: shared.limiter.clone(),
         errors: shared.errors.clone(),
+        retention: Box::new(move |retention| board.board().set_retention(retention)),
     };
-    tasks.spawn(reload::apply_reloads(settings.reloads, targets));
+    tasks.spawn(reload::apply_reloads(
+        settings.reloads,
+        settings.first.clone(),
+        targets,
+    ));
     if let Some(interval) = settings.summary_interval.filter(|i| !i.is_zero()) {
         tasks.spawn(access::summaries(shared.access_sources(&handler), interval));
     }

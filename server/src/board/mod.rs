@@ -201,6 +201,17 @@ pub trait Board: Send + Sync + 'static {
         None
     }
 
+    /// Keeps what `retention` allows from now on (a reload): a lower limit is trimmed to
+    /// soon by the store's own trimming, never on the caller's thread; a higher one keeps
+    /// what is there. A store that cannot change its limits while it runs says so, and
+    /// keeps the ones it has.
+    fn set_retention(&self, retention: Retention) -> Result<(), BoardError> {
+        let _ = retention;
+        Err(BoardError::Unsupported(
+            "change its retention while it runs",
+        ))
+    }
+
     /// The oldest id kept: every id below it was trimmed by retention. A store that never
     /// trims keeps everything from 0.
     fn oldest(&self) -> Result<MessageId, BoardError> {

@@ -23,6 +23,8 @@ pub(crate) struct Reloader<F> {
     started: Options,
     /// The options last taken on.
     applied: Options,
+    /// The configuration the server started with: what a reload can change depends on it.
+    first: Config,
     logging: Logging,
     settings: watch::Sender<Reloadable>,
     load: F,
@@ -44,6 +46,7 @@ where
         let reloader = Reloader {
             started: options.clone(),
             applied: options,
+            first: config.clone(),
             logging,
             settings,
             load,
@@ -102,8 +105,8 @@ where
     fn try_reload(&mut self) -> anyhow::Result<Changes> {
         let newer = self.applied.reread()?;
         let loaded = (self.load)(newer.matches())?;
+        let settings = self.first.reload_to(&loaded.config)?;
         self.logging.set(loaded.log_level.as_deref())?;
-        let settings = loaded.config.reloadable();
         self.settings.send_if_modified(|current| {
             let changed = *current != settings;
             *current = settings;

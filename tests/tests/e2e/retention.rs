@@ -330,3 +330,122 @@ fn retention_options_take_environment_variables_and_refuse_what_cannot_work() {
     assert_eq!(code, Some(2), "clap refuses a bad size: {log}");
     assert!(log.contains("\"lots\" is not a size"), "{log}");
 }
+
+/// A config file holding `text`.
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), text).expect("write config");
+    file
+}
+
+/// The memory board and a durable one in `dir`, as a config file says them.
+fn stores_in_a_file(dir: &DataDir) -> [String; 2] {
+    [
+        "in-memory = true\n".to_owned(),
+        format!("data-dir = {:?}\n", dir.arg()),
+    ]
+}
+
+/// Rewrites `file` as `text`, sends SIGHUP, and waits for the log to say `until`.
+fn reload(server: &ServerProcess, file: &tempfile::NamedTempFile, text: &str, until: &str) {
+    std::fs::write(file.path(), text).expect("rewrite config");
+    server.signal("HUP");
+    let log = server.log_until(until, Duration::from_secs(10));
+    assert!(log.contains(until), "{until}: {log}");
+}
+
+#[test]
+fn sighup_lowers_and_raises_the_retention_on_both_stores() {
+    let _gate = gate::plain();
+    let dir = DataDir::new();
+    let stores = stores_in_a_file(&dir);
+    for store in stores {
+        let file = config_file(&format!("{store}retain-messages = 10\n"));
+        let path = file.path().to_str().expect("utf-8 path");
+        let server = ServerProcess::must_start(&["--config", path]);
+        let p = Peer::new(server.addr);
+        publish(&p, 10, 20);
+        assert_eq!(kept(&p), (0..10).collect::<Vec<_>>(), "{store}");
+
+        reload(
+            &server,
+            &file,
+            &format!("{store}retain-messages = 3\n"),
+            "changed=retain-messages: 10 → 3",
+        );
+        // Trimmed without another publish: by the store's own trimming.
+        until_kept(&p, &[7, 8, 9]);
+        trimmed_answers(&p, 7, 10);
+        assert!(p.ask_str("3:7").starts_with("0:"), "{store}");
+
+        reload(
+            &server,
+            &file,
+            &format!("{store}retain-messages = 100\nretain-bytes = \"1GiB\"\n"),
+            "changed=retain-messages: 3 → 100, retain-bytes: (unset) → 1GiB",
+        );
+        assert_eq!(publish(&p, 5, 20), (10..15).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(kept(&p), (7..15).collect::<Vec<_>>(), "nothing comes back");
+        assert_eq!(p.ask_str("3:6"), "2:no longer kept");
+
+        // Back to no limit at all.
+        reload(
+            &server,
+            &file,
+            &store,
+            "retain-messages: 100 → none, retain-bytes: 1GiB → (unset)",
+        );
+        publish(&p, 100, 20);
+        assert_eq!(kept(&p).len(), 108, "{store}");
+        let log = server.log();
+        assert!(!log.contains("take a restart"), "{log}");
+        assert!(!log.contains("ERROR"), "{log}");
+    }
+}
+
+#[test]
+fn a_retention_that_cannot_work_on_sighup_keeps_the_old_one() {
+    let _gate = gate::plain();
+    let dir = DataDir::new();
+    let stores = stores_in_a_file(&dir);
+    for (i, store) in stores.iter().enumerate() {
+        let file = config_file(&format!("{store}retain-messages = 5\n"));
+        let path = file.path().to_str().expect("utf-8 path");
+        let server = ServerProcess::must_start(&["--config", path]);
+        let p = Peer::new(server.addr);
+        let mut refusals = vec![
+            (
+                "retain-messages = 0\n",
+                "invalid configuration: retain messages must be at least 1",
+            ),
+            (
+                "retain-messages = 2\nretain-bytes = \"1MiB\"\n",
+                "invalid configuration: retain bytes must be at least the max request size (16777216 bytes), not 1048576",
+            ),
+            (
+                "retain-messages = 2\nretain-age = \"0s\"\n",
+                "invalid configuration: retain age must be longer than zero",
+            ),
+        ];
+        if i == 1 {
+            refusals.push((
+                "retain-messages = 2\nretain-age = \"1h\"\n",
+                "retain age cannot be set by a reload on a journal started without one (it keeps no publish times in memory); restart to set it",
+            ));
+        }
+        for (text, why) in refusals {
+            let line = format!("SIGHUP: config file not reloaded, nothing changed: {why}");
+            reload(&server, &file, &format!("{store}{text}"), &line);
+            let log = server.log();
+            let errors: Vec<_> = log.lines().filter(|l| l.contains(why)).collect();
+            assert_eq!(errors.len(), 1, "one line: {log}");
+            assert!(errors[0].contains("ERROR"), "{}", errors[0]);
+        }
+        publish(&p, 10, 20);
+        until_kept(&p, &[5, 6, 7, 8, 9]);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(kept(&p), vec![5, 6, 7, 8, 9], "still five: {store}");
+        assert!(!server.log().contains("config file reloaded"));
+    }
+}

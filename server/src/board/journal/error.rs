@@ -78,6 +78,10 @@ pub enum JournalError {
     /// The journal writer has stopped (the server is shutting down).
     #[error("journal closed")]
     Closed,
+    /// An age limit asked of a running journal that started without one: its index keeps
+    /// no publish times to weigh.
+    #[error("a retain age takes a restart on a journal started without one")]
+    AgeNeedsRestart,
 }
 
 impl From<JournalError> for BoardError {

@@ -92,6 +92,11 @@ impl Index {
         }
     }
 
+    /// Whether it keeps publish times, which an age limit needs.
+    pub(super) fn timed(&self) -> bool {
+        self.times.is_some()
+    }
+
     pub(super) fn sums(&self) -> &Sums {
         &self.sums
     }

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use mboard_protocol::{Entry, Message, MessageId, PublishToken, Timestamp};
 use prometheus_client::registry::Registry;
 
+use super::retention::Retention;
 use super::tokens::{TokenCounts, Tokens};
 use super::{Board, BoardError, Published, Span, Status};
 use format::{Check, Kind, MAX_TEXT, Place, RECORD_HEAD, Salt, record_at};
@@ -253,6 +254,16 @@ impl Board for Journal {
 
     fn tokens(&self) -> Option<TokenCounts> {
         Some(self.tokens.counts())
+    }
+
+    /// Hands the limits to the writer, which trims to them as soon as it has written the
+    /// batch at hand. An age limit needs the publish times that only a journal started
+    /// with one keeps, so it is refused on one started without.
+    fn set_retention(&self, retention: Retention) -> Result<(), BoardError> {
+        if retention.age.is_some() && !self.index()?.timed() {
+            return Err(JournalError::AgeNeedsRestart.into());
+        }
+        Ok(self.writer.set_retention(retention)?)
     }
 
     fn oldest(&self) -> Result<MessageId, BoardError> {

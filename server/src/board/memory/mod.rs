@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -39,6 +39,9 @@ struct Inner {
     bytes: u64,
     /// Messages trimmed since the board was created.
     trimmed: u64,
+    /// The limits, under the lock the publishes and the trimming thread take anyway, so
+    /// a reload changes them for both at once.
+    retention: Retention,
 }
 
 impl Inner {
@@ -72,9 +75,11 @@ fn cost(text: &Bytes) -> u64 {
 pub struct MemoryBoard {
     inner: Arc<RwLock<Inner>>,
     tokens: Tokens,
-    retention: Retention,
-    /// `None` without limits, and in tests that trim by hand.
-    trimmer: Option<Trimmer>,
+    /// Started with the first limit (at creation or by [`Board::set_retention`]).
+    trimmer: OnceLock<Trimmer>,
+    /// Whether the board starts its trimming thread itself: not in tests that trim by
+    /// hand.
+    trims_itself: bool,
 }
 
 impl Default for MemoryBoard {
@@ -92,27 +97,45 @@ impl MemoryBoard {
 
     /// An empty board that keeps everything, remembering publish tokens within `limits`.
     pub fn with_tokens(limits: TokenLimits) -> Self {
-        Self::unstarted(limits, Retention::UNLIMITED)
+        let mut board = Self::unstarted(limits, Retention::UNLIMITED);
+        // No thread until a limit comes (by `set_retention`).
+        board.trims_itself = true;
+        board
     }
 
     /// An empty board remembering publish tokens within `limits` and keeping what
     /// `retention` allows, trimmed by a thread of its own (which this starts).
     pub fn with_limits(limits: TokenLimits, retention: Retention) -> std::io::Result<Self> {
         let mut board = Self::unstarted(limits, retention);
-        if retention.is_limited() {
-            board.trimmer = Some(Trimmer::start(board.inner.clone(), retention)?);
-        }
+        board.trims_itself = true;
+        board.start_trimmer(retention)?;
         Ok(board)
     }
 
     /// A board with these limits whose trimming is left to the caller ([`Self::trim`]).
     pub(crate) fn unstarted(limits: TokenLimits, retention: Retention) -> Self {
-        MemoryBoard {
-            inner: Arc::default(),
-            tokens: Tokens::new(limits),
+        let inner = Inner {
             retention,
-            trimmer: None,
+            ..Inner::default()
+        };
+        MemoryBoard {
+            inner: Arc::new(RwLock::new(inner)),
+            tokens: Tokens::new(limits),
+            trimmer: OnceLock::new(),
+            trims_itself: false,
         }
+    }
+
+    /// Starts the trimming thread once there is something to trim to (the board trims
+    /// itself, and has no thread yet).
+    fn start_trimmer(&self, retention: Retention) -> std::io::Result<()> {
+        if self.trims_itself && retention.is_limited() && self.trimmer.get().is_none() {
+            let trimmer = Trimmer::start(self.inner.clone())?;
+            // Reloads come one at a time, so no other thread can have set it meanwhile;
+            // if one had, this one is dropped, which stops it.
+            let _ = self.trimmer.set(trimmer);
+        }
+        Ok(())
     }
 
     fn read(&self) -> Result<RwLockReadGuard<'_, Inner>, BoardError> {
@@ -124,13 +147,13 @@ impl MemoryBoard {
     /// tests call it with a clock of their own.
     #[cfg(test)]
     pub(crate) fn trim(&self, now: Timestamp) -> Result<Option<Timestamp>, BoardError> {
-        trimmer::trim(&self.inner, &self.retention, now)
+        trimmer::trim(&self.inner, now)
     }
 
     /// Appends a message; returns its id and time.
     fn store(&self, from: SocketAddr, text: Bytes) -> Result<(MessageId, Timestamp), BoardError> {
         let mut inner = self.inner.write().map_err(|_| BoardError::Poisoned)?;
-        if let Some(limit) = self.retention.bytes
+        if let Some(limit) = inner.retention.bytes
             && inner.bytes > limit.saturating_add(limit / 4)
         {
             drop(inner);
@@ -147,10 +170,9 @@ impl MemoryBoard {
             .push(Message::record_len_of(id, time, from, text.len()) as u64);
         inner.bytes += cost(&text);
         inner.entries.push_back(Entry { time, from, text });
-        let over = self
-            .retention
-            .size_exceeded(inner.entries.len() as u64, inner.bytes)
-            || (was_empty && self.retention.age.is_some());
+        let retention = inner.retention;
+        let over = retention.size_exceeded(inner.entries.len() as u64, inner.bytes)
+            || (was_empty && retention.age.is_some());
         drop(inner);
         if over {
             self.wake_trimmer();
@@ -159,7 +181,7 @@ impl MemoryBoard {
     }
 
     fn wake_trimmer(&self) {
-        if let Some(trimmer) = &self.trimmer {
+        if let Some(trimmer) = self.trimmer.get() {
             trimmer.wake();
         }
     }
@@ -188,6 +210,19 @@ impl Board for MemoryBoard {
 
     fn tokens(&self) -> Option<TokenCounts> {
         Some(self.tokens.counts())
+    }
+
+    /// The new limits hold for publishes at once; what a lower one no longer allows is
+    /// trimmed by the trimming thread (started now if the board had no limit before).
+    fn set_retention(&self, retention: Retention) -> Result<(), BoardError> {
+        self.start_trimmer(retention)
+            .map_err(|e| BoardError::Storage(Box::new(e)))?;
+        self.inner
+            .write()
+            .map_err(|_| BoardError::Poisoned)?
+            .retention = retention;
+        self.wake_trimmer();
+        Ok(())
     }
 
     fn oldest(&self) -> Result<MessageId, BoardError> {

@@ -273,3 +273,142 @@ fn dropping_a_board_stops_its_thread() {
     drop(board);
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// Waits until the trimming thread has brought `board` to `want`.
+fn until_ids(board: &MemoryBoard, want: &[u64]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ids(board) != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kept {:?}, want {want:?}",
+            ids(board)
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_lower_limit_trims_and_a_higher_one_keeps_what_is_there() {
+    let board = manual(Retention {
+        messages: Some(5),
+        ..Retention::UNLIMITED
+    });
+    for i in 0..5 {
+        publish(&board, &format!("m{i}"));
+    }
+    board
+        .set_retention(Retention {
+            messages: Some(2),
+            ..Retention::UNLIMITED
+        })
+        .expect("lower");
+    assert_eq!(ids(&board).len(), 5, "the trimming does it, not the caller");
+    board.trim(now()).expect("trim");
+    assert_eq!(ids(&board), vec![3, 4]);
+    board
+        .set_retention(Retention {
+            messages: Some(10),
+            ..Retention::UNLIMITED
+        })
+        .expect("raise");
+    for i in 5..9 {
+        publish(&board, &format!("m{i}"));
+    }
+    board.trim(now()).expect("trim");
+    assert_eq!(
+        ids(&board),
+        (3..9).collect::<Vec<_>>(),
+        "nothing comes back"
+    );
+    assert_eq!(board.status().expect("status").trimmed, 3);
+    board.set_retention(Retention::UNLIMITED).expect("none");
+    board.trim(now()).expect("trim");
+    assert_eq!(ids(&board).len(), 6);
+}
+
+#[test]
+fn a_lower_byte_limit_moves_the_busy_margin_at_once() {
+    let board = manual(Retention::UNLIMITED);
+    for _ in 0..8 {
+        publish(&board, &"q".repeat(1_000));
+    }
+    board
+        .set_retention(Retention {
+            bytes: Some(4 * (1_000 + ENTRY_COST)),
+            ..Retention::UNLIMITED
+        })
+        .expect("lower");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let text = Bytes::from(vec![b'q'; 1_000]);
+    let refused = rt.block_on(board.publish(from(), text.clone()));
+    assert!(
+        matches!(refused, Err(BoardError::Refused(Refusal::Busy))),
+        "twice the new limit: {refused:?}"
+    );
+    board.trim(now()).expect("trim");
+    assert_eq!(ids(&board), vec![4, 5, 6, 7]);
+    assert_eq!(
+        rt.block_on(board.publish(from(), text)).ok(),
+        Some(MessageId(8))
+    );
+}
+
+#[test]
+fn new_limits_are_trimmed_to_by_the_thread_started_for_them() {
+    let unlimited = MemoryBoard::with_limits(TokenLimits::default(), Retention::UNLIMITED);
+    for board in [unlimited.expect("board"), MemoryBoard::new()] {
+        for i in 0..10 {
+            publish(&board, &format!("m{i}"));
+        }
+        board
+            .set_retention(Retention {
+                messages: Some(3),
+                ..Retention::UNLIMITED
+            })
+            .expect("first limit");
+        until_ids(&board, &[7, 8, 9]);
+        // The thread slept until further notice; a new age limit wakes it.
+        board
+            .set_retention(Retention {
+                messages: Some(3),
+                age: Some(Duration::from_millis(1)),
+                ..Retention::UNLIMITED
+            })
+            .expect("age");
+        until_ids(&board, &[]);
+        assert_eq!(board.oldest().expect("oldest"), MessageId(10));
+    }
+}
+
+#[test]
+fn a_running_thread_takes_a_lower_limit_at_once() {
+    let board = MemoryBoard::with_limits(
+        TokenLimits::default(),
+        Retention {
+            messages: Some(100),
+            ..Retention::UNLIMITED
+        },
+    )
+    .expect("board");
+    for i in 0..50 {
+        publish(&board, &format!("m{i}"));
+    }
+    board
+        .set_retention(Retention {
+            messages: Some(5),
+            ..Retention::UNLIMITED
+        })
+        .expect("lower");
+    until_ids(&board, &[45, 46, 47, 48, 49]);
+    board
+        .set_retention(Retention {
+            messages: Some(100),
+            ..Retention::UNLIMITED
+        })
+        .expect("raise");
+    publish(&board, "m50");
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(ids(&board), (45..51).collect::<Vec<_>>());
+}

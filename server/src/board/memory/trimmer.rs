@@ -9,7 +9,6 @@ use mboard_protocol::Timestamp;
 
 use super::{Inner, cost};
 use crate::board::BoardError;
-use crate::board::retention::Retention;
 
 /// Messages trimmed under one hold of the lock, so readers wait microseconds at most.
 const TRIM_CHUNK: usize = 4_096;
@@ -18,16 +17,13 @@ const TRIM_CHUNK: usize = 4_096;
 /// count or byte limit for about this long at most.
 const BATCH_WAIT: Duration = Duration::from_millis(1);
 
-/// Trims `inner` down to what `retention` allows at `now`, a chunk at a time; the texts
+/// Trims `inner` down to what its retention allows at `now`, a chunk at a time; the texts
 /// are freed outside the lock.
-pub(super) fn trim(
-    inner: &RwLock<Inner>,
-    retention: &Retention,
-    now: Timestamp,
-) -> Result<Option<Timestamp>, BoardError> {
+pub(super) fn trim(inner: &RwLock<Inner>, now: Timestamp) -> Result<Option<Timestamp>, BoardError> {
     loop {
         let mut guard: RwLockWriteGuard<'_, Inner> =
             inner.write().map_err(|_| BoardError::Poisoned)?;
+        let retention = guard.retention;
         let mut gone = Vec::new();
         while gone.len() < TRIM_CHUNK && retention.exceeded(guard.held(), now) {
             let Some(entry) = guard.entries.pop_front() else {
@@ -52,7 +48,8 @@ pub(super) fn trim(
 }
 
 /// The thread that trims a memory board: woken by publishes that take it over a count or
-/// byte limit, and by the clock when its oldest message passes the age limit.
+/// byte limit, by new limits, and by the clock when its oldest message passes the age
+/// limit.
 #[derive(Debug)]
 pub(super) struct Trimmer {
     shared: Arc<TrimShared>,
@@ -68,10 +65,7 @@ struct TrimShared {
 }
 
 impl Trimmer {
-    pub(super) fn start(
-        inner: Arc<RwLock<Inner>>,
-        retention: Retention,
-    ) -> std::io::Result<Trimmer> {
+    pub(super) fn start(inner: Arc<RwLock<Inner>>) -> std::io::Result<Trimmer> {
         let shared = Arc::new(TrimShared::default());
         let state = shared.clone();
         let thread = std::thread::Builder::new()
@@ -87,7 +81,7 @@ impl Trimmer {
                     }
                     state.wanted.store(false, Ordering::Release);
                     let now = Timestamp::from_system_time(SystemTime::now());
-                    let next = match trim(&inner, &retention, now) {
+                    let next = match trim(&inner, now) {
                         Ok(next) => next,
                         Err(_) => return,
                     };

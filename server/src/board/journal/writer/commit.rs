@@ -178,6 +178,8 @@ impl Writer {
                     self.tick(now);
                     let _ = done.send(());
                 }
+                // Trimmed to by the tick below.
+                Some(Job::Retain(retention)) => self.retention = retention,
                 #[cfg(test)]
                 Some(Job::Stall(until)) => {
                     let _ = until.recv();

@@ -40,6 +40,8 @@ mod lost;
 mod metrics;
 mod retain;
 #[cfg(test)]
+mod retain_tests;
+#[cfg(test)]
 mod tests;
 
 use health::{Health, SharedState};
@@ -66,6 +68,8 @@ enum Job {
     Publish(Pending),
     /// Trim by this clock (tests' manual clock), then answer.
     Trim(Timestamp, oneshot::Sender<()>),
+    /// Keep what these limits allow from now on.
+    Retain(Retention),
     /// Block until the sender is dropped: a disk that stalls, for tests.
     #[cfg(test)]
     Stall(mpsc::Receiver<()>),
@@ -174,6 +178,15 @@ impl Handle {
             .send(Job::Trim(now, done))
             .map_err(|_| JournalError::Closed)?;
         finished.await.map_err(|_| JournalError::Closed)
+    }
+
+    /// Has the writer keep what `retention` allows, from the next job on; it trims to it
+    /// at once.
+    pub(super) fn set_retention(&self, retention: Retention) -> Result<(), JournalError> {
+        let queue = self.queue.as_ref().ok_or(JournalError::Closed)?;
+        queue
+            .send(Job::Retain(retention))
+            .map_err(|_| JournalError::Closed)
     }
 
     /// Queues a publish without waiting for it: the receiver gets the answer.

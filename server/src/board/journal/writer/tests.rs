@@ -16,14 +16,14 @@ use super::super::testing::{
 use super::super::{Fsync, Journal, JournalConfig};
 use crate::board::{Board, BoardError, Published, Refusal, Retention, StoreState, TokenLimits};
 
-fn keep(messages: u64) -> Retention {
+pub(super) fn keep(messages: u64) -> Retention {
     Retention {
         messages: Some(messages),
         ..Retention::UNLIMITED
     }
 }
 
-fn now() -> Timestamp {
+pub(super) fn now() -> Timestamp {
     Timestamp::from_system_time(SystemTime::now())
 }
 
