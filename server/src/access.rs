@@ -105,6 +105,7 @@ impl<B: Board> Sources<B> {
                 + self.errors.dropped()
                 + t.receive_errors
                 + t.send_errors
+                + t.shed
                 + receive_queue_drops(&self.socket).unwrap_or(0),
             bytes_in: t.received_bytes,
             bytes_out: t.sent_bytes,
@@ -120,7 +121,9 @@ pub(crate) async fn summaries<B: Board>(
 ) -> std::io::Result<()> {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut before = sources.counts();
+    // From zero, not from a first reading: this task may start after the first requests
+    // were answered (a busy machine), and they belong in the first summary.
+    let mut before = Counts::default();
     loop {
         tick.tick().await;
         let now = sources.counts();
