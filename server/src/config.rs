@@ -92,10 +92,10 @@ impl Default for Limits {
 
 /// Replies up to this size go to any address: session opens, acknowledgements, errors and
 /// download offers all fit, so a client can always reach the step that validates it.
-pub const AMPLIFICATION_FLOOR: usize = 64;
+pub(crate) const AMPLIFICATION_FLOOR: usize = 64;
 
 /// The smallest `max_datagram` allowed: room for an offer, an error and a useful block.
-pub const MIN_DATAGRAM: usize = 128;
+pub(crate) const MIN_DATAGRAM: usize = 128;
 
 /// A configuration value that cannot work.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -152,9 +152,9 @@ pub enum ConfigError {
 }
 
 /// The smallest journal segment: smaller ones would mean a file per few messages.
-pub const MIN_SEGMENT: u64 = 64 * 1024;
+pub(crate) const MIN_SEGMENT: u64 = 64 * 1024;
 /// The largest journal segment (1 TiB).
-pub const MAX_SEGMENT: u64 = 1 << 40;
+pub(crate) const MAX_SEGMENT: u64 = 1 << 40;
 
 /// The byte limit on the memory board unless `--retain-bytes` says otherwise: 256 MiB, the
 /// default session memory, so a flood cannot take the machine's memory and a `4:0` of the
@@ -205,7 +205,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 impl Retention {
     /// Checks that the limits keep at least the newest message of any allowed size.
-    pub fn validate(&self, limits: &Limits) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, limits: &Limits) -> Result<(), ConfigError> {
         if self.messages == Some(0) {
             return Err(ConfigError::Zero("retain messages"));
         }
@@ -227,7 +227,7 @@ impl Retention {
 
 /// What a [`RateLimit`]'s parts are called in its error messages.
 #[derive(Debug, Clone, Copy)]
-pub struct RateNames {
+pub(crate) struct RateNames {
     /// The rate, e.g. `rate limit`.
     pub rate: &'static str,
     /// The burst, e.g. `rate burst`.
@@ -238,7 +238,7 @@ pub struct RateNames {
 
 impl RateLimit {
     /// Checks that the limit is a number and, when on, lets at least one datagram through.
-    pub fn validate(&self, names: RateNames) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, names: RateNames) -> Result<(), ConfigError> {
         if !(self.rate.is_finite() && self.rate >= 0.0) {
             return Err(ConfigError::Rate(names.rate, self.rate));
         }
@@ -281,7 +281,7 @@ impl Config {
 
 impl Limits {
     /// Checks that the limits can serve at least one session.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if !(MIN_DATAGRAM..=MAX_DATAGRAM).contains(&self.max_datagram) {
             return Err(ConfigError::Datagram(self.max_datagram));
         }
@@ -338,7 +338,7 @@ impl Limits {
 
     /// The most bytes an unvalidated `from` may be sent for a request of `request_len`
     /// bytes, or `None` when the rule does not apply to it.
-    pub fn amplification_allowance(
+    pub(crate) fn amplification_allowance(
         &self,
         from: std::net::SocketAddr,
         request_len: usize,
@@ -355,7 +355,7 @@ impl Limits {
     }
 
     /// Block size of download offers: a `g:` reply with the widest index still fits.
-    pub fn download_block_size(&self) -> usize {
+    pub(crate) fn download_block_size(&self) -> usize {
         self.max_datagram - DATA_HEADER_MAX
     }
 }

@@ -41,7 +41,7 @@ impl Default for TokenLimits {
 
 /// What the table knows of a token.
 #[derive(Debug)]
-pub enum Claim {
+pub(super) enum Claim {
     /// Not seen within the window: publish it (the token is now pending).
     New,
     /// Its publish is still being stored: the receiver turns `Some(id)` once it is, and
@@ -61,7 +61,7 @@ struct Slot {
 /// Tokens published within the window, oldest first, bounded in number; and the tokens
 /// whose publish is under way.
 #[derive(Debug)]
-pub struct TokenTable {
+pub(super) struct TokenTable {
     window_micros: u64,
     max_tokens: usize,
     published: HashMap<PublishToken, Slot>,
@@ -88,7 +88,7 @@ pub struct TokenCounts {
 
 impl TokenTable {
     /// An empty table with these limits.
-    pub fn new(limits: TokenLimits) -> Self {
+    pub(super) fn new(limits: TokenLimits) -> Self {
         TokenTable {
             window_micros: u64::try_from(limits.window.as_micros()).unwrap_or(u64::MAX),
             max_tokens: limits.max_tokens.max(1),
@@ -100,7 +100,7 @@ impl TokenTable {
     }
 
     /// Counts for metrics, as of the last call that was given the time.
-    pub fn counts(&self) -> TokenCounts {
+    pub(super) fn counts(&self) -> TokenCounts {
         TokenCounts {
             held: self.published.len() + self.pending.len(),
             evicted_early: self.evicted_early,
@@ -108,7 +108,7 @@ impl TokenTable {
     }
 
     /// Looks `token` up at `now`; a token not known within the window becomes pending.
-    pub fn claim(&mut self, token: PublishToken, now: Timestamp) -> Claim {
+    pub(super) fn claim(&mut self, token: PublishToken, now: Timestamp) -> Claim {
         self.expire(now);
         if let Some(slot) = self.published.get(&token) {
             return Claim::Published(slot.id);
@@ -128,7 +128,7 @@ impl TokenTable {
     }
 
     /// The pending `token` was stored as `id` at `at`: remember it, and tell its waiters.
-    pub fn published(&mut self, token: PublishToken, id: MessageId, at: Timestamp) {
+    pub(super) fn published(&mut self, token: PublishToken, id: MessageId, at: Timestamp) {
         if let Some(waiters) = self.pending.remove(&token) {
             if let Some(waiters) = waiters {
                 waiters.send_replace(Some(id));
@@ -139,7 +139,7 @@ impl TokenTable {
 
     /// The pending `token` could not be stored: forget it, so that a resend (or a waiter)
     /// may try again.
-    pub fn abandon(&mut self, token: PublishToken) {
+    pub(super) fn abandon(&mut self, token: PublishToken) {
         // Dropping the sender closes the waiters' receivers without a value.
         self.pending.remove(&token);
     }
@@ -147,7 +147,13 @@ impl TokenTable {
     /// Remembers a token read back from storage (rebuilding the table at start-up), if
     /// it is still inside the window at `now`. A later record of the same token wins, as
     /// it did in the server that wrote them.
-    pub fn restore(&mut self, token: PublishToken, id: MessageId, at: Timestamp, now: Timestamp) {
+    pub(super) fn restore(
+        &mut self,
+        token: PublishToken,
+        id: MessageId,
+        at: Timestamp,
+        now: Timestamp,
+    ) {
         if now.0.saturating_sub(at.0) < self.window_micros {
             self.remember(token, id, at.0);
         }
@@ -179,7 +185,7 @@ impl TokenTable {
     /// The tokens published within the window at `now` whose ids are in `first..end`,
     /// with their ids and publish times: those a store must keep when it deletes the
     /// records of those ids.
-    pub fn live_between(
+    pub(super) fn live_between(
         &self,
         first: u64,
         end: u64,
@@ -195,7 +201,11 @@ impl TokenTable {
     }
 
     /// The id and publish time of `token`, if it was published within the window at `now`.
-    pub fn live(&self, token: PublishToken, now: Timestamp) -> Option<(MessageId, Timestamp)> {
+    pub(super) fn live(
+        &self,
+        token: PublishToken,
+        now: Timestamp,
+    ) -> Option<(MessageId, Timestamp)> {
         self.published
             .get(&token)
             .filter(|s| now.0.saturating_sub(s.at) < self.window_micros)
@@ -203,7 +213,7 @@ impl TokenTable {
     }
 
     /// Forgets published tokens whose window has ended by `now`.
-    pub fn expire(&mut self, now: Timestamp) {
+    pub(super) fn expire(&mut self, now: Timestamp) {
         while let Some(&(at, token)) = self.order.front() {
             if now.0.saturating_sub(at) < self.window_micros {
                 break;
@@ -216,16 +226,16 @@ impl TokenTable {
 
 /// A store's token table, shared by its publishers and its writer.
 #[derive(Debug, Clone)]
-pub struct Tokens(Arc<Mutex<TokenTable>>);
+pub(super) struct Tokens(Arc<Mutex<TokenTable>>);
 
 impl Tokens {
     /// An empty table with these limits.
-    pub fn new(limits: TokenLimits) -> Self {
+    pub(super) fn new(limits: TokenLimits) -> Self {
         Tokens(Arc::new(Mutex::new(TokenTable::new(limits))))
     }
 
     /// The table, for start-up to restore into.
-    pub fn table(&self) -> MutexGuard<'_, TokenTable> {
+    pub(super) fn table(&self) -> MutexGuard<'_, TokenTable> {
         // The table is consistent between calls, so a panic elsewhere while holding it
         // must not stop exactly-once publishing.
         self.0
@@ -236,7 +246,7 @@ impl Tokens {
     /// Claims `token` for a publish: `Ok` to publish it (resolve the guard when stored),
     /// `Err(id)` if it already published `id`. A publish of it that is under way is
     /// waited for; if that one fails, this claim tries again.
-    pub async fn claim(&self, token: PublishToken) -> Result<Claimed, MessageId> {
+    pub(super) async fn claim(&self, token: PublishToken) -> Result<Claimed, MessageId> {
         loop {
             let now = Timestamp::from_system_time(SystemTime::now());
             let claim = self.table().claim(token, now);
@@ -260,7 +270,7 @@ impl Tokens {
     }
 
     /// Counts for metrics, forgetting tokens whose window has ended first.
-    pub fn counts(&self) -> TokenCounts {
+    pub(super) fn counts(&self) -> TokenCounts {
         let mut table = self.table();
         table.expire(Timestamp::from_system_time(SystemTime::now()));
         table.counts()
@@ -270,7 +280,7 @@ impl Tokens {
 /// A pending token: resolve it with [`Claimed::published`] once its message is stored;
 /// dropping it unresolved (the store failed, the publish was cancelled) abandons it.
 #[derive(Debug)]
-pub struct Claimed {
+pub(super) struct Claimed {
     tokens: Tokens,
     token: PublishToken,
     resolved: bool,
@@ -278,12 +288,12 @@ pub struct Claimed {
 
 impl Claimed {
     /// The token claimed.
-    pub fn token(&self) -> PublishToken {
+    pub(super) fn token(&self) -> PublishToken {
         self.token
     }
 
     /// Its message was stored (durably) as `id` at `at`.
-    pub fn published(mut self, id: MessageId, at: Timestamp) {
+    pub(super) fn published(mut self, id: MessageId, at: Timestamp) {
         self.resolved = true;
         self.tokens.table().published(self.token, id, at);
     }

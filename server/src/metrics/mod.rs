@@ -29,7 +29,7 @@ use crate::handler::Handler;
 use crate::limiter::RateLimiter;
 
 /// What a request datagram asks for, by its code byte (`other`: not a request code).
-pub const REQUEST_TYPES: [&str; 12] = [
+pub(crate) const REQUEST_TYPES: [&str; 12] = [
     "publish",
     "ids",
     "get",
@@ -45,16 +45,16 @@ pub const REQUEST_TYPES: [&str; 12] = [
 ];
 
 /// What was answered, by the reply's code byte (`offer` is `d:`, `none` is no reply).
-pub const REPLY_CODES: [&str; 7] = ["0", "1", "2", "3", "4", "offer", "none"];
+pub(crate) const REPLY_CODES: [&str; 7] = ["0", "1", "2", "3", "4", "offer", "none"];
 
 /// Index into [`REQUEST_TYPES`] of a request (`None`: not a request at all).
-pub fn request_index(kind: Option<RequestKind>) -> usize {
+pub(crate) fn request_index(kind: Option<RequestKind>) -> usize {
     // `RequestKind::ALL` is in the order of `REQUEST_TYPES`; a test holds them together.
     kind.map_or(REQUEST_TYPES.len() - 1, |k| k as usize)
 }
 
 /// Index into [`REPLY_CODES`] of a reply's code (`None`: nothing was sent).
-pub fn reply_index(code: Option<ReplyCode>) -> usize {
+pub(crate) fn reply_index(code: Option<ReplyCode>) -> usize {
     match code {
         None => 6,
         Some(ReplyCode::Ok) => 0,
@@ -65,9 +65,7 @@ pub fn reply_index(code: Option<ReplyCode>) -> usize {
 
 /// Why a datagram was dropped without being answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// Its source was over its rate limit (counted by the [`RateLimiter`]).
-    RateLimit,
+pub(crate) enum DropReason {
     /// Receiving failed for it (e.g. an ICMP error surfacing on the socket).
     ReceiveError,
     /// Sending its reply failed (e.g. the kernel's send buffer was full).
@@ -77,7 +75,7 @@ pub enum DropReason {
 /// One receive loop's counters, on a cache line pair of its own.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-pub struct Shard {
+pub(crate) struct Shard {
     requests: [[AtomicU64; REPLY_CODES.len()]; REQUEST_TYPES.len()],
     received_bytes: AtomicU64,
     sent_bytes: AtomicU64,
@@ -87,7 +85,7 @@ pub struct Shard {
 
 impl Shard {
     /// Counts a request of type `kind` and the code of the reply it got.
-    pub fn answered(
+    pub(crate) fn answered(
         &self,
         kind: Option<RequestKind>,
         request_len: usize,
@@ -98,15 +96,13 @@ impl Shard {
     }
 
     /// Counts a reply's bytes once sent.
-    pub fn sent(&self, len: usize) {
+    pub(crate) fn sent(&self, len: usize) {
         self.sent_bytes.fetch_add(len as u64, Relaxed);
     }
 
     /// Counts a datagram dropped for `why`.
-    pub fn dropped(&self, why: DropReason) {
+    pub(crate) fn dropped(&self, why: DropReason) {
         match why {
-            // The limiter keeps its own count, read when scraped.
-            DropReason::RateLimit => {}
             DropReason::ReceiveError => {
                 self.receive_errors.fetch_add(1, Relaxed);
             }
@@ -119,13 +115,13 @@ impl Shard {
 
 /// The driver's counters: one [`Shard`] per receive loop.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     shards: Box<[Shard]>,
 }
 
 /// Totals over all shards.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Totals {
+pub(crate) struct Totals {
     /// Requests by [`REQUEST_TYPES`] index, then [`REPLY_CODES`] index.
     pub requests: [[u64; REPLY_CODES.len()]; REQUEST_TYPES.len()],
     /// Bytes of datagrams received and let through the rate limit.
@@ -140,19 +136,19 @@ pub struct Totals {
 
 impl Metrics {
     /// Counters for `loops` receive loops.
-    pub fn new(loops: usize) -> Self {
+    pub(crate) fn new(loops: usize) -> Self {
         Metrics {
             shards: (0..loops.max(1)).map(|_| Shard::default()).collect(),
         }
     }
 
     /// The shard of receive loop `i`.
-    pub fn shard(&self, i: usize) -> &Shard {
+    pub(crate) fn shard(&self, i: usize) -> &Shard {
         &self.shards[i % self.shards.len()]
     }
 
     /// Sums the shards.
-    pub fn totals(&self) -> Totals {
+    pub(crate) fn totals(&self) -> Totals {
         let mut t = Totals::default();
         for s in self.shards.iter() {
             for (kind, replies) in s.requests.iter().enumerate() {
@@ -441,7 +437,7 @@ fn encode_status(e: &mut DescriptorEncoder<'_>, status: &Status) -> fmt::Result 
 /// Linux counts them per socket in `/proc/net/udp{,6}`; under a flood this is where most
 /// loss happens, so it is worth the scrape-time read. `None` where it cannot be read.
 #[cfg(target_os = "linux")]
-pub fn receive_queue_drops(socket: &UdpSocket) -> Option<u64> {
+pub(crate) fn receive_queue_drops(socket: &UdpSocket) -> Option<u64> {
     use std::os::fd::AsRawFd;
     let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
     let inode = link
@@ -529,7 +525,6 @@ mod tests {
         m.shard(5).answered(None, 2, unknown);
         m.shard(2).sent(7);
         m.shard(2).dropped(DropReason::SendError);
-        m.shard(1).dropped(DropReason::RateLimit);
         let t = m.totals();
         assert_eq!(t.requests[0][0], 2);
         assert_eq!(t.requests[request_index(None)][3], 1);

@@ -9,8 +9,9 @@ use mboard_protocol::{Expect, Offer, Response, SessionId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::manager::HostRefusals;
 use super::tests::{Sim, block};
-use super::{Fairness, HostRefusals, Outcome, SessionError};
+use super::{Fairness, Outcome, SessionError};
 use crate::config::Limits;
 use crate::reply::Reply;
 

@@ -63,7 +63,7 @@ impl Journal {
     /// Opens (or creates) the journal in `config.dir`, replays it (upgrading an older
     /// format), rebuilds the token table within `limits`, trims what `retention` does not
     /// keep and starts the writer.
-    pub fn open(
+    pub(crate) fn open(
         config: &JournalConfig,
         limits: TokenLimits,
         retention: Retention,

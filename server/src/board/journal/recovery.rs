@@ -39,7 +39,7 @@ const CHUNK: usize = 1 << 20;
 
 /// A torn tail that start-up cut off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Torn {
+pub(crate) struct Torn {
     /// The first id of the segment it was in (`None`: the single file of a journal of an
     /// older format, before it was upgraded).
     pub segment: Option<u64>,
@@ -51,7 +51,7 @@ pub struct Torn {
 
 /// What start-up found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Recovery {
+pub(crate) struct Recovery {
     /// Messages kept.
     pub messages: u64,
     /// The torn tail that was cut off, if any.

@@ -149,6 +149,8 @@ impl Writer {
                 // Every job queued before the queue closed has been taken.
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            // Only tests queue jobs other than publishes.
+            #[cfg_attr(not(test), expect(unused_mut))]
             let mut other = None;
             match job {
                 Job::Publish(first) => {
@@ -162,6 +164,7 @@ impl Writer {
                                 bytes += p.text.len();
                                 batch.push(p);
                             }
+                            #[cfg(test)]
                             Ok(job) => {
                                 other = Some(job);
                                 break;
@@ -171,9 +174,11 @@ impl Writer {
                     }
                     self.commit(&mut batch);
                 }
+                #[cfg(test)]
                 job => other = Some(job),
             }
             match other {
+                #[cfg(test)]
                 Some(Job::Trim(now, done)) => {
                     self.tick(now);
                     let _ = done.send(());

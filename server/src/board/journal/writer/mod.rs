@@ -65,6 +65,7 @@ pub(super) struct Pending {
 enum Job {
     Publish(Pending),
     /// Trim by this clock (tests' manual clock), then answer.
+    #[cfg(test)]
     Trim(Timestamp, oneshot::Sender<()>),
     /// Block until the sender is dropped: a disk that stalls, for tests.
     #[cfg(test)]
@@ -167,6 +168,7 @@ impl Handle {
     }
 
     /// Trims by `now` and waits until that is done.
+    #[cfg(test)]
     pub(super) async fn trim(&self, now: Timestamp) -> Result<(), JournalError> {
         let queue = self.queue.as_ref().ok_or(JournalError::Closed)?;
         let (done, finished) = oneshot::channel();
