@@ -21,6 +21,8 @@ mod manager;
 mod reclaim;
 mod room;
 #[cfg(test)]
+mod slow_tests;
+#[cfg(test)]
 mod tests;
 mod upload;
 mod validated;
