@@ -298,27 +298,17 @@ impl<B: Board> Handler<B> {
             // receive loop, so the loop keeps receiving and concurrent publishes share a sync.
             // The wait holds a place in the queue for the disk, taken without waiting.
             BoardRequest::Publish(text) if self.board.defers_publish() => {
-                let Some(queued) = self.queue(text.len()) else {
-                    return Answer::Reply(busy());
-                };
                 let this = self.clone();
-                Answer::Wait(Box::pin(async move {
-                    let reply = this.publish(from, text).await;
-                    drop(queued);
-                    reply
-                }))
+                self.deferred(text.len(), async move { this.publish(from, text).await })
             }
             BoardRequest::Publish(text) => Answer::Reply(self.publish(from, text).await),
             BoardRequest::PublishOnce { token, text } if self.board.defers_publish() => {
-                let Some(queued) = self.queue(text.len()) else {
-                    return Answer::Reply(busy());
-                };
                 let this = self.clone();
-                Answer::Wait(Box::pin(async move {
-                    let reply = this.publish_once(from, token, text).await;
-                    drop(queued);
-                    reply
-                }))
+                let len = text.len();
+                self.deferred(
+                    len,
+                    async move { this.publish_once(from, token, text).await },
+                )
             }
             BoardRequest::PublishOnce { token, text } => {
                 Answer::Reply(self.publish_once(from, token, text).await)
@@ -355,6 +345,19 @@ impl<B: Board> Handler<B> {
                 hold,
             ),
         }
+    }
+
+    /// A publish of `len` bytes that waits for the board, away from the receive loop,
+    /// holding a place in the queue for the disk; `4:busy` if there is none.
+    fn deferred(&self, len: usize, reply: impl Future<Output = Reply> + Send + 'static) -> Answer {
+        let Some(queued) = self.queue(len) else {
+            return Answer::Reply(busy());
+        };
+        Answer::Wait(Box::pin(async move {
+            let reply = reply.await;
+            drop(queued);
+            reply
+        }))
     }
 
     /// The `4:`-format reply for the messages in `span`.

@@ -149,34 +149,15 @@ impl Writer {
                 // Every job queued before the queue closed has been taken.
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            // Only tests queue jobs other than publishes.
-            #[cfg_attr(not(test), expect(unused_mut))]
-            let mut other = None;
-            match job {
+            let other = match job {
                 Job::Publish(first) => {
-                    // Whatever queued during the last write and fsync is the next batch,
-                    // so no timer adds latency.
-                    let mut bytes = first.text.len();
-                    batch.push(first);
-                    while bytes < MAX_BATCH_BYTES {
-                        match rx.try_recv() {
-                            Ok(Job::Publish(p)) => {
-                                bytes += p.text.len();
-                                batch.push(p);
-                            }
-                            #[cfg(test)]
-                            Ok(job) => {
-                                other = Some(job);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
+                    let other = gather(rx, first, &mut batch);
                     self.commit(&mut batch);
+                    other
                 }
                 #[cfg(test)]
-                job => other = Some(job),
-            }
+                job => Some(job),
+            };
             match other {
                 #[cfg(test)]
                 Some(Job::Trim(now, done)) => {
@@ -483,4 +464,24 @@ impl Writer {
         }
         cause
     }
+}
+
+/// Adds to `batch` the publish `first` and whatever publishes queued behind it (during the
+/// last write and fsync: so no timer adds latency), up to `MAX_BATCH_BYTES`; returns the
+/// job that ended the batch if it is not a publish (only tests queue those).
+fn gather(rx: &mpsc::Receiver<Job>, first: Pending, batch: &mut Vec<Pending>) -> Option<Job> {
+    let mut bytes = first.text.len();
+    batch.push(first);
+    while bytes < MAX_BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(Job::Publish(p)) => {
+                bytes += p.text.len();
+                batch.push(p);
+            }
+            #[cfg(test)]
+            Ok(job) => return Some(job),
+            Err(_) => break,
+        }
+    }
+    None
 }
