@@ -5,8 +5,8 @@
 //! [`serve`] answers through a [`Handler`] over any [`Board`], which is how the tests
 //! put a store of their own (slow, or speaking an older protocol) behind a real socket.
 //!
-//! Every module is private: what is public is re-exported here, and is what the binary,
-//! the end-to-end tests and the bench need. The fuzz targets reach the sans-IO session
+//! Every module is private: what is public is re-exported here, and is what the binary
+//! and the end-to-end tests need. The fuzz targets reach the sans-IO session
 //! manager through `fuzzing`, which exists only in builds with `--cfg fuzzing`.
 #![warn(missing_docs)]
 
