@@ -173,8 +173,7 @@ fn a_dropped_claim_abandons_and_a_waiter_then_publishes_itself() {
         let tokens = Tokens::new(TokenLimits::default());
         let first = tokens.claim(token(1)).await.expect("new");
         let again = tokens.clone();
-        let waiter =
-            tokio::spawn(async move { again.claim(token(1)).await.map(|c| c.token()) });
+        let waiter = tokio::spawn(async move { again.claim(token(1)).await.map(|c| c.token()) });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "waits while the first is pending");
         drop(first);
