@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use mboard_client::output::json_string;
+use mboard_client::json_string;
 
 use crate::follow::FollowReport;
 use crate::run::Window;

@@ -4,11 +4,11 @@
 //! library, so that completions and man pages are generated from the same [`Args`].
 
 mod args;
-pub mod manual;
+pub(crate) mod manual;
 mod progress;
 mod read;
 mod run;
 mod term;
 
-pub use args::{Args, Command};
+pub(crate) use args::{Args, Command};
 pub use run::main;

@@ -38,7 +38,7 @@ pub struct ClientConfig {
     pub max_time: Option<Duration>,
     /// How long refusals (ICMP port unreachable) are retried through before giving up
     /// with [`ClientError::Refused`]; `None` (the default) retries through them until the
-    /// timeout, as through silence. The CLI uses [`crate::deadline::REFUSAL_GRACE`].
+    /// timeout, as through silence. The CLI uses one second (`deadline::REFUSAL_GRACE`).
     pub refusal_grace: Option<Duration>,
     /// Speak only what classic servers know: `1:` `2:` `3:`, no sessions, no offers.
     pub classic: bool,

@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 /// The CLI's refusal grace: long enough to ride out a quick restart, short enough that
 /// a server that is not running is reported at once rather than after the timeout.
-pub const REFUSAL_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 
 /// Which limit ended an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expiry {
+pub(crate) enum Expiry {
     /// Nothing came from the server for this long.
     Silence(Duration),
     /// The operation ran this long in all.
@@ -34,7 +34,7 @@ pub enum Expiry {
 
 /// The clocks of one operation, carried from phase to phase (open, blocks, commit, …).
 #[derive(Debug, Clone)]
-pub struct Deadline {
+pub(crate) struct Deadline {
     silence: Duration,
     total: Option<(Instant, Duration)>,
     grace: Option<Duration>,
@@ -47,7 +47,7 @@ pub struct Deadline {
 impl Deadline {
     /// The clocks of an operation starting `now`: `silence` without a datagram is fatal,
     /// and so is `max_time` in all, if given. Refusals end nothing until a grace is set.
-    pub fn new(now: Instant, silence: Duration, max_time: Option<Duration>) -> Self {
+    pub(crate) fn new(now: Instant, silence: Duration, max_time: Option<Duration>) -> Self {
         Deadline {
             silence,
             total: max_time.map(|d| (now + d, d)),
@@ -60,26 +60,26 @@ impl Deadline {
 
     /// The same clocks, ending at `at` however lively the server: the rest of a longer
     /// `max_time` that this operation is part of, reported as `max_time`.
-    pub fn ending_at(mut self, at: Instant, max_time: Duration) -> Self {
+    pub(crate) fn ending_at(mut self, at: Instant, max_time: Duration) -> Self {
         self.total = Some((at, max_time));
         self
     }
 
     /// The same clocks, ended by refusals that go on for `grace` (`None`: never).
-    pub fn with_refusal_grace(mut self, grace: Option<Duration>) -> Self {
+    pub(crate) fn with_refusal_grace(mut self, grace: Option<Duration>) -> Self {
         self.grace = grace;
         self
     }
 
     /// A datagram came from the server: the silence starts again and refusals are over.
-    pub fn heard(&mut self, now: Instant) {
+    pub(crate) fn heard(&mut self, now: Instant) {
         self.heard = self.heard.max(now);
         self.refused_since = None;
     }
 
     /// The server may rightly say nothing until `at` (it holds a request until then): the
     /// silence is counted from `at` if nothing is heard after it.
-    pub fn quiet_until(&mut self, at: Instant) {
+    pub(crate) fn quiet_until(&mut self, at: Instant) {
         self.quiet = Some(self.quiet.map_or(at, |q| q.max(at)));
     }
 
@@ -89,7 +89,7 @@ impl Deadline {
     }
 
     /// The server's port refused a datagram: starts the grace, unless already running.
-    pub fn refused(&mut self, now: Instant) {
+    pub(crate) fn refused(&mut self, now: Instant) {
         self.refused_since.get_or_insert(now);
     }
 
@@ -114,7 +114,7 @@ impl Deadline {
     }
 
     /// The first instant at which [`Deadline::check`] fails, if nothing is heard before.
-    pub fn next(&self) -> Instant {
+    pub(crate) fn next(&self) -> Instant {
         self.limits()
             .iter()
             .filter_map(|(at, _)| *at)
@@ -123,7 +123,7 @@ impl Deadline {
     }
 
     /// The limit that has run out by `now`, if any: the one that ran out first.
-    pub fn check(&self, now: Instant) -> Result<(), Expiry> {
+    pub(crate) fn check(&self, now: Instant) -> Result<(), Expiry> {
         let mut first: Option<(Instant, Expiry)> = None;
         for (at, expiry) in self.limits() {
             if let Some(at) = at

@@ -29,7 +29,7 @@ struct Flight {
 
 /// A request the server may hold for up to `wait` before it answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hold {
+pub(crate) struct Hold {
     /// The longest the server may hold it: asked for in the request.
     pub wait: Duration,
     /// How often it is sent again while held. The server replaces a held request with its
@@ -40,7 +40,7 @@ pub struct Hold {
 
 /// One windowed transfer of `total` items.
 #[derive(Debug)]
-pub struct Transfer {
+pub(crate) struct Transfer {
     total: u64,
     window: usize,
     deadline: Deadline,
@@ -62,7 +62,7 @@ pub struct Transfer {
 /// A limit ran out with items still unanswered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("gave up with {missing} of {total} items unanswered")]
-pub struct DeadlinePassed {
+pub(crate) struct DeadlinePassed {
     /// The limit that ran out.
     pub expiry: Expiry,
     /// Items never answered.
@@ -73,7 +73,7 @@ pub struct DeadlinePassed {
 
 impl Transfer {
     /// A transfer of `total` items, at most `window` in flight, under `deadline`'s limits.
-    pub fn new(total: u64, window: usize, deadline: Deadline, rtt: Rtt) -> Self {
+    pub(crate) fn new(total: u64, window: usize, deadline: Deadline, rtt: Rtt) -> Self {
         Transfer {
             total,
             window: window.max(1),
@@ -94,7 +94,7 @@ impl Transfer {
 
     /// The same transfer of requests the server may hold (`6:` with a wait): meant for a
     /// transfer of one item, whose hold starts with its first transmission.
-    pub fn with_hold(mut self, hold: Option<Hold>) -> Self {
+    pub(crate) fn with_hold(mut self, hold: Option<Hold>) -> Self {
         self.hold = hold.filter(|h| !h.wait.is_zero());
         self
     }
@@ -102,7 +102,7 @@ impl Transfer {
     /// The wait to ask for in a datagram sent `now`: all of it the first time, then what is
     /// left of it, so that a resend never moves the end of the hold (a resend after it is
     /// answered at once). Zero for requests that are not held.
-    pub fn hold_left(&self, now: Instant) -> Duration {
+    pub(crate) fn hold_left(&self, now: Instant) -> Duration {
         match (self.hold, self.hold_end) {
             (Some(hold), None) => hold.wait,
             (Some(_), Some(end)) => end.saturating_duration_since(now),
@@ -151,27 +151,28 @@ impl Transfer {
     }
 
     /// Whether every item has been answered.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.done_count == self.total
     }
 
     /// Items answered so far.
-    pub fn acked(&self) -> u64 {
+    pub(crate) fn acked(&self) -> u64 {
         self.done_count
     }
 
     /// Datagrams sent, and how many of them were retransmissions.
-    pub fn sent(&self) -> (u64, u64) {
+    #[cfg(test)]
+    pub(crate) fn sent(&self) -> (u64, u64) {
         (self.sent, self.retransmissions)
     }
 
     /// The estimator, to carry over to the next phase of the same operation.
-    pub fn rtt(&self) -> &Rtt {
+    pub(crate) fn rtt(&self) -> &Rtt {
         &self.rtt
     }
 
     /// The clocks, to carry over to the next phase: silence goes on across phases.
-    pub fn deadline(&self) -> &Deadline {
+    pub(crate) fn deadline(&self) -> &Deadline {
         &self.deadline
     }
 
@@ -180,7 +181,7 @@ impl Transfer {
     /// point. Duplicates of a whole window's replies are one thing; a server that answers
     /// every resend with something that answers nothing would keep the transfer going
     /// for ever, so past [`Transfer::stray_limit`] in a row they no longer count.
-    pub fn on_datagram(&mut self, now: Instant) {
+    pub(crate) fn on_datagram(&mut self, now: Instant) {
         self.strays += 1;
         if self.strays <= self.stray_limit() {
             self.deadline.heard(now);
@@ -189,17 +190,17 @@ impl Transfer {
 
     /// Datagrams in a row that answer nothing and still end the silence: two for each
     /// item a window holds, and some.
-    pub fn stray_limit(&self) -> u64 {
+    pub(crate) fn stray_limit(&self) -> u64 {
         2 * self.window as u64 + 16
     }
 
     /// The server's port refused a datagram (ICMP port unreachable).
-    pub fn on_refused(&mut self, now: Instant) {
+    pub(crate) fn on_refused(&mut self, now: Instant) {
         self.deadline.refused(now);
     }
 
     /// The next item to send now, if the window has room: lost items first, then new ones.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn poll_transmit(&mut self, now: Instant) -> Option<u64> {
         if self.deadline.check(now).is_err() || self.in_flight.len() >= self.window {
             return None;
         }
@@ -223,7 +224,7 @@ impl Transfer {
 
     /// Records that item `index` was answered; returns false for replies that match nothing
     /// outstanding (already answered, or no such item), which the caller ignores.
-    pub fn on_ack(&mut self, now: Instant, index: u64) -> bool {
+    pub(crate) fn on_ack(&mut self, now: Instant, index: u64) -> bool {
         if index >= self.total || self.is_acked(index) {
             self.on_datagram(now);
             return false;
@@ -242,7 +243,7 @@ impl Transfer {
     }
 
     /// When the caller must call [`Transfer::handle_timeout`] if no reply comes first.
-    pub fn poll_timeout(&self) -> Instant {
+    pub(crate) fn poll_timeout(&self) -> Instant {
         self.in_flight
             .values()
             .map(|f| self.due(f).0)
@@ -251,7 +252,7 @@ impl Transfer {
     }
 
     /// Declares items whose timer ran out lost (to be resent) and backs off once.
-    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), DeadlinePassed> {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) -> Result<(), DeadlinePassed> {
         if !self.is_done()
             && let Err(expiry) = self.deadline.check(now)
         {

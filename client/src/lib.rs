@@ -6,24 +6,30 @@
 //! followed transparently. [`Client::since`] and [`Client::last_pages`] read the board in
 //! pages of `6:`, and [`Client::follow`] follows it as messages are published. In classic
 //! mode it speaks only `1:` `2:` `3:`, for servers that know nothing else. Retransmission
-//! is driven by the sans-IO [`engine::Transfer`] under the limits of a
-//! [`deadline::Deadline`]; reading in pages by the sans-IO [`page`] types.
+//! is driven by the sans-IO `engine::Transfer` under the limits of a
+//! `deadline::Deadline`; reading in pages by the sans-IO `page` types.
+//!
+//! Every module is private: what is public is re-exported here, and is what the
+//! `mboard-client` binary ([`run_cli`]), the bench and the end-to-end tests use.
 #![warn(missing_docs)]
 
-pub mod cli;
+mod cli;
 mod client;
-pub mod deadline;
-pub mod engine;
+mod deadline;
+mod engine;
 mod error;
 mod link;
-pub mod output;
-pub mod page;
-pub mod rtt;
-pub mod target;
+mod output;
+mod page;
+mod rtt;
+mod target;
+
+pub use cli::main as run_cli;
 
 pub use client::{
     Client, ClientConfig, Follow, FollowEvent, INTERRUPT_CHECK, Interrupt, PROGRESS_THRESHOLD,
     Page, Pages, Progress, Start, WAIT, Warn,
 };
 pub use error::ClientError;
+pub use output::json_string;
 pub use target::{DEFAULT_PORT, Target, resolve, resolve_all};

@@ -1,5 +1,5 @@
-//! `mboard-client`: publish to and read from an mboard server (see `mboard_client::cli`).
+//! `mboard-client`: publish to and read from an mboard server (see `mboard_client::run_cli`).
 
 fn main() -> std::process::ExitCode {
-    mboard_client::cli::main()
+    mboard_client::run_cli()
 }

@@ -12,7 +12,7 @@ use mboard_protocol::{Entry, MessageId};
 /// control characters `\u{..}`, and bytes that are not UTF-8 `\xHH`. So do the bidirectional
 /// controls and the line and paragraph separators, which are not control characters but
 /// can make a line display as something else (a reversed tail, a line break).
-pub fn one_line(text: &[u8]) -> String {
+pub(crate) fn one_line(text: &[u8]) -> String {
     let mut out = String::with_capacity(text.len());
     escape_units(text, |unit| out.push_str(unit));
     out
@@ -54,7 +54,7 @@ fn escape_units(text: &[u8], mut f: impl FnMut(&str)) {
 /// Columns `c` takes on a terminal: 0 for combining marks and zero-width characters, 2
 /// for East Asian wide characters and emoji, 1 otherwise. The main ranges of Unicode's
 /// East Asian Width without its tables: enough to cut a line without overflowing it.
-pub fn char_width(c: char) -> usize {
+pub(crate) fn char_width(c: char) -> usize {
     match c as u32 {
         0x0300..=0x036f
         | 0x1ab0..=0x1aff
@@ -82,14 +82,14 @@ pub fn char_width(c: char) -> usize {
 }
 
 /// Columns `s` takes on a terminal.
-pub fn str_width(s: &str) -> usize {
+pub(crate) fn str_width(s: &str) -> usize {
     s.chars().map(char_width).sum()
 }
 
 /// [`line`] for a terminal `width` columns wide: a line that does not fit is cut, marked
 /// with `…` and ended with the text's size, `[5000 bytes]`, so every message stays on one
 /// screen line. Pipes get [`line`], whole.
-pub fn line_fitted(id: MessageId, entry: &Entry, width: usize) -> String {
+pub(crate) fn line_fitted(id: MessageId, entry: &Entry, width: usize) -> String {
     // Only the text is cut: id, time and address are what tell messages apart.
     let mut line = line_prefix(id, entry);
     let mut used = str_width(&line);
@@ -136,7 +136,7 @@ pub fn json_string(s: &str) -> String {
 }
 
 /// The publishing time as RFC 3339 in UTC, to the microsecond.
-pub fn rfc3339(entry: &Entry) -> String {
+pub(crate) fn rfc3339(entry: &Entry) -> String {
     humantime::format_rfc3339_micros(entry.time.to_system_time()).to_string()
 }
 
@@ -145,7 +145,7 @@ fn ip(addr: SocketAddr) -> String {
 }
 
 /// `#<id>  <time>  <ip>:<port>  <text>`: one line per message, whatever the text holds.
-pub fn line(id: MessageId, entry: &Entry) -> String {
+pub(crate) fn line(id: MessageId, entry: &Entry) -> String {
     let mut line = line_prefix(id, entry);
     line.push_str(&one_line(&entry.text));
     line
@@ -156,7 +156,7 @@ fn line_prefix(id: MessageId, entry: &Entry) -> String {
 }
 
 /// `{"id", "time", "ip", "port", "text"}` with the text decoded as UTF-8, lossily.
-pub fn json(id: MessageId, entry: &Entry) -> String {
+pub(crate) fn json(id: MessageId, entry: &Entry) -> String {
     format!(
         "{{\"id\":{id},\"time\":{},\"ip\":{},\"port\":{},\"text\":{}}}",
         json_string(&rfc3339(entry)),
@@ -171,7 +171,7 @@ pub fn json(id: MessageId, entry: &Entry) -> String {
 ///
 /// The rate is the average since the transfer began, `elapsed` ago; it and the time left
 /// are left out until there is something to average.
-pub fn progress_bar(done: u64, total: u64, elapsed: Duration) -> String {
+pub(crate) fn progress_bar(done: u64, total: u64, elapsed: Duration) -> String {
     const WIDTH: u64 = 30;
     let total = total.max(1);
     let done = done.min(total);
@@ -196,7 +196,7 @@ pub fn progress_bar(done: u64, total: u64, elapsed: Duration) -> String {
 }
 
 /// What erases a progress bar: back to the line's start, erase it.
-pub const CLEAR_LINE: &str = "\r\x1b[K";
+pub(crate) const CLEAR_LINE: &str = "\r\x1b[K";
 
 /// `512 B`, `3.2 KiB`, `8.3 MiB`, `1.1 GiB`.
 fn human_bytes(n: f64) -> String {

@@ -14,13 +14,13 @@ use mboard_protocol::{Message, MessageId, SessionId};
 /// `6:<after>` asks for ids above `after`, so there is no way to ask it for message 0:
 /// a cursor at the very beginning reads message 0 with `3:0` beside `6:0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
+pub(crate) struct Cursor {
     next: u64,
 }
 
 /// What a page of messages brought a [`Cursor`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// Messages that should have come first but are no longer kept (retention removed
     /// them): `(first missing id, how many)`.
     pub missed: Option<(MessageId, u64)>,
@@ -31,7 +31,7 @@ pub struct Accepted {
 /// A reply whose ids do not go up: no server sends that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("message ids out of order ({after} then {then})")]
-pub struct OutOfOrder {
+pub(crate) struct OutOfOrder {
     /// The id before.
     pub after: MessageId,
     /// The id that did not follow it.
@@ -40,37 +40,37 @@ pub struct OutOfOrder {
 
 impl Cursor {
     /// Before every message.
-    pub fn beginning() -> Self {
+    pub(crate) fn beginning() -> Self {
         Cursor { next: 0 }
     }
 
     /// After message `id`: the next wanted is `id + 1`.
-    pub fn after(id: MessageId) -> Self {
+    pub(crate) fn after(id: MessageId) -> Self {
         Cursor {
             next: id.0.saturating_add(1),
         }
     }
 
     /// The next id wanted.
-    pub fn next(&self) -> u64 {
+    pub(crate) fn next(&self) -> u64 {
         self.next
     }
 
     /// The `<after>` of the `6:` that asks for the next page: `None` at the beginning,
     /// where `6:0` leaves message 0 out and `3:0` must read it.
-    pub fn asks_after(&self) -> Option<MessageId> {
+    pub(crate) fn asks_after(&self) -> Option<MessageId> {
         self.next.checked_sub(1).map(MessageId)
     }
 
     /// The last id given out, if any.
-    pub fn last(&self) -> Option<MessageId> {
+    pub(crate) fn last(&self) -> Option<MessageId> {
         self.asks_after()
     }
 
     /// Takes a page: drops what was seen already (a late or duplicated reply to an earlier
     /// request), says what retention removed before the first new message, and moves on
     /// past the last.
-    pub fn accept(&mut self, page: Vec<Message>) -> Result<Accepted, OutOfOrder> {
+    pub(crate) fn accept(&mut self, page: Vec<Message>) -> Result<Accepted, OutOfOrder> {
         for pair in page.windows(2) {
             if pair[1].id <= pair[0].id {
                 return Err(OutOfOrder {
@@ -96,7 +96,7 @@ impl Cursor {
 /// judged by the size of the messages seen so far. A page that does not fit still comes,
 /// as a download offer, at the cost of a round trip or two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pager {
+pub(crate) struct Pager {
     /// The average `4:` record size of the last page, in bytes.
     record: Option<u64>,
     /// At most this many, since the server could not afford a larger page.
@@ -106,14 +106,14 @@ pub struct Pager {
 impl Pager {
     /// The bytes of records a page aims at: a reply datagram is 1,472 bytes by default,
     /// and the next page's messages may be longer than the last's.
-    pub const TARGET: u64 = 1_200;
+    pub(crate) const TARGET: u64 = 1_200;
     /// The most messages asked for at once, however short.
-    pub const MAX: u64 = 64;
+    pub(crate) const MAX: u64 = 64;
     /// The page size before any message has been seen (records of 60 bytes: short texts).
-    pub const FIRST: u64 = 20;
+    pub(crate) const FIRST: u64 = 20;
 
     /// A pager that has seen nothing.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Pager {
             record: None,
             cap: None,
@@ -121,7 +121,7 @@ impl Pager {
     }
 
     /// Messages to ask for in the next page.
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         let size = match self.record {
             None => Self::FIRST,
             Some(record) => (Self::TARGET / record.max(1)).clamp(1, Self::MAX),
@@ -130,7 +130,7 @@ impl Pager {
     }
 
     /// Learns from a page that came: the next is sized by its messages.
-    pub fn observe(&mut self, page: &[Message]) {
+    pub(crate) fn observe(&mut self, page: &[Message]) {
         if page.is_empty() {
             return;
         }
@@ -142,7 +142,7 @@ impl Pager {
     /// The server refused the page as too large for it now (`4:busy`: 20 messages of
     /// 16 MiB are past its session memory): returns false if it was one message already,
     /// else halves the next page.
-    pub fn refused(&mut self) -> bool {
+    pub(crate) fn refused(&mut self) -> bool {
         let size = self.size();
         if size <= 1 {
             return false;
@@ -183,7 +183,7 @@ impl Offers {
 /// What a follower knows of its server: whether it has ever answered, and whether it
 /// answers now. An outage is said once when it starts and once when it ends.
 #[derive(Debug, Clone, Default)]
-pub struct Reach {
+pub(crate) struct Reach {
     heard: bool,
     lost: bool,
     failures: u32,
@@ -191,7 +191,7 @@ pub struct Reach {
 
 /// What to do after a failed exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failed {
+pub(crate) enum Failed {
     /// The server has never answered: give up (the address may be wrong).
     GiveUp,
     /// Try again after this pause; `report` is true the first time in an outage.
@@ -205,29 +205,29 @@ pub enum Failed {
 
 impl Reach {
     /// The first pause after a failure.
-    pub const FIRST_PAUSE: Duration = Duration::from_millis(250);
+    pub(crate) const FIRST_PAUSE: Duration = Duration::from_millis(250);
     /// Pauses double up to this.
-    pub const MAX_PAUSE: Duration = Duration::from_secs(4);
+    pub(crate) const MAX_PAUSE: Duration = Duration::from_secs(4);
 
     /// A server that has not answered yet.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Reach::default()
     }
 
     /// Whether the server answers (as far as is known).
-    pub fn is_lost(&self) -> bool {
+    pub(crate) fn is_lost(&self) -> bool {
         self.lost
     }
 
     /// The server answered; true if that ends an outage (say so).
-    pub fn answered(&mut self) -> bool {
+    pub(crate) fn answered(&mut self) -> bool {
         self.heard = true;
         self.failures = 0;
         std::mem::take(&mut self.lost)
     }
 
     /// An exchange failed in a way that may pass (silence, refusal, busy).
-    pub fn failed(&mut self) -> Failed {
+    pub(crate) fn failed(&mut self) -> Failed {
         if !self.heard {
             return Failed::GiveUp;
         }

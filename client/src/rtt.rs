@@ -7,7 +7,7 @@ use std::time::Duration;
 /// Samples come only from datagrams answered on their first transmission (Karn's rule), and
 /// every timeout doubles the RTO until the next valid sample.
 #[derive(Debug, Clone)]
-pub struct Rtt {
+pub(crate) struct Rtt {
     srtt: Option<Duration>,
     rttvar: Duration,
     base: Duration,
@@ -15,13 +15,13 @@ pub struct Rtt {
 }
 
 /// The RTO never drops below this: timer and scheduling jitter on a busy host is this large.
-pub const MIN_RTO: Duration = Duration::from_millis(5);
+pub(crate) const MIN_RTO: Duration = Duration::from_millis(5);
 /// The RTO never grows past this, however often it backs off.
-pub const MAX_RTO: Duration = Duration::from_secs(4);
+pub(crate) const MAX_RTO: Duration = Duration::from_secs(4);
 
 impl Rtt {
     /// An estimator that has seen no sample yet and starts at `initial`.
-    pub fn new(initial: Duration) -> Self {
+    pub(crate) fn new(initial: Duration) -> Self {
         Rtt {
             srtt: None,
             rttvar: Duration::ZERO,
@@ -31,7 +31,7 @@ impl Rtt {
     }
 
     /// Feeds one round-trip measurement.
-    pub fn sample(&mut self, r: Duration) {
+    pub(crate) fn sample(&mut self, r: Duration) {
         match self.srtt {
             None => {
                 self.srtt = Some(r);
@@ -50,17 +50,18 @@ impl Rtt {
     }
 
     /// Doubles the timeout after a loss.
-    pub fn back_off(&mut self) {
+    pub(crate) fn back_off(&mut self) {
         self.backoff = (self.backoff + 1).min(16);
     }
 
     /// The current retransmission timeout.
-    pub fn rto(&self) -> Duration {
+    pub(crate) fn rto(&self) -> Duration {
         self.base.saturating_mul(1 << self.backoff).min(MAX_RTO)
     }
 
     /// The smoothed round-trip time, once measured.
-    pub fn srtt(&self) -> Option<Duration> {
+    #[cfg(test)]
+    pub(crate) fn srtt(&self) -> Option<Duration> {
         self.srtt
     }
 }

@@ -29,7 +29,7 @@ impl Target {
 
 /// Splits `server` into a host and a port: `host:port`, `host` (port 7777), `[v6]:port`,
 /// `[v6]` and a bare IPv6 address.
-pub fn split_host_port(server: &str) -> Result<(String, u16), ClientError> {
+pub(crate) fn split_host_port(server: &str) -> Result<(String, u16), ClientError> {
     let bad = |why: &str| ClientError::Resolve(format!("{server}: {why}"));
     if let Ok(addr) = server.parse::<SocketAddr>() {
         return Ok((addr.ip().to_string(), addr.port()));
@@ -53,7 +53,7 @@ pub fn split_host_port(server: &str) -> Result<(String, u16), ClientError> {
 
 /// Orders addresses IPv6, IPv4, IPv6, … starting with the family the resolver put first,
 /// keeping the resolver's order within each family and dropping repeats.
-pub fn interleave(addrs: impl IntoIterator<Item = SocketAddr>) -> Vec<SocketAddr> {
+pub(crate) fn interleave(addrs: impl IntoIterator<Item = SocketAddr>) -> Vec<SocketAddr> {
     let mut seen = Vec::new();
     for a in addrs {
         if !seen.contains(&a) {

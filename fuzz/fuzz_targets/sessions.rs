@@ -12,8 +12,8 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use mboard_protocol::{Response, SessionId, SessionRequest};
-use mboard_server::session::{Outcome, SessionManager};
-use mboard_server::{Limits, Reply};
+use mboard_server::Limits;
+use mboard_server::fuzzing::{Outcome, Reply, SessionManager};
 
 #[derive(Arbitrary, Debug)]
 enum Op {

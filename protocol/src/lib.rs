@@ -19,7 +19,7 @@ pub use code::{ErrorCode, ReplyCode, RequestKind};
 pub use field::{digits, digits_in_range};
 pub use ids::{MessageId, PublishToken, SessionId};
 pub use message::{Entry, Message, Timestamp};
-pub use request::{BLOCK_HEADER_MAX, BoardRequest, ParseError, Rejected, Request, SessionRequest};
+pub use request::{BoardRequest, ParseError, Rejected, Request, SessionRequest};
 pub use response::{
     DATA_HEADER_MAX, Expect, Offer, Response, ResponseError, encode_entries, encode_ids,
     encode_messages, ids_reply_len, messages_reply_len,

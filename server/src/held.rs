@@ -29,7 +29,7 @@ pub(crate) struct HoldLimits {
 
 /// A held request to answer now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Wake {
+pub(crate) struct Wake {
     /// Whom to answer.
     pub to: SocketAddr,
     /// The request's `<after>`.
@@ -44,7 +44,7 @@ pub struct Wake {
 
 /// Why a held request is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WakeCause {
+pub(crate) enum WakeCause {
     /// A message above its `<after>` was published.
     Published,
     /// Its wait ran out with nothing to read.
@@ -89,7 +89,7 @@ pub(crate) struct Holds {
 
 /// What happened to held requests since the start, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct HoldCounts {
+pub(crate) struct HoldCounts {
     /// Requests held now.
     pub held: usize,
     /// Answered because a message was published.

@@ -92,7 +92,7 @@ impl LiveLimit {
 
 /// The rate limiter shared by the receive loops.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     limit: LiveLimit,
     buckets: DashMap<SocketAddr, Bucket>,
     dropped: AtomicU64,
@@ -102,7 +102,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// A limiter with these settings.
-    pub fn new(limit: RateLimit) -> Self {
+    pub(crate) fn new(limit: RateLimit) -> Self {
         RateLimiter {
             limit: LiveLimit::new(limit),
             buckets: DashMap::new(),
@@ -113,13 +113,14 @@ impl RateLimiter {
     }
 
     /// The limit in force.
-    pub fn limit(&self) -> RateLimit {
+    #[cfg(test)]
+    pub(crate) fn limit(&self) -> RateLimit {
         self.limit.get()
     }
 
     /// Replaces the limit from the next datagram on. Sources keep the tokens they have
     /// saved, down to the new burst; turning limiting off forgets them all.
-    pub fn set_limit(&self, limit: RateLimit) {
+    pub(crate) fn set_limit(&self, limit: RateLimit) {
         self.limit.set(limit);
         if limit.rate <= 0.0 {
             self.buckets.clear();
@@ -127,7 +128,7 @@ impl RateLimiter {
     }
 
     /// Whether a datagram from `from` at `now` is within its source's limit; counts it if not.
-    pub fn allow(&self, from: SocketAddr, now: Instant) -> bool {
+    pub(crate) fn allow(&self, from: SocketAddr, now: Instant) -> bool {
         let limit = self.limit.get();
         if limit.rate <= 0.0 {
             return true;
@@ -184,17 +185,17 @@ impl RateLimiter {
     }
 
     /// Datagrams dropped for exceeding their source's limit, in all.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
     /// Datagrams let through unlimited because the table was full of active sources.
-    pub fn untracked(&self) -> u64 {
+    pub(crate) fn untracked(&self) -> u64 {
         self.untracked.load(Ordering::Relaxed)
     }
 
     /// Sources tracked now.
-    pub fn sources(&self) -> usize {
+    pub(crate) fn sources(&self) -> usize {
         self.buckets.len()
     }
 }

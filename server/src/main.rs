@@ -5,10 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser};
-use mboard_server::config::{MEMORY_RETAIN_BYTES, parse_size};
 use mboard_server::{
-    Config, EndpointLimits, Fairness, Fsync, JournalConfig, Limits, RateLimit, Retention, Shedding,
-    Store, TokenLimits,
+    Config, EndpointLimits, Fairness, Fsync, JournalConfig, Limits, MEMORY_RETAIN_BYTES, RateLimit,
+    Retention, Shedding, Store, TokenLimits, parse_size,
 };
 use tokio::net::{TcpListener, UdpSocket};
 

@@ -6,6 +6,7 @@ use mboard_protocol::{ErrorCode, ReplyCode, Response};
 
 /// An encoded reply and the code its first byte carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct Reply {
     code: ReplyCode,
     bytes: Bytes,
@@ -13,7 +14,7 @@ pub struct Reply {
 
 impl Reply {
     /// The encoding of `response`.
-    pub fn new(response: &Response) -> Self {
+    pub(crate) fn new(response: &Response) -> Self {
         Reply {
             code: response.code(),
             bytes: response.to_bytes(),
@@ -21,11 +22,12 @@ impl Reply {
     }
 
     /// An error reply with a reason.
-    pub fn error(code: ErrorCode, reason: impl Into<Bytes>) -> Self {
+    pub(crate) fn error(code: ErrorCode, reason: impl Into<Bytes>) -> Self {
         Reply::new(&Response::error(code, reason))
     }
 
     /// An OK reply encoded elsewhere (a large `0:` built straight from the board).
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn ok(bytes: Bytes) -> Self {
         debug_assert_eq!(bytes.first(), Some(&b'0'));
         Reply {
@@ -35,27 +37,22 @@ impl Reply {
     }
 
     /// Its code.
-    pub fn code(&self) -> ReplyCode {
+    pub(crate) fn code(&self) -> ReplyCode {
         self.code
     }
 
     /// Its bytes.
-    pub fn bytes(&self) -> &Bytes {
+    pub(crate) fn bytes(&self) -> &Bytes {
         &self.bytes
     }
 
     /// Its length in bytes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.bytes.len()
     }
 
-    /// Whether it is empty (never, for a reply built here).
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
     /// Its bytes, owned.
-    pub fn into_bytes(self) -> Bytes {
+    pub(crate) fn into_bytes(self) -> Bytes {
         self.bytes
     }
 }

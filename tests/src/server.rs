@@ -5,8 +5,8 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use mboard_server::board::Board;
-use mboard_server::handler::Handler;
+use mboard_server::Board;
+use mboard_server::Handler;
 use mboard_server::{Config, Limits, Listeners, RateLimit, ServerError, Store};
 use tokio::sync::oneshot;
 
@@ -51,7 +51,7 @@ impl TestServer {
                 workers: 2,
                 seed: Some(42),
                 summary_interval: None,
-                retention: mboard_server::board::Retention::UNLIMITED,
+                retention: mboard_server::Retention::UNLIMITED,
             },
             metrics: false,
             serve: Box::new(|listeners, config, shutdown| {
@@ -89,7 +89,7 @@ impl TestServerBuilder {
     }
 
     /// What the board keeps (everything, unless this is called).
-    pub fn retention(mut self, retention: mboard_server::board::Retention) -> Self {
+    pub fn retention(mut self, retention: mboard_server::Retention) -> Self {
         self.config.retention = retention;
         self
     }

@@ -44,12 +44,7 @@ pub(super) async fn fetch(
                         .fail(|| format!("download of {} bytes not had", offer.size));
                     return Ok(None);
                 }
-                // Ask again for every block sent and not had.
-                for index in 0..next {
-                    if got[index as usize].is_none() {
-                        ask(socket, offer, index).await?;
-                    }
-                }
+                ask_again(socket, offer, &got[..next as usize]).await?;
                 continue;
             }
         };
@@ -77,6 +72,16 @@ pub(super) async fn fetch(
         body.extend_from_slice(&block);
     }
     Ok(Some(Bytes::from(body)))
+}
+
+/// Asks again for every block of `asked` (those sent for so far) not had.
+async fn ask_again(socket: &UdpSocket, offer: Offer, asked: &[Option<Bytes>]) -> io::Result<()> {
+    for (index, block) in (0..).zip(asked) {
+        if block.is_none() {
+            ask(socket, offer, index).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn ask(socket: &UdpSocket, offer: Offer, index: u64) -> io::Result<()> {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use mboard_client::output::json_string;
+use mboard_client::json_string;
 
 use crate::report::{Tally, percentile_signed};
 

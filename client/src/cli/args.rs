@@ -18,7 +18,7 @@ connection was refused).";
 /// Publish to and read from an mboard message board over UDP.
 #[derive(Debug, Parser)]
 #[command(name = "mboard-client", version, after_help = AFTER_HELP)]
-pub struct Args {
+pub(crate) struct Args {
     /// Server address: `host:port`, or `host` for port 7777. Every address a name resolves
     /// to is tried until one answers.
     #[arg(
@@ -57,7 +57,7 @@ pub struct Args {
 
 /// The commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Publish a text and print the new message's id.
     Publish {
         /// The text; several words are joined by spaces (`publish hello world`). `-`

@@ -12,19 +12,19 @@ use std::path::{Path, PathBuf};
 use clap_complete::Shell;
 
 /// Writes `shell`'s completion script for `cmd` to `out`.
-pub fn completions(cmd: &mut clap::Command, shell: Shell, out: &mut dyn Write) {
+pub(crate) fn completions(cmd: &mut clap::Command, shell: Shell, out: &mut dyn Write) {
     let name = cmd.get_name().to_string();
     clap_complete::generate(shell, cmd, name, out);
 }
 
 /// Writes the man page of `cmd` (section 1) to `out`.
-pub fn manpage(cmd: clap::Command, out: &mut dyn Write) -> io::Result<()> {
+pub(crate) fn manpage(cmd: clap::Command, out: &mut dyn Write) -> io::Result<()> {
     clap_mangen::Man::new(cmd).render(out)
 }
 
 /// Writes a man page for `cmd` and for each of its visible subcommands to `dir`
 /// (`mboard-client.1`, `mboard-client-publish.1`, …), and returns their paths, sorted.
-pub fn write_manpages(cmd: clap::Command, dir: &Path) -> io::Result<Vec<PathBuf>> {
+pub(crate) fn write_manpages(cmd: clap::Command, dir: &Path) -> io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut cmd = cmd.disable_help_subcommand(true);
     // Building names the subcommands `mboard-client-publish` and gives them the global

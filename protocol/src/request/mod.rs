@@ -434,8 +434,5 @@ impl From<SessionRequest> for Request {
     }
 }
 
-/// Header bytes of a `b:` datagram with the widest index: `b:<sid>:<20 digits>:`.
-pub const BLOCK_HEADER_MAX: usize = 2 + SessionId::LEN + 1 + field::MAX_DIGITS + 1;
-
 #[cfg(test)]
 mod tests;

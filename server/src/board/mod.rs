@@ -23,13 +23,14 @@ use mboard_protocol::{Entry, Message, MessageId, PublishToken, encode_messages};
 
 mod journal;
 mod memory;
-pub mod retention;
+mod retention;
 mod sums;
-pub mod tokens;
+mod tokens;
 pub(crate) mod warnings;
 
-pub use journal::{Fsync, Journal, JournalConfig, JournalError, Recovery, Torn};
-pub use memory::{ENTRY_COST, MemoryBoard};
+pub use journal::{Fsync, JournalConfig};
+pub(crate) use journal::{Journal, JournalError};
+pub use memory::MemoryBoard;
 pub use retention::Retention;
 pub use tokens::{TokenCounts, TokenLimits};
 

@@ -23,7 +23,7 @@ pub struct Retention {
 
 /// What a store keeps, as retention weighs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Held {
+pub(crate) struct Held {
     /// Messages kept.
     pub messages: u64,
     /// Their bytes, counted as the store counts them.
@@ -41,12 +41,12 @@ impl Retention {
     };
 
     /// Whether any limit is set.
-    pub fn is_limited(&self) -> bool {
+    pub(crate) fn is_limited(&self) -> bool {
         self.messages.is_some() || self.bytes.is_some() || self.age.is_some()
     }
 
     /// Whether the oldest kept message must go at `now` for the limits to hold.
-    pub fn exceeded(&self, held: Held, now: Timestamp) -> bool {
+    pub(crate) fn exceeded(&self, held: Held, now: Timestamp) -> bool {
         let Some(oldest) = held.oldest else {
             return false;
         };
@@ -57,18 +57,18 @@ impl Retention {
 
     /// Whether the count or byte limit is exceeded (what a publish can change; age is
     /// the clock's business).
-    pub fn size_exceeded(&self, messages: u64, bytes: u64) -> bool {
+    pub(crate) fn size_exceeded(&self, messages: u64, bytes: u64) -> bool {
         self.messages.is_some_and(|m| messages > m) || self.bytes.is_some_and(|b| bytes > b)
     }
 
     /// Whether a message published at `at` is past the age limit at `now`.
-    pub fn age_exceeded(&self, at: Timestamp, now: Timestamp) -> bool {
+    pub(crate) fn age_exceeded(&self, at: Timestamp, now: Timestamp) -> bool {
         self.age
             .is_some_and(|age| now.0.saturating_sub(at.0) >= micros(age))
     }
 
     /// When a message published at `at` passes the age limit, if there is one.
-    pub fn expiry(&self, at: Timestamp) -> Option<Timestamp> {
+    pub(crate) fn expiry(&self, at: Timestamp) -> Option<Timestamp> {
         self.age
             .map(|age| Timestamp(at.0.saturating_add(micros(age))))
     }

@@ -41,7 +41,7 @@ impl Default for TokenLimits {
 
 /// What the table knows of a token.
 #[derive(Debug)]
-pub enum Claim {
+pub(super) enum Claim {
     /// Not seen within the window: publish it (the token is now pending).
     New,
     /// Its publish is still being stored: the receiver turns `Some(id)` once it is, and
@@ -61,7 +61,7 @@ struct Slot {
 /// Tokens published within the window, oldest first, bounded in number; and the tokens
 /// whose publish is under way.
 #[derive(Debug)]
-pub struct TokenTable {
+pub(super) struct TokenTable {
     window_micros: u64,
     max_tokens: usize,
     published: HashMap<PublishToken, Slot>,
@@ -88,7 +88,7 @@ pub struct TokenCounts {
 
 impl TokenTable {
     /// An empty table with these limits.
-    pub fn new(limits: TokenLimits) -> Self {
+    pub(super) fn new(limits: TokenLimits) -> Self {
         TokenTable {
             window_micros: u64::try_from(limits.window.as_micros()).unwrap_or(u64::MAX),
             max_tokens: limits.max_tokens.max(1),
@@ -100,7 +100,7 @@ impl TokenTable {
     }
 
     /// Counts for metrics, as of the last call that was given the time.
-    pub fn counts(&self) -> TokenCounts {
+    pub(super) fn counts(&self) -> TokenCounts {
         TokenCounts {
             held: self.published.len() + self.pending.len(),
             evicted_early: self.evicted_early,
@@ -108,7 +108,7 @@ impl TokenTable {
     }
 
     /// Looks `token` up at `now`; a token not known within the window becomes pending.
-    pub fn claim(&mut self, token: PublishToken, now: Timestamp) -> Claim {
+    pub(super) fn claim(&mut self, token: PublishToken, now: Timestamp) -> Claim {
         self.expire(now);
         if let Some(slot) = self.published.get(&token) {
             return Claim::Published(slot.id);
@@ -128,7 +128,7 @@ impl TokenTable {
     }
 
     /// The pending `token` was stored as `id` at `at`: remember it, and tell its waiters.
-    pub fn published(&mut self, token: PublishToken, id: MessageId, at: Timestamp) {
+    pub(super) fn published(&mut self, token: PublishToken, id: MessageId, at: Timestamp) {
         if let Some(waiters) = self.pending.remove(&token) {
             if let Some(waiters) = waiters {
                 waiters.send_replace(Some(id));
@@ -139,7 +139,7 @@ impl TokenTable {
 
     /// The pending `token` could not be stored: forget it, so that a resend (or a waiter)
     /// may try again.
-    pub fn abandon(&mut self, token: PublishToken) {
+    pub(super) fn abandon(&mut self, token: PublishToken) {
         // Dropping the sender closes the waiters' receivers without a value.
         self.pending.remove(&token);
     }
@@ -147,7 +147,13 @@ impl TokenTable {
     /// Remembers a token read back from storage (rebuilding the table at start-up), if
     /// it is still inside the window at `now`. A later record of the same token wins, as
     /// it did in the server that wrote them.
-    pub fn restore(&mut self, token: PublishToken, id: MessageId, at: Timestamp, now: Timestamp) {
+    pub(super) fn restore(
+        &mut self,
+        token: PublishToken,
+        id: MessageId,
+        at: Timestamp,
+        now: Timestamp,
+    ) {
         if now.0.saturating_sub(at.0) < self.window_micros {
             self.remember(token, id, at.0);
         }
@@ -179,7 +185,7 @@ impl TokenTable {
     /// The tokens published within the window at `now` whose ids are in `first..end`,
     /// with their ids and publish times: those a store must keep when it deletes the
     /// records of those ids.
-    pub fn live_between(
+    pub(super) fn live_between(
         &self,
         first: u64,
         end: u64,
@@ -195,7 +201,11 @@ impl TokenTable {
     }
 
     /// The id and publish time of `token`, if it was published within the window at `now`.
-    pub fn live(&self, token: PublishToken, now: Timestamp) -> Option<(MessageId, Timestamp)> {
+    pub(super) fn live(
+        &self,
+        token: PublishToken,
+        now: Timestamp,
+    ) -> Option<(MessageId, Timestamp)> {
         self.published
             .get(&token)
             .filter(|s| now.0.saturating_sub(s.at) < self.window_micros)
@@ -203,7 +213,7 @@ impl TokenTable {
     }
 
     /// Forgets published tokens whose window has ended by `now`.
-    pub fn expire(&mut self, now: Timestamp) {
+    pub(super) fn expire(&mut self, now: Timestamp) {
         while let Some(&(at, token)) = self.order.front() {
             if now.0.saturating_sub(at) < self.window_micros {
                 break;
@@ -216,16 +226,16 @@ impl TokenTable {
 
 /// A store's token table, shared by its publishers and its writer.
 #[derive(Debug, Clone)]
-pub struct Tokens(Arc<Mutex<TokenTable>>);
+pub(super) struct Tokens(Arc<Mutex<TokenTable>>);
 
 impl Tokens {
     /// An empty table with these limits.
-    pub fn new(limits: TokenLimits) -> Self {
+    pub(super) fn new(limits: TokenLimits) -> Self {
         Tokens(Arc::new(Mutex::new(TokenTable::new(limits))))
     }
 
     /// The table, for start-up to restore into.
-    pub fn table(&self) -> MutexGuard<'_, TokenTable> {
+    pub(super) fn table(&self) -> MutexGuard<'_, TokenTable> {
         // The table is consistent between calls, so a panic elsewhere while holding it
         // must not stop exactly-once publishing.
         self.0
@@ -236,7 +246,7 @@ impl Tokens {
     /// Claims `token` for a publish: `Ok` to publish it (resolve the guard when stored),
     /// `Err(id)` if it already published `id`. A publish of it that is under way is
     /// waited for; if that one fails, this claim tries again.
-    pub async fn claim(&self, token: PublishToken) -> Result<Claimed, MessageId> {
+    pub(super) async fn claim(&self, token: PublishToken) -> Result<Claimed, MessageId> {
         loop {
             let now = Timestamp::from_system_time(SystemTime::now());
             let claim = self.table().claim(token, now);
@@ -260,7 +270,7 @@ impl Tokens {
     }
 
     /// Counts for metrics, forgetting tokens whose window has ended first.
-    pub fn counts(&self) -> TokenCounts {
+    pub(super) fn counts(&self) -> TokenCounts {
         let mut table = self.table();
         table.expire(Timestamp::from_system_time(SystemTime::now()));
         table.counts()
@@ -270,7 +280,7 @@ impl Tokens {
 /// A pending token: resolve it with [`Claimed::published`] once its message is stored;
 /// dropping it unresolved (the store failed, the publish was cancelled) abandons it.
 #[derive(Debug)]
-pub struct Claimed {
+pub(super) struct Claimed {
     tokens: Tokens,
     token: PublishToken,
     resolved: bool,
@@ -278,12 +288,12 @@ pub struct Claimed {
 
 impl Claimed {
     /// The token claimed.
-    pub fn token(&self) -> PublishToken {
+    pub(super) fn token(&self) -> PublishToken {
         self.token
     }
 
     /// Its message was stored (durably) as `id` at `at`.
-    pub fn published(mut self, id: MessageId, at: Timestamp) {
+    pub(super) fn published(mut self, id: MessageId, at: Timestamp) {
         self.resolved = true;
         self.tokens.table().published(self.token, id, at);
     }
@@ -298,196 +308,4 @@ impl Drop for Claimed {
 }
 
 #[cfg(test)]
-mod tests {
-    use uuid::Uuid;
-
-    use super::*;
-
-    fn token(n: u128) -> PublishToken {
-        PublishToken(Uuid::from_u128(n))
-    }
-
-    fn secs(s: u64) -> Timestamp {
-        Timestamp(s * 1_000_000)
-    }
-
-    fn table(max_tokens: usize) -> TokenTable {
-        TokenTable::new(TokenLimits {
-            window: Duration::from_secs(120),
-            max_tokens,
-        })
-    }
-
-    fn is_new(c: Claim) -> bool {
-        matches!(c, Claim::New)
-    }
-
-    fn published_as(c: Claim) -> Option<u64> {
-        match c {
-            Claim::Published(id) => Some(id.0),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn a_token_publishes_once_within_its_window() {
-        let mut t = table(100);
-        assert!(is_new(t.claim(token(1), secs(0))));
-        let Claim::Pending(waiter) = t.claim(token(1), secs(0)) else {
-            panic!("a second claim while the first is stored waits")
-        };
-        assert_eq!(*waiter.borrow(), None);
-        t.published(token(1), MessageId(7), secs(1));
-        assert_eq!(*waiter.borrow(), Some(MessageId(7)), "the waiter is told");
-        assert_eq!(published_as(t.claim(token(1), secs(120))), Some(7));
-        // The window counts from the publish (1 s), not from the claim.
-        assert!(is_new(t.claim(token(1), secs(121))));
-    }
-
-    #[test]
-    fn an_abandoned_publish_can_be_retried() {
-        let mut t = table(100);
-        assert!(is_new(t.claim(token(1), secs(0))));
-        let Claim::Pending(waiter) = t.claim(token(1), secs(0)) else {
-            panic!("pending")
-        };
-        t.abandon(token(1));
-        assert!(waiter.has_changed().is_err(), "the waiter sees it closed");
-        assert_eq!(t.counts().held, 0);
-        assert!(is_new(t.claim(token(1), secs(1))));
-        t.published(token(1), MessageId(3), secs(1));
-        // Abandoning a published token changes nothing.
-        t.abandon(token(1));
-        assert_eq!(published_as(t.claim(token(1), secs(2))), Some(3));
-    }
-
-    #[test]
-    fn a_full_table_forgets_the_oldest_early_and_counts_it() {
-        let mut t = table(3);
-        for n in 0..4 {
-            assert!(is_new(t.claim(token(n), secs(n as u64))));
-            t.published(token(n), MessageId(n as u64), secs(n as u64));
-        }
-        assert_eq!(
-            t.counts(),
-            TokenCounts {
-                held: 3,
-                evicted_early: 1
-            }
-        );
-        assert!(
-            is_new(t.claim(token(0), secs(4))),
-            "the oldest was forgotten"
-        );
-        assert_eq!(published_as(t.claim(token(2), secs(4))), Some(2));
-    }
-
-    #[test]
-    fn pending_tokens_are_never_forgotten() {
-        let mut t = table(1);
-        assert!(is_new(t.claim(token(1), secs(0))));
-        for n in 2..10 {
-            assert!(is_new(t.claim(token(n), secs(0))));
-            t.published(token(n), MessageId(n as u64), secs(0));
-        }
-        // Neither by a full table nor by age.
-        assert!(matches!(t.claim(token(1), secs(1_000)), Claim::Pending(_)));
-        t.published(token(1), MessageId(1), secs(1_000));
-        assert_eq!(published_as(t.claim(token(1), secs(1_001))), Some(1));
-    }
-
-    #[test]
-    fn restored_tokens_keep_their_age_and_the_last_record_wins() {
-        let mut t = table(100);
-        let now = secs(1_000);
-        t.restore(token(1), MessageId(1), secs(900), now);
-        t.restore(token(2), MessageId(2), secs(870), now);
-        t.restore(token(3), MessageId(3), secs(890), now);
-        t.restore(token(3), MessageId(4), secs(950), now);
-        assert_eq!(published_as(t.claim(token(1), now)), Some(1));
-        assert!(
-            is_new(t.claim(token(2), now)),
-            "its window ended before the restart"
-        );
-        assert_eq!(published_as(t.claim(token(3), now)), Some(4));
-        // Token 1 was published at 900: forgotten at 1,020. Token 3's stale entry (890)
-        // does not take the live one (950) with it.
-        assert!(is_new(t.claim(token(1), secs(1_020))));
-        assert_eq!(published_as(t.claim(token(3), secs(1_020))), Some(4));
-        assert!(is_new(t.claim(token(3), secs(1_070))));
-    }
-
-    #[test]
-    fn expiry_empties_the_table_without_counting_early_evictions() {
-        let mut t = table(10);
-        for n in 0..10 {
-            assert!(is_new(t.claim(token(n), secs(n as u64))));
-            t.published(token(n), MessageId(n as u64), secs(n as u64));
-        }
-        t.expire(secs(125));
-        assert_eq!(
-            t.counts(),
-            TokenCounts {
-                held: 4,
-                evicted_early: 0
-            }
-        );
-        t.expire(secs(200));
-        assert_eq!(t.counts().held, 0);
-        assert!(t.order.is_empty());
-    }
-
-    #[test]
-    fn live_tokens_are_found_by_their_ids() {
-        let mut t = table(100);
-        for n in 0..6u64 {
-            assert!(is_new(t.claim(token(n.into()), secs(n))));
-            t.published(token(n.into()), MessageId(n * 10), secs(n));
-        }
-        let mut live = t.live_between(10, 40, secs(100));
-        live.sort_by_key(|(_, id, _)| *id);
-        let ids: Vec<(u64, u64)> = live.iter().map(|(_, id, at)| (id.0, at.0)).collect();
-        assert_eq!(ids, vec![(10, 1_000_000), (20, 2_000_000), (30, 3_000_000)]);
-        // Those whose window has ended are not live, and nothing is forgotten by asking.
-        assert_eq!(t.live_between(0, 100, secs(122)).len(), 3);
-        assert_eq!(t.live(token(2), secs(100)), Some((MessageId(20), secs(2))));
-        assert_eq!(t.live(token(1), secs(121)), None);
-        assert_eq!(t.live(token(9), secs(0)), None);
-        assert_eq!(t.counts().held, 6);
-    }
-
-    /// docs/OPERATIONS.md states the table's memory from these sizes: 32 bytes a token in
-    /// the hash map (plus a control byte and up to half its buckets empty), 24 in the age
-    /// queue; a full default table measured 90 MiB.
-    #[test]
-    fn the_table_costs_what_the_docs_say() {
-        assert_eq!(std::mem::size_of::<(PublishToken, Slot)>(), 32);
-        assert_eq!(std::mem::size_of::<(u64, PublishToken)>(), 24);
-    }
-
-    #[test]
-    fn a_dropped_claim_abandons_and_a_waiter_then_publishes_itself() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let tokens = Tokens::new(TokenLimits::default());
-            let first = tokens.claim(token(1)).await.expect("new");
-            let again = tokens.clone();
-            let waiter =
-                tokio::spawn(async move { again.claim(token(1)).await.map(|c| c.token()) });
-            tokio::task::yield_now().await;
-            assert!(!waiter.is_finished(), "waits while the first is pending");
-            drop(first);
-            assert_eq!(waiter.await.expect("task"), Ok(token(1)), "claims it anew");
-            // That claim was dropped too: the token is free again, and then published.
-            let claimed = tokens.claim(token(1)).await.expect("new");
-            claimed.published(MessageId(5), Timestamp::from_system_time(SystemTime::now()));
-            assert_eq!(tokens.table().counts().held, 1);
-            assert_eq!(
-                tokens.claim(token(1)).await.map(|c| c.token()),
-                Err(MessageId(5))
-            );
-        });
-    }
-}
+mod tests;

@@ -10,7 +10,7 @@ use crate::session::SessionError;
 
 /// What [`Handler::handle`](super::Handler::handle) made of one datagram.
 #[derive(Debug)]
-pub struct Handled {
+pub(crate) struct Handled {
     /// The request it was, or claimed to be (`None`: not a request at all).
     pub kind: Option<RequestKind>,
     /// What to send back.
@@ -26,10 +26,10 @@ pub(super) fn offered(offer: Result<mboard_protocol::Offer, SessionError>) -> Re
 }
 
 /// A reply that waits for the board (a publish waiting for its group commit).
-pub type Waiting = Pin<Box<dyn Future<Output = Reply> + Send>>;
+pub(super) type Waiting = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
 /// What to send back for one datagram.
-pub enum Answer {
+pub(crate) enum Answer {
     /// Nothing (a commit that is already executing: the client's resend gets the reply).
     Silent,
     /// This reply, now.
@@ -43,7 +43,8 @@ pub enum Answer {
 
 impl Answer {
     /// The reply to send, building or awaiting it here if need be.
-    pub async fn resolve(self) -> Option<Reply> {
+    #[cfg(test)]
+    pub(crate) async fn resolve(self) -> Option<Reply> {
         match self {
             Answer::Silent => None,
             Answer::Reply(reply) => Some(reply),

@@ -151,32 +151,32 @@ impl<B: Board> Handler<B> {
 
     /// Resolves when a held request may be due: a publish woke some, or one was held that
     /// may end before the deadline the caller is waiting for.
-    pub async fn follow_signal(&self) {
+    pub(crate) async fn follow_signal(&self) {
         self.follow.signal.notified().await;
     }
 
     /// The held requests to answer now: those a publish woke, and those whose wait has run
     /// out by `now`.
-    pub fn follow_due(&self, now: Instant) -> Vec<Wake> {
+    pub(crate) fn follow_due(&self, now: Instant) -> Vec<Wake> {
         let mut due = std::mem::take(&mut *lock(&self.follow.woken));
         due.extend(lock(&self.follow.holds).expire(now));
         due
     }
 
     /// When the next held request's wait runs out, if any is held.
-    pub fn next_hold_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_hold_deadline(&self) -> Option<Instant> {
         lock(&self.follow.holds).next_deadline()
     }
 
     /// Counts of held requests, for metrics.
-    pub fn hold_counts(&self) -> HoldCounts {
+    pub(crate) fn hold_counts(&self) -> HoldCounts {
         lock(&self.follow.holds).counts()
     }
 
     /// The answer to a held request that is due: what was published after its `after`, or
     /// `0:0` when its wait ran out. Held replies obey the amplification rule like any
     /// other, measured against the request that was held.
-    pub fn answer_wake(self: &Arc<Self>, now: Instant, wake: Wake) -> Answer {
+    pub(crate) fn answer_wake(self: &Arc<Self>, now: Instant, wake: Wake) -> Answer {
         let answer = match wake.cause {
             WakeCause::Published => self.read_woken(now, wake),
             WakeCause::TimedOut => Answer::Reply(Reply::new(&Response::Messages(Vec::new()))),

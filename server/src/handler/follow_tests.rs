@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::Handler;
+use super::tests::run;
 use crate::board::MemoryBoard;
 use crate::config::Limits;
 use crate::held::WakeCause;
@@ -14,13 +15,6 @@ use crate::reply::Reply;
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn run<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime")
-        .block_on(f)
 }
 
 struct Sim {

@@ -36,7 +36,7 @@ mod retention_tests;
 mod tests;
 
 use answer::offered;
-pub use answer::{Answer, Handled, Waiting};
+pub(crate) use answer::{Answer, Handled};
 
 /// Answers datagrams for one board.
 #[derive(Debug)]
@@ -125,27 +125,27 @@ impl<B: Board> Handler<B> {
     }
 
     /// The limits in force.
-    pub fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }
 
     /// Messages published (acknowledged) through this handler.
-    pub fn publishes(&self) -> u64 {
+    pub(crate) fn publishes(&self) -> u64 {
         self.publishes.load(Ordering::Relaxed)
     }
 
     /// `5:` publishes answered from the token table, storing nothing.
-    pub fn duplicates(&self) -> u64 {
+    pub(crate) fn duplicates(&self) -> u64 {
         self.duplicates.load(Ordering::Relaxed)
     }
 
     /// How long an idle session lives.
-    pub fn session_timeout(&self) -> Duration {
+    pub(crate) fn session_timeout(&self) -> Duration {
         self.limits.session_timeout
     }
 
     /// The board this handler serves.
-    pub fn board(&self) -> &B {
+    pub(crate) fn board(&self) -> &B {
         &self.board
     }
 
@@ -158,13 +158,13 @@ impl<B: Board> Handler<B> {
     }
 
     /// Session counters.
-    pub fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         self.sessions().stats()
     }
 
     /// Drops idle sessions; returns the next instant worth calling again, if any. Also
     /// reports the board failures kept quiet in intervals that have ended.
-    pub fn expire(&self, now: Instant) -> Option<Instant> {
+    pub(crate) fn expire(&self, now: Instant) -> Option<Instant> {
         for (error, n) in self.warnings.flush(now) {
             let n = crate::board::warnings::thousands(n);
             warn!(%error, "board failure: {n} more like it were not logged");
@@ -182,7 +182,7 @@ impl<B: Board> Handler<B> {
     /// Takes the handler by `Arc` because work that must leave the receive loop (a large
     /// reply to build, a publish waiting for the disk) comes back as an [`Answer`] that
     /// outlives this call.
-    pub async fn handle(
+    pub(crate) async fn handle(
         self: &Arc<Self>,
         now: Instant,
         from: SocketAddr,
@@ -298,27 +298,17 @@ impl<B: Board> Handler<B> {
             // receive loop, so the loop keeps receiving and concurrent publishes share a sync.
             // The wait holds a place in the queue for the disk, taken without waiting.
             BoardRequest::Publish(text) if self.board.defers_publish() => {
-                let Some(queued) = self.queue(text.len()) else {
-                    return Answer::Reply(busy());
-                };
                 let this = self.clone();
-                Answer::Wait(Box::pin(async move {
-                    let reply = this.publish(from, text).await;
-                    drop(queued);
-                    reply
-                }))
+                self.deferred(text.len(), async move { this.publish(from, text).await })
             }
             BoardRequest::Publish(text) => Answer::Reply(self.publish(from, text).await),
             BoardRequest::PublishOnce { token, text } if self.board.defers_publish() => {
-                let Some(queued) = self.queue(text.len()) else {
-                    return Answer::Reply(busy());
-                };
                 let this = self.clone();
-                Answer::Wait(Box::pin(async move {
-                    let reply = this.publish_once(from, token, text).await;
-                    drop(queued);
-                    reply
-                }))
+                let len = text.len();
+                self.deferred(
+                    len,
+                    async move { this.publish_once(from, token, text).await },
+                )
             }
             BoardRequest::PublishOnce { token, text } => {
                 Answer::Reply(self.publish_once(from, token, text).await)
@@ -355,6 +345,19 @@ impl<B: Board> Handler<B> {
                 hold,
             ),
         }
+    }
+
+    /// A publish of `len` bytes that waits for the board, away from the receive loop,
+    /// holding a place in the queue for the disk; `4:busy` if there is none.
+    fn deferred(&self, len: usize, reply: impl Future<Output = Reply> + Send + 'static) -> Answer {
+        let Some(queued) = self.queue(len) else {
+            return Answer::Reply(busy());
+        };
+        Answer::Wait(Box::pin(async move {
+            let reply = reply.await;
+            drop(queued);
+            reply
+        }))
     }
 
     /// The `4:`-format reply for the messages in `span`.

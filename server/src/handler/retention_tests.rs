@@ -4,19 +4,9 @@ use std::time::SystemTime;
 
 use mboard_protocol::{Entry, Expect, Message, MessageId, Timestamp};
 
+use super::tests::{from, run};
 use super::*;
 use crate::board::{MemoryBoard, Retention, Span, TokenLimits};
-
-fn from() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 5000))
-}
-
-fn run<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
 
 fn handled<B: Board>(h: &Arc<Handler<B>>, pdu: &[u8]) -> Answer {
     let datagram = Bytes::copy_from_slice(pdu);

@@ -5,11 +5,11 @@ use mboard_protocol::{Entry, Expect, Message, MessageId};
 use super::*;
 use crate::board::{MemoryBoard, Span};
 
-fn from() -> SocketAddr {
+pub(super) fn from() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 5000))
 }
 
-fn run<F: std::future::Future>(f: F) -> F::Output {
+pub(super) fn run<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime")

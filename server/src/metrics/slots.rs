@@ -37,7 +37,7 @@ impl Default for EndpointLimits {
 
 impl EndpointLimits {
     /// Checks that the endpoint can serve at least one connection.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.connections == 0 {
             return Err(ConfigError::Zero("metrics connections"));
         }

@@ -112,14 +112,14 @@ impl Budget {
 /// Sizing first means a huge `4:0` is refused as busy before any of it is copied.
 #[derive(Debug)]
 #[must_use = "a reservation holds budget until filled or cancelled"]
-pub struct Reservation {
+pub(crate) struct Reservation {
     sid: SessionId,
     size: u64,
 }
 
 impl SessionManager {
     /// Reserves a download of `size` bytes for `from`, or refuses it as busy.
-    pub fn reserve(
+    pub(crate) fn reserve(
         &mut self,
         now: Instant,
         from: SocketAddr,
@@ -139,7 +139,11 @@ impl SessionManager {
     /// `data` must be the reserved size; if the reservation expired meanwhile, it is
     /// refused as busy rather than offered under an id that names nothing. So is an empty
     /// response: an offer's size is at least 1.
-    pub fn fill(&mut self, reservation: Reservation, data: Bytes) -> Result<Offer, SessionError> {
+    pub(crate) fn fill(
+        &mut self,
+        reservation: Reservation,
+        data: Bytes,
+    ) -> Result<Offer, SessionError> {
         debug_assert_eq!(data.len() as u64, reservation.size);
         match self.sessions.get_mut(&reservation.sid) {
             Some(Session {
@@ -162,11 +166,12 @@ impl SessionManager {
     }
 
     /// Gives back a reservation whose response could not be built.
-    pub fn cancel(&mut self, reservation: Reservation) {
+    pub(crate) fn cancel(&mut self, reservation: Reservation) {
         self.remove(reservation.sid);
     }
 
     /// Offers `data` as a download: reserve and fill in one step.
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn offer(
         &mut self,
         now: Instant,

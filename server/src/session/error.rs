@@ -6,6 +6,7 @@ use crate::reply::Reply;
 
 /// A refused session request. Its message is the reason sent after the code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub enum SessionError {
     /// No such session: never opened, closed, or expired.
     #[error("unknown session")]
@@ -55,7 +56,7 @@ pub enum SessionError {
 
 impl SessionError {
     /// The response code this error is answered with.
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             SessionError::IndexPastEnd | SessionError::BlockLength { .. } => ErrorCode::BadFormat,
             _ => ErrorCode::ErrTransm,

@@ -52,6 +52,7 @@ impl Deadlines {
 
 impl SessionManager {
     /// Drops every session idle for the timeout or longer at `now`; returns how many.
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn expire(&mut self, now: Instant) -> usize {
         let timeout = self.limits.session_timeout;
         let mut expired = 0;
@@ -88,7 +89,7 @@ impl SessionManager {
     }
 
     /// The earliest instant at which [`SessionManager::expire`] may have work.
-    pub fn next_expiry(&self) -> Option<Instant> {
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
         self.expiry
             .heap
             .peek()

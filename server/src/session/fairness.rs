@@ -49,7 +49,7 @@ impl Default for Fairness {
 
 impl Fairness {
     /// Checks that the shares are percentages that leave a host some room.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         for (what, share) in [
             ("host memory share", self.host_memory_share),
             ("host session share", self.host_session_share),

@@ -14,11 +14,11 @@ use crate::config::Limits;
 /// The host a source address counts against: an IPv4 address as it is (IPv4-mapped IPv6
 /// addresses too), an IPv6 address by its /64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HostKey(IpAddr);
+pub(crate) struct HostKey(IpAddr);
 
 impl HostKey {
     /// The host of `ip`.
-    pub fn of(ip: IpAddr) -> Self {
+    pub(crate) fn of(ip: IpAddr) -> Self {
         match ip.to_canonical() {
             IpAddr::V6(v6) => {
                 let mut octets = v6.octets();
@@ -30,7 +30,7 @@ impl HostKey {
     }
 
     /// The host as an address: the IPv4 address, or the first address of the /64.
-    pub fn ip(self) -> IpAddr {
+    pub(crate) fn ip(self) -> IpAddr {
         self.0
     }
 }

@@ -22,6 +22,7 @@ use crate::reply::Reply;
 
 /// What the caller should do with a session request.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub enum Outcome {
     /// Send this response: `Opened`, `Acked`, `Data` or `Closed`.
     Respond(Response),
@@ -52,6 +53,7 @@ impl From<Result<Response, SessionError>> for Outcome {
 
 /// Counters for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct Stats {
     /// Sessions open now.
     pub sessions: usize,
@@ -76,6 +78,7 @@ pub struct Stats {
 
 /// Slow sessions reclaimed, by whether their host was over its share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct Reclaimed {
     /// Of a host holding more than its share of memory or sessions.
     pub over_share: u64,
@@ -85,6 +88,7 @@ pub struct Reclaimed {
 
 /// Busy refusals of hosts over their share, by the resource that was short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct HostRefusals {
     /// The host was over its share of session memory.
     pub memory: u64,
@@ -143,6 +147,7 @@ impl Session {
 
 /// Session state for the whole server.
 #[derive(Debug)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct SessionManager {
     pub(super) limits: Limits,
     rng: StdRng,
@@ -160,6 +165,7 @@ pub struct SessionManager {
 
 impl SessionManager {
     /// A manager whose session ids come from a generator seeded with `seed`.
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn new(limits: Limits, seed: u64) -> Self {
         SessionManager {
             validated: Validated::new(limits.validation_ttl, limits.max_validated),
@@ -179,6 +185,7 @@ impl SessionManager {
     /// Sessions open and bytes reserved.
     ///
     /// `buffered` walks every session, so call it for reports, not per datagram.
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn stats(&self) -> Stats {
         Stats {
             sessions: self.sessions.len(),
@@ -194,6 +201,7 @@ impl SessionManager {
     }
 
     /// Handles one session request from `from` at `now`.
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn handle(&mut self, now: Instant, from: SocketAddr, req: SessionRequest) -> Outcome {
         match req {
             SessionRequest::Open { size, block_size } => {
@@ -341,6 +349,7 @@ impl SessionManager {
     }
 
     /// Records the reply of an executed commit; later commits replay it.
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn finish(&mut self, sid: SessionId, reply: Reply) {
         let Some(session) = self.sessions.get_mut(&sid) else {
             // Closed or expired while executing: the reply still goes out once.

@@ -21,12 +21,16 @@ mod manager;
 mod reclaim;
 mod room;
 #[cfg(test)]
+mod slow_tests;
+#[cfg(test)]
 mod tests;
 mod upload;
 mod validated;
 
-pub use budget::Reservation;
+// `pub` rather than `pub(crate)` for what `crate::fuzzing` re-exports.
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub use error::SessionError;
 pub use fairness::Fairness;
-pub use hosts::HostKey;
-pub use manager::{HostRefusals, Outcome, Reclaimed, SessionManager, Stats};
+pub(crate) use hosts::HostKey;
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
+pub use manager::{Outcome, SessionManager, Stats};

@@ -107,12 +107,7 @@ impl SessionManager {
         let reclaimable = if over_on_what_is_short {
             Shortfall::default()
         } else {
-            let hosts = &self.budget.hosts;
-            self.reclaimer
-                .refresh(now, &self.sessions, &fairness, |host| {
-                    shares.exceeded_by(hosts.usage(host))
-                });
-            self.reclaimer.bound()
+            self.reclaimable(now, &shares)
         };
         // Everything that could give way, at most: refused at once if it is not enough,
         // so that a request that cannot be helped drops nothing and walks nothing.
@@ -151,8 +146,26 @@ impl SessionManager {
             }
             return Err(SessionError::Busy);
         };
-        let mut slots = left.slots;
-        for sid in reclaim {
+        self.reclaim_planned(now, need, left.slots, reclaim);
+        Ok(())
+    }
+
+    /// What reclaiming slow claimed sessions could free at most, with the pool of slow
+    /// ones brought up to `now`.
+    fn reclaimable(&mut self, now: Instant, shares: &Shares) -> Shortfall {
+        let fairness = self.limits.fairness;
+        let hosts = &self.budget.hosts;
+        self.reclaimer
+            .refresh(now, &self.sessions, &fairness, |host| {
+                shares.exceeded_by(hosts.usage(host))
+            });
+        self.reclaimer.bound()
+    }
+
+    /// Reclaims the sessions planned for `need`, which lacks `slots` table slots: all of
+    /// them, unless `need` takes no bytes yet and the slots are found.
+    fn reclaim_planned(&mut self, now: Instant, need: Need, mut slots: u64, plan: Vec<SessionId>) {
+        for sid in plan {
             if !need.take_bytes && slots == 0 {
                 // The rest was for bytes an open does not take yet (see `Need`).
                 break;
@@ -160,7 +173,6 @@ impl SessionManager {
             self.reclaim(now, sid);
             slots = slots.saturating_sub(1);
         }
-        Ok(())
     }
 
     /// What `need` lacks under the limits that apply to its host.

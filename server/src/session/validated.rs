@@ -56,7 +56,7 @@ impl Validated {
 
 impl SessionManager {
     /// Whether `from` has proved, recently enough, that it receives what we send it.
-    pub fn is_validated(&self, from: SocketAddr, now: Instant) -> bool {
+    pub(crate) fn is_validated(&self, from: SocketAddr, now: Instant) -> bool {
         self.validated.contains(from, now)
     }
 }

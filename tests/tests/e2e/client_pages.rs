@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mboard_protocol::{Entry, Message, MessageId};
+use mboard_server::Handler;
 use mboard_server::Limits;
-use mboard_server::board::{Board, BoardError, MemoryBoard, Span};
-use mboard_server::handler::Handler;
+use mboard_server::{Board, BoardError, MemoryBoard, Span};
 use mboard_tests::proxy::{Faults, Proxy};
 use mboard_tests::{CliProcess, Peer, TestServer, cli, gate};
 

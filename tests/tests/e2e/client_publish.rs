@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mboard_client::{Client, ClientConfig};
 use mboard_protocol::{Entry, Message, MessageId, PublishToken};
+use mboard_server::Handler;
 use mboard_server::Limits;
-use mboard_server::board::{Board, BoardError, MemoryBoard, Span};
-use mboard_server::handler::Handler;
+use mboard_server::{Board, BoardError, MemoryBoard, Span};
 use mboard_tests::proxy::{Faults, Proxy};
 use mboard_tests::{DataDir, Peer, ServerProcess, TestServer, board_contents, cli, gate};
 

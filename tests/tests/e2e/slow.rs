@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mboard_protocol::{Entry, Message, MessageId, Timestamp};
+use mboard_server::Handler;
 use mboard_server::Limits;
-use mboard_server::board::{Board, BoardError, Span};
-use mboard_server::handler::Handler;
+use mboard_server::{Board, BoardError, Span};
 use mboard_tests::{Peer, TestServer, gate};
 
 /// One message, whose bulk read (`4:`) takes two seconds, like a cold disk.

@@ -23,7 +23,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use mboard_protocol::{Entry, Message, MessageId, PublishToken, Timestamp};
+use mboard_protocol::{Entry, Message, MessageId, PublishToken};
 use prometheus_client::registry::Registry;
 
 use super::retention::Retention;
@@ -52,9 +52,8 @@ mod upgrade;
 mod window;
 mod writer;
 
-pub use error::JournalError;
+pub(crate) use error::JournalError;
 pub(super) use open::try_lock;
-pub use recovery::{Recovery, Torn};
 
 /// When a publish is acknowledged relative to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +118,7 @@ impl JournalConfig {
 
 /// The durable board.
 #[derive(Debug)]
-pub struct Journal {
+pub(crate) struct Journal {
     index: Arc<RwLock<Index>>,
     salt: Salt,
     /// Tokens of `5:` publishes inside the window; the writer resolves them.
@@ -137,7 +136,8 @@ impl Journal {
 
     /// Trims what retention no longer allows at `now` (a manual clock), as the writer does
     /// by the wall clock on its own, and deletes the segments that leaves empty.
-    pub async fn trim(&self, now: Timestamp) -> Result<(), BoardError> {
+    #[cfg(test)]
+    pub(crate) async fn trim(&self, now: mboard_protocol::Timestamp) -> Result<(), BoardError> {
         Ok(self.writer.trim(now).await?)
     }
 
@@ -324,6 +324,7 @@ mod tests {
     use std::fs::OpenOptions;
 
     use super::format::{RECORD_HEADER, SEGMENT_HEADER};
+    use super::recovery::Recovery;
     use super::testing::{TEXTS, TempDir, all, from, open, publish_all, runtime};
     use super::*;
 

@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use super::error::{JournalError, io_at};
 use super::format::{self, SEGMENT_HEADER, Salt, Stub, VERSION};
+use super::index::{Index, Segment};
 use super::layout::{Layout, create_segment, identity_of, list_segments, sync_dir};
 use super::recovery::{self, Recovery};
 use super::upgrade;
@@ -63,7 +64,7 @@ impl Journal {
     /// Opens (or creates) the journal in `config.dir`, replays it (upgrading an older
     /// format), rebuilds the token table within `limits`, trims what `retention` does not
     /// keep and starts the writer.
-    pub fn open(
+    pub(crate) fn open(
         config: &JournalConfig,
         limits: TokenLimits,
         retention: Retention,
@@ -82,18 +83,7 @@ impl Journal {
         if found.unfinished_upgrade {
             finish_upgrade(&layout, found.stub, recovered.index.next())?;
         }
-        let newest = recovered
-            .index
-            .active()
-            .map_or(found.stub.newest, |s| s.first);
-        if newest != found.stub.newest {
-            // A crash between making a segment and naming it in the stub.
-            let stub = Stub {
-                newest,
-                ..found.stub
-            };
-            layout.write_stub(stub).map_err(io_at(&layout.stub()))?;
-        }
+        name_newest(&layout, found.stub, &recovered.index)?;
         let (trimmed, gone) = recovered.index.trim(&retention, now, u64::MAX);
         recovered.trimmed.extend(gone);
         // What start-up trimmed is noted like anything the writer trims.
@@ -107,41 +97,39 @@ impl Journal {
             segments: index.segments().len(),
             oldest: index.sums().first(),
         };
-        info!(
-            journal = %layout.dir().display(),
-            format = recovery.format,
-            messages = recovery.messages,
-            oldest = recovery.oldest,
-            next = index.next(),
-            segments = recovery.segments,
-            tokens = recovery.tokens,
-            bytes = index.bytes(),
-            fsync = %config.fsync,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "journal replayed"
-        );
-        let Some(active) = index.active().cloned() else {
-            return Err(JournalError::Incomplete {
-                path: layout.segments(),
-                reason: "no segment to write to".into(),
-            });
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&active.path)
-            .map_err(io_at(&active.path))?;
+        replayed(&layout, config, index, &recovery, started);
+        let (file, segment) = open_newest(&layout, index)?;
         let start = Start {
             file,
-            segment: active,
+            segment,
             next_in_file: recovered.next_in_newest,
             lock,
             lock_ident,
             doomed: recovered.trimmed,
             kept,
         };
-        let salt = found.stub.salt;
-        let index = Arc::new(RwLock::new(recovered.index));
+        let journal = Journal::start(
+            config,
+            found.stub.salt,
+            start,
+            recovered.index,
+            tokens,
+            retention,
+        )
+        .map_err(io_at(layout.dir()))?;
+        Ok((journal, recovery))
+    }
+
+    /// The journal over `index`, its writer started from `start`.
+    fn start(
+        config: &JournalConfig,
+        salt: Salt,
+        start: Start,
+        index: Index,
+        tokens: Tokens,
+        retention: Retention,
+    ) -> io::Result<Journal> {
+        let index = Arc::new(RwLock::new(index));
         let state = Arc::default();
         let writer = writer::Handle::start(
             config,
@@ -151,17 +139,65 @@ impl Journal {
             tokens.clone(),
             retention,
             Arc::clone(&state),
-        )
-        .map_err(io_at(layout.dir()))?;
-        let journal = Journal {
+        )?;
+        Ok(Journal {
             index,
             salt,
             tokens,
             state,
             writer,
-        };
-        Ok((journal, recovery))
+        })
     }
+}
+
+/// Names the newest segment of `index` in the stub if it does not already: after a crash
+/// between making a segment and naming it in the stub.
+fn name_newest(layout: &Layout, stub: Stub, index: &Index) -> Result<(), JournalError> {
+    let newest = index.active().map_or(stub.newest, |s| s.first);
+    if newest != stub.newest {
+        let stub = Stub { newest, ..stub };
+        layout.write_stub(stub).map_err(io_at(&layout.stub()))?;
+    }
+    Ok(())
+}
+
+/// Logs what start-up found, once it has replayed the journal.
+fn replayed(
+    layout: &Layout,
+    config: &JournalConfig,
+    index: &Index,
+    recovery: &Recovery,
+    started: Instant,
+) {
+    info!(
+        journal = %layout.dir().display(),
+        format = recovery.format,
+        messages = recovery.messages,
+        oldest = recovery.oldest,
+        next = index.next(),
+        segments = recovery.segments,
+        tokens = recovery.tokens,
+        bytes = index.bytes(),
+        fsync = %config.fsync,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "journal replayed"
+    );
+}
+
+/// The newest segment, opened for the writer to append to.
+fn open_newest(layout: &Layout, index: &Index) -> Result<(File, Segment), JournalError> {
+    let Some(active) = index.active().cloned() else {
+        return Err(JournalError::Incomplete {
+            path: layout.segments(),
+            reason: "no segment to write to".into(),
+        });
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(&active.path)
+        .map_err(io_at(&active.path))?;
+    Ok((file, active))
 }
 
 /// Reads the stub (or the single file, upgrading it), or makes a new journal.

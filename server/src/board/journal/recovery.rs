@@ -39,7 +39,7 @@ const CHUNK: usize = 1 << 20;
 
 /// A torn tail that start-up cut off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Torn {
+pub(crate) struct Torn {
     /// The first id of the segment it was in (`None`: the single file of a journal of an
     /// older format, before it was upgraded).
     pub segment: Option<u64>,
@@ -51,7 +51,7 @@ pub struct Torn {
 
 /// What start-up found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Recovery {
+pub(crate) struct Recovery {
     /// Messages kept.
     pub messages: u64,
     /// The torn tail that was cut off, if any.
@@ -96,45 +96,14 @@ pub(super) fn recover(
     now: Timestamp,
     times: bool,
 ) -> Result<Recovered, JournalError> {
-    let dir = layout.segments();
-    let (listed, strangers) = list_segments(&dir).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => JournalError::Incomplete {
-            path: dir.clone(),
-            reason: "the segments directory is missing".into(),
-        },
-        _ => io_at(&dir)(e),
-    })?;
-    for path in strangers {
-        warn!(file = %path.display(), "not a journal segment: left alone");
-    }
-    let newest = listed.last().map(|(first, _)| *first);
-    if newest.is_none_or(|n| n < stub.newest) {
-        return Err(JournalError::Incomplete {
-            path: layout.segment(stub.newest),
-            reason: "the newest segment is missing".into(),
-        });
-    }
+    let listed = segments(layout, stub)?;
     let first = listed.first().map_or(stub.newest, |(first, _)| *first);
     let mut index = Index::new(first, times, now);
     let mut kept = 0;
     let mut torn = None;
     let last = listed.len() - 1;
     for (i, (first, path)) in listed.into_iter().enumerate() {
-        if index.next() != first {
-            let reason = if first > index.next() {
-                format!(
-                    "segments are missing before it: ids {} to {} are nowhere",
-                    index.next(),
-                    first - 1
-                )
-            } else {
-                format!(
-                    "it overlaps the segment before it (which ends at id {})",
-                    index.next()
-                )
-            };
-            return Err(corrupt(&path, 0, reason));
-        }
+        follows(&path, first, index.next())?;
         let file = Arc::new(open_segment(&path, stub, first)?);
         let scan = Scan {
             file: &file,
@@ -167,6 +136,48 @@ pub(super) fn recover(
         next_in_newest,
         trimmed,
     })
+}
+
+/// The segments of the journal `stub` describes, by first id, up to its newest one
+/// (files in the directory that are not segments are left alone, with a warning).
+fn segments(layout: &Layout, stub: Stub) -> Result<Vec<(u64, PathBuf)>, JournalError> {
+    let dir = layout.segments();
+    let (listed, strangers) = list_segments(&dir).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => JournalError::Incomplete {
+            path: dir.clone(),
+            reason: "the segments directory is missing".into(),
+        },
+        _ => io_at(&dir)(e),
+    })?;
+    for path in strangers {
+        warn!(file = %path.display(), "not a journal segment: left alone");
+    }
+    let newest = listed.last().map(|(first, _)| *first);
+    if newest.is_none_or(|n| n < stub.newest) {
+        return Err(JournalError::Incomplete {
+            path: layout.segment(stub.newest),
+            reason: "the newest segment is missing".into(),
+        });
+    }
+    Ok(listed)
+}
+
+/// Checks that the segment at `path`, starting at id `first`, follows on from the one
+/// before it, which ends before id `next`: no gap, no overlap.
+fn follows(path: &Path, first: u64, next: u64) -> Result<(), JournalError> {
+    if next == first {
+        return Ok(());
+    }
+    let reason = if first > next {
+        format!(
+            "segments are missing before it: ids {} to {} are nowhere",
+            next,
+            first - 1
+        )
+    } else {
+        format!("it overlaps the segment before it (which ends at id {next})")
+    };
+    Err(corrupt(path, 0, reason))
 }
 
 /// Opens a segment and checks its header: this journal's salt, and the first id its name

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use mboard_protocol::{Message, MessageId};
 
 use super::layout::{SEGMENTS_DIR, STUB_FILE, segment_path};
-use super::{Fsync, Journal, JournalConfig, JournalError, Recovery};
+use super::recovery::Recovery;
+use super::{Fsync, Journal, JournalConfig, JournalError};
 use crate::board::{Board, Retention, TokenLimits};
 
 /// A fresh directory under the system temp dir, removed on drop.

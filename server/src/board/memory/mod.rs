@@ -28,7 +28,7 @@ mod trimmer;
 /// Bytes a message costs the memory board besides its text, as `--retain-bytes` counts
 /// them: its entry in the queue (72 bytes: time, address, the text's handle), its running
 /// size sum (8), the allocator's header on the text, and the queue's spare capacity.
-pub const ENTRY_COST: u64 = 128;
+pub(super) const ENTRY_COST: u64 = 128;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -96,7 +96,7 @@ impl MemoryBoard {
     }
 
     /// An empty board that keeps everything, remembering publish tokens within `limits`.
-    pub fn with_tokens(limits: TokenLimits) -> Self {
+    pub(crate) fn with_tokens(limits: TokenLimits) -> Self {
         let mut board = Self::unstarted(limits, Retention::UNLIMITED);
         // No thread until a limit comes (by `set_retention`).
         board.trims_itself = true;
@@ -105,7 +105,7 @@ impl MemoryBoard {
 
     /// An empty board remembering publish tokens within `limits` and keeping what
     /// `retention` allows, trimmed by a thread of its own (which this starts).
-    pub fn with_limits(limits: TokenLimits, retention: Retention) -> std::io::Result<Self> {
+    pub(crate) fn with_limits(limits: TokenLimits, retention: Retention) -> std::io::Result<Self> {
         let mut board = Self::unstarted(limits, retention);
         board.trims_itself = true;
         board.start_trimmer(retention)?;

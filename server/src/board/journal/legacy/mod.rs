@@ -338,6 +338,16 @@ pub(super) fn replay(
             ),
         ));
     }
+    Ok(Replayed {
+        messages,
+        torn: Some(cut_torn_tail(file, path, offset, len)?),
+        format,
+    })
+}
+
+/// Cuts the file at `offset`, where a torn final record starts, durably and with a
+/// warning.
+fn cut_torn_tail(file: &File, path: &Path, offset: u64, len: u64) -> Result<Torn, JournalError> {
     let torn = Torn {
         segment: None,
         offset,
@@ -354,11 +364,7 @@ pub(super) fn replay(
     file.set_len(torn.offset)
         .and_then(|()| file.sync_all())
         .map_err(io_at(path))?;
-    Ok(Replayed {
-        messages,
-        torn: Some(torn),
-        format,
-    })
+    Ok(torn)
 }
 
 /// The file's format version; refuses a file that is not a single-file journal.

@@ -149,31 +149,16 @@ impl Writer {
                 // Every job queued before the queue closed has been taken.
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let mut other = None;
-            match job {
+            let other = match job {
                 Job::Publish(first) => {
-                    // Whatever queued during the last write and fsync is the next batch,
-                    // so no timer adds latency.
-                    let mut bytes = first.text.len();
-                    batch.push(first);
-                    while bytes < MAX_BATCH_BYTES {
-                        match rx.try_recv() {
-                            Ok(Job::Publish(p)) => {
-                                bytes += p.text.len();
-                                batch.push(p);
-                            }
-                            Ok(job) => {
-                                other = Some(job);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
+                    let other = gather(rx, first, &mut batch);
                     self.commit(&mut batch);
+                    other
                 }
-                job => other = Some(job),
-            }
+                job => Some(job),
+            };
             match other {
+                #[cfg(test)]
                 Some(Job::Trim(now, done)) => {
                     self.tick(now);
                     let _ = done.send(());
@@ -480,4 +465,23 @@ impl Writer {
         }
         cause
     }
+}
+
+/// Adds to `batch` the publish `first` and whatever publishes queued behind it (during the
+/// last write and fsync: so no timer adds latency), up to `MAX_BATCH_BYTES`; returns the
+/// job that ended the batch if it is not a publish (a retention change, or a test's job).
+fn gather(rx: &mpsc::Receiver<Job>, first: Pending, batch: &mut Vec<Pending>) -> Option<Job> {
+    let mut bytes = first.text.len();
+    batch.push(first);
+    while bytes < MAX_BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(Job::Publish(p)) => {
+                bytes += p.text.len();
+                batch.push(p);
+            }
+            Ok(job) => return Some(job),
+            Err(_) => break,
+        }
+    }
+    None
 }

@@ -67,6 +67,7 @@ pub(super) struct Pending {
 enum Job {
     Publish(Pending),
     /// Trim by this clock (tests' manual clock), then answer.
+    #[cfg(test)]
     Trim(Timestamp, oneshot::Sender<()>),
     /// Keep what these limits allow from now on.
     Retain(Retention),
@@ -171,6 +172,7 @@ impl Handle {
     }
 
     /// Trims by `now` and waits until that is done.
+    #[cfg(test)]
     pub(super) async fn trim(&self, now: Timestamp) -> Result<(), JournalError> {
         let queue = self.queue.as_ref().ok_or(JournalError::Closed)?;
         let (done, finished) = oneshot::channel();
