@@ -67,8 +67,14 @@ fn a_request_larger_than_a_block_is_uploaded_as_a_5_request() {
     let over = "o".repeat(1_400 - 38);
     assert_eq!(cli(proxy.addr, &["publish", &over], b"").out(), "1\n");
     assert_eq!(opens.load(Relaxed), 1, "a byte more: an upload");
-    // a:, two blocks, c:, x:.
-    assert_eq!(proxy.upward().seen.load(Relaxed), 1 + 5);
+    // a:, two blocks, c:, x:. The close is sent as the CLI exits and may reach the proxy
+    // a moment later.
+    let seen = || proxy.upward().seen.load(Relaxed);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while seen() < 1 + 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(seen(), 1 + 5);
 
     // The upload carries the token: a second upload of the same message commits to the
     // first one's id, as does the same token in one datagram.
