@@ -167,9 +167,12 @@ impl Overload {
                 .shedding
                 .map_or(now + self.hold, |(until, _)| until.max(now + self.hold));
             self.shedding = Some((until, quota));
-        } else if let Some((until, _)) = self.shedding {
-            // Still shedding: the quota follows the traffic.
-            self.shedding = Some((until, quota));
+        } else if let Some((until, kept)) = self.shedding {
+            // Still shedding, and keeping up: the quota follows the traffic up, never down.
+            // A quiet window says nothing of the next one (a flood pauses, a client sends
+            // in bursts), and a quota scaled to it would shed an honest burst while the
+            // loop has nothing else to do; a window behind sets it afresh.
+            self.shedding = Some((until, kept.max(quota)));
         } else if self
             .ended
             .is_some_and(|ended| now.saturating_duration_since(ended) > self.hold)

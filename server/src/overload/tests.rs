@@ -211,3 +211,25 @@ fn hosts_seen_before_a_long_quiet_are_forgotten() {
     assert_eq!(alone, [40_000]);
     assert_eq!(o.began(), None);
 }
+
+#[test]
+fn a_quiet_window_during_the_hold_does_not_shrink_the_quota() {
+    // The flood stops; the hold goes on. A window in which a host asks twice says nothing
+    // of the next: scaled to it, the quota would be one datagram a window, and an honest
+    // burst would be shed while the loop has nothing else to do.
+    let (mut o, mut now) = start();
+    let traffic = [(flood(), 1_000), (host(1), 10)];
+    drive(&mut o, &mut now, 2, &traffic, false);
+    assert!(o.shedding(now));
+    drive(&mut o, &mut now, 1, &[(host(1), 2)], true);
+    assert!(o.shedding(now), "still in its hold");
+    assert_eq!(drive(&mut o, &mut now, 1, &[(host(1), 40)], true), [40]);
+    // A quiet pause in a pulsing flood does not make the honest host pay either.
+    drive(&mut o, &mut now, 1, &[(host(1), 2)], true);
+    let got = drive(&mut o, &mut now, 1, &traffic, false);
+    assert_eq!(got[1], 10);
+    assert!(
+        got[0] < 1_000,
+        "the flood is still held to its quota: {got:?}"
+    );
+}
