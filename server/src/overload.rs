@@ -77,6 +77,9 @@ pub(crate) struct Overload {
     epoch_started: Instant,
     /// While shedding: until when, and how many datagrams a host may have a window.
     shedding: Option<(Instant, u32)>,
+    /// The share of the traffic a host keeps, as judged at the last roll (the configured
+    /// share, or an equal share of the hosts seen if that is more).
+    fraction: f64,
     /// When shedding last ended, to tell a relapse from a new overload.
     ended: Option<Instant>,
     hold: Duration,
@@ -97,6 +100,7 @@ impl Overload {
             seen_before: 0,
             epoch_started: now,
             shedding: None,
+            fraction: 1.0,
             ended: None,
             hold: BASE_HOLD,
             began: false,
@@ -125,9 +129,14 @@ impl Overload {
             Entry::Vacant(_) => return true,
         };
         *count += 1;
-        !self
-            .shedding
-            .is_some_and(|(until, quota)| now < until && *count > quota)
+        // The quota was counted on the last window; a host within its share of this one's
+        // traffic so far keeps it too, or traffic that grows (a crowd of followers coming
+        // back at once) would be shed within its share.
+        let within = f64::from(*count) <= (f64::from(self.arrivals) * self.fraction).ceil();
+        within
+            || !self
+                .shedding
+                .is_some_and(|(until, quota)| now < until && *count > quota)
     }
 
     /// If shedding began since the last call: for how long, at first.
@@ -148,7 +157,8 @@ impl Overload {
         let arrivals = f64::from(self.arrivals);
         // Never less than an equal share: when every host sends alike, random losses are
         // already fair, and shedding would only add to them.
-        let quota = (arrivals * self.share).max(arrivals / hosts as f64).ceil() as u32;
+        self.fraction = self.share.max(1.0 / hosts as f64);
+        let quota = (arrivals * self.fraction).ceil() as u32;
         if let Some((until, _)) = self.shedding.filter(|&(until, _)| now >= until) {
             self.shedding = None;
             self.ended = Some(until);
@@ -167,9 +177,12 @@ impl Overload {
                 .shedding
                 .map_or(now + self.hold, |(until, _)| until.max(now + self.hold));
             self.shedding = Some((until, quota));
-        } else if let Some((until, _)) = self.shedding {
-            // Still shedding: the quota follows the traffic.
-            self.shedding = Some((until, quota));
+        } else if let Some((until, kept)) = self.shedding {
+            // Still shedding, and keeping up: the quota follows the traffic up, never down.
+            // A quiet window says nothing of the next one (a flood pauses, a client sends
+            // in bursts), and a quota scaled to it would shed an honest burst while the
+            // loop has nothing else to do; a window behind sets it afresh.
+            self.shedding = Some((until, kept.max(quota)));
         } else if self
             .ended
             .is_some_and(|ended| now.saturating_duration_since(ended) > self.hold)

@@ -189,8 +189,9 @@ fn hosts_past_the_table_are_let_through() {
     }
     assert!(o.counts.len() <= MAX_HOSTS);
     assert!(now > t0);
-    // The flood, over its quota last window, was kept in the table: still held to it.
-    let shed = (0..1_000).filter(|_| !o.admit(flood(), now)).count();
+    // The flood, over its quota last window, was kept in the table: still held to it, once
+    // past its share of this window's traffic (the spoofed sources count in it).
+    let shed = (0..10_000).filter(|_| !o.admit(flood(), now)).count();
     assert!(shed > 0);
 }
 
@@ -210,4 +211,60 @@ fn hosts_seen_before_a_long_quiet_are_forgotten() {
     let alone = drive(&mut o, &mut now, 40, &[(host(1), 1_000)], false);
     assert_eq!(alone, [40_000]);
     assert_eq!(o.began(), None);
+}
+
+#[test]
+fn a_quiet_window_during_the_hold_does_not_shrink_the_quota() {
+    // The flood stops; the hold goes on. A window in which a host asks twice says nothing
+    // of the next: scaled to it, the quota would be one datagram a window, and an honest
+    // burst would be shed while the loop has nothing else to do.
+    let (mut o, mut now) = start();
+    let traffic = [(flood(), 1_000), (host(1), 10)];
+    drive(&mut o, &mut now, 2, &traffic, false);
+    assert!(o.shedding(now));
+    drive(&mut o, &mut now, 1, &[(host(1), 2)], true);
+    assert!(o.shedding(now), "still in its hold");
+    assert_eq!(drive(&mut o, &mut now, 1, &[(host(1), 40)], true), [40]);
+    // A quiet pause in a pulsing flood does not make the honest host pay either.
+    drive(&mut o, &mut now, 1, &[(host(1), 2)], true);
+    let got = drive(&mut o, &mut now, 1, &traffic, false);
+    assert_eq!(got[1], 10);
+    assert!(
+        got[0] < 1_000,
+        "the flood is still held to its quota: {got:?}"
+    );
+}
+
+#[test]
+fn a_share_of_a_hundred_sheds_nothing_even_as_the_traffic_grows() {
+    // The quota is counted on one window and applied to the next: traffic that grows would
+    // be shed past the whole of the last window's, were the share not taken as "no limit".
+    let now = Instant::now();
+    let mut o = Overload::new(Shedding { host_share: 100 }, now);
+    let mut now = now;
+    drive(&mut o, &mut now, 2, &[(flood(), 200), (host(1), 2)], false);
+    let traffic = [(flood(), 2_000), (host(1), 2)];
+    assert_eq!(drive(&mut o, &mut now, 4, &traffic, false), [8_000, 8]);
+}
+
+#[test]
+fn a_host_within_its_share_of_traffic_that_grows_is_not_shed() {
+    // Shedding, the traffic grows tenfold at once (a crowd comes back): the host sending a
+    // fifth of it is within its quarter, though past the quota the last window gave it.
+    let (mut o, mut now) = start();
+    let before = [(flood(), 100), (host(1), 25), (host(2), 5), (host(3), 5)];
+    drive(&mut o, &mut now, 2, &before, false);
+    assert!(o.shedding(now));
+    let after = [
+        (flood(), 1_000),
+        (host(1), 400),
+        (host(2), 300),
+        (host(3), 300),
+    ];
+    let got = drive(&mut o, &mut now, 1, &after, false);
+    assert_eq!(got[1..], [400, 300, 300]);
+    assert!(
+        got[0] < 1_000,
+        "the flood is still held to its share: {got:?}"
+    );
 }
