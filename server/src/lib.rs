@@ -13,6 +13,7 @@
 mod access;
 mod board;
 mod config;
+mod drops;
 mod handler;
 mod held;
 mod limiter;

@@ -14,6 +14,14 @@
 //! nobody to give way to), and never below an equal share of the hosts seen: hosts that
 //! send alike lose alike to the kernel already.
 //!
+//! A queue that never empties is not yet harm: a closed-loop client with hundreds of
+//! requests in flight keeps it from emptying on its own, and the 4 MiB buffer absorbs
+//! bursts. Harm is the kernel dropping, so a loop begins to shed only when it is behind *and* the
+//! kernel's count of datagrams it dropped for the socket rose since the last window (fed
+//! by the driver through [`Overload::kernel_drops`], read more often while a loop is
+//! behind; where it cannot be read, being behind is enough); once shedding, being behind
+//! is enough to go on, since the drops stop because of it.
+//!
 //! Shedding lasts a while after the loop last fell behind (`hold`), since the loop keeps up
 //! *because* it sheds; each time it stops shedding and falls behind again at once, the next
 //! hold is twice as long (up to [`MAX_HOLD`]), so a flood that lasts costs a probe's losses
@@ -38,6 +46,10 @@ const EPOCH: Duration = Duration::from_secs(1);
 const MIN_ARRIVALS: u32 = 128;
 /// The first hold; each immediate relapse doubles it.
 const BASE_HOLD: Duration = Duration::from_secs(1);
+/// Shedding that begins again this soon after it ended is a relapse: the flood went on.
+/// (A full 4 MiB queue takes this long to overflow again under a flood a loop can barely
+/// handle.)
+const RELAPSE: Duration = Duration::from_secs(1);
 /// The longest hold.
 const MAX_HOLD: Duration = Duration::from_secs(32);
 /// Hosts counted in one window; the rest are let through (a table that grows with spoofed
@@ -85,6 +97,13 @@ pub(crate) struct Overload {
     hold: Duration,
     /// Set when shedding begins (not when it is prolonged), for the loop to say so.
     began: bool,
+    /// The kernel's drop count for the socket as last fed, and as it was at the last roll
+    /// (`None`: unknown).
+    drops: Option<u64>,
+    drops_at_roll: Option<u64>,
+    /// The last window ended with the queue never empty: the drop count is worth reading
+    /// often.
+    suspect: bool,
 }
 
 impl Overload {
@@ -104,12 +123,27 @@ impl Overload {
             ended: None,
             hold: BASE_HOLD,
             began: false,
+            drops: None,
+            drops_at_roll: None,
+            suspect: false,
         }
     }
 
     /// The loop found the socket's queue empty: it keeps up.
     pub(crate) fn waited(&mut self) {
         self.waits = self.waits.saturating_add(1);
+    }
+
+    /// The kernel's count of datagrams it dropped for the socket (since it was opened), as
+    /// last read; `None` where it cannot be read.
+    pub(crate) fn kernel_drops(&mut self, total: Option<u64>) {
+        self.drops = total;
+    }
+
+    /// Whether the last window found the loop behind, so the drop count should be read
+    /// often.
+    pub(crate) fn suspect(&self) -> bool {
+        self.suspect
     }
 
     /// Whether a datagram from `host`, received at `now`, is to be handled (else dropped
@@ -153,7 +187,16 @@ impl Overload {
     /// Ends the window: decides from it whether to shed during the next, and how much.
     fn roll(&mut self, now: Instant) {
         let hosts = self.hosts_seen(now);
-        let behind = self.waits == 0 && self.arrivals >= MIN_ARRIVALS;
+        self.suspect = self.waits == 0 && self.arrivals >= MIN_ARRIVALS;
+        let dropping = match (self.drops, self.drops_at_roll) {
+            (Some(now), Some(before)) => now > before,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        self.drops_at_roll = self.drops;
+        // Harm starts shedding; once shedding, being behind is enough to go on (the drops
+        // stop because of it).
+        let behind = self.suspect && (dropping || self.shedding.is_some());
         let arrivals = f64::from(self.arrivals);
         // Never less than an equal share: when every host sends alike, random losses are
         // already fair, and shedding would only add to them.
@@ -168,7 +211,7 @@ impl Overload {
             let relapse = self.shedding.is_none()
                 && self
                     .ended
-                    .is_some_and(|ended| now.saturating_duration_since(ended) <= 4 * WINDOW);
+                    .is_some_and(|ended| now.saturating_duration_since(ended) <= RELAPSE);
             if relapse {
                 self.hold = (self.hold * 2).min(MAX_HOLD);
             }

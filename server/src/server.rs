@@ -17,6 +17,7 @@ use tracing::{debug, error, info, warn};
 use crate::access;
 use crate::board::{Board, Journal, JournalError, MemoryBoard};
 use crate::config::{Config, ConfigError, Store};
+use crate::drops::DropWatch;
 use crate::handler::{Answer, Handler};
 use crate::limiter::{RateLimit, RateLimiter};
 use crate::metrics::{DropReason, Metrics, ServerCollector, Shard, serve_metrics};
@@ -199,6 +200,8 @@ async fn serve_with<B: Board>(
         tasks.spawn(shared.serve_metrics(listener, &handler));
     }
     tasks.spawn(follow_loop(handler.clone(), shared.sender(0)));
+    let drops = Arc::new(DropWatch::new());
+    tasks.spawn(drops.clone().run(shared.socket.clone()));
     for shard in 0..workers {
         let receiver = Receiver {
             handler: handler.clone(),
@@ -206,6 +209,7 @@ async fn serve_with<B: Board>(
             limiter: shared.limiter.clone(),
             sender: shared.sender(shard),
             overload: Overload::new(settings.shedding, Instant::now()),
+            drops: drops.clone(),
             share: settings.shedding.host_share,
         };
         tasks.spawn(receiver.run());
@@ -334,6 +338,8 @@ struct Receiver<B> {
     sender: Sender,
     /// Whether this loop keeps up, and who gives way when it does not.
     overload: Overload,
+    /// The kernel's drop count for the socket, which [`Receiver::overload`] is fed.
+    drops: Arc<DropWatch>,
     /// The share, in percent, [`Receiver::overload`] keeps each host to (for its log line).
     share: u8,
 }
@@ -379,7 +385,12 @@ impl<B: Board> Receiver<B> {
                 continue;
             }
             // Behind, and its host sends more than its share: dropped the same way.
-            if !self.overload.admit(HostKey::from(from), received) {
+            self.overload.kernel_drops(self.drops.get());
+            let admitted = self.overload.admit(HostKey::from(from), received);
+            if self.overload.suspect() {
+                self.drops.want();
+            }
+            if !admitted {
                 self.sender.shard().dropped(DropReason::Overload);
                 continue;
             }

@@ -268,3 +268,49 @@ fn a_host_within_its_share_of_traffic_that_grows_is_not_shed() {
         "the flood is still held to its share: {got:?}"
     );
 }
+
+#[test]
+fn a_loop_behind_while_the_kernel_drops_nothing_sheds_nothing() {
+    // A closed-loop benchmark keeps the queue from emptying on its own; a few other hosts
+    // trickle in. The kernel drops nothing: no one is harmed, no one is shed.
+    let (mut o, mut now) = start();
+    o.kernel_drops(Some(7));
+    let traffic = [(host(1), 5_000), (host(2), 1), (host(3), 1)];
+    assert_eq!(
+        drive(&mut o, &mut now, 40, &traffic, false),
+        [200_000, 40, 40]
+    );
+    assert!(o.suspect(), "the drop count is worth reading often");
+    assert_eq!(o.began(), None);
+}
+
+#[test]
+fn a_loop_behind_while_the_kernel_drops_sheds_until_the_hold_ends() {
+    let (mut o, mut now) = start();
+    o.kernel_drops(Some(0));
+    let traffic = [(flood(), 2_000), (host(1), 2)];
+    drive(&mut o, &mut now, 2, &traffic, false);
+    assert_eq!(o.began(), None);
+    // The kernel drops: shedding begins at the next window's first datagram.
+    o.kernel_drops(Some(500));
+    let got = drive(&mut o, &mut now, 10, &traffic, false);
+    assert_eq!(o.began(), Some(BASE_HOLD));
+    assert_eq!(got[1], 20, "the quiet host loses nothing");
+    assert!(got[0] < 10 * 2_000 * 6 / 10, "the flood is cut: {got:?}");
+    // The drops stop (shedding worked): it goes on for its hold all the same.
+    assert!(o.shedding(now));
+}
+
+#[test]
+fn an_unknown_drop_count_leaves_being_behind_enough() {
+    let (mut o, mut now) = start();
+    o.kernel_drops(None);
+    drive(
+        &mut o,
+        &mut now,
+        2,
+        &[(flood(), 2_000), (host(1), 2)],
+        false,
+    );
+    assert_eq!(o.began(), Some(BASE_HOLD));
+}
