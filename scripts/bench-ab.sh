@@ -11,6 +11,8 @@
 # data directory. Bench args default to `publish --size 100` with 32 clients.
 #
 #   scripts/bench-ab.sh 5 10s '--data-dir {data}' '--data-dir {data} --retain-messages 50000'
+#
+# AB_PORT=N serves on another port than 7796 (a run that cannot bind it measures nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=$1 duration=$2 a=$3 b=$4
@@ -19,7 +21,7 @@ bench=("$@")
 [ ${#bench[@]} -gt 0 ] || bench=(--clients 32 publish --size 100)
 cargo build --release --quiet --bins
 data=$(mktemp -d "${TMPDIR:-/tmp}/mboard-ab.XXXXXX")
-port=7796
+port=${AB_PORT:-7796}  # another engineer's run may hold the default
 server_pid=
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true

@@ -251,7 +251,17 @@ impl Request {
                 Request::Board(BoardRequest::Last(number(Some(payload), "count")?))
             }
             RequestKind::PublishOnce => {
-                let token = fields.next().ok_or(ParseError::MissingField("text"))?;
+                // A token is 36 bytes: take them at once rather than scan them for the `:`.
+                // A shorter field puts its `:` inside them, which no token holds, so the
+                // errors are those of the scan.
+                let token = if payload.get(PublishToken::LEN) == Some(&b':') {
+                    let token = fields.take(PublishToken::LEN);
+                    fields.colon();
+                    token
+                } else {
+                    fields.next()
+                };
+                let token = token.ok_or(ParseError::MissingField("text"))?;
                 let token = PublishToken::parse(&token).ok_or(ParseError::BadToken)?;
                 let text = fields.rest();
                 if text.is_empty() {

@@ -177,6 +177,17 @@ fn version_2_refusals() {
     assert_eq!(refusal(format!("5:{TOKEN}").as_bytes()), "missing text");
     let upper = format!("5:{}:hi", TOKEN.to_uppercase());
     assert_eq!(refusal(upper.as_bytes()), "bad token");
+    // A field that is not the token's 36 bytes is refused whether or not the 37th byte
+    // happens to be a `:`.
+    let short = format!("5:{}:{}:hi", &TOKEN[..8], &TOKEN[..27]);
+    assert_eq!(short.as_bytes()[2 + 36], b':');
+    assert_eq!(refusal(short.as_bytes()), "bad token");
+    assert_eq!(refusal(format!("5:{TOKEN}0:hi").as_bytes()), "bad token");
+    assert_eq!(refusal(format!("5:{TOKEN}0").as_bytes()), "missing text");
+    assert_eq!(
+        refusal(format!("5:{}", &TOKEN[..20]).as_bytes()),
+        "missing text"
+    );
     assert_eq!(refusal(b"6:41:10"), "missing wait");
     assert_eq!(refusal(b"6:41"), "missing max");
     assert_eq!(refusal(b"6:41:10:-1"), "bad number");

@@ -51,11 +51,35 @@ pub(super) enum Claim {
     Published(MessageId),
 }
 
-/// A published token: its id, and when it was published (microseconds since the epoch).
+/// A token's slot: its id, and when it was published (microseconds since the epoch); or,
+/// while its publish is under way, `at` is [`PENDING`] and `id` says whether resends wait
+/// for it (a channel in `waiters`). One map for both states: a publish looks its token up
+/// twice (claimed, then published) where two maps took four hashes of it.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     id: MessageId,
     at: u64,
+}
+
+/// `at` of a pending token. No publish is stamped this late (584,000 years after the
+/// epoch); restored times are kept below it.
+const PENDING: u64 = u64::MAX;
+
+impl Slot {
+    fn pending(waited: bool) -> Slot {
+        Slot {
+            id: MessageId(u64::from(waited)),
+            at: PENDING,
+        }
+    }
+
+    fn is_pending(self) -> bool {
+        self.at == PENDING
+    }
+
+    fn waited(self) -> bool {
+        self.is_pending() && self.id.0 == 1
+    }
 }
 
 /// Tokens published within the window, oldest first, bounded in number; and the tokens
@@ -64,16 +88,18 @@ struct Slot {
 pub(super) struct TokenTable {
     window_micros: u64,
     max_tokens: usize,
-    published: HashMap<PublishToken, Slot>,
+    /// Tokens published within the window, and tokens being published (never forgotten
+    /// early nor by age: the store resolves every one, or drops its guard).
+    slots: HashMap<PublishToken, Slot>,
+    /// How many of `slots` are pending.
+    pending: usize,
     /// Published tokens in the order they were published, with their time. An entry whose
     /// token has been published again since (only a restore can do that) is stale: its
     /// time differs from the slot's, and it is skipped.
     order: VecDeque<(u64, PublishToken)>,
-    /// Tokens being published, each with the channel its waiting resends listen on, made
-    /// when the first resend comes (most publishes have none: no channel to allocate and
-    /// notify for them). Never forgotten early nor by age: the store resolves every one
-    /// (or drops its guard).
-    pending: HashMap<PublishToken, Option<watch::Sender<Option<MessageId>>>>,
+    /// The channel a pending token's waiting resends listen on, made when the first resend
+    /// comes (most publishes have none: no channel to allocate and notify for them).
+    waiters: HashMap<PublishToken, watch::Sender<Option<MessageId>>>,
     evicted_early: u64,
 }
 
@@ -92,9 +118,10 @@ impl TokenTable {
         TokenTable {
             window_micros: u64::try_from(limits.window.as_micros()).unwrap_or(u64::MAX),
             max_tokens: limits.max_tokens.max(1),
-            published: HashMap::new(),
+            slots: HashMap::new(),
+            pending: 0,
             order: VecDeque::new(),
-            pending: HashMap::new(),
+            waiters: HashMap::new(),
             evicted_early: 0,
         }
     }
@@ -102,7 +129,7 @@ impl TokenTable {
     /// Counts for metrics, as of the last call that was given the time.
     pub(super) fn counts(&self) -> TokenCounts {
         TokenCounts {
-            held: self.published.len() + self.pending.len(),
+            held: self.slots.len(),
             evicted_early: self.evicted_early,
         }
     }
@@ -110,18 +137,19 @@ impl TokenTable {
     /// Looks `token` up at `now`; a token not known within the window becomes pending.
     pub(super) fn claim(&mut self, token: PublishToken, now: Timestamp) -> Claim {
         self.expire(now);
-        if let Some(slot) = self.published.get(&token) {
-            return Claim::Published(slot.id);
-        }
-        match self.pending.entry(token) {
-            Entry::Occupied(mut waiters) => {
-                let waiters = waiters
-                    .get_mut()
-                    .get_or_insert_with(|| watch::channel(None).0);
+        match self.slots.entry(token) {
+            Entry::Occupied(slot) if !slot.get().is_pending() => Claim::Published(slot.get().id),
+            Entry::Occupied(mut slot) => {
+                *slot.get_mut() = Slot::pending(true);
+                let waiters = self
+                    .waiters
+                    .entry(token)
+                    .or_insert_with(|| watch::channel(None).0);
                 Claim::Pending(waiters.subscribe())
             }
             Entry::Vacant(slot) => {
-                slot.insert(None);
+                slot.insert(Slot::pending(false));
+                self.pending += 1;
                 Claim::New
             }
         }
@@ -129,19 +157,32 @@ impl TokenTable {
 
     /// The pending `token` was stored as `id` at `at`: remember it, and tell its waiters.
     pub(super) fn published(&mut self, token: PublishToken, id: MessageId, at: Timestamp) {
-        if let Some(waiters) = self.pending.remove(&token) {
-            if let Some(waiters) = waiters {
-                waiters.send_replace(Some(id));
-            }
-            self.remember(token, id, at.0);
+        let at = at.0.min(PENDING - 1);
+        let Some(slot) = self.slots.get_mut(&token).filter(|s| s.is_pending()) else {
+            return;
+        };
+        let waited = slot.waited();
+        *slot = Slot { id, at };
+        self.pending -= 1;
+        if waited && let Some(waiters) = self.waiters.remove(&token) {
+            waiters.send_replace(Some(id));
         }
+        self.make_room(token);
+        self.order.push_back((at, token));
     }
 
     /// The pending `token` could not be stored: forget it, so that a resend (or a waiter)
     /// may try again.
     pub(super) fn abandon(&mut self, token: PublishToken) {
-        // Dropping the sender closes the waiters' receivers without a value.
-        self.pending.remove(&token);
+        if let Entry::Occupied(slot) = self.slots.entry(token)
+            && slot.get().is_pending()
+        {
+            if slot.remove().waited() {
+                // Dropping the sender closes the waiters' receivers without a value.
+                self.waiters.remove(&token);
+            }
+            self.pending -= 1;
+        }
     }
 
     /// Remembers a token read back from storage (rebuilding the table at start-up), if
@@ -160,25 +201,40 @@ impl TokenTable {
     }
 
     fn remember(&mut self, token: PublishToken, id: MessageId, at: u64) {
-        while self.published.len() >= self.max_tokens && !self.published.contains_key(&token) {
+        let at = at.min(PENDING - 1);
+        if let Some(old) = self.slots.insert(token, Slot { id, at })
+            && old.is_pending()
+        {
+            // Only start-up restores, before any publish; a pending claim it replaced
+            // would have nothing left to resolve.
+            self.pending -= 1;
+            self.waiters.remove(&token);
+        }
+        self.make_room(token);
+        self.order.push_back((at, token));
+    }
+
+    /// Forgets the oldest published tokens (other than `newest`, just published) while
+    /// there are more than the table holds.
+    fn make_room(&mut self, newest: PublishToken) {
+        while self.slots.len() - self.pending > self.max_tokens {
             let Some((at, old)) = self.order.pop_front() else {
                 break;
             };
-            if self.forget(old, at) {
+            if old != newest && self.forget(old, at) {
                 self.evicted_early += 1;
             }
         }
-        self.published.insert(token, Slot { id, at });
-        self.order.push_back((at, token));
     }
 
     /// Forgets `token` if its queue entry at `at` is the live one; says whether it was.
     fn forget(&mut self, token: PublishToken, at: u64) -> bool {
-        if self.published.get(&token).is_some_and(|s| s.at == at) {
-            self.published.remove(&token);
-            true
-        } else {
-            false
+        match self.slots.entry(token) {
+            Entry::Occupied(slot) if slot.get().at == at => {
+                slot.remove();
+                true
+            }
+            _ => false,
         }
     }
 
@@ -191,10 +247,12 @@ impl TokenTable {
         end: u64,
         now: Timestamp,
     ) -> Vec<(PublishToken, MessageId, Timestamp)> {
-        self.published
+        self.slots
             .iter()
             .filter(|(_, s)| {
-                (first..end).contains(&s.id.0) && now.0.saturating_sub(s.at) < self.window_micros
+                !s.is_pending()
+                    && (first..end).contains(&s.id.0)
+                    && now.0.saturating_sub(s.at) < self.window_micros
             })
             .map(|(token, s)| (*token, s.id, Timestamp(s.at)))
             .collect()
@@ -206,9 +264,9 @@ impl TokenTable {
         token: PublishToken,
         now: Timestamp,
     ) -> Option<(MessageId, Timestamp)> {
-        self.published
+        self.slots
             .get(&token)
-            .filter(|s| now.0.saturating_sub(s.at) < self.window_micros)
+            .filter(|s| !s.is_pending() && now.0.saturating_sub(s.at) < self.window_micros)
             .map(|s| (s.id, Timestamp(s.at)))
     }
 

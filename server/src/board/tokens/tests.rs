@@ -155,6 +155,46 @@ fn live_tokens_are_found_by_their_ids() {
     assert_eq!(t.counts().held, 6);
 }
 
+#[test]
+fn a_resend_while_pending_is_told_the_id_and_leaves_nothing_behind() {
+    let mut t = table(10);
+    assert!(is_new(t.claim(token(1), secs(0))));
+    let Claim::Pending(mut first) = t.claim(token(1), secs(0)) else {
+        panic!("pending")
+    };
+    let Claim::Pending(second) = t.claim(token(1), secs(0)) else {
+        panic!("pending")
+    };
+    assert_eq!((t.counts().held, t.pending, t.waiters.len()), (1, 1, 1));
+    t.published(token(1), MessageId(7), secs(1));
+    assert_eq!(*first.borrow_and_update(), Some(MessageId(7)));
+    assert_eq!(*second.borrow(), Some(MessageId(7)));
+    assert_eq!(published_as(t.claim(token(1), secs(2))), Some(7));
+    assert_eq!((t.counts().held, t.pending, t.waiters.len()), (1, 0, 0));
+    // Resolving a token that is not pending (published, or never claimed) changes nothing.
+    t.published(token(1), MessageId(8), secs(3));
+    t.published(token(2), MessageId(9), secs(3));
+    t.abandon(token(1));
+    assert_eq!(published_as(t.claim(token(1), secs(4))), Some(7));
+    assert_eq!(t.counts().held, 1);
+}
+
+#[test]
+fn a_restored_time_at_the_end_of_time_is_not_taken_for_pending() {
+    let mut t = table(10);
+    t.restore(
+        token(1),
+        MessageId(3),
+        Timestamp(u64::MAX),
+        Timestamp(u64::MAX),
+    );
+    assert_eq!(
+        published_as(t.claim(token(1), Timestamp(u64::MAX))),
+        Some(3)
+    );
+    assert_eq!(t.pending, 0);
+}
+
 /// docs/OPERATIONS.md states the table's memory from these sizes: 32 bytes a token in
 /// the hash map (plus a control byte and up to half its buckets empty), 24 in the age
 /// queue; a full default table measured 90 MiB.
