@@ -158,10 +158,10 @@ struct Args {
     host_session_share: u8,
 
     /// While a receive loop falls behind (the socket's queue never empties) and the kernel
-    /// drops datagrams for the socket, each host
-    /// keeps this share of the loop's traffic, in percent (at least an equal share of the
-    /// hosts seen lately), and its datagrams past it are dropped unanswered, so that a
-    /// flood from one host cannot make the kernel drop everyone's. 0 turns this off.
+    /// drops datagrams for the socket, each host keeps this share of the loop's traffic,
+    /// in percent (at least an equal share of the hosts seen lately), and its datagrams
+    /// past it are dropped unanswered, so that a flood from one host cannot make the
+    /// kernel drop everyone's. 0 turns this off.
     #[arg(
         long,
         env = "MBOARD_OVERLOAD_HOST_SHARE",
