@@ -2,17 +2,14 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use mboard_protocol::RequestKind;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::access;
 use crate::board::{Board, Journal, JournalError, MemoryBoard};
@@ -20,16 +17,20 @@ use crate::config::{Config, ConfigError, Store};
 use crate::drops::DropWatch;
 use crate::handler::{Answer, Handler};
 use crate::limiter::{RateLimit, RateLimiter};
-use crate::metrics::{DropReason, Metrics, ServerCollector, Shard, serve_metrics};
+use crate::metrics::{Metrics, ServerCollector, serve_metrics};
 use crate::overload::{Overload, Shedding};
 use crate::reload::{self, Reloadable, Reloads, Targets};
-use crate::reply::Reply;
-use crate::session::HostKey;
 
 /// Large replies being built in their own tasks at once; see [`Receiver::deferred`].
 /// (Publishes waiting for the journal hold a place in the handler's own queue instead,
 /// `--max-queued-publishes`, which never waits.)
 const DEFERRED_MAX: usize = 4_096;
+
+mod receiver;
+mod sender;
+
+use receiver::Receiver;
+use sender::Sender;
 
 /// Why the server stopped other than by being asked to.
 #[derive(Debug, thiserror::Error)]
@@ -308,232 +309,6 @@ pub fn set_receive_buffer(socket: &UdpSocket, bytes: usize) -> io::Result<usize>
         reported / 2
     } else {
         reported
-    })
-}
-
-/// Errors from `recv_from`/`send_to` that concern one peer, not the socket.
-fn transient(e: &io::Error) -> bool {
-    use io::ErrorKind::*;
-    // ICMP errors from earlier sends surface as refused/reset on some systems; a full
-    // buffer or an unroutable destination affects one datagram.
-    matches!(
-        e.kind(),
-        ConnectionRefused | ConnectionReset | Interrupted | WouldBlock | HostUnreachable | NetworkUnreachable
-    ) || e.raw_os_error() == Some(105) // ENOBUFS
-        || e.raw_os_error() == Some(90) // EMSGSIZE
-        || e.raw_os_error() == Some(22) // EINVAL (e.g. an address of the other family)
-}
-
-/// One receive loop: takes datagrams off the shared socket, hands each to the handler, and
-/// sends what it answers, detaching work that would stall the loop.
-struct Receiver<B> {
-    /// Answers datagrams.
-    handler: Arc<Handler<B>>,
-    /// Permits for large replies being built off the loops; when none is left the loop
-    /// waits, which pushes back on senders instead of queueing without bound.
-    deferred: Arc<Semaphore>,
-    /// Per-source rate limit, applied before any work.
-    limiter: Arc<RateLimiter>,
-    /// Where replies go out, shared with the tasks this loop detaches.
-    sender: Sender,
-    /// Whether this loop keeps up, and who gives way when it does not.
-    overload: Overload,
-    /// The kernel's drop count for the socket, which [`Receiver::overload`] is fed.
-    drops: Arc<DropWatch>,
-    /// The share, in percent, [`Receiver::overload`] keeps each host to (for its log line).
-    share: u8,
-}
-
-/// What sending a reply needs: the socket, the loop's own shard of the metrics, and the
-/// per-destination limit on error replies.
-#[derive(Debug, Clone)]
-struct Sender {
-    socket: Arc<UdpSocket>,
-    metrics: Arc<Metrics>,
-    shard: usize,
-    errors: Arc<RateLimiter>,
-}
-
-/// A request being answered: where its reply goes, and what metrics and the access log
-/// say of it.
-#[derive(Debug, Clone, Copy)]
-struct Source {
-    kind: Option<RequestKind>,
-    len: usize,
-    from: SocketAddr,
-    /// When its datagram was taken off the socket.
-    received: Instant,
-}
-
-impl<B: Board> Receiver<B> {
-    async fn run(mut self) -> io::Result<()> {
-        // Room for the largest datagram the kernel can hand us, IPv6 included.
-        let mut buf = vec![0u8; 65_536];
-        loop {
-            let (len, from) = match self.receive(&mut buf).await {
-                Ok(received) => received,
-                Err(e) if transient(&e) => {
-                    debug!(error = %e, "receive error ignored");
-                    self.sender.shard().dropped(DropReason::ReceiveError);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let received = Instant::now();
-            // Over its source's limit: dropped without a reply (and counted), before any work.
-            if !self.limiter.allow(from, received) {
-                continue;
-            }
-            // Behind, and its host sends more than its share: dropped the same way.
-            self.overload.kernel_drops(self.drops.get());
-            let admitted = self.overload.admit(HostKey::from(from), received);
-            if self.overload.suspect() {
-                self.drops.want();
-            }
-            if !admitted {
-                self.sender.shard().dropped(DropReason::Overload);
-                continue;
-            }
-            if let Some(hold) = self.overload.began() {
-                warn!(
-                    loop_ = self.sender.shard,
-                    share_percent = self.share,
-                    hold = %humantime::format_duration(hold),
-                    "a receive loop fell behind: dropping the datagrams of hosts over their share of the traffic"
-                );
-            }
-            // One copy per datagram: published text keeps exactly its own bytes alive.
-            let datagram = Bytes::copy_from_slice(&buf[..len]);
-            let handled = self.handler.handle(received, from, datagram).await;
-            let source = Source {
-                kind: handled.kind,
-                len,
-                from,
-                received,
-            };
-            match handled.answer {
-                // A large reply is copied on a blocking thread, and a publish waits for its
-                // group commit, in tasks of their own, so neither occupies the receive loop.
-                // Each large reply holds a reservation in the session budget, which bounds
-                // how many can exist; each publish holds a place in the handler's queue for
-                // the disk, taken without waiting (a full queue is answered `4:busy`).
-                answer @ Answer::Build(_) => self.detach(source, answer).await?,
-                answer @ Answer::Wait(_) => {
-                    let sender = self.sender.clone();
-                    tokio::spawn(async move {
-                        let _ = sender.deliver(answer, source).await;
-                    });
-                }
-                answer => self.sender.deliver(answer, source).await?,
-            }
-        }
-    }
-
-    /// The next datagram, noting whether the loop had to wait for it.
-    async fn receive(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let socket = &self.sender.socket;
-        match socket.try_recv_from(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.overload.waited();
-                socket.recv_from(buf).await
-            }
-            received => received,
-        }
-    }
-
-    /// Sends `answer` from a task of its own, under a permit.
-    ///
-    /// Waits for a permit first, so that a flood of such requests slows the receive loop
-    /// rather than piling up tasks.
-    async fn detach(&self, source: Source, answer: Answer) -> io::Result<()> {
-        let permit = self
-            .deferred
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(io::Error::other)?;
-        let sender = self.sender.clone();
-        tokio::spawn(async move {
-            // Only this reply is lost if sending fails; the loop reports fatal socket errors.
-            let _ = sender.deliver(answer, source).await;
-            drop(permit);
-        });
-        Ok(())
-    }
-}
-
-impl Sender {
-    fn shard(&self) -> &Shard {
-        self.metrics.shard(self.shard)
-    }
-
-    /// Sends an answer, building it on a blocking thread, or awaiting it, first if need be.
-    async fn deliver(&self, answer: Answer, source: Source) -> io::Result<()> {
-        let reply = resolve(answer).await?;
-        let code = reply.as_ref().map(Reply::code);
-        self.shard().answered(source.kind, source.len, code);
-        let sent = match reply {
-            Some(reply) => self.send(&reply, source.from).await?,
-            None => 0,
-        };
-        access::request(
-            source.from,
-            source.kind,
-            source.len,
-            code,
-            sent,
-            source.received,
-        );
-        Ok(())
-    }
-
-    /// Sends the answer to a held request (counted when it was received).
-    async fn deliver_held(&self, answer: Answer, to: SocketAddr) -> io::Result<()> {
-        let reply = resolve(answer).await?;
-        let sent = match &reply {
-            Some(reply) => self.send(reply, to).await?,
-            None => 0,
-        };
-        access::held_answer(to, reply.as_ref().map(Reply::code), sent);
-        Ok(())
-    }
-
-    /// Sends `reply` to `to`, returning the bytes sent (0 if it was dropped).
-    async fn send(&self, reply: &Reply, to: SocketAddr) -> io::Result<usize> {
-        // Replies to malformed input (`1` bad format, `3` unknown request) are limited per
-        // destination. Every reply of ours that another mboard (or an echo service)
-        // receives makes it answer `1` or `3` or publish, so one spoofed datagram naming
-        // another server's address could otherwise start a loop between the two that never
-        // ends; a loop carries one datagram, and the first reply dropped ends it.
-        if reply.code().is_refusal() && !self.errors.allow(to, Instant::now()) {
-            return Ok(0);
-        }
-        match self.socket.send_to(reply.bytes(), to).await {
-            Ok(sent) => {
-                self.shard().sent(sent);
-                Ok(sent)
-            }
-            Err(e) if transient(&e) => {
-                debug!(%to, error = %e, "send failed");
-                self.shard().dropped(DropReason::SendError);
-                Ok(0)
-            }
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// The reply an answer stands for, built on a blocking thread or awaited if need be.
-async fn resolve(answer: Answer) -> io::Result<Option<Reply>> {
-    Ok(match answer {
-        Answer::Silent => None,
-        Answer::Reply(reply) => Some(reply),
-        Answer::Build(build) => Some(
-            tokio::task::spawn_blocking(build)
-                .await
-                .map_err(io::Error::other)?,
-        ),
-        Answer::Wait(wait) => Some(wait.await),
     })
 }
 
