@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mboard_protocol::{
-    BoardRequest, Entry, ErrorCode, Expect, MAX_DATAGRAM, Message, MessageId, Response, SessionId,
+    BoardRequest, Entry, ErrorCode, Expect, MAX_DATAGRAM, Message, MessageId, PublishToken,
+    Response, SessionId,
 };
 
 use crate::deadline::Deadline;
@@ -162,6 +163,30 @@ impl Client {
         self.begin()?;
         let mut pdu = Vec::with_capacity(text.len() + 2);
         pdu.extend_from_slice(b"1:");
+        pdu.extend_from_slice(text);
+        match self.upload(Bytes::from(pdu), Expect::Published)? {
+            Response::Published(id) => Ok(id),
+            other => Err(self.unexpected(&other, Expect::Published)),
+        }
+    }
+
+    /// Publishes `text` under `token` (`5:<token>:<text>`, through an upload session):
+    /// the server stores it once per token, so the same token resent to any server of a
+    /// cluster — after a timeout, or after that server died — gets the same id. Classic
+    /// mode has no tokens: it publishes one `1:` datagram.
+    pub fn publish_once(
+        &mut self,
+        token: PublishToken,
+        text: &[u8],
+    ) -> Result<MessageId, ClientError> {
+        if self.config.classic {
+            return self.publish_datagram(text);
+        }
+        self.begin()?;
+        let mut pdu = Vec::with_capacity(text.len() + PublishToken::LEN + 3);
+        pdu.extend_from_slice(b"5:");
+        token.encode(&mut pdu);
+        pdu.push(b':');
         pdu.extend_from_slice(text);
         match self.upload(Bytes::from(pdu), Expect::Published)? {
             Response::Published(id) => Ok(id),

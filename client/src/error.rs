@@ -99,6 +99,20 @@ impl ClientError {
     }
 }
 
+impl ClientError {
+    /// [`ClientError::for_text`] for a text published as `5:<token>:<text>`, whose request
+    /// is the token and a colon (37 bytes) longer than a `1:`'s.
+    pub fn for_token_text(self, size: usize) -> ClientError {
+        match self.for_text(size) {
+            ClientError::TooLarge { size, max } => ClientError::TooLarge {
+                size,
+                max: max.saturating_sub(mboard_protocol::PublishToken::LEN as u64 + 1),
+            },
+            other => other,
+        }
+    }
+}
+
 fn server_reason(code: ErrorCode, reason: &[u8]) -> String {
     if reason.is_empty() {
         let name = match code {
@@ -215,6 +229,15 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "text too large: 16777216 bytes, the server takes at most 16777214"
+        );
+        let refused = ClientError::Server {
+            code: ErrorCode::ErrTransm,
+            reason: Bytes::from_static(b"too large: max 16777216 bytes"),
+        };
+        assert_eq!(
+            refused.for_token_text(16_777_200).to_string(),
+            "text too large: 16777200 bytes, the server takes at most 16777177",
+            "a 5: request spends 37 more bytes on its token"
         );
         let busy = ClientError::Server {
             code: ErrorCode::ErrTransm,

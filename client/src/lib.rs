@@ -15,8 +15,10 @@ mod error;
 mod link;
 pub mod output;
 pub mod rtt;
+pub mod servers;
 pub mod target;
 
 pub use client::{Client, ClientConfig, PROGRESS_THRESHOLD, Progress};
 pub use error::ClientError;
+pub use servers::Servers;
 pub use target::{DEFAULT_PORT, Target, resolve, resolve_all};

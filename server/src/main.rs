@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use mboard_server::board::clustered::{ClusterConfig, NatsAuth, NatsTls, Secret};
 use mboard_server::config::{MEMORY_RETAIN_BYTES, parse_size};
 use mboard_server::{
     Config, EndpointLimits, Fsync, JournalConfig, Limits, RateLimit, Retention, Store, TokenLimits,
@@ -30,6 +31,116 @@ struct Args {
     /// Directory of the durable board (created if missing).
     #[arg(long, default_value = "mboard-data")]
     data_dir: PathBuf,
+
+    /// Keep the board in a NATS JetStream stream shared by every server given the same
+    /// NATS (comma-separated URLs, `nats://127.0.0.1:4222,nats://…`); reads come from a
+    /// replica in memory. See docs/SCALING.md.
+    #[arg(long, env = "MBOARD_NATS", value_name = "URL,…", value_delimiter = ',',
+          conflicts_with_all = ["in_memory", "data_dir", "fsync", "segment_size", "shutdown_grace"])]
+    nats: Vec<String>,
+
+    /// The stream's name (its subject is `NAME.messages`).
+    #[arg(
+        long,
+        env = "MBOARD_NATS_STREAM",
+        value_name = "NAME",
+        default_value = "mboard",
+        requires = "nats"
+    )]
+    nats_stream: String,
+
+    /// Replicas of the stream when this server creates it (an existing stream is used as
+    /// it is).
+    #[arg(
+        long,
+        env = "MBOARD_NATS_REPLICAS",
+        value_name = "N",
+        default_value_t = 1,
+        requires = "nats"
+    )]
+    nats_replicas: usize,
+
+    /// User name for NATS (with --nats-password).
+    #[arg(
+        long,
+        env = "MBOARD_NATS_USER",
+        requires = "nats_password",
+        conflicts_with = "nats_token"
+    )]
+    nats_user: Option<String>,
+
+    /// Password for NATS (prefer the environment variable: arguments are visible to `ps`).
+    #[arg(
+        long,
+        env = "MBOARD_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    nats_password: Option<String>,
+
+    /// Token for NATS (prefer the environment variable).
+    #[arg(
+        long,
+        env = "MBOARD_NATS_TOKEN",
+        hide_env_values = true,
+        requires = "nats"
+    )]
+    nats_token: Option<String>,
+
+    /// Use TLS towards NATS, trusting this PEM certificate authority.
+    #[arg(long, env = "MBOARD_NATS_CA", value_name = "FILE", requires = "nats")]
+    nats_ca: Option<PathBuf>,
+
+    /// PEM client certificate for NATS servers that verify clients (with --nats-key).
+    #[arg(
+        long,
+        env = "MBOARD_NATS_CERT",
+        value_name = "FILE",
+        requires = "nats_key"
+    )]
+    nats_cert: Option<PathBuf>,
+
+    /// PEM key of --nats-cert.
+    #[arg(
+        long,
+        env = "MBOARD_NATS_KEY",
+        value_name = "FILE",
+        requires = "nats_cert"
+    )]
+    nats_key: Option<PathBuf>,
+
+    /// Require TLS towards NATS, trusting the system's certificate authorities.
+    #[arg(long, env = "MBOARD_NATS_TLS", requires = "nats")]
+    nats_tls: bool,
+
+    /// How long a publish waits for JetStream's acknowledgement before it is answered
+    /// `4:storage unavailable` (keep it below the clients' timeout, 5 s by default).
+    #[arg(
+        long,
+        env = "MBOARD_NATS_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "2s"
+    )]
+    nats_timeout: humantime::Duration,
+
+    /// How long start-up waits for NATS and JetStream to answer.
+    #[arg(
+        long,
+        env = "MBOARD_NATS_CONNECT_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "15s"
+    )]
+    nats_connect_timeout: humantime::Duration,
+
+    /// How long a `3:` for an id the stream has, but this server's replica has not
+    /// received yet, waits for it before being answered `4`.
+    #[arg(
+        long,
+        env = "MBOARD_NATS_CATCH_UP",
+        value_name = "DURATION",
+        default_value = "2s"
+    )]
+    nats_catch_up: humantime::Duration,
 
     /// When a publish is acknowledged: `always` after fsync, `never` after the write
     /// (survives a server crash, not a power failure).
@@ -287,7 +398,9 @@ fn serve() -> anyhow::Result<()> {
 /// The server's configuration as the options give it.
 fn config(args: &Args) -> Config {
     let defaults = Config::default();
-    let store = if args.in_memory {
+    let store = if !args.nats.is_empty() {
+        Store::Clustered(cluster(args))
+    } else if args.in_memory {
         Store::Memory
     } else {
         Store::Journal(JournalConfig {
@@ -297,7 +410,8 @@ fn config(args: &Args) -> Config {
             shutdown_grace: args.shutdown_grace.into(),
         })
     };
-    let default_bytes = args.in_memory.then_some(MEMORY_RETAIN_BYTES);
+    // The clustered store's replica is in memory too.
+    let default_bytes = (args.in_memory || !args.nats.is_empty()).then_some(MEMORY_RETAIN_BYTES);
     let retention = Retention {
         messages: args.retain_messages.0,
         bytes: args.retain_bytes.map_or(default_bytes, |k| k.0),
@@ -344,6 +458,32 @@ fn config(args: &Args) -> Config {
         workers: args.workers.unwrap_or(defaults.workers),
         seed: None,
         retention,
+    }
+}
+
+/// The clustered store's options.
+fn cluster(args: &Args) -> ClusterConfig {
+    let auth = match (&args.nats_user, &args.nats_password, &args.nats_token) {
+        (Some(user), Some(password), _) => NatsAuth::UserPassword {
+            user: user.clone(),
+            password: Secret(password.clone()),
+        },
+        (_, _, Some(token)) => NatsAuth::Token(Secret(token.clone())),
+        _ => NatsAuth::None,
+    };
+    ClusterConfig {
+        servers: args.nats.clone(),
+        stream: args.nats_stream.clone(),
+        replicas: args.nats_replicas,
+        auth,
+        tls: NatsTls {
+            require: args.nats_tls,
+            ca: args.nats_ca.clone(),
+            client: args.nats_cert.clone().zip(args.nats_key.clone()),
+        },
+        timeout: args.nats_timeout.into(),
+        connect_timeout: args.nats_connect_timeout.into(),
+        catch_up: args.nats_catch_up.into(),
     }
 }
 
@@ -441,6 +581,69 @@ mod tests {
             let argv = ["mboard-server"].iter().chain(bad).copied();
             assert!(Args::try_parse_from(argv).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn nats_options_select_the_clustered_store() {
+        let args = Args::try_parse_from([
+            "mboard-server",
+            "--nats",
+            "nats://127.0.0.1:4222,nats://127.0.0.1:4223",
+            "--nats-replicas",
+            "3",
+            "--nats-user",
+            "mboard",
+            "--nats-password",
+            "s3cret",
+        ])
+        .expect("parse");
+        let config = config(&args);
+        assert_eq!(
+            config.retention.bytes,
+            Some(MEMORY_RETAIN_BYTES),
+            "replica in memory"
+        );
+        let Store::Clustered(cluster) = config.store else {
+            panic!("clustered")
+        };
+        assert_eq!(cluster.servers.len(), 2);
+        assert_eq!((cluster.stream.as_str(), cluster.replicas), ("mboard", 3));
+        assert!(matches!(cluster.auth, NatsAuth::UserPassword { .. }));
+        assert!(
+            !format!("{cluster:?}").contains("s3cret"),
+            "secrets stay out of logs"
+        );
+        for bad in [
+            &["--nats", "nats://x", "--in-memory"][..],
+            &["--nats", "nats://x", "--data-dir", "d"],
+            &["--nats-stream", "s"],
+            &["--nats", "nats://x", "--nats-user", "u"],
+            &[
+                "--nats",
+                "nats://x",
+                "--nats-token",
+                "t",
+                "--nats-user",
+                "u",
+                "--nats-password",
+                "p",
+            ],
+        ] {
+            let argv = ["mboard-server"].iter().chain(bad).copied();
+            assert!(Args::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+        let bad = Args::try_parse_from([
+            "mboard-server",
+            "--nats",
+            "nats://x",
+            "--nats-stream",
+            "a.b",
+        ])
+        .expect("parse");
+        assert!(
+            super::config(&bad).validate().is_err(),
+            "a dotted stream name"
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 pub mod classic;
 pub mod gate;
+pub mod nats;
+pub mod nginx;
 mod peer;
 mod process;
 pub mod proxy;
@@ -13,7 +15,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 
 pub use peer::{Peer, Upload, board_contents};
-pub use process::{CliOutput, ServerProcess, binary, cli};
+pub use process::{CliOutput, ServerProcess, binary, cli, cli_at};
 pub use scrape::{Scrape, http, scrape};
 pub use server::{TestServer, TestServerBuilder};
 

@@ -15,7 +15,7 @@ use super::progress::Bar;
 use super::term::Term;
 use super::{Args, Command};
 use crate::deadline::REFUSAL_GRACE;
-use crate::{Client, ClientConfig, ClientError, output};
+use crate::{Client, ClientConfig, ClientError, Servers, output};
 
 /// Why the command stopped, and its exit code.
 #[derive(Debug)]
@@ -117,9 +117,10 @@ fn run(args: Args, term: Term, bar: &Rc<RefCell<Bar>>) -> Result<(), Failure> {
                 refusal_grace: Some(REFUSAL_GRACE),
                 ..ClientConfig::default()
             };
-            let mut client = Client::connect(&args.server, config)?;
+            let mut client = Servers::parse(&args.server, config)?;
             if term.stderr {
-                show_progress(&mut client, bar.clone());
+                let bar = bar.clone();
+                client.on_client(Box::new(move |c| show_progress(c, bar.clone())));
             }
             let how = Output {
                 json: args.json,
@@ -153,7 +154,7 @@ struct Output {
 }
 
 fn board_command(
-    client: &mut Client,
+    client: &mut Servers,
     command: Command,
     how: Output,
     out: &mut dyn Write,
@@ -227,7 +228,7 @@ fn is_binary(text: &[u8]) -> bool {
 }
 
 fn get(
-    client: &mut Client,
+    client: &mut Servers,
     id: u64,
     force: bool,
     file: Option<PathBuf>,

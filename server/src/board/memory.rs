@@ -153,6 +153,59 @@ impl MemoryBoard {
         Ok((id, time))
     }
 
+    /// Appends `entry` as message `id`, for a store that replicates ids assigned elsewhere
+    /// (the clustered store). An id already held is ignored (a redelivery); an id past a gap
+    /// drops everything before it, so that kept ids stay consecutive.
+    pub(super) fn replicate(&self, id: MessageId, entry: Entry) -> Result<bool, BoardError> {
+        let mut inner = self.inner.write().map_err(|_| BoardError::Poisoned)?;
+        let next = inner.sums.next();
+        if id.0 < next {
+            return Ok(false);
+        }
+        let gap = id.0 > next && !inner.entries.is_empty();
+        if id.0 > next {
+            let dropped = inner.entries.len() as u64;
+            inner.entries.clear();
+            inner.bytes = 0;
+            inner.trimmed += dropped;
+            inner.sums = Sums::starting_at(id.0);
+        }
+        inner
+            .sums
+            .push(Message::record_len_of(id, entry.time, entry.from, entry.text.len()) as u64);
+        inner.bytes += cost(&entry.text);
+        inner.entries.push_back(entry);
+        let over = self
+            .retention
+            .size_exceeded(inner.entries.len() as u64, inner.bytes);
+        drop(inner);
+        if over {
+            self.wake_trimmer();
+        }
+        Ok(gap)
+    }
+
+    /// Drops every message below `first` (trimmed elsewhere); returns how many.
+    pub(super) fn trim_below(&self, first: MessageId) -> Result<u64, BoardError> {
+        let mut inner = self.inner.write().map_err(|_| BoardError::Poisoned)?;
+        let n = first
+            .0
+            .saturating_sub(inner.sums.first())
+            .min(inner.entries.len() as u64);
+        let gone: Vec<Entry> = inner.entries.drain(..n as usize).collect();
+        for entry in &gone {
+            inner.bytes -= cost(&entry.text);
+        }
+        inner.sums.trim(n);
+        inner.trimmed += n;
+        if inner.entries.is_empty() && inner.sums.first() < first.0 {
+            inner.sums = Sums::starting_at(first.0);
+        }
+        drop(inner);
+        drop(gone);
+        Ok(n)
+    }
+
     fn wake_trimmer(&self) {
         if let Some(trimmer) = &self.trimmer {
             trimmer.wake();

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mboard_protocol::{
-    BoardRequest, ErrorCode, PublishToken, Request, Response, SessionId, encode_ids, ids_reply_len,
-    messages_reply_len,
+    BoardRequest, ErrorCode, MessageId, PublishToken, Request, Response, SessionId, encode_ids,
+    ids_reply_len, messages_reply_len,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
@@ -407,6 +407,21 @@ impl<B: Board> Handler<B> {
         from: SocketAddr,
         id: mboard_protocol::MessageId,
     ) -> Answer {
+        self.get_or_catch_up(now, from, id, true)
+    }
+
+    /// `3:<id>` once the store has caught up: what it holds now is the answer.
+    fn get_now(self: &Arc<Self>, now: Instant, from: SocketAddr, id: MessageId) -> Answer {
+        self.get_or_catch_up(now, from, id, false)
+    }
+
+    fn get_or_catch_up(
+        self: &Arc<Self>,
+        now: Instant,
+        from: SocketAddr,
+        id: MessageId,
+        catch_up: bool,
+    ) -> Answer {
         match self.board.entry_len(id) {
             Ok(Some(len)) => {
                 let size = 2 + len as u64;
@@ -422,10 +437,29 @@ impl<B: Board> Handler<B> {
                 Ok(oldest) if id < oldest => {
                     Answer::Reply(self.board_failure(&BoardError::NotKept))
                 }
-                Ok(_) => Answer::Reply(Reply::error(
-                    ErrorCode::MsgNotFound,
-                    format!("no message {id}"),
-                )),
+                Ok(_) => match self.board.catch_up(id).filter(|_| catch_up) {
+                    // The store knows of more than it can read yet: wait for it, then
+                    // answer as if it had been there.
+                    Some(wait) => {
+                        let this = self.clone();
+                        Answer::Wait(Box::pin(async move {
+                            if let Err(e) = wait.await {
+                                return this.board_failure(&e);
+                            }
+                            let answer = this.get_now(Instant::now(), from, id);
+                            match answer.resolve().await {
+                                Some(reply) => reply,
+                                None => {
+                                    Reply::error(ErrorCode::MsgNotFound, format!("no message {id}"))
+                                }
+                            }
+                        }))
+                    }
+                    None => Answer::Reply(Reply::error(
+                        ErrorCode::MsgNotFound,
+                        format!("no message {id}"),
+                    )),
+                },
                 Err(e) => Answer::Reply(self.board_failure(&e)),
             },
             Err(e) => Answer::Reply(self.board_failure(&e)),

@@ -9,6 +9,7 @@ mod bench;
 mod classic;
 mod cli_habits;
 mod client;
+mod clustered;
 mod conformance;
 mod durable;
 mod follow;

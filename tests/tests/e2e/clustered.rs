@@ -1,0 +1,393 @@
+//! The clustered store against real `nats-server` processes: several mboard servers on one
+//! stream, NATS outages, a stream leader killed under load.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mboard_tests::nats::NatsCluster;
+use mboard_tests::{Peer, ServerProcess, board_contents, gate};
+
+fn token(n: u64) -> String {
+    format!("00000000-0000-4000-8000-{n:012x}")
+}
+
+fn mboard(nats: &NatsCluster, extra: &[&str]) -> ServerProcess {
+    let urls = nats.urls();
+    let mut args = vec!["--nats", urls.as_str()];
+    args.extend_from_slice(extra);
+    ServerProcess::must_start(&args)
+}
+
+/// The id in a `0:<id>` publish reply.
+fn id_of(reply: &str) -> u64 {
+    reply
+        .strip_prefix("0:")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("not a publish reply: {reply:?}"))
+}
+
+/// Waits until `check` holds, at most `limit`.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check()
+}
+
+#[test]
+fn servers_on_one_stream_give_one_board() {
+    let _gate = gate::load();
+    let nats = NatsCluster::start(1);
+    let servers = [mboard(&nats, &[]), mboard(&nats, &[])];
+    let peers = [Peer::new(servers[0].addr), Peer::new(servers[1].addr)];
+    let mut last = 0;
+    for i in 0..40u64 {
+        let (on, other) = (&peers[(i % 2) as usize], &peers[1 - (i % 2) as usize]);
+        let reply = if i % 3 == 0 {
+            on.ask_str(format!("1:plain {i}"))
+        } else {
+            on.ask_str(format!("5:{}:once {i}", token(i)))
+        };
+        let id = id_of(&reply);
+        assert!(id > last, "ids strictly increase: {id} after {last}");
+        last = id;
+        // The other server answers it at once: never "no message".
+        let read = other.ask_str(format!("3:{id}"));
+        assert!(
+            read.starts_with("0:") && read.ends_with(&format!(" {i}")),
+            "{read}"
+        );
+    }
+    assert_eq!(last, 40, "ids are the stream's sequence, from 1");
+    // A `5:` resent to the other server gets the same id, and stores nothing.
+    for i in [1u64, 2, 4] {
+        let again = peers[(1 + i % 2) as usize % 2].ask_str(format!("5:{}:again", token(i)));
+        assert_eq!(id_of(&again), i + 1, "token {i}");
+    }
+    let a = board_contents(servers[0].addr).expect("board a");
+    assert!(eventually(Duration::from_secs(3), || {
+        board_contents(servers[1].addr).is_ok_and(|b| b == a)
+    }));
+    assert_eq!(a.len(), 40);
+    assert!(a.iter().map(|m| m.id.0).eq(1..=40));
+    // The publisher's address travels with the message: both servers show the peer's.
+    let first = peers[0].ask_str("3:1");
+    assert!(
+        first.contains(&format!(":127.0.0.1:{}:", peers[0].addr().port())),
+        "{first}"
+    );
+    assert_eq!(peers[1].ask_str("3:1"), first);
+}
+
+#[test]
+fn a_held_read_wakes_for_publishes_through_another_server() {
+    let _gate = gate::load();
+    let nats = NatsCluster::start(1);
+    let (a, b) = (mboard(&nats, &[]), mboard(&nats, &[]));
+    let (pa, pb) = (Peer::new(a.addr), Peer::new(b.addr));
+    assert_eq!(id_of(&pa.ask_str("1:first")), 1);
+    for n in 0..3u64 {
+        let after = 1 + n;
+        // Held on b for up to 10 s; published on a.
+        pb.send(format!("6:{after}:10:10000").as_bytes());
+        std::thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        assert_eq!(id_of(&pa.ask_str(format!("1:woken {n}"))), after + 1);
+        let reply = pb.recv_within(Duration::from_secs(5)).expect("woken");
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            reply.starts_with("0:1:") && reply.ends_with(&format!("woken {n}")),
+            "{reply}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_nats_outage_refuses_publishes_and_heals_by_itself() {
+    let _gate = gate::timed();
+    let mut nats = NatsCluster::start(1);
+    let server = mboard(&nats, &["--nats-timeout", "1s", "--metrics", "127.0.0.1:0"]);
+    let p = Peer::new(server.addr);
+    assert_eq!(id_of(&p.ask_str("1:before")), 1);
+    nats.kill(0);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let refused = p.ask_str(format!("5:{}:during", token(7)));
+    assert_eq!(refused, "4:storage unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Reads go on from the replica.
+    assert!(p.ask_str("3:1").ends_with(":before"));
+    assert!(p.ask_str("4:0").starts_with("0:1:"));
+    let connected = || {
+        mboard_tests::scrape(server.metrics_addr().expect("metrics"))
+            .expect("scrape")
+            .value("mboard_nats_connected")
+    };
+    assert!(eventually(Duration::from_secs(3), || connected() == Some(0.0)));
+    nats.start_node(0);
+    // The same token goes through once NATS is back, without restarting mboard.
+    let mut reply = String::new();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            reply = p.ask_str(format!("5:{}:during", token(7)));
+            reply.starts_with("0:")
+        }),
+        "still {reply:?}: {}",
+        server.log()
+    );
+    assert_eq!(id_of(&reply), 2);
+    assert_eq!(p.ask_str(format!("5:{}:during", token(7))), "0:2");
+    assert!(p.ask_str("3:2").ends_with(":during"));
+    assert!(eventually(Duration::from_secs(3), || connected() == Some(1.0)));
+}
+
+#[test]
+fn a_stream_that_cannot_hold_the_board_is_refused_at_start() {
+    let _gate = gate::plain();
+    let nats = NatsCluster::start(1);
+    let first = mboard(&nats, &["--dedup-window", "30s"]);
+    drop(first);
+    let urls = nats.urls();
+    let (code, log) = match ServerProcess::start(&["--nats", &urls, "--dedup-window", "10m"]) {
+        Ok(_) => panic!("started on a stream with a 30 s duplicate window"),
+        Err(failed) => failed,
+    };
+    assert_eq!(code, Some(1));
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("--dedup-window"),
+        "{log}"
+    );
+}
+
+/// Every message acknowledged under load, by id, and how many times each token was
+/// answered with a different id (must be none).
+type Acked = Mutex<BTreeMap<u64, String>>;
+
+/// Publishes `5:` messages until `stop`, each retried with its token until acknowledged,
+/// moving to the next server when one does not answer or refuses.
+fn publisher(servers: Vec<std::net::SocketAddr>, t: u64, acked: &Acked, stop: &AtomicBool) {
+    let mut at = t as usize % servers.len();
+    for i in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let n = t * 1_000_000 + i;
+        let text = format!("load {t} {i}");
+        loop {
+            let peer = Peer::new(servers[at]);
+            peer.send(format!("5:{}:{text}", token(n)).as_bytes());
+            match peer.recv_within(Duration::from_millis(2_500)) {
+                Some(reply) if reply.starts_with(b"0:") => {
+                    let id = id_of(&String::from_utf8_lossy(&reply));
+                    let mut acked = acked.lock().expect("acked");
+                    if let Some(old) = acked.insert(id, text.clone()) {
+                        panic!("id {id} acknowledged for {old:?} and {text:?}");
+                    }
+                    break;
+                }
+                _ => {
+                    at = (at + 1) % servers.len();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+}
+
+fn check_nothing_lost(servers: &[std::net::SocketAddr], acked: &Acked) {
+    let acked = acked.lock().expect("acked");
+    for &server in servers {
+        let mut board = Vec::new();
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                board = board_contents(server).unwrap_or_default();
+                board.len() >= acked.len()
+            }),
+            "{server}: {} of {} acknowledged",
+            board.len(),
+            acked.len()
+        );
+        let texts: Vec<String> = board
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.entry.text).into_owned())
+            .collect();
+        let unique: HashSet<&String> = texts.iter().collect();
+        assert_eq!(unique.len(), texts.len(), "{server}: a 5: stored twice");
+        let by_id: BTreeMap<u64, &String> = board.iter().map(|m| m.id.0).zip(&texts).collect();
+        for (id, text) in acked.iter() {
+            assert_eq!(by_id.get(id).copied(), Some(text), "{server}: id {id}");
+        }
+    }
+}
+
+#[test]
+fn killing_the_stream_leader_under_load_loses_nothing() {
+    let _gate = gate::load();
+    let mut nats = NatsCluster::start(3);
+    let servers: Vec<ServerProcess> = (0..3)
+        .map(|_| mboard(&nats, &["--nats-replicas", "3", "--nats-timeout", "1s"]))
+        .collect();
+    let addrs: Vec<_> = servers.iter().map(|s| s.addr).collect();
+    let acked = Arc::new(Acked::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            let (addrs, acked, stop) = (addrs.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || publisher(addrs, t, &acked, &stop))
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(20), || acked
+        .lock()
+        .expect("acked")
+        .len()
+        > 200));
+    let leader = nats.stream_leader(0, "mboard").expect("stream leader");
+    let victim = nats.index_of(&leader).expect("leader node");
+    nats.kill(victim);
+    let at_kill = acked.lock().expect("acked").len();
+    let killed = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(60), || acked
+            .lock()
+            .expect("acked")
+            .len()
+            > at_kill + 200),
+        "publishes did not resume after the leader {leader} was killed"
+    );
+    let resumed = killed.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("publisher");
+    }
+    check_nothing_lost(&addrs, &acked);
+    assert!(resumed < Duration::from_secs(60), "{resumed:?}");
+}
+
+#[test]
+fn killing_an_mboard_server_under_load_loses_nothing() {
+    let _gate = gate::load();
+    let nats = NatsCluster::start(1);
+    let mut servers: Vec<ServerProcess> = (0..3)
+        .map(|_| mboard(&nats, &["--nats-timeout", "1s"]))
+        .collect();
+    let addrs: Vec<_> = servers.iter().map(|s| s.addr).collect();
+    let acked = Arc::new(Acked::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            let (addrs, acked, stop) = (addrs.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || publisher(addrs, t, &acked, &stop))
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(20), || acked
+        .lock()
+        .expect("acked")
+        .len()
+        > 200));
+    servers.remove(0).kill();
+    let at_kill = acked.lock().expect("acked").len();
+    assert!(eventually(Duration::from_secs(30), || acked
+        .lock()
+        .expect("acked")
+        .len()
+        > at_kill + 300));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("publisher");
+    }
+    check_nothing_lost(&addrs[1..], &acked);
+}
+
+#[test]
+fn the_cli_moves_along_a_server_list() {
+    let _gate = gate::load();
+    let nats = NatsCluster::start(1);
+    let (a, b) = (mboard(&nats, &[]), mboard(&nats, &[]));
+    let dead = mboard_tests::vacant_addr();
+    let list = format!("{dead},{},{}", a.addr, b.addr);
+    let run = |args: &[&str], stdin: &[u8]| {
+        let out = mboard_tests::cli_at(&list, &[&["--timeout", "700ms"], args].concat(), stdin);
+        assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
+        out.out()
+    };
+    assert_eq!(run(&["publish", "hello"], b""), "1\n");
+    let big: Vec<u8> = (0..(5 << 20)).map(|i| b'a' + (i % 26) as u8).collect();
+    assert_eq!(run(&["publish", "-"], &big), "2\n");
+    drop(a);
+    assert_eq!(run(&["publish", "after a died"], b""), "3\n");
+    assert_eq!(run(&["get", "1"], b""), "hello");
+    assert_eq!(run(&["get", "2"], b"").len(), 5 << 20);
+    let last = run(&["last", "-n", "1"], b"");
+    assert!(last.contains("after a died"), "{last}");
+}
+
+#[test]
+fn a_publish_restarted_on_another_server_keeps_its_token() {
+    let _gate = gate::load();
+    let nats = NatsCluster::start(1);
+    let (a, b) = (mboard(&nats, &[]), mboard(&nats, &[]));
+    // A stores the publish, but its answer never reaches the client.
+    let proxy = mboard_tests::proxy::Proxy::start(
+        a.addr,
+        mboard_tests::proxy::Faults::NONE,
+        mboard_tests::proxy::Faults::NONE,
+        7,
+    );
+    proxy.drop_replies(
+        |d| d.len() > 2 && d.starts_with(b"0:") && d[2..].iter().all(u8::is_ascii_digit),
+        u64::MAX,
+    );
+    let list = format!("{},{}", proxy.addr, b.addr);
+    let out = mboard_tests::cli_at(&list, &["--timeout", "1s", "publish", "only once"], b"");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.out(), "1\n");
+    assert!(
+        proxy.downward().targeted.load(Ordering::Relaxed) > 0,
+        "a's reply was dropped"
+    );
+    let board = board_contents(b.addr).expect("board");
+    assert_eq!(board.len(), 1, "stored once: {board:?}");
+}
+
+#[test]
+fn the_cli_works_through_an_nginx_balancer() {
+    let _gate = gate::load();
+    let nats = NatsCluster::start(1);
+    let servers: Vec<ServerProcess> = (0..3).map(|_| mboard(&nats, &[])).collect();
+    let addrs: Vec<_> = servers.iter().map(|s| s.addr).collect();
+    let nginx = mboard_tests::nginx::Nginx::start(&addrs);
+    let run = |args: &[&str], stdin: &[u8]| {
+        let out = mboard_tests::cli(nginx.addr, args, stdin);
+        assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
+        out.stdout
+    };
+    assert_eq!(run(&["publish", "small"], b""), b"1\n");
+    let big: Vec<u8> = (0..(5 << 20)).map(|i| b'a' + (i % 26) as u8).collect();
+    assert_eq!(run(&["publish", "-"], &big), b"2\n");
+    assert_eq!(run(&["get", "1"], b""), b"small");
+    assert_eq!(run(&["get", "2"], b""), big);
+    let last = String::from_utf8(run(&["last", "-n", "2"], b"")).expect("utf-8");
+    assert!(last.starts_with("#1 ") && last.contains("small"), "{last}");
+    // Every server holds both, whichever took them.
+    for addr in addrs {
+        let board = board_contents(addr).expect("board");
+        assert_eq!(board.len(), 2, "{addr}");
+        assert_eq!(board[1].entry.text.len(), 5 << 20);
+    }
+}
