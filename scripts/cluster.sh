@@ -68,7 +68,7 @@ for i in 1 2 3; do
     servers+=("$addr")
 done
 for i in 1 2 3; do
-    until grep -q "serving" "$dir/mboard$i.log"; do
+    until grep -qs "serving" "$dir/mboard$i.log"; do
         if ! kill -0 "${pids[$((2 + i))]}" 2>/dev/null; then
             echo "error: mboard server $i did not start:" >&2
             tail -3 "$dir/mboard$i.log" >&2

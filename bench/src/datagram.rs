@@ -35,7 +35,12 @@ pub(crate) async fn client(
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let socket = UdpSocket::bind(bind).await?;
-    socket.connect(load.server).await?;
+    let server = load
+        .servers
+        .get(c % load.servers.len().max(1))
+        .copied()
+        .unwrap_or(load.server);
+    socket.connect(server).await?;
     let mut buf = vec![0u8; 65_536];
     let mut request = Vec::new();
     let session_text = match scenario {
@@ -67,14 +72,19 @@ fn next_request(c: usize, i: &mut u64, scenario: &Scenario, out: &mut Vec<u8>) {
     out.clear();
     match scenario {
         Scenario::Echo => out.extend_from_slice(b"3:0"),
-        Scenario::Get { messages } => {
+        Scenario::Get { messages, first } => {
             *i = (*i + 7919) % (*messages).max(1);
-            out.extend_from_slice(format!("3:{i}").as_bytes());
+            out.extend_from_slice(format!("3:{}", first + *i).as_bytes());
         }
         Scenario::Last { n } => out.extend_from_slice(format!("4:{n}").as_bytes()),
         Scenario::Publish { size } => {
             out.extend_from_slice(b"1:");
             out.resize(2 + (*size).max(1), scenario::letter(c));
+        }
+        Scenario::PublishOnce { size } => {
+            *i += 1;
+            out.extend_from_slice(format!("5:{}:", scenario::token(c, *i)).as_bytes());
+            out.resize(out.len() + (*size).max(1), scenario::letter(c));
         }
         _ => {}
     }
@@ -84,7 +94,7 @@ fn next_request(c: usize, i: &mut u64, scenario: &Scenario, out: &mut Vec<u8>) {
 fn reply_ok(scenario: &Scenario, request: &[u8], reply: &[u8]) -> bool {
     match scenario {
         Scenario::Echo => reply == request,
-        Scenario::Publish { .. } => reply.starts_with(b"0:"),
+        Scenario::Publish { .. } | Scenario::PublishOnce { .. } => reply.starts_with(b"0:"),
         _ => reply.starts_with(b"0:") || reply.starts_with(b"d:"),
     }
 }

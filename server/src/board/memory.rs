@@ -127,7 +127,7 @@ impl MemoryBoard {
 
     /// Appends a message; returns its id and time.
     fn store(&self, from: SocketAddr, text: Bytes) -> Result<(MessageId, Timestamp), BoardError> {
-        let mut inner = self.inner.write().map_err(|_| BoardError::Poisoned)?;
+        let inner = self.inner.write().map_err(|_| BoardError::Poisoned)?;
         if let Some(limit) = self.retention.bytes
             && inner.bytes > limit.saturating_add(limit / 4)
         {
@@ -138,11 +138,18 @@ impl MemoryBoard {
         let id = MessageId(inner.sums.next());
         // Taken under the lock so that timestamps never go backwards as ids go forwards.
         let time = Timestamp::from_system_time(SystemTime::now());
+        self.push(inner, id, Entry { time, from, text });
+        Ok((id, time))
+    }
+
+    /// Appends `entry` as message `id` (the next), then lets go of the lock and wakes the
+    /// trimmer if that took the board over a limit.
+    fn push(&self, mut inner: RwLockWriteGuard<'_, Inner>, id: MessageId, entry: Entry) {
         inner
             .sums
-            .push(Message::record_len_of(id, time, from, text.len()) as u64);
-        inner.bytes += cost(&text);
-        inner.entries.push_back(Entry { time, from, text });
+            .push(Message::record_len_of(id, entry.time, entry.from, entry.text.len()) as u64);
+        inner.bytes += cost(&entry.text);
+        inner.entries.push_back(entry);
         let over = self
             .retention
             .size_exceeded(inner.entries.len() as u64, inner.bytes);
@@ -150,7 +157,6 @@ impl MemoryBoard {
         if over {
             self.wake_trimmer();
         }
-        Ok((id, time))
     }
 
     /// Appends `entry` as message `id`, for a store that replicates ids assigned elsewhere
@@ -170,18 +176,7 @@ impl MemoryBoard {
             inner.trimmed += dropped;
             inner.sums = Sums::starting_at(id.0);
         }
-        inner
-            .sums
-            .push(Message::record_len_of(id, entry.time, entry.from, entry.text.len()) as u64);
-        inner.bytes += cost(&entry.text);
-        inner.entries.push_back(entry);
-        let over = self
-            .retention
-            .size_exceeded(inner.entries.len() as u64, inner.bytes);
-        drop(inner);
-        if over {
-            self.wake_trimmer();
-        }
+        self.push(inner, id, entry);
         Ok(gap)
     }
 

@@ -58,6 +58,9 @@ pub struct Handler<B> {
     queued_bytes: Arc<Semaphore>,
     /// Board failures are logged once per interval each, with a count of the rest.
     warnings: Warnings,
+    /// Whether a publish wakes held `6:` requests itself: not on a board that reports its
+    /// arrivals ([`Board::arrivals`]), where the message may be readable only later.
+    wakes_on_publish: bool,
 }
 
 /// A publish's place in the queue for the disk, held until it is answered.
@@ -74,6 +77,7 @@ impl<B: Board> Handler<B> {
     /// A handler over `board` with these limits; `seed` seeds session ids.
     pub fn new(board: B, limits: Limits, seed: u64) -> Self {
         Handler {
+            wakes_on_publish: board.arrivals().is_none(),
             board,
             sessions: Mutex::new(SessionManager::new(limits.clone(), seed)),
             follow: follow::Followers::new(&limits),
@@ -371,7 +375,9 @@ impl<B: Board> Handler<B> {
         match self.board.publish(from, text).await {
             Ok(id) => {
                 self.publishes.fetch_add(1, Ordering::Relaxed);
-                self.follow.published(id);
+                if self.wakes_on_publish {
+                    self.follow.published(id);
+                }
                 Reply::new(&Response::Published(id))
             }
             Err(e) => self.board_failure(&e),
@@ -383,7 +389,9 @@ impl<B: Board> Handler<B> {
         match self.board.publish_once(from, token, text).await {
             Ok(Published::Stored(id)) => {
                 self.publishes.fetch_add(1, Ordering::Relaxed);
-                self.follow.published(id);
+                if self.wakes_on_publish {
+                    self.follow.published(id);
+                }
                 Reply::new(&Response::Published(id))
             }
             Ok(Published::Duplicate(id)) => {

@@ -221,10 +221,10 @@ impl ClusteredBoard {
             }
         };
         let id = MessageId(ack.sequence);
+        // Answered at once, without waiting for this server's own replica (a consumer
+        // delivery later): a `3:` of the id meanwhile waits for it ([`Board::catch_up`]
+        // knows the stream has it from here), and held `6:` requests wake as it arrives.
         shared.stream_last.fetch_max(id.0, Ordering::Relaxed);
-        // Answer once this server can read its own write, so that a `3:` or `6:` right
-        // after the reply finds it; the message is stored either way.
-        shared.wait_for(id, shared.catch_up).await;
         Ok((id, ack.duplicate))
     }
 }
