@@ -23,22 +23,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-nats_port() { echo $((24221 + $1)); }
-route_port() { echo $((26221 + $1)); }
-urls=$(for i in 1 2 3; do printf 'nats://127.0.0.1:%s,' "$(nats_port $i)"; done)
-urls=${urls%,}
-for i in 1 2 3; do
-    mkdir -p "$dir/n$i"
-    cat >"$dir/n$i/server.conf" <<CONF
-server_name: n$i
-listen: "127.0.0.1:$(nats_port $i)"
-max_payload: 17MB
-jetstream { store_dir: "$dir/n$i/js", max_memory_store: 256MB, max_file_store: 8GB }
-cluster { name: bench, listen: "127.0.0.1:$(route_port $i)", routes: ["nats-route://127.0.0.1:$(route_port 1)", "nats-route://127.0.0.1:$(route_port 2)", "nats-route://127.0.0.1:$(route_port 3)"] }
-CONF
-    nats-server -c "$dir/n$i/server.conf" >"$dir/n$i/log" 2>&1 &
-    pids+=($!)
-done
+source scripts/nats-cluster.sh
+start_nats_cluster "$dir" 24221 26221 bench
 
 serve() { # serve NAME PORT ARGS...: starts an mboard server and waits until it serves
     local name=$1 port=$2; shift 2

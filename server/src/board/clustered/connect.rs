@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, ErrorCode, context::GetStreamErrorKind};
 use async_nats::{ConnectOptions, Event};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::stream::{self, Needs};
 use super::{ClusterConfig, ClusterError, NatsAuth};
@@ -108,13 +108,24 @@ pub(super) async fn connect(
                 info!(stream = %needs.name, replicas = have.num_replicas, "using the existing stream");
                 break stream;
             }
-            Ok(Err(e)) if not_found(e.kind()) => {
-                let created = js.create_stream(needs.config()).await.map_err(|e| {
-                    ClusterError::Stream(format!("cannot create stream {}: {e}", needs.name))
-                })?;
-                info!(stream = %needs.name, replicas = needs.replicas, "created the stream");
-                break created;
-            }
+            Ok(Err(e)) if not_found(e.kind()) => match js.create_stream(needs.config()).await {
+                Ok(created) => {
+                    info!(stream = %needs.name, replicas = needs.replicas, "created the stream");
+                    break created;
+                }
+                // Servers started together race to create it, and JetStream may still be
+                // placing it: look again (and check what another server created).
+                Err(e) if Instant::now() < deadline => {
+                    debug!(error = %e, "cannot create the stream yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    return Err(ClusterError::Stream(format!(
+                        "cannot create stream {}: {e}",
+                        needs.name
+                    )));
+                }
+            },
             // No answer yet (JetStream electing its leader), or a transient error.
             Ok(Err(_)) | Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
