@@ -461,3 +461,27 @@ fn the_bench_measures_the_clustered_store() {
         "{get}"
     );
 }
+
+#[test]
+fn servers_started_together_agree_on_one_new_stream() {
+    let _gate = gate::load();
+    let nats = NatsCluster::start(3);
+    let urls = nats.urls();
+    // All three race to create the R3 stream while JetStream is still settling.
+    let servers: Vec<ServerProcess> = std::thread::scope(|s| {
+        let starting: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| ServerProcess::must_start(&["--nats", &urls, "--nats-replicas", "3"]))
+            })
+            .collect();
+        starting
+            .into_iter()
+            .map(|t| t.join().expect("start"))
+            .collect()
+    });
+    let ids: Vec<u64> = servers
+        .iter()
+        .map(|s| id_of(&Peer::new(s.addr).ask_str("1:one of three")))
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+}
