@@ -37,6 +37,8 @@ struct Node {
     client_port: u16,
     route_port: u16,
     child: Option<Child>,
+    /// Whether it has run: its ports are then in the others' configurations and clients'.
+    started: bool,
 }
 
 /// A NATS cluster (or one node) with JetStream, on loopback.
@@ -65,6 +67,7 @@ impl NatsCluster {
                 client_port: free_port(),
                 route_port: free_port(),
                 child: None,
+                started: false,
             })
             .collect();
         let mut cluster = NatsCluster {
@@ -104,31 +107,52 @@ impl NatsCluster {
         config
     }
 
-    /// Starts node `i` (again, after [`NatsCluster::kill`]: same ports, same store).
+    /// Starts node `i` (again, after [`NatsCluster::kill`]: same ports, same store). A port
+    /// taken by someone else between choosing it and binding it is chosen again on a first
+    /// start (the other nodes still find this one: NATS gossips routes).
     pub fn start_node(&mut self, i: usize) {
+        for _attempt in 0..5 {
+            match self.try_start_node(i) {
+                Ok(()) => {
+                    self.nodes[i].started = true;
+                    return;
+                }
+                Err(log) if !self.nodes[i].started && log.contains("address already in use") => {
+                    self.nodes[i].client_port = free_port();
+                    self.nodes[i].route_port = free_port();
+                }
+                Err(log) => panic!("nats-server {i} did not listen: {log}"),
+            }
+        }
+        panic!("nats-server {i} found no free ports: {}", self.log(i));
+    }
+
+    fn try_start_node(&mut self, i: usize) -> Result<(), String> {
         let path = self.dir.path().join(format!("{}.conf", self.nodes[i].name));
         std::fs::write(&path, self.config(i)).expect("write nats config");
         let log =
             std::fs::File::create(self.dir.path().join(format!("{}.log", self.nodes[i].name)))
                 .expect("nats log");
-        let child = Command::new(nats_server())
+        let mut child = Command::new(nats_server())
             .arg("-c")
             .arg(&path)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start nats-server");
-        self.nodes[i].child = Some(child);
         let port = self.nodes[i].client_port;
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server {i} did not listen: {}",
-                self.log(i)
-            );
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            if exited || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(self.log(i));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.nodes[i].child = Some(child);
+        Ok(())
     }
 
     /// SIGKILLs node `i`.

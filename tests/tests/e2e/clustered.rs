@@ -124,6 +124,8 @@ fn a_nats_outage_refuses_publishes_and_heals_by_itself() {
     let server = mboard(&nats, &["--nats-timeout", "1s", "--metrics", "127.0.0.1:0"]);
     let p = Peer::new(server.addr);
     assert_eq!(id_of(&p.ask_str("1:before")), 1);
+    // Answered once the replica holds it (the reply to the publish does not wait for that).
+    assert!(p.ask_str("3:1").ends_with(":before"));
     nats.kill(0);
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
@@ -484,4 +486,45 @@ fn servers_started_together_agree_on_one_new_stream() {
         .map(|s| id_of(&Peer::new(s.addr).ask_str("1:one of three")))
         .collect();
     assert_eq!(ids, [1, 2, 3]);
+}
+
+#[test]
+fn credentials_for_nats_are_options_and_a_wrong_one_stops_start_up() {
+    let _gate = gate::plain();
+    let nats = NatsCluster::start_with(1, "authorization { user: mboard, password: s3cret }");
+    let urls = nats.urls();
+    let ok = ServerProcess::must_start(&[
+        "--nats",
+        &urls,
+        "--nats-user",
+        "mboard",
+        "--nats-password",
+        "s3cret",
+    ]);
+    assert_eq!(id_of(&Peer::new(ok.addr).ask_str("1:authenticated")), 1);
+    let (code, log) = match ServerProcess::start(&[
+        "--nats",
+        &urls,
+        "--nats-user",
+        "mboard",
+        "--nats-password",
+        "wrong",
+    ]) {
+        Ok(_) => panic!("started with a wrong password"),
+        Err(failed) => failed,
+    };
+    assert_eq!(code, Some(1));
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("cannot connect to NATS"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("wrong"),
+        "the password stays out of the log: {log}"
+    );
+    let tokens = NatsCluster::start_with(1, "authorization { token: t0k3n }");
+    let with_token =
+        ServerProcess::must_start(&["--nats", &tokens.urls(), "--nats-token", "t0k3n"]);
+    assert_eq!(id_of(&Peer::new(with_token.addr).ask_str("1:by token")), 1);
 }
