@@ -19,6 +19,7 @@ mod link;
 pub mod output;
 pub mod page;
 pub mod rtt;
+pub mod servers;
 pub mod target;
 
 pub use client::{
@@ -26,4 +27,5 @@ pub use client::{
     Page, Pages, Progress, Start, WAIT, Warn,
 };
 pub use error::ClientError;
+pub use servers::Servers;
 pub use target::{DEFAULT_PORT, Target, resolve, resolve_all};
