@@ -81,6 +81,14 @@ impl Servers {
         &mut self,
         mut op: impl FnMut(&mut Client) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
+        self.first_answering(|mut c| op(&mut c))
+    }
+
+    /// [`Servers::run`] with the client handed over to `op`.
+    fn first_answering<T>(
+        &mut self,
+        mut op: impl FnMut(Client) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
         let mut last = None;
         for k in 0..self.list.len() {
             let i = (self.next + k) % self.list.len();
@@ -88,7 +96,7 @@ impl Servers {
                 if let Some(setup) = &mut self.setup {
                     setup(&mut c);
                 }
-                op(&mut c)
+                op(c)
             });
             match result {
                 Ok(value) => {
@@ -120,31 +128,9 @@ impl Servers {
     /// first: its command says whether it answers.
     pub fn client(&mut self) -> Result<Client, ClientError> {
         if self.list.len() == 1 {
-            let mut client = Client::connect(&self.list[0], self.config.clone())?;
-            if let Some(setup) = &mut self.setup {
-                setup(&mut client);
-            }
-            return Ok(client);
+            return self.first_answering(Ok);
         }
-        let mut last = None;
-        for k in 0..self.list.len() {
-            let i = (self.next + k) % self.list.len();
-            let result = Client::connect(&self.list[i], self.config.clone()).and_then(|mut c| {
-                if let Some(setup) = &mut self.setup {
-                    setup(&mut c);
-                }
-                c.ids(1).map(|_| c)
-            });
-            match result {
-                Ok(client) => {
-                    self.next = i;
-                    return Ok(client);
-                }
-                Err(e) if worth_another(&e) => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| ClientError::Resolve("no server".into())))
+        self.first_answering(|mut c| c.ids(1).map(|_| c))
     }
 
     /// One message.

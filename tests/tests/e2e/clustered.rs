@@ -430,9 +430,9 @@ fn the_cli_works_through_an_nginx_balancer() {
         assert_eq!(id, 3 + i as u64);
     }
     let lines = follower.lines(3, Duration::from_secs(15));
-    assert_eq!(crate::clustered_reads::ids(&lines), [3, 4, 5]);
+    assert_eq!(crate::client_follow::ids(&lines), [3, 4, 5]);
     assert!(lines[2].ends_with("  after 2"), "{lines:?}");
-    let stderr = crate::clustered_reads::interrupt(follower);
+    let stderr = crate::client_follow::interrupt(follower);
     assert!(!stderr.contains("warning"), "{stderr}");
     // Every server holds all five, whichever took them.
     for addr in addrs {

@@ -7,35 +7,11 @@ use std::time::Duration;
 use mboard_tests::nats::NatsCluster;
 use mboard_tests::{CliProcess, Peer, ServerProcess, gate};
 
+use crate::client_follow::{ids, interrupt};
 use crate::clustered::{id_of, mboard, token};
 
 /// Long enough for any line on a loaded machine; a test waits this long only on failure.
 const LINE: Duration = Duration::from_secs(15);
-
-/// The id of a `follow` line: `#<id>  <time>  <ip>:<port>  <text>`.
-pub(crate) fn ids(lines: &[String]) -> Vec<u64> {
-    lines
-        .iter()
-        .map(|line| {
-            line.strip_prefix('#')
-                .and_then(|l| l.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("not a message line: {line:?}"))
-        })
-        .collect()
-}
-
-/// Ctrl+C ends a follower with exit code 0; its standard error.
-pub(crate) fn interrupt(mut f: CliProcess) -> String {
-    f.interrupt();
-    assert_eq!(
-        f.exit_within(Duration::from_secs(5)),
-        Some(Some(0)),
-        "{}",
-        f.stderr()
-    );
-    f.stderr()
-}
 
 #[test]
 fn follow_on_one_server_prints_what_every_server_publishes_in_id_order() {
