@@ -2,7 +2,8 @@
 //! a server's replica holds a run of consecutive ids, so a message deleted on its own
 //! would be a hole whose older neighbours the replica would drop. Streams mboard creates
 //! refuse single deletes; a stream that allows them, or has holes, is refused at start-up
-//! in one line that says what to do, and once purged past its holes it serves.
+//! in one line that says what to do, and once purged past its holes it serves. A replica
+//! cut off while the stream trimmed comes back holding exactly what the stream keeps.
 
 use mboard_tests::nats::NatsCluster;
 use mboard_tests::{Peer, ServerProcess, gate};
@@ -84,4 +85,63 @@ fn a_stream_with_holes_is_refused_until_purged_past_them() {
     assert_eq!(p.ask_str("3:1"), "2:no longer kept");
     assert_eq!(p.ask_str("3:0"), "2:no message 0", "ids start at 1");
     assert_eq!(id_of(&p.ask_str("1:fourth")), 4);
+}
+
+#[test]
+fn a_replica_that_was_cut_off_while_the_stream_trimmed_serves_what_the_stream_keeps() {
+    let _gate = gate::load();
+    let mut nats = NatsCluster::start(3);
+    let retain = ["--retain-messages", "5", "--nats-replicas", "3"];
+    let (url_a, url_b) = (nats.url(0), nats.url(2));
+    let a = ServerProcess::must_start(&[&["--nats", url_a.as_str()][..], &retain].concat());
+    let b = ServerProcess::must_start(&[&["--nats", url_b.as_str()][..], &retain].concat());
+    let (pa, pb) = (Peer::new(a.addr), Peer::new(b.addr));
+    for i in 1..=3u64 {
+        assert_eq!(id_of(&pa.ask_str(format!("1:m{i}"))), i);
+    }
+    assert!(crate::clustered::eventually(
+        std::time::Duration::from_secs(5),
+        || pb.ask_str("3:3").ends_with(":m3")
+    ));
+    // b's NATS node goes away; the stream (R3) goes on without it and trims to 5.
+    nats.kill(2);
+    let mut published = 3;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while published < 33 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publishes did not resume"
+        );
+        let reply = pa.ask_str(format!("1:m{}", published + 1));
+        if reply.starts_with("0:") {
+            published = id_of(&reply);
+        } else {
+            assert_eq!(reply, "4:storage unavailable");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    // Back: b's replica is 30 ids behind a stream that kept only the last 5.
+    nats.start_node(2);
+    // a's own replica may be catching up too (its consumer may have lived on the node).
+    let kept: Vec<u64> = (published - 4..=published).collect();
+    let mut want = Vec::new();
+    assert!(
+        crate::clustered::eventually(std::time::Duration::from_secs(20), || {
+            want = mboard_tests::board_contents(a.addr).unwrap_or_default();
+            want.iter().map(|m| m.id.0).eq(kept.iter().copied())
+        }),
+        "a: {want:?}"
+    );
+    assert!(
+        crate::clustered::eventually(std::time::Duration::from_secs(20), || {
+            mboard_tests::board_contents(b.addr).is_ok_and(|have| have == want)
+        }),
+        "b: {:?}",
+        mboard_tests::board_contents(b.addr)
+    );
+    assert_eq!(pb.ask_str("3:2"), "2:no longer kept");
+    assert_eq!(
+        pb.ask_str(format!("3:{}", published - 5)),
+        "2:no longer kept"
+    );
 }
