@@ -34,7 +34,12 @@ pub(crate) async fn client(
     follow: Option<&follow::Shared>,
 ) -> io::Result<Tally> {
     let mut tally = Tally::default();
-    let mut socket = connect(load.server).await?;
+    let server = load
+        .servers
+        .get(c % load.servers.len().max(1))
+        .copied()
+        .unwrap_or(load.server);
+    let mut socket = connect(server).await?;
     let mut buf = vec![0u8; 65_536];
     let mut request = Vec::new();
     let session_text = match scenario {
@@ -67,7 +72,7 @@ pub(crate) async fn client(
             // first, would be taken for the next publish's (and so on, one behind, for
             // the rest of the run): a new socket leaves it behind.
             if publisher.tokens.is_none() && tally.timeouts > resends {
-                socket = connect(load.server).await?;
+                socket = connect(server).await?;
             }
             id.is_some()
         } else {
@@ -101,9 +106,9 @@ fn next_request(i: &mut u64, scenario: &Scenario, out: &mut Vec<u8>) {
     out.clear();
     match scenario {
         Scenario::Echo => out.extend_from_slice(b"3:0"),
-        Scenario::Get { messages } => {
+        Scenario::Get { messages, first } => {
             *i = (*i + 7919) % (*messages).max(1);
-            out.extend_from_slice(format!("3:{i}").as_bytes());
+            out.extend_from_slice(format!("3:{}", first + *i).as_bytes());
         }
         Scenario::Last { n } => out.extend_from_slice(format!("4:{n}").as_bytes()),
         _ => {}

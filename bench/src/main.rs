@@ -6,6 +6,8 @@
 mod datagram;
 mod echo;
 mod follow;
+mod jetstream;
+mod lag;
 mod report;
 mod run;
 mod scenario;
@@ -24,7 +26,9 @@ use crate::scenario::{Follow, Load, Scenario};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Server address (not used by `echo`, which starts its own).
+    /// Server address (not used by `echo`, which starts its own). A comma-separated list
+    /// spreads the datagram clients over several servers of one clustered board; `lag`
+    /// takes two: the publisher's, then the reader's.
     #[arg(long, env = "MBOARD_SERVER", default_value = "127.0.0.1:7777")]
     server: String,
     /// Concurrent closed-loop clients, each on its own socket.
@@ -101,6 +105,22 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         rate: Option<u64>,
     },
+    /// The clustered store's baseline: JetStream's own publishes from `async-nats`, at the
+    /// same concurrency, on a stream created for the run (and deleted after).
+    Jetstream {
+        /// NATS URLs, comma-separated.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        /// The stream's replicas.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+        /// Text bytes.
+        #[arg(long, default_value = "16", value_parser = parse_size)]
+        size: usize,
+    },
+    /// Replication lag of a clustered board: publish on the first `--server`, time until a
+    /// `6:` held on the second wakes (p50/p99 over `--duration`).
+    Lag,
     /// Exactly-once publish through an upload session, as the CLI does.
     PublishSession {
         /// Text bytes.
@@ -139,9 +159,18 @@ fn parse_size(s: &str) -> Result<usize, String> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let servers = || -> Result<Vec<SocketAddr>> {
+        args.server
+            .split(',')
+            .map(|s| Ok(mboard_client::resolve(s.trim())?))
+            .collect()
+    };
     let scenario = match args.scenario {
         Command::Echo => Scenario::Echo,
-        Command::Get => Scenario::Get { messages: 1_000 },
+        Command::Get => Scenario::Get {
+            messages: 1_000,
+            first: 0,
+        },
         Command::Last { n } => Scenario::Last { n },
         Command::Publish { size } => Scenario::Publish { size },
         Command::PublishOnce { size } => Scenario::PublishOnce { size },
@@ -164,11 +193,47 @@ fn main() -> Result<()> {
         Command::PublishSession { size } => Scenario::PublishSession { size },
         Command::Upload { size } => Scenario::Upload { size },
         Command::Download { size } => Scenario::Download { size, id: 0 },
+        Command::Jetstream {
+            ref nats,
+            replicas,
+            size,
+        } => {
+            let load = args.load(vec![SocketAddr::from(([127, 0, 0, 1], 0))]);
+            let report = jetstream::run(nats, replicas, &load, size)?;
+            println!(
+                "{}",
+                if args.json {
+                    report.json()
+                } else {
+                    report.line()
+                }
+            );
+            return Ok(());
+        }
+        Command::Lag => {
+            let servers = servers()?;
+            let [publisher, reader] = servers[..] else {
+                anyhow::bail!("lag needs two servers: --server PUBLISHER,READER");
+            };
+            let lag = lag::run(publisher, reader, args.duration)?;
+            if args.json {
+                println!(
+                    "{{\"scenario\":\"lag\",\"samples\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1}}}",
+                    lag.samples, lag.p50_us, lag.p99_us, lag.max_us
+                );
+            } else {
+                println!(
+                    "lag              samples={:<5} p50 {:>8.1} us  p99 {:>8.1} us  max {:>8.1} us",
+                    lag.samples, lag.p50_us, lag.p99_us, lag.max_us
+                );
+            }
+            return Ok(());
+        }
     };
     let report = if scenario == Scenario::Echo {
         echo(&args)?
     } else {
-        let load = args.load(mboard_client::resolve(&args.server)?);
+        let load = args.load(servers()?);
         let scenario = run::seed(&load, &scenario).context("seed the board")?;
         run::run(&load, &scenario)?
     };
@@ -188,10 +253,12 @@ fn main() -> Result<()> {
 }
 
 impl Args {
-    /// The load the options describe, against `server`.
-    fn load(&self, server: SocketAddr) -> Load {
+    /// The load the options describe, against `servers` (the first for seeding and
+    /// sessions).
+    fn load(&self, servers: Vec<SocketAddr>) -> Load {
         Load {
-            server,
+            server: servers[0],
+            servers,
             clients: self.clients,
             duration: self.duration,
             warmup: self.warmup,
@@ -204,5 +271,5 @@ impl Args {
 fn echo(args: &Args) -> Result<Report> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let addr = echo::start(cores).context("start echo server")?;
-    Ok(run::run(&args.load(addr), &Scenario::Echo)?)
+    Ok(run::run(&args.load(vec![addr]), &Scenario::Echo)?)
 }

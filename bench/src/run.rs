@@ -29,19 +29,25 @@ pub(crate) fn seed(load: &Load, scenario: &Scenario) -> io::Result<Scenario> {
     };
     let mut client = Client::new(load.server, config).map_err(io::Error::other)?;
     match scenario {
-        Scenario::Get { messages } => {
-            let have = client
-                .ids(1)
-                .map_err(io::Error::other)?
-                .first()
-                .map_or(0, |id| id.0 + 1);
-            for i in have..*messages {
+        Scenario::Get { messages, .. } => {
+            let newest = |client: &mut Client| -> io::Result<Option<u64>> {
+                Ok(client
+                    .ids(1)
+                    .map_err(io::Error::other)?
+                    .first()
+                    .map(|id| id.0))
+            };
+            let mut count = client.ids(0).map_err(io::Error::other)?.len() as u64;
+            while count < *messages {
                 client
-                    .publish_datagram(format!("seed message {i}").as_bytes())
+                    .publish_datagram(format!("seed message {count}").as_bytes())
                     .map_err(io::Error::other)?;
+                count += 1;
             }
+            let newest = newest(&mut client)?.unwrap_or(0);
             Ok(Scenario::Get {
-                messages: (*messages).max(have),
+                messages: *messages,
+                first: newest + 1 - messages.min(&(newest + 1)),
             })
         }
         Scenario::Download { size, .. } => {
@@ -188,6 +194,18 @@ impl Clients {
 pub(crate) fn run(load: &Load, scenario: &Scenario) -> io::Result<Report> {
     let window = Arc::new(Window::default());
     let clients = Clients::start(load, scenario, &window)?;
+    let seconds = windows(load, &window);
+    let (tally, follow) = clients.join(seconds)?;
+    let report = Report::new(load, scenario, seconds, tally);
+    Ok(match follow {
+        Some(follow) => report.with_follow(follow),
+        None => report,
+    })
+}
+
+/// Runs the warm-up, then the measured window, over clients started on `window`, then
+/// stops them; returns the seconds measured.
+pub(crate) fn windows(load: &Load, window: &Window) -> f64 {
     std::thread::sleep(load.warmup);
     window.measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
@@ -195,10 +213,5 @@ pub(crate) fn run(load: &Load, scenario: &Scenario) -> io::Result<Report> {
     window.measuring.store(false, Ordering::Relaxed);
     let seconds = started.elapsed().as_secs_f64();
     window.stopped.store(true, Ordering::Relaxed);
-    let (tally, follow) = clients.join(seconds)?;
-    let report = Report::new(load, scenario, seconds, tally);
-    Ok(match follow {
-        Some(follow) => report.with_follow(follow),
-        None => report,
-    })
+    seconds
 }

@@ -8,10 +8,12 @@ use std::time::Duration;
 pub(crate) enum Scenario {
     /// Any datagram to the echo ceiling: the reply is the request.
     Echo,
-    /// `3:<id>` over ids `0..messages`.
+    /// `3:<id>` over ids `first..first + messages`.
     Get {
         /// How many messages to spread the reads over.
         messages: u64,
+        /// The first of them (0 on a fresh board; 1 on the clustered store).
+        first: u64,
     },
     /// `4:<n>`.
     Last {
@@ -32,6 +34,11 @@ pub(crate) enum Scenario {
     /// Publishers as in `publish` or `publish-once` at full rate, while followers hold
     /// `6:` requests and re-arm them as they are answered.
     Follow(Follow),
+    /// JetStream's own publish, straight from `async-nats` (the clustered store's baseline).
+    JetStream {
+        /// Text bytes.
+        size: usize,
+    },
     /// A publish through an upload session (exactly-once), as the CLI does.
     PublishSession {
         /// Text bytes.
@@ -61,6 +68,7 @@ impl Scenario {
             Scenario::Publish { .. } => "publish",
             Scenario::PublishOnce { .. } => "publish-once",
             Scenario::Follow(_) => "follow",
+            Scenario::JetStream { .. } => "jetstream",
             Scenario::PublishSession { .. } => "publish-session",
             Scenario::Upload { .. } => "upload",
             Scenario::Download { .. } => "download",
@@ -100,8 +108,10 @@ pub(crate) struct Follow {
 /// How to load the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Load {
-    /// The server (or echo ceiling).
+    /// The server (or echo ceiling): the first of `servers`.
     pub(crate) server: SocketAddr,
+    /// Every server given (`--server a,b,c`): datagram client `c` talks to `c % len`.
+    pub(crate) servers: Vec<SocketAddr>,
     /// Concurrent closed-loop clients.
     pub(crate) clients: usize,
     /// Measured time.
@@ -120,4 +130,22 @@ pub(crate) fn letter(c: usize) -> u8 {
 /// A text of `size` bytes (at least one: the protocol has no empty publish) for client `c`.
 pub(crate) fn text(c: usize, size: usize) -> Vec<u8> {
     vec![letter(c); size.max(1)]
+}
+
+/// A publish token unique to this run, client `c` and its `i`-th publish: the stream
+/// deduplicates tokens across runs within its window, so each run draws its own prefix.
+pub(crate) fn token(c: usize, i: u64) -> String {
+    use std::sync::OnceLock;
+    static RUN: OnceLock<u32> = OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        t.subsec_nanos() ^ (t.as_secs() as u32) ^ std::process::id().rotate_left(16)
+    });
+    format!(
+        "{run:08x}-{:04x}-4000-8000-{:012x}",
+        c & 0xffff,
+        i & 0xffff_ffff_ffff
+    )
 }

@@ -111,6 +111,17 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// What `3:0` found.
+enum Zero {
+    /// Message 0.
+    Here(Entry),
+    /// Trimmed by retention: a reader from the beginning missed it.
+    Trimmed,
+    /// Not there: not published yet, or never a message (the clustered store's ids
+    /// start at 1). Once a later id exists, it never will be.
+    Absent,
+}
+
 /// The largest text a `1:` datagram carries.
 const MAX_DATAGRAM_TEXT: usize = MAX_DATAGRAM - 2;
 
@@ -224,13 +235,19 @@ impl Client {
     }
 
     /// One message on the current sockets, or `None` if there is no such message.
-    fn find_on_this_socket(&mut self, id: MessageId) -> Result<Option<Entry>, ClientError> {
-        match self.get_on_this_socket(id) {
-            Ok(entry) => Ok(Some(entry)),
+    /// Message 0, read with `3:0` on the sockets in use: a reader from the very beginning
+    /// needs it, since `6:0` leaves it out.
+    fn zero_on_this_socket(&mut self) -> Result<Zero, ClientError> {
+        match self.get_on_this_socket(MessageId(0)) {
+            Ok(entry) => Ok(Zero::Here(entry)),
+            Err(ClientError::Server {
+                code: ErrorCode::MsgNotFound,
+                reason,
+            }) if reason.starts_with(b"no longer kept") => Ok(Zero::Trimmed),
             Err(ClientError::Server {
                 code: ErrorCode::MsgNotFound,
                 ..
-            }) => Ok(None),
+            }) => Ok(Zero::Absent),
             Err(e) => Err(e),
         }
     }

@@ -22,6 +22,7 @@ mod link;
 mod output;
 mod page;
 mod rtt;
+mod servers;
 mod target;
 
 pub use cli::main as run_cli;
@@ -32,4 +33,5 @@ pub use client::{
 };
 pub use error::ClientError;
 pub use output::json_string;
+pub use servers::Servers;
 pub use target::{DEFAULT_PORT, Target, resolve, resolve_all};

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mboard_protocol::{DATA_HEADER_MAX, MAX_DATAGRAM};
 
-use crate::board::{JournalConfig, Retention, TokenLimits};
+use crate::board::{ClusterConfig, JournalConfig, Retention, TokenLimits};
 use crate::limiter::RateLimit;
 use crate::metrics::EndpointLimits;
 use crate::overload::Shedding;
@@ -144,6 +144,9 @@ pub enum ConfigError {
         /// The value given.
         found: u64,
     },
+    /// The clustered store's options cannot work.
+    #[error("{0}")]
+    Clustered(String),
     /// A zero retention age would trim every message as soon as it is stored.
     #[error("retain age must be longer than zero")]
     RetainAge,
@@ -277,6 +280,11 @@ impl Config {
             sources: "error reply sources",
         })?;
         self.retention.validate(&self.limits)?;
+        if let Store::Clustered(cluster) = &self.store
+            && let Some(problem) = cluster.problem()
+        {
+            return Err(ConfigError::Clustered(problem));
+        }
         if let Store::Journal(journal) = &self.store
             && !(MIN_SEGMENT..=MAX_SEGMENT).contains(&journal.segment_size)
         {
@@ -374,6 +382,8 @@ pub enum Store {
     Memory,
     /// In an append-only journal in a data directory.
     Journal(JournalConfig),
+    /// In a NATS JetStream stream shared with other servers, read from a local replica.
+    Clustered(ClusterConfig),
 }
 
 /// Everything [`crate::run`] needs besides the socket.

@@ -25,8 +25,9 @@ mod server;
 mod session;
 
 pub use board::{
-    Board, BoardError, Fsync, JournalConfig, MemoryBoard, Published, Refusal, Retention, Span,
-    Status, StoreState, TokenCounts, TokenLimits,
+    Board, BoardError, ClusterConfig, ClusterError, Fsync, JournalConfig, MemoryBoard, NatsAuth,
+    NatsTls, Published, Refusal, Retention, Secret, Span, Status, StoreState, TokenCounts,
+    TokenLimits,
 };
 pub use config::{Config, ConfigError, Limits, MEMORY_RETAIN_BYTES, Store, parse_size};
 pub use handler::Handler;

@@ -295,6 +295,9 @@ struct Args {
     summary_interval: humantime::Duration,
 
     #[command(flatten)]
+    nats: cli::NatsArgs,
+
+    #[command(flatten)]
     packaging: cli::Packaging,
 }
 
@@ -414,6 +417,10 @@ fn serve() -> anyhow::Result<()> {
 
 /// The configuration the options give, refused in one line if it cannot work.
 fn checked_config(args: &Args) -> anyhow::Result<Config> {
+    args.nats
+        .check()
+        .map_err(anyhow::Error::msg)
+        .context("invalid configuration")?;
     let config = config(args);
     config.validate().context("invalid configuration")?;
     if let Store::Journal(journal) = &config.store {
@@ -433,7 +440,9 @@ fn checked_config(args: &Args) -> anyhow::Result<Config> {
 /// The server's configuration as the options give it.
 fn config(args: &Args) -> Config {
     let defaults = Config::default();
-    let store = if args.in_memory {
+    let store = if args.nats.chosen() {
+        Store::Clustered(args.nats.config())
+    } else if args.in_memory {
         Store::Memory
     } else {
         Store::Journal(JournalConfig {
@@ -443,7 +452,8 @@ fn config(args: &Args) -> Config {
             shutdown_grace: args.shutdown_grace.into(),
         })
     };
-    let default_bytes = args.in_memory.then_some(MEMORY_RETAIN_BYTES);
+    // The clustered store's replica is in memory too.
+    let default_bytes = (args.in_memory || args.nats.chosen()).then_some(MEMORY_RETAIN_BYTES);
     let retention = Retention {
         messages: args.retain_messages.0,
         bytes: args.retain_bytes.map_or(default_bytes, |k| k.0),
@@ -603,6 +613,109 @@ mod tests {
                 || args.log_level != base.log_level;
             assert!(changed, "{long} {value} changes nothing a reload applies");
         }
+    }
+
+    #[test]
+    fn nats_options_select_the_clustered_store() {
+        let args = Args::try_parse_from([
+            "mboard-server",
+            "--nats",
+            "nats://127.0.0.1:4222,nats://127.0.0.1:4223",
+            "--nats-replicas",
+            "3",
+            "--nats-user",
+            "mboard",
+            "--nats-password",
+            "s3cret",
+        ])
+        .expect("parse");
+        let config = config(&args);
+        assert_eq!(
+            config.retention.bytes,
+            Some(MEMORY_RETAIN_BYTES),
+            "replica in memory"
+        );
+        let Store::Clustered(cluster) = config.store else {
+            panic!("clustered")
+        };
+        assert_eq!(cluster.servers.len(), 2);
+        assert_eq!((cluster.stream.as_str(), cluster.replicas), ("mboard", 3));
+        assert!(matches!(
+            cluster.auth,
+            mboard_server::NatsAuth::UserPassword { .. }
+        ));
+        assert!(
+            !format!("{cluster:?}").contains("s3cret"),
+            "secrets stay out of logs"
+        );
+        for lacking in [
+            &["--nats-token", "t"][..],
+            &["--nats", "nats://x", "--nats-user", "u"],
+            &["--nats", "nats://x", "--nats-key", "k.pem"],
+        ] {
+            let argv = ["mboard-server"].iter().chain(lacking).copied();
+            let args = Args::try_parse_from(argv).expect("parse");
+            let e = cli::one_line(&checked_config(&args).expect_err("refused"));
+            assert!(e.contains(" needs --nats"), "{lacking:?}: {e}");
+        }
+        for bad in [
+            &["--nats", "nats://x", "--in-memory"][..],
+            &["--nats", "nats://x", "--data-dir", "d"],
+            &[
+                "--nats",
+                "nats://x",
+                "--nats-token",
+                "t",
+                "--nats-user",
+                "u",
+                "--nats-password",
+                "p",
+            ],
+        ] {
+            let argv = ["mboard-server"].iter().chain(bad).copied();
+            assert!(Args::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+        let bad = Args::try_parse_from([
+            "mboard-server",
+            "--nats",
+            "nats://x",
+            "--nats-stream",
+            "a.b",
+        ])
+        .expect("parse");
+        assert!(
+            super::config(&bad).validate().is_err(),
+            "a dotted stream name"
+        );
+    }
+
+    #[test]
+    fn nats_options_come_from_the_config_file_too_and_secrets_are_not_logged() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(
+            file,
+            "nats = [\"nats://127.0.0.1:4222\", \"nats://127.0.0.1:4223\"]\n\
+             nats-stream = \"board\"\nnats-token = \"t0ken-in-file\"\n\
+             nats-ca = \"/etc/mboard/nats-ca.pem\"\nnats-timeout = \"1s\""
+        )
+        .expect("write");
+        let argv = vec![OsString::from("mboard-server")];
+        let options = cli::Options::try_from_args(Args::command(), argv)
+            .expect("command line")
+            .with_file(Some(file.path()))
+            .expect("accepted");
+        let args = Args::from_arg_matches(options.matches()).expect("args");
+        let Store::Clustered(cluster) = config(&args).store else {
+            panic!("the file selects the clustered store")
+        };
+        assert_eq!(cluster.servers.len(), 2);
+        assert_eq!(cluster.stream, "board");
+        assert_eq!(cluster.timeout, std::time::Duration::from_secs(1));
+        assert!(cluster.tls.ca.is_some());
+        let line = options.describe();
+        assert!(line.contains("nats-stream=board"), "{line}");
+        assert!(!line.contains("t0ken-in-file"), "{line}");
+        assert!(line.contains("nats-token=(hidden)"), "{line}");
     }
 
     #[test]

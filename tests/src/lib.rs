@@ -1,9 +1,12 @@
 //! Support for the end-to-end tests: servers on port 0, raw UDP peers, the real binaries,
 //! metrics scrapes, and a fault-injecting proxy.
 
+pub mod certs;
 pub mod classic;
 pub mod disk;
 pub mod gate;
+pub mod nats;
+pub mod nginx;
 mod peer;
 mod process;
 pub mod proxy;
@@ -14,7 +17,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 
 pub use peer::{Peer, Upload, board_contents};
-pub use process::{CliOutput, CliProcess, ServerProcess, binary, cli};
+pub use process::{CliOutput, CliProcess, ServerProcess, binary, cli, cli_at};
 pub use scrape::{PROMETHEUS_ACCEPT, Scrape, http, http_accepting, scrape};
 pub use server::{TestServer, TestServerBuilder};
 

@@ -50,9 +50,14 @@ impl CliOutput {
 
 /// Runs `mboard-client --server <server> <args>` with `stdin` as standard input.
 pub fn cli(server: SocketAddr, args: &[&str], stdin: &[u8]) -> CliOutput {
+    cli_at(&server.to_string(), args, stdin)
+}
+
+/// [`cli`] with `--server` as written (a list, a name).
+pub fn cli_at(server: &str, args: &[&str], stdin: &[u8]) -> CliOutput {
     let mut child = Command::new(binary("mboard-client"))
         .arg("--server")
-        .arg(server.to_string())
+        .arg(server)
         .args(args)
         .env_remove("MBOARD_SERVER")
         .stdin(Stdio::piped())

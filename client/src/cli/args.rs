@@ -20,13 +20,15 @@ connection was refused).";
 #[command(name = "mboard-client", version, after_help = AFTER_HELP)]
 pub(crate) struct Args {
     /// Server address: `host:port`, or `host` for port 7777. Every address a name resolves
-    /// to is tried until one answers.
+    /// to is tried until one answers. A comma-separated list names servers of one clustered
+    /// board: each command goes to one of them, and starts over on the next when one does
+    /// not answer (a publish keeps its token, so it is stored once).
     #[arg(
         long,
         global = true,
         env = "MBOARD_SERVER",
         default_value = "127.0.0.1:7777",
-        value_name = "ADDR"
+        value_name = "ADDR[,ADDR…]"
     )]
     pub server: String,
 

@@ -16,7 +16,7 @@ use super::read;
 use super::term::Term;
 use super::{Args, Command};
 use crate::deadline::REFUSAL_GRACE;
-use crate::{Client, ClientConfig, ClientError, output};
+use crate::{Client, ClientConfig, ClientError, Servers, output};
 
 /// Why the command stopped, and its exit code.
 #[derive(Debug)]
@@ -128,12 +128,15 @@ fn run(args: Args, term: Term, bar: &Rc<RefCell<Bar>>) -> Result<(), Failure> {
                 refusal_grace: Some(REFUSAL_GRACE),
                 ..ClientConfig::default()
             };
-            let mut client = Client::connect(&args.server, config)?;
-            if term.stderr {
-                show_progress(&mut client, bar.clone());
-            }
-            client.on_warning(Box::new(|text| {
-                let _ = writeln!(io::stderr(), "warning: {text}");
+            let mut client = Servers::parse(&args.server, config)?;
+            let bar = term.stderr.then(|| bar.clone());
+            client.on_client(Box::new(move |c| {
+                if let Some(bar) = &bar {
+                    show_progress(c, bar.clone());
+                }
+                c.on_warning(Box::new(|text| {
+                    let _ = writeln!(io::stderr(), "warning: {text}");
+                }));
             }));
             let how = Output {
                 json: args.json,
@@ -167,7 +170,7 @@ pub(super) struct Output {
 }
 
 fn board_command(
-    client: &mut Client,
+    client: &mut Servers,
     command: Command,
     how: Output,
     out: &mut dyn Write,
@@ -182,9 +185,13 @@ fn board_command(
             writeln!(out, "{id}")?;
         }
         Command::Get { id, force, output } => get(client, id, force, output, how, out)?,
-        Command::Last { n, full } => read::last(client, n, full, how, out)?,
-        Command::Since { id, n, full } => read::since(client, id, n, full, how, out)?,
-        Command::Follow { n, after, full } => read::follow(client, n, after, full, how, out)?,
+        Command::Last { n, full } => read::last(&mut client.client()?, n, full, how, out)?,
+        Command::Since { id, n, full } => {
+            read::since(&mut client.client()?, id, n, full, how, out)?
+        }
+        Command::Follow { n, after, full } => {
+            read::follow(&mut client.client()?, n, after, full, how, out)?
+        }
         Command::Ids { n } => {
             let ids = client.ids(n)?;
             if how.json {
@@ -232,7 +239,7 @@ fn is_binary(text: &[u8]) -> bool {
 }
 
 fn get(
-    client: &mut Client,
+    client: &mut Servers,
     id: u64,
     force: bool,
     file: Option<PathBuf>,

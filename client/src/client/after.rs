@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use mboard_protocol::{BoardRequest, ErrorCode, Expect, Message, MessageId, Response};
 
-use super::Client;
 use super::session::{Verdict, stale};
+use super::{Client, Zero};
 use crate::engine::Hold;
 use crate::error::{ClientError, excerpt};
 use crate::page::{Cursor, Offers, Pager};
@@ -425,12 +425,20 @@ impl Paging {
     fn first_page(&mut self, client: &mut Client, max: u64) -> Result<Vec<Message>, ClientError> {
         let rest = client.after_here(MessageId(0), max, Duration::ZERO, &mut self.offers)?;
         client.fresh_socket()?;
-        let zero = client.find_on_this_socket(MessageId(0))?;
+        let zero = client.zero_on_this_socket()?;
         client.fresh_socket()?;
-        let zero = zero.map(|entry| Message {
-            id: MessageId(0),
-            entry,
-        });
+        let zero = match zero {
+            Zero::Here(entry) => Some(Message {
+                id: MessageId(0),
+                entry,
+            }),
+            // Later ids exist and 0 does not: it never was a message, nothing missed.
+            Zero::Absent if !rest.is_empty() => {
+                self.cursor = Cursor::after(MessageId(0));
+                None
+            }
+            Zero::Absent | Zero::Trimmed => None,
+        };
         Ok(zero.into_iter().chain(rest).collect())
     }
 }

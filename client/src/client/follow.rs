@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mboard_protocol::{BoardRequest, ErrorCode, Expect, Message, MessageId, Response};
 
 use super::after::Paging;
-use super::{Client, INTERRUPT_CHECK};
+use super::{Client, INTERRUPT_CHECK, Zero};
 use crate::error::ClientError;
 use crate::link::Link;
 use crate::page::{Cursor, Failed, Offers, Pager, Reach};
@@ -274,14 +274,17 @@ impl Follow<'_> {
         };
         if after.is_none() {
             self.client.begin()?;
-            if let Some(entry) = self.client.find_on_this_socket(MessageId(0))? {
-                page.insert(
+            match self.client.zero_on_this_socket()? {
+                Zero::Here(entry) => page.insert(
                     0,
                     Message {
                         id: MessageId(0),
                         entry,
                     },
-                );
+                ),
+                // Later ids exist and 0 does not: it never was a message, nothing missed.
+                Zero::Absent if !page.is_empty() => self.cursor = Cursor::after(MessageId(0)),
+                Zero::Absent | Zero::Trimmed => {}
             }
         }
         self.answered();

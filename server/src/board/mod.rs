@@ -17,10 +17,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use bytes::Bytes;
 use mboard_protocol::{Entry, Message, MessageId, PublishToken, encode_messages};
 
+mod clustered;
 mod journal;
 mod memory;
 mod retention;
@@ -28,6 +30,8 @@ mod sums;
 mod tokens;
 pub(crate) mod warnings;
 
+pub(crate) use clustered::ClusteredBoard;
+pub use clustered::{ClusterConfig, ClusterError, NatsAuth, NatsTls, Secret};
 pub use journal::{Fsync, JournalConfig};
 pub(crate) use journal::{Journal, JournalError};
 pub use memory::MemoryBoard;
@@ -139,6 +143,9 @@ impl Published {
     }
 }
 
+/// Waits until a message the store knows of can be read here: see [`Board::catch_up`].
+pub(crate) type CatchUp = Pin<Box<dyn Future<Output = Result<(), BoardError>> + Send>>;
+
 /// The newest-n messages at one moment, and how big their replies are.
 ///
 /// Reads take the span rather than `n`, so a publish that lands between sizing a reply and
@@ -213,6 +220,13 @@ pub trait Board: Send + Sync + 'static {
         ))
     }
 
+    /// The first id this store ever hands out: 0, or 1 on the clustered store, whose ids
+    /// are its stream's sequence. Ids below it were never messages (`no message`, not `no
+    /// longer kept`).
+    fn first_id(&self) -> MessageId {
+        MessageId(0)
+    }
+
     /// The oldest id kept: every id below it was trimmed by retention. A store that never
     /// trims keeps everything from 0.
     fn oldest(&self) -> Result<MessageId, BoardError> {
@@ -221,6 +235,22 @@ pub trait Board: Send + Sync + 'static {
 
     /// What the store keeps and whether it can store more, for a store that reports it.
     fn status(&self) -> Option<Status> {
+        None
+    }
+
+    /// For a store whose reads come from a replica that may lag behind publishes made
+    /// elsewhere (the clustered store): when message `id` is not readable here yet, a
+    /// future that resolves (bounded) once it is, or once it is known not to exist, so that
+    /// an acknowledged id is never answered "no message". `None`: read it now.
+    fn catch_up(&self, id: MessageId) -> Option<CatchUp> {
+        let _ = id;
+        None
+    }
+
+    /// For a store that receives messages published elsewhere (the clustered store): the
+    /// newest id readable here, changing as messages arrive, so that held `6:` requests
+    /// wake for them too.
+    fn arrivals(&self) -> Option<tokio::sync::watch::Receiver<MessageId>> {
         None
     }
 

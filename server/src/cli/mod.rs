@@ -3,6 +3,7 @@
 
 mod logging;
 mod manual;
+mod nats;
 mod options;
 mod reload;
 
@@ -10,6 +11,7 @@ use std::path::Path;
 
 pub(crate) use logging::Logging;
 pub(crate) use manual::Packaging;
+pub(crate) use nats::NatsArgs;
 pub(crate) use options::Options;
 pub(crate) use reload::{Loaded, Reloader};
 

@@ -262,6 +262,11 @@ impl Options {
         self.settable()
             .map(|arg| {
                 let value = self.matches.get_raw(arg.get_id().as_str()).map(|raw| {
+                    // Secrets (`hide_env_values`: passwords, tokens) are logged by this
+                    // line and by SIGHUP: never their values.
+                    if arg.is_hide_env_values_set() {
+                        return "(hidden)".to_owned();
+                    }
                     raw.map(|v| v.to_string_lossy().into_owned())
                         .collect::<Vec<_>>()
                         .join(",")

@@ -43,7 +43,6 @@ pub(crate) enum Answer {
 
 impl Answer {
     /// The reply to send, building or awaiting it here if need be.
-    #[cfg(test)]
     pub(crate) async fn resolve(self) -> Option<Reply> {
         match self {
             Answer::Silent => None,

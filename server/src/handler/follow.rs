@@ -168,6 +168,12 @@ impl<B: Board> Handler<B> {
         lock(&self.follow.holds).next_deadline()
     }
 
+    /// Messages up to `newest` are readable, however they reached the board (a replica
+    /// fed by other servers, say): wake the held requests they satisfy.
+    pub fn arrived(&self, newest: MessageId) {
+        self.follow.published(newest);
+    }
+
     /// Counts of held requests, for metrics.
     pub(crate) fn hold_counts(&self) -> HoldCounts {
         lock(&self.follow.holds).counts()

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mboard_protocol::{
-    BoardRequest, ErrorCode, PublishToken, Request, Response, SessionId, encode_ids, ids_reply_len,
-    messages_reply_len,
+    BoardRequest, ErrorCode, MessageId, PublishToken, Request, Response, SessionId, encode_ids,
+    ids_reply_len, messages_reply_len,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
@@ -58,6 +58,9 @@ pub struct Handler<B> {
     queued_bytes: Arc<Semaphore>,
     /// Board failures are logged once per interval each, with a count of the rest.
     warnings: Warnings,
+    /// Whether a publish wakes held `6:` requests itself: not on a board that reports its
+    /// arrivals ([`Board::arrivals`]), where the message may be readable only later.
+    wakes_on_publish: bool,
 }
 
 /// A publish's place in the queue for the disk, held until it is answered.
@@ -74,6 +77,7 @@ impl<B: Board> Handler<B> {
     /// A handler over `board` with these limits; `seed` seeds session ids.
     pub fn new(board: B, limits: Limits, seed: u64) -> Self {
         Handler {
+            wakes_on_publish: board.arrivals().is_none(),
             board,
             sessions: Mutex::new(SessionManager::new(limits.clone(), seed)),
             follow: follow::Followers::new(&limits),
@@ -216,25 +220,44 @@ impl<B: Board> Handler<B> {
     /// download offer instead, which only the real requester will follow. Offers, errors,
     /// session opens and acknowledgements fit in the allowance's 64-byte floor.
     fn limit_amplification(
-        &self,
+        self: &Arc<Self>,
         now: Instant,
         from: SocketAddr,
         request_len: usize,
         answer: Answer,
     ) -> Answer {
-        let Answer::Reply(reply) = answer else {
-            return answer;
-        };
+        match answer {
+            Answer::Reply(reply) => Answer::Reply(self.limit_reply(now, from, request_len, reply)),
+            // A reply that waited for the board (a `3:` of an id a replica had yet to
+            // receive) is held to the same rule, once it is ready.
+            Answer::Wait(wait) => {
+                let this = self.clone();
+                Answer::Wait(Box::pin(async move {
+                    let reply = wait.await;
+                    this.limit_reply(Instant::now(), from, request_len, reply)
+                }))
+            }
+            other => other,
+        }
+    }
+
+    fn limit_reply(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        request_len: usize,
+        reply: Reply,
+    ) -> Reply {
         match self.limits.amplification_allowance(from, request_len) {
             Some(allowance) if reply.len() > allowance => {
                 let mut sessions = self.sessions();
                 if sessions.is_validated(from, now) {
-                    Answer::Reply(reply)
+                    reply
                 } else {
-                    Answer::Reply(offered(sessions.offer(now, from, reply.into_bytes())))
+                    offered(sessions.offer(now, from, reply.into_bytes()))
                 }
             }
-            _ => Answer::Reply(reply),
+            _ => reply,
         }
     }
 
@@ -374,7 +397,9 @@ impl<B: Board> Handler<B> {
         match self.board.publish(from, text).await {
             Ok(id) => {
                 self.publishes.fetch_add(1, Ordering::Relaxed);
-                self.follow.published(id);
+                if self.wakes_on_publish {
+                    self.follow.published(id);
+                }
                 Reply::new(&Response::Published(id))
             }
             Err(e) => self.board_failure(&e),
@@ -386,7 +411,9 @@ impl<B: Board> Handler<B> {
         match self.board.publish_once(from, token, text).await {
             Ok(Published::Stored(id)) => {
                 self.publishes.fetch_add(1, Ordering::Relaxed);
-                self.follow.published(id);
+                if self.wakes_on_publish {
+                    self.follow.published(id);
+                }
                 Reply::new(&Response::Published(id))
             }
             Ok(Published::Duplicate(id)) => {
@@ -410,6 +437,21 @@ impl<B: Board> Handler<B> {
         from: SocketAddr,
         id: mboard_protocol::MessageId,
     ) -> Answer {
+        self.get_or_catch_up(now, from, id, true)
+    }
+
+    /// `3:<id>` once the store has caught up: what it holds now is the answer.
+    fn get_now(self: &Arc<Self>, now: Instant, from: SocketAddr, id: MessageId) -> Answer {
+        self.get_or_catch_up(now, from, id, false)
+    }
+
+    fn get_or_catch_up(
+        self: &Arc<Self>,
+        now: Instant,
+        from: SocketAddr,
+        id: MessageId,
+        catch_up: bool,
+    ) -> Answer {
         match self.board.entry_len(id) {
             Ok(Some(len)) => {
                 let size = 2 + len as u64;
@@ -422,13 +464,36 @@ impl<B: Board> Handler<B> {
                 })
             }
             Ok(None) => match self.board.oldest() {
-                Ok(oldest) if id < oldest => {
-                    Answer::Reply(self.board_failure(&BoardError::NotKept))
-                }
-                Ok(_) => Answer::Reply(Reply::error(
+                Ok(_) if id < self.board.first_id() => Answer::Reply(Reply::error(
                     ErrorCode::MsgNotFound,
                     format!("no message {id}"),
                 )),
+                Ok(oldest) if id < oldest => {
+                    Answer::Reply(self.board_failure(&BoardError::NotKept))
+                }
+                Ok(_) => match self.board.catch_up(id).filter(|_| catch_up) {
+                    // The store knows of more than it can read yet: wait for it, then
+                    // answer as if it had been there.
+                    Some(wait) => {
+                        let this = self.clone();
+                        Answer::Wait(Box::pin(async move {
+                            if let Err(e) = wait.await {
+                                return this.board_failure(&e);
+                            }
+                            let answer = this.get_now(Instant::now(), from, id);
+                            match answer.resolve().await {
+                                Some(reply) => reply,
+                                None => {
+                                    Reply::error(ErrorCode::MsgNotFound, format!("no message {id}"))
+                                }
+                            }
+                        }))
+                    }
+                    None => Answer::Reply(Reply::error(
+                        ErrorCode::MsgNotFound,
+                        format!("no message {id}"),
+                    )),
+                },
                 Err(e) => Answer::Reply(self.board_failure(&e)),
             },
             Err(e) => Answer::Reply(self.board_failure(&e)),

@@ -171,3 +171,69 @@ fn large_replies_become_offers_or_busy() {
     assert_eq!(text(ask(&h, now, b"4:0")), "4:busy");
     assert_eq!(h.stats().sessions, 1);
 }
+
+/// A board whose reads come from a replica that has yet to receive what was published
+/// elsewhere (as the clustered store's can be): `catch_up` delivers it.
+struct Lagging {
+    replica: Arc<MemoryBoard>,
+    /// Published elsewhere, not received here yet.
+    behind: Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl Board for Lagging {
+    async fn publish(&self, from: SocketAddr, text: Bytes) -> Result<MessageId, BoardError> {
+        self.replica.publish(from, text).await
+    }
+    fn get(&self, id: MessageId) -> Result<Option<Entry>, BoardError> {
+        self.replica.get(id)
+    }
+    fn entry_len(&self, id: MessageId) -> Result<Option<usize>, BoardError> {
+        self.replica.entry_len(id)
+    }
+    fn span(&self, n: u64) -> Result<Span, BoardError> {
+        self.replica.span(n)
+    }
+    fn span_after(&self, after: MessageId, max: u64) -> Result<Span, BoardError> {
+        self.replica.span_after(after, max)
+    }
+    fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError> {
+        self.replica.messages(span)
+    }
+    fn catch_up(&self, _: MessageId) -> Option<crate::board::CatchUp> {
+        let (replica, behind) = (self.replica.clone(), self.behind.clone());
+        Some(Box::pin(async move {
+            let texts: Vec<Bytes> = std::mem::take(&mut *behind.lock().expect("behind"));
+            for text in texts {
+                replica.publish(from(), text).await?;
+            }
+            Ok(())
+        }))
+    }
+}
+
+#[test]
+fn a_get_that_waited_for_the_replica_obeys_the_amplification_rule() {
+    for loopback_checked in [false, true] {
+        let limits = Limits {
+            amplification_loopback: loopback_checked,
+            ..Limits::default()
+        };
+        let board = Lagging {
+            replica: Arc::new(MemoryBoard::new()),
+            behind: Arc::new(Mutex::new(vec![Bytes::from(vec![b'x'; 300])])),
+        };
+        let h = Arc::new(Handler::new(board, limits, 1));
+        let handled = run(h.handle(Instant::now(), from(), Bytes::from_static(b"3:0")));
+        assert!(
+            matches!(handled.answer, Answer::Wait(_)),
+            "message 0 is not here yet: the get waits for it"
+        );
+        let reply = text(run(handled.answer.resolve()).map(Reply::into_bytes));
+        // 300 bytes fit a datagram, but not the allowance of a 3-byte request from an
+        // address that never echoed a session id.
+        assert_eq!(reply.starts_with("d:"), loopback_checked, "{reply}");
+        if !loopback_checked {
+            assert!(reply.starts_with("0:") && reply.ends_with(&"x".repeat(300)));
+        }
+    }
+}

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::access;
-use crate::board::{Board, Journal, JournalError, MemoryBoard};
+use crate::board::{Board, ClusterError, ClusteredBoard, Journal, JournalError, MemoryBoard};
 use crate::config::{Config, ConfigError, Store};
 use crate::drops::DropWatch;
 use crate::handler::{Answer, Handler};
@@ -44,6 +44,9 @@ pub enum ServerError {
     /// The journal could not be opened.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The clustered store could not start.
+    #[error(transparent)]
+    Clustered(#[from] ClusterError),
     /// The memory board's retention thread could not be started.
     #[error("cannot start the board: {0}")]
     Board(io::Error),
@@ -103,6 +106,16 @@ pub async fn run_reloading(
                 tokio::task::spawn_blocking(move || Journal::open(&journal, tokens, retention))
                     .await
                     .map_err(io::Error::other)??;
+            serve_board(listeners, board, config, reloads, shutdown).await
+        }
+        Store::Clustered(cluster) => {
+            let board = ClusteredBoard::connect(
+                cluster,
+                config.limits.max_request_size,
+                config.limits.tokens,
+                config.retention,
+            )
+            .await?;
             serve_board(listeners, board, config, reloads, shutdown).await
         }
     }
@@ -216,6 +229,9 @@ async fn serve_with<B: Board>(
         tasks.spawn(receiver.run());
     }
     tasks.spawn(expiry_loop(handler.clone()));
+    if let Some(arrivals) = handler.board().arrivals() {
+        tasks.spawn(wake_on_arrivals(handler.clone(), arrivals));
+    }
     let result = until_stopped(&mut tasks, shutdown).await;
     tasks.shutdown().await;
     result
@@ -366,6 +382,20 @@ async fn expiry_loop<B: Board>(handler: Arc<Handler<B>>) -> io::Result<()> {
         let next = handler.expire(now).unwrap_or(now + idle);
         tokio::time::sleep_until(next.into()).await;
     }
+}
+
+/// Wakes held `6:` requests for messages that reach the board other than through this
+/// server (the clustered store's replica).
+async fn wake_on_arrivals<B: Board>(
+    handler: Arc<Handler<B>>,
+    mut arrivals: tokio::sync::watch::Receiver<mboard_protocol::MessageId>,
+) -> io::Result<()> {
+    while arrivals.changed().await.is_ok() {
+        let newest = *arrivals.borrow_and_update();
+        handler.arrived(newest);
+    }
+    // The board is gone: so is the server.
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use mboard_tests::{TestServer, binary, gate, vacant_addr};
 
-fn bench(server: Option<std::net::SocketAddr>, args: &[&str]) -> String {
+pub(crate) fn bench(server: Option<std::net::SocketAddr>, args: &[&str]) -> String {
     let mut cmd = Command::new(binary("mboard-bench"));
     if let Some(server) = server {
         cmd.args(["--server", &server.to_string()]);
@@ -32,7 +32,7 @@ fn bench(server: Option<std::net::SocketAddr>, args: &[&str]) -> String {
 }
 
 /// The number after `"key":` in a flat JSON object.
-fn field(json: &str, key: &str) -> f64 {
+pub(crate) fn field(json: &str, key: &str) -> f64 {
     let at = json
         .find(&format!("\"{key}\":"))
         .unwrap_or_else(|| panic!("no {key} in {json}"));

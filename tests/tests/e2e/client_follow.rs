@@ -22,7 +22,7 @@ fn id(line: &str) -> u64 {
         .unwrap_or_else(|| panic!("not a message line: {line:?}"))
 }
 
-fn ids(lines: &[String]) -> Vec<u64> {
+pub(crate) fn ids(lines: &[String]) -> Vec<u64> {
     lines.iter().map(|l| id(l)).collect()
 }
 
@@ -39,7 +39,7 @@ fn publish(p: &Peer, text: &str) -> u64 {
 }
 
 /// Ctrl+C ends it with exit code 0.
-fn interrupt(mut f: CliProcess) -> String {
+pub(crate) fn interrupt(mut f: CliProcess) -> String {
     f.interrupt();
     assert_eq!(
         f.exit_within(Duration::from_secs(5)),

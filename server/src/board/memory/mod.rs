@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use super::tokens::{TokenCounts, TokenLimits, Tokens};
 use super::{Board, BoardError, Published, Refusal, Span, Status, StoreState};
 use trimmer::Trimmer;
 
+mod replica;
 #[cfg(test)]
 mod retention_tests;
 #[cfg(test)]
@@ -152,7 +153,7 @@ impl MemoryBoard {
 
     /// Appends a message; returns its id and time.
     fn store(&self, from: SocketAddr, text: Bytes) -> Result<(MessageId, Timestamp), BoardError> {
-        let mut inner = self.inner.write().map_err(|_| BoardError::Poisoned)?;
+        let inner = self.inner.write().map_err(|_| BoardError::Poisoned)?;
         if let Some(limit) = inner.retention.bytes
             && inner.bytes > limit.saturating_add(limit / 4)
         {
@@ -160,16 +161,23 @@ impl MemoryBoard {
             self.wake_trimmer();
             return Err(BoardError::Refused(Refusal::Busy));
         }
-        // The first message of an empty board sets when the next one is due to age out.
-        let was_empty = inner.entries.is_empty();
         let id = MessageId(inner.sums.next());
         // Taken under the lock so that timestamps never go backwards as ids go forwards.
         let time = Timestamp::from_system_time(SystemTime::now());
+        self.push(inner, id, Entry { time, from, text });
+        Ok((id, time))
+    }
+
+    /// Appends `entry` as message `id` (the next), then lets go of the lock and wakes the
+    /// trimmer if that took the board over a limit.
+    fn push(&self, mut inner: RwLockWriteGuard<'_, Inner>, id: MessageId, entry: Entry) {
+        // The first message of an empty board sets when the next one is due to age out.
+        let was_empty = inner.entries.is_empty();
         inner
             .sums
-            .push(Message::record_len_of(id, time, from, text.len()) as u64);
-        inner.bytes += cost(&text);
-        inner.entries.push_back(Entry { time, from, text });
+            .push(Message::record_len_of(id, entry.time, entry.from, entry.text.len()) as u64);
+        inner.bytes += cost(&entry.text);
+        inner.entries.push_back(entry);
         let retention = inner.retention;
         let over = retention.size_exceeded(inner.entries.len() as u64, inner.bytes)
             || (was_empty && retention.age.is_some());
@@ -177,7 +185,6 @@ impl MemoryBoard {
         if over {
             self.wake_trimmer();
         }
-        Ok((id, time))
     }
 
     fn wake_trimmer(&self) {

@@ -1,0 +1,74 @@
+//! Reading a clustered board: `mboard-client follow` on one server sees what every server
+//! publishes, in id order; a `3:` that waited for the server's replica is held to the
+//! anti-amplification rule like any reply.
+
+use std::time::Duration;
+
+use mboard_tests::nats::NatsCluster;
+use mboard_tests::{CliProcess, Peer, ServerProcess, gate};
+
+use crate::client_follow::{ids, interrupt};
+use crate::clustered::{id_of, mboard, token};
+
+/// Long enough for any line on a loaded machine; a test waits this long only on failure.
+const LINE: Duration = Duration::from_secs(15);
+
+#[test]
+fn follow_on_one_server_prints_what_every_server_publishes_in_id_order() {
+    let _gate = gate::load();
+    let nats = NatsCluster::start(1);
+    let servers: Vec<ServerProcess> = (0..3).map(|_| mboard(&nats, &[])).collect();
+    let peers: Vec<Peer> = servers.iter().map(|s| Peer::new(s.addr)).collect();
+    assert_eq!(id_of(&peers[0].ask_str("1:before")), 1);
+    // One from the newest message, one from the very beginning (the stream's ids start
+    // at 1: nothing was missed before it).
+    let newest = CliProcess::start(servers[1].addr, &["follow", "-n", "1"]);
+    let all = CliProcess::start(servers[2].addr, &["follow", "-n", "0"]);
+    for f in [&newest, &all] {
+        let first = f.lines(1, LINE);
+        assert_eq!(ids(&first), [1]);
+        assert!(first[0].ends_with("  before"), "{first:?}");
+    }
+    for i in 0..30u64 {
+        let p = &peers[(i % 3) as usize];
+        let reply = if i % 2 == 0 {
+            p.ask_str(format!("1:m{i}"))
+        } else {
+            p.ask_str(format!("5:{}:m{i}", token(1_000 + i)))
+        };
+        assert_eq!(id_of(&reply), i + 2);
+    }
+    for f in [newest, all] {
+        let lines = f.lines(30, LINE);
+        assert_eq!(ids(&lines), (2..32).collect::<Vec<_>>());
+        for (i, line) in lines.iter().enumerate() {
+            assert!(line.ends_with(&format!("  m{i}")), "{line}");
+        }
+        let stderr = interrupt(f);
+        assert!(!stderr.contains("warning"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_get_that_waits_for_the_replica_obeys_the_amplification_rule() {
+    let _gate = gate::load();
+    let nats = NatsCluster::start(1);
+    let a = mboard(&nats, &[]);
+    let b = mboard(&nats, &["--amplification-loopback"]);
+    let publisher = Peer::new(a.addr);
+    let text = "x".repeat(400);
+    for _ in 0..20 {
+        let id = id_of(&publisher.ask_str(format!("1:{text}")));
+        // At once, from an address b never validated: b's replica may not hold the
+        // message yet, and then the reply waits for it; either way a 400-byte message is
+        // more than the allowance of a short request, so it is offered, not sent.
+        let reply = Peer::new(b.addr).ask_str(format!("3:{id}"));
+        assert!(reply.starts_with("d:"), "3:{id}: {reply:.80}");
+    }
+    // A validated address, or a direct read on a server that exempts loopback, gets it.
+    let direct = Peer::new(a.addr).ask_str("3:20");
+    assert!(
+        direct.starts_with("0:") && direct.ends_with(&text),
+        "{direct:.80}"
+    );
+}
