@@ -156,6 +156,11 @@ pub enum ConfigError {
         "retain age cannot be set by a reload on a journal started without one (it keeps no publish times in memory); restart to set it"
     )]
     RetainAgeReload,
+    /// A reload that would change the clustered store's retention.
+    #[error(
+        "retention cannot be changed by a reload on the clustered store (its limits are the stream's and every server's); change them on the stream and restart the servers"
+    )]
+    ClusteredRetentionReload,
     /// A journal segment size outside what the journal can work with.
     #[error("segment size must be between {MIN_SEGMENT} and {MAX_SEGMENT} bytes, not {0}")]
     SegmentSize(u64),

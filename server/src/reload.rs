@@ -44,6 +44,11 @@ impl Config {
             // The journal's index keeps publish times only under an age limit.
             return Err(ConfigError::RetainAgeReload);
         }
+        if matches!(self.store, Store::Clustered(_)) && next.retention != self.retention {
+            // The stream's limits are shared by every server on it: one server's reload
+            // must not change them for all, nor trim its replica below what they keep.
+            return Err(ConfigError::ClusteredRetentionReload);
+        }
         Ok(next.reloadable())
     }
 }
@@ -245,5 +250,12 @@ mod tests {
         assert!(timed.reload_to(&age(None, journal())).is_ok());
         let memory = age(None, Store::Memory);
         assert!(memory.reload_to(&age(Some(5), Store::Memory)).is_ok());
+        let clustered = || Store::Clustered(crate::ClusterConfig::new(vec!["nats://a".into()]));
+        let started = age(Some(60), clustered());
+        assert_eq!(
+            started.reload_to(&age(Some(5), clustered())),
+            Err(ConfigError::ClusteredRetentionReload)
+        );
+        assert!(started.reload_to(&age(Some(60), clustered())).is_ok());
     }
 }

@@ -1,6 +1,8 @@
 //! The binary's own parts (declared by `main.rs`, not by the library): options layered
 //! over the environment and a config file, logging, SIGHUP, man page and completions.
 
+pub(crate) mod args;
+pub(crate) mod config;
 mod logging;
 mod manual;
 mod nats;
