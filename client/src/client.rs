@@ -21,6 +21,7 @@ mod publish;
 mod session;
 
 pub use after::{Page, Pages};
+pub(crate) use follow::passing;
 pub use follow::{Follow, FollowEvent, Start, WAIT};
 
 /// Offers whose sessions vanish before they are fetched, in a row, before a read gives up.

@@ -70,6 +70,12 @@ impl Servers {
         self.next = i % self.list.len();
     }
 
+    /// Passes over the server that took the last operation: the next one starts on the
+    /// server after it (a follower whose server stopped answering).
+    pub fn pass_over_current(&mut self) {
+        self.next = (self.next + 1) % self.list.len();
+    }
+
     /// Runs `setup` on every client made from now on.
     pub fn on_client(&mut self, setup: Setup) {
         self.setup = Some(setup);

@@ -291,9 +291,14 @@ pub struct CliProcess {
 impl CliProcess {
     /// Starts `mboard-client --server <server> <args>`.
     pub fn start(server: SocketAddr, args: &[&str]) -> CliProcess {
+        Self::start_at(&server.to_string(), args)
+    }
+
+    /// Starts `mboard-client --server <servers> <args>`: a list, `a,b,c`, say.
+    pub fn start_at(servers: &str, args: &[&str]) -> CliProcess {
         let mut child = Command::new(binary("mboard-client"))
             .arg("--server")
-            .arg(server.to_string())
+            .arg(servers)
             .args(args)
             .env_remove("MBOARD_SERVER")
             .stdin(Stdio::null())

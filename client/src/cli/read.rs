@@ -8,7 +8,8 @@ use mboard_protocol::{Message, MessageId};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 use super::run::{Failure, Output};
-use crate::{Client, FollowEvent, Start, output};
+use crate::client::passing;
+use crate::{Client, ClientError, Follow, FollowEvent, Servers, Start, output};
 
 /// One message as `last` prints it: a line (cut to a terminal's width unless `full`), or
 /// a JSON object.
@@ -91,8 +92,8 @@ fn stdout_gone() -> bool {
         && fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP)
 }
 
-/// Ends the follower, exit code 0, on Ctrl+C or once standard output is closed.
-fn stop_on_ctrl_c_or_closed_output(client: &mut Client) {
+/// Set on Ctrl+C: the follower ends, exit code 0.
+fn on_ctrl_c() -> Arc<AtomicBool> {
     let interrupted = Arc::new(AtomicBool::new(false));
     // A second Ctrl+C ends it at once (exit 130), should the first not be seen: a write
     // blocked on a reader that stopped reading, say. Should the handlers not install,
@@ -101,32 +102,111 @@ fn stop_on_ctrl_c_or_closed_output(client: &mut Client) {
     let sigint = signal_hook::consts::SIGINT;
     let _ = signal_hook::flag::register_conditional_shutdown(sigint, 130, interrupted.clone());
     let _ = signal_hook::flag::register(sigint, interrupted.clone());
+    interrupted
+}
+
+/// Ends `client`'s follower on `interrupted` or once standard output is closed.
+fn stop_when(client: &mut Client, interrupted: &Arc<AtomicBool>) {
+    let interrupted = interrupted.clone();
     let watch_output = !io::stdout().is_terminal();
     client.interrupt_when(Box::new(move || {
         interrupted.load(Ordering::Relaxed) || (watch_output && stdout_gone())
     }));
 }
 
-/// `follow`: from the newest `n` (0: all) or after `after`, until interrupted.
+/// How following one server ended.
+enum Followed {
+    /// Interrupted, or the output closed.
+    Ended,
+    /// The server stopped answering and the list has others: go on from the last message
+    /// given out.
+    Lost {
+        server: std::net::SocketAddr,
+        error: ClientError,
+        last: Option<MessageId>,
+    },
+}
+
+/// How long a follower whose every server is silent waits before asking them again.
+const ALL_SILENT_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `follow`: from the newest `n` (0: all) or after `after`, until interrupted. With a list
+/// of servers, a server that stops answering is left for the next, from the last message
+/// printed, so nothing is printed twice or skipped.
 pub(super) fn follow(
-    client: &mut Client,
+    servers: &mut Servers,
     n: u64,
     after: Option<u64>,
     full: bool,
     how: Output,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let start = match after {
+    let mut start = match after {
         Some(id) => Start::After(MessageId(id)),
         None if n == 0 => Start::Beginning,
         None => Start::Newest(n),
     };
-    stop_on_ctrl_c_or_closed_output(client);
+    let interrupted = on_ctrl_c();
+    let many = servers.list().len() > 1;
+    let mut moved = false;
+    loop {
+        let mut client = match servers.client() {
+            Ok(client) => client,
+            // Once following, a list whose servers are all silent is waited out, as one
+            // server is.
+            Err(e) if moved && passing(&e) => {
+                if interrupted.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                std::thread::sleep(ALL_SILENT_PAUSE);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        stop_when(&mut client, &interrupted);
+        match follow_one(&mut client, start, many, full, how, out)? {
+            Followed::Ended => return Ok(()),
+            Followed::Lost {
+                server,
+                error,
+                last,
+            } => {
+                say(
+                    out,
+                    &format!("warning: {server}: {error}; following on the next server"),
+                )?;
+                servers.pass_over_current();
+                if let Some(id) = last {
+                    start = Start::After(id);
+                }
+                moved = true;
+            }
+        }
+    }
+}
+
+/// Follows one server; with `many`, returns when it stops answering.
+fn follow_one(
+    client: &mut Client,
+    start: Start,
+    many: bool,
+    full: bool,
+    how: Output,
+    out: &mut dyn Write,
+) -> Result<Followed, Failure> {
     let mut follow = client.follow(start)?;
     while let Some(event) = follow.next() {
         match event? {
             FollowEvent::Message(m) => writeln!(out, "{}", line(&m, how, full))?,
             FollowEvent::Missed { first, count } => say(out, &missed(first, count))?,
+            FollowEvent::Lost(error) if many => {
+                out.flush()?;
+                return Ok(Followed::Lost {
+                    server: follow.server(),
+                    error,
+                    last: Follow::last(&follow),
+                });
+            }
             FollowEvent::Lost(e) => say(out, &format!("warning: {e}; retrying until it answers"))?,
             FollowEvent::Back { after } => {
                 let server = follow.server();
@@ -145,7 +225,7 @@ pub(super) fn follow(
             out.flush()?;
         }
     }
-    Ok(())
+    Ok(Followed::Ended)
 }
 
 #[cfg(test)]

@@ -189,9 +189,7 @@ fn board_command(
         Command::Since { id, n, full } => {
             read::since(&mut client.client()?, id, n, full, how, out)?
         }
-        Command::Follow { n, after, full } => {
-            read::follow(&mut client.client()?, n, after, full, how, out)?
-        }
+        Command::Follow { n, after, full } => read::follow(client, n, after, full, how, out)?,
         Command::Ids { n } => {
             let ids = client.ids(n)?;
             if how.json {

@@ -97,7 +97,7 @@ impl std::fmt::Debug for Follow<'_> {
 
 /// Failures a follower waits out: the server silent, refusing, busy or short of storage,
 /// or the local network down.
-fn passing(e: &ClientError) -> bool {
+pub(crate) fn passing(e: &ClientError) -> bool {
     matches!(
         e,
         ClientError::Timeout { .. }

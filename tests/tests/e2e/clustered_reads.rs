@@ -1,5 +1,5 @@
 //! Reading a clustered board: `mboard-client follow` on one server sees what every server
-//! publishes, in id order; a `3:` that waited for the server's replica is held to the
+//! publishes, in id order, and given a list of servers moves on when its own dies; a `3:` that waited for the server's replica is held to the
 //! anti-amplification rule like any reply.
 
 use std::time::Duration;
@@ -47,6 +47,40 @@ fn follow_on_one_server_prints_what_every_server_publishes_in_id_order() {
         let stderr = interrupt(f);
         assert!(!stderr.contains("warning"), "{stderr}");
     }
+}
+
+#[test]
+fn follow_with_a_server_list_moves_on_when_its_server_dies_and_prints_each_message_once() {
+    let _gate = gate::load();
+    let nats = NatsCluster::start(1);
+    let a = mboard(&nats, &[]);
+    let b = mboard(&nats, &[]);
+    let on_b = Peer::new(b.addr);
+    assert_eq!(id_of(&on_b.ask_str("1:before")), 1);
+    let list = format!("{},{}", a.addr, b.addr);
+    let f = CliProcess::start_at(&list, &["--timeout", "700ms", "follow", "-n", "1"]);
+    assert_eq!(ids(&f.lines(1, LINE)), [1]);
+    assert_eq!(id_of(&on_b.ask_str("1:while a serves")), 2);
+    assert_eq!(ids(&f.lines(1, LINE)), [2]);
+    // The follower's server goes; it goes on on b from #2: nothing twice, nothing skipped.
+    let dead = a.addr;
+    drop(a);
+    for i in 3..6u64 {
+        assert_eq!(id_of(&on_b.ask_str(format!("1:after a died {i}"))), i);
+    }
+    let lines = f.lines(3, LINE);
+    assert_eq!(ids(&lines), [3, 4, 5]);
+    assert!(lines[2].ends_with("  after a died 5"), "{lines:?}");
+    assert!(
+        f.line_within(Duration::from_millis(500)).is_none(),
+        "nothing printed twice"
+    );
+    let stderr = interrupt(f);
+    assert!(
+        stderr.contains(&format!("warning: {dead}: "))
+            && stderr.contains("following on the next server"),
+        "{stderr}"
+    );
 }
 
 #[test]
