@@ -159,12 +159,6 @@ fn parse_size(s: &str) -> Result<usize, String> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let servers = || -> Result<Vec<SocketAddr>> {
-        args.server
-            .split(',')
-            .map(|s| Ok(mboard_client::resolve(s.trim())?))
-            .collect()
-    };
     let scenario = match args.scenario {
         Command::Echo => Scenario::Echo,
         Command::Get => Scenario::Get {
@@ -197,48 +191,24 @@ fn main() -> Result<()> {
             ref nats,
             replicas,
             size,
-        } => {
-            let load = args.load(vec![SocketAddr::from(([127, 0, 0, 1], 0))]);
-            let report = jetstream::run(nats, replicas, &load, size)?;
-            println!(
-                "{}",
-                if args.json {
-                    report.json()
-                } else {
-                    report.line()
-                }
-            );
-            return Ok(());
-        }
-        Command::Lag => {
-            let servers = servers()?;
-            let [publisher, reader] = servers[..] else {
-                anyhow::bail!("lag needs two servers: --server PUBLISHER,READER");
-            };
-            let lag = lag::run(publisher, reader, args.duration)?;
-            if args.json {
-                println!(
-                    "{{\"scenario\":\"lag\",\"samples\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1}}}",
-                    lag.samples, lag.p50_us, lag.p99_us, lag.max_us
-                );
-            } else {
-                println!(
-                    "lag              samples={:<5} p50 {:>8.1} us  p99 {:>8.1} us  max {:>8.1} us",
-                    lag.samples, lag.p50_us, lag.p99_us, lag.max_us
-                );
-            }
-            return Ok(());
-        }
+        } => return jetstream(&args, nats, replicas, size),
+        Command::Lag => return lag(&args),
     };
-    let report = if scenario == Scenario::Echo {
-        echo(&args)?
+    closed_loop(&args, &scenario)
+}
+
+/// Runs a closed-loop scenario (seeding the board first) and prints its report, beside
+/// the echo ceiling's when asked.
+fn closed_loop(args: &Args, scenario: &Scenario) -> Result<()> {
+    let report = if *scenario == Scenario::Echo {
+        echo(args)?
     } else {
-        let load = args.load(servers()?);
-        let scenario = run::seed(&load, &scenario).context("seed the board")?;
+        let load = args.load(args.servers()?);
+        let scenario = run::seed(&load, scenario).context("seed the board")?;
         run::run(&load, &scenario)?
     };
-    let ceiling = if args.vs_echo && scenario != Scenario::Echo {
-        Some(echo(&args)?)
+    let ceiling = if args.vs_echo && *scenario != Scenario::Echo {
+        Some(echo(args)?)
     } else {
         None
     };
@@ -252,7 +222,52 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// JetStream's own publish rate: a loop of its own, against NATS rather than a server.
+fn jetstream(args: &Args, nats: &str, replicas: usize, size: usize) -> Result<()> {
+    let load = args.load(vec![SocketAddr::from(([127, 0, 0, 1], 0))]);
+    let report = jetstream::run(nats, replicas, &load, size)?;
+    println!(
+        "{}",
+        if args.json {
+            report.json()
+        } else {
+            report.line()
+        }
+    );
+    Ok(())
+}
+
+/// Replication lag between two servers of one clustered board: percentiles, not a
+/// throughput report.
+fn lag(args: &Args) -> Result<()> {
+    let servers = args.servers()?;
+    let [publisher, reader] = servers[..] else {
+        anyhow::bail!("lag needs two servers: --server PUBLISHER,READER");
+    };
+    let lag = lag::run(publisher, reader, args.duration)?;
+    if args.json {
+        println!(
+            "{{\"scenario\":\"lag\",\"samples\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1}}}",
+            lag.samples, lag.p50_us, lag.p99_us, lag.max_us
+        );
+    } else {
+        println!(
+            "lag              samples={:<5} p50 {:>8.1} us  p99 {:>8.1} us  max {:>8.1} us",
+            lag.samples, lag.p50_us, lag.p99_us, lag.max_us
+        );
+    }
+    Ok(())
+}
+
 impl Args {
+    /// `--server`, resolved: a comma-separated list.
+    fn servers(&self) -> Result<Vec<SocketAddr>> {
+        self.server
+            .split(',')
+            .map(|s| Ok(mboard_client::resolve(s.trim())?))
+            .collect()
+    }
+
     /// The load the options describe, against `servers` (the first for seeding and
     /// sessions).
     fn load(&self, servers: Vec<SocketAddr>) -> Load {

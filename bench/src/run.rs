@@ -29,55 +29,63 @@ pub(crate) fn seed(load: &Load, scenario: &Scenario) -> io::Result<Scenario> {
     };
     let mut client = Client::new(load.server, config).map_err(io::Error::other)?;
     match scenario {
-        Scenario::Get { messages, .. } => {
-            let newest = |client: &mut Client| -> io::Result<Option<u64>> {
-                Ok(client
-                    .ids(1)
-                    .map_err(io::Error::other)?
-                    .first()
-                    .map(|id| id.0))
-            };
-            let mut count = client.ids(0).map_err(io::Error::other)?.len() as u64;
-            while count < *messages {
-                client
-                    .publish_datagram(format!("seed message {count}").as_bytes())
-                    .map_err(io::Error::other)?;
-                count += 1;
-            }
-            let newest = newest(&mut client)?.unwrap_or(0);
-            Ok(Scenario::Get {
-                messages: *messages,
-                first: newest + 1 - messages.min(&(newest + 1)),
-            })
-        }
-        Scenario::Download { size, .. } => {
-            let id = client
-                .publish(&vec![b'd'; *size])
-                .map_err(io::Error::other)?;
-            Ok(Scenario::Download {
-                size: *size,
-                id: id.0,
-            })
-        }
-        Scenario::Follow(spec) => {
-            // `6:<after>` reads above `after`: followers start at the newest message, so
-            // the board needs one.
-            let newest = match client.ids(1).map_err(io::Error::other)?.first() {
-                Some(id) => id.0,
-                None => {
-                    client
-                        .publish_datagram(b"seed message")
-                        .map_err(io::Error::other)?
-                        .0
-                }
-            };
-            Ok(Scenario::Follow(Follow {
-                start: newest,
-                ..spec.clone()
-            }))
-        }
+        Scenario::Get { messages, .. } => seed_get(&mut client, *messages),
+        Scenario::Download { size, .. } => seed_download(&mut client, *size),
+        Scenario::Follow(spec) => seed_follow(&mut client, spec),
         other => Ok(other.clone()),
     }
+}
+
+/// Tops the board up to `messages` and reads over the newest that many.
+fn seed_get(client: &mut Client, messages: u64) -> io::Result<Scenario> {
+    let mut count = client.ids(0).map_err(io::Error::other)?.len() as u64;
+    while count < messages {
+        client
+            .publish_datagram(format!("seed message {count}").as_bytes())
+            .map_err(io::Error::other)?;
+        count += 1;
+    }
+    let newest = newest(client)?.unwrap_or(0);
+    Ok(Scenario::Get {
+        messages,
+        first: newest + 1 - messages.min(newest + 1),
+    })
+}
+
+/// Publishes the one message every download reads.
+fn seed_download(client: &mut Client, size: usize) -> io::Result<Scenario> {
+    let id = client
+        .publish(&vec![b'd'; size])
+        .map_err(io::Error::other)?;
+    Ok(Scenario::Download { size, id: id.0 })
+}
+
+/// Starts the followers at the newest message, publishing one if the board is empty.
+fn seed_follow(client: &mut Client, spec: &Follow) -> io::Result<Scenario> {
+    // `6:<after>` reads above `after`: followers start at the newest message, so the board
+    // needs one.
+    let newest = match newest(client)? {
+        Some(id) => id,
+        None => {
+            client
+                .publish_datagram(b"seed message")
+                .map_err(io::Error::other)?
+                .0
+        }
+    };
+    Ok(Scenario::Follow(Follow {
+        start: newest,
+        ..spec.clone()
+    }))
+}
+
+/// The newest message's id, if the board has any.
+fn newest(client: &mut Client) -> io::Result<Option<u64>> {
+    Ok(client
+        .ids(1)
+        .map_err(io::Error::other)?
+        .first()
+        .map(|id| id.0))
 }
 
 /// The phases of a run as the clients see them: warming up, measured, then stopped.

@@ -52,6 +52,8 @@ pub(super) struct Receiver<B> {
 }
 
 impl<B: Board> Receiver<B> {
+    /// Receives until the socket fails; errors concerning one peer only are counted and
+    /// skipped.
     pub(super) async fn run(mut self) -> io::Result<()> {
         // Room for the largest datagram the kernel can hand us, IPv6 included.
         let mut buf = vec![0u8; 65_536];
@@ -66,27 +68,8 @@ impl<B: Board> Receiver<B> {
                 Err(e) => return Err(e),
             };
             let received = Instant::now();
-            // Over its source's limit: dropped without a reply (and counted), before any work.
-            if !self.limiter.allow(from, received) {
+            if !self.admit(from, received) {
                 continue;
-            }
-            // Behind, and its host sends more than its share: dropped the same way.
-            self.overload.kernel_drops(self.drops.get());
-            let admitted = self.overload.admit(HostKey::from(from), received);
-            if self.overload.suspect() {
-                self.drops.want();
-            }
-            if !admitted {
-                self.sender.shard().dropped(DropReason::Overload);
-                continue;
-            }
-            if let Some(hold) = self.overload.began() {
-                warn!(
-                    loop_ = self.sender.shard,
-                    share_percent = self.share,
-                    hold = %humantime::format_duration(hold),
-                    "a receive loop fell behind: dropping the datagrams of hosts over their share of the traffic"
-                );
             }
             // One copy per datagram: published text keeps exactly its own bytes alive.
             let datagram = Bytes::copy_from_slice(&buf[..len]);
@@ -97,21 +80,56 @@ impl<B: Board> Receiver<B> {
                 from,
                 received,
             };
-            match handled.answer {
-                // A large reply is copied on a blocking thread, and a publish waits for its
-                // group commit, in tasks of their own, so neither occupies the receive loop.
-                // Each large reply holds a reservation in the session budget, which bounds
-                // how many can exist; each publish holds a place in the handler's queue for
-                // the disk, taken without waiting (a full queue is answered `4:busy`).
-                answer @ Answer::Build(_) => self.detach(source, answer).await?,
-                answer @ Answer::Wait(_) => {
-                    let sender = self.sender.clone();
-                    tokio::spawn(async move {
-                        let _ = sender.deliver(answer, source).await;
-                    });
-                }
-                answer => self.sender.deliver(answer, source).await?,
+            self.answer(handled.answer, source).await?;
+        }
+    }
+
+    /// Whether a datagram gets any work at all; one that does not is dropped without a
+    /// reply (and counted).
+    fn admit(&mut self, from: SocketAddr, received: Instant) -> bool {
+        // Over its source's limit: dropped before any work.
+        if !self.limiter.allow(from, received) {
+            return false;
+        }
+        // Behind, and its host sends more than its share: dropped the same way.
+        self.overload.kernel_drops(self.drops.get());
+        let admitted = self.overload.admit(HostKey::from(from), received);
+        if self.overload.suspect() {
+            self.drops.want();
+        }
+        if !admitted {
+            self.sender.shard().dropped(DropReason::Overload);
+            return false;
+        }
+        if let Some(hold) = self.overload.began() {
+            warn!(
+                loop_ = self.sender.shard,
+                share_percent = self.share,
+                hold = %humantime::format_duration(hold),
+                "a receive loop fell behind: dropping the datagrams of hosts over their share of the traffic"
+            );
+        }
+        true
+    }
+
+    /// Sends what the handler answered, here or from a task of its own; an error is the
+    /// socket's, and ends the loop.
+    async fn answer(&self, answer: Answer, source: Source) -> io::Result<()> {
+        match answer {
+            // A large reply is copied on a blocking thread, and a publish waits for its
+            // group commit, in tasks of their own, so neither occupies the receive loop.
+            // Each large reply holds a reservation in the session budget, which bounds
+            // how many can exist; each publish holds a place in the handler's queue for
+            // the disk, taken without waiting (a full queue is answered `4:busy`).
+            answer @ Answer::Build(_) => self.detach(source, answer).await,
+            answer @ Answer::Wait(_) => {
+                let sender = self.sender.clone();
+                tokio::spawn(async move {
+                    let _ = sender.deliver(answer, source).await;
+                });
+                Ok(())
             }
+            answer => self.sender.deliver(answer, source).await,
         }
     }
 

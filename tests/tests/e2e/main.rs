@@ -13,6 +13,7 @@ mod client_follow;
 mod client_pages;
 mod client_publish;
 mod clustered;
+mod clustered_failover;
 mod clustered_reads;
 mod clustered_stream;
 mod clustered_tls;

@@ -66,49 +66,69 @@ pub(super) async fn connect(
     ),
     ClusterError,
 > {
-    let servers = config.servers.join(",");
-    let failed = |reason: String| ClusterError::Connect {
-        servers: servers.clone(),
-        reason,
-    };
-    let urls: Vec<async_nats::ServerAddr> = config
-        .servers
-        .iter()
-        .map(|s| s.trim().parse().map_err(|e| failed(format!("{s:?}: {e}"))))
-        .collect::<Result<_, _>>()?;
-    let client = tokio::time::timeout(config.connect_timeout, options(config).connect(urls))
-        .await
-        .map_err(|_| {
-            failed(format!(
-                "no answer within {}",
-                humantime::format_duration(config.connect_timeout)
-            ))
-        })?
-        .map_err(|e| failed(e.to_string()))?;
+    let client = dial(config).await?;
     stream::check_payload(client.server_info().max_payload, needs)?;
     let js = jetstream::ContextBuilder::new()
         .timeout(config.timeout)
         .build(client.clone());
+    let stream = open_stream(config, needs, &client, &js).await?;
+    Ok((client, js, stream))
+}
+
+/// A start-up failure, naming the servers it was against.
+fn failed(config: &ClusterConfig, reason: String) -> ClusterError {
+    ClusterError::Connect {
+        servers: config.servers.join(","),
+        reason,
+    }
+}
+
+/// The NATS connection, within `--nats-connect-timeout` so a wrong address fails start-up
+/// rather than hanging it.
+async fn dial(config: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
+    let urls: Vec<async_nats::ServerAddr> = config
+        .servers
+        .iter()
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|e| failed(config, format!("{s:?}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    tokio::time::timeout(config.connect_timeout, options(config).connect(urls))
+        .await
+        .map_err(|_| {
+            failed(
+                config,
+                format!(
+                    "no answer within {}",
+                    humantime::format_duration(config.connect_timeout)
+                ),
+            )
+        })?
+        .map_err(|e| failed(config, e.to_string()))
+}
+
+/// The board's stream, found or created: asked again until the connect timeout while
+/// JetStream elects its leader (it answers nothing meanwhile) or another server is
+/// creating the same stream.
+async fn open_stream(
+    config: &ClusterConfig,
+    needs: &Needs,
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+) -> Result<jetstream::stream::Stream, ClusterError> {
     let deadline = Instant::now() + config.connect_timeout;
-    let stream = loop {
+    loop {
         let probe = jetstream::ContextBuilder::new()
             .timeout(PROBE)
             .build(client.clone());
         match tokio::time::timeout(PROBE, probe.get_stream(&needs.name)).await {
-            Ok(Ok(mut stream)) => {
-                let info = stream.info().await.map_err(|e| {
-                    ClusterError::Stream(format!("cannot read stream {}: {e}", needs.name))
-                })?;
-                let have = info.config.clone();
-                needs.check(&have)?;
-                stream::check_holes(&needs.name, info.state.deleted_count)?;
-                info!(stream = %needs.name, replicas = have.num_replicas, "using the existing stream");
-                break stream;
-            }
+            Ok(Ok(stream)) => return existing(stream, needs).await,
             Ok(Err(e)) if not_found(e.kind()) => match js.create_stream(needs.config()).await {
                 Ok(created) => {
                     info!(stream = %needs.name, replicas = needs.replicas, "created the stream");
-                    break created;
+                    return Ok(created);
                 }
                 // Servers started together race to create it, and JetStream may still be
                 // placing it: look again (and check what another server created).
@@ -127,16 +147,35 @@ pub(super) async fn connect(
             Ok(Err(_)) | Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Ok(Err(e)) => return Err(failed(format!("jetstream: {e}"))),
+            Ok(Err(e)) => return Err(failed(config, format!("jetstream: {e}"))),
             Err(_) => {
-                return Err(failed(format!(
-                    "jetstream did not answer within {} (is it enabled on the NATS servers?)",
-                    humantime::format_duration(config.connect_timeout)
-                )));
+                return Err(failed(
+                    config,
+                    format!(
+                        "jetstream did not answer within {} (is it enabled on the NATS servers?)",
+                        humantime::format_duration(config.connect_timeout)
+                    ),
+                ));
             }
         }
-    };
-    Ok((client, js, stream))
+    }
+}
+
+/// An existing stream, if it is one this board can use: another server's (or an earlier
+/// run's) settings must match ours, and a stream with holes cannot be read as a board.
+async fn existing(
+    mut stream: jetstream::stream::Stream,
+    needs: &Needs,
+) -> Result<jetstream::stream::Stream, ClusterError> {
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| ClusterError::Stream(format!("cannot read stream {}: {e}", needs.name)))?;
+    let have = info.config.clone();
+    needs.check(&have)?;
+    stream::check_holes(&needs.name, info.state.deleted_count)?;
+    info!(stream = %needs.name, replicas = have.num_replicas, "using the existing stream");
+    Ok(stream)
 }
 
 fn not_found(kind: GetStreamErrorKind) -> bool {

@@ -51,6 +51,8 @@ fn newest(shared: &Shared) -> MessageId {
     *shared.newest.borrow()
 }
 
+/// Keeps the replica fed: one consumer after another, each started after the replica's
+/// newest id, for as long as the board lives.
 async fn feed(shared: Arc<Shared>, replica: Arc<MemoryBoard>) {
     let mut first = true;
     loop {
@@ -58,69 +60,87 @@ async fn feed(shared: Arc<Shared>, replica: Arc<MemoryBoard>) {
             tokio::time::sleep(RETRY).await;
         }
         first = false;
-        // Past the newest held, or from the replica's start (the stream's first id).
-        let next = newest(&shared)
-            .0
-            .saturating_add(1)
-            .max(replica.oldest().map_or(1, |o| o.0));
-        let config = push::OrderedConfig {
-            deliver_subject: shared.client.new_inbox(),
-            filter_subject: shared.subject.clone(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: next.max(1),
-            },
-            ..Default::default()
-        };
-        let created = tokio::time::timeout(shared.timeout, shared.stream.create_consumer(config));
-        let consumer = match created.await {
-            Ok(Ok(consumer)) => consumer,
-            Ok(Err(e)) => {
-                debug!(error = %e, "cannot create the replica's consumer; retrying");
-                continue;
-            }
-            Err(_) => continue,
-        };
-        let mut messages = match tokio::time::timeout(shared.timeout, consumer.messages()).await {
-            Ok(Ok(messages)) => messages,
-            _ => continue,
-        };
-        loop {
-            match tokio::time::timeout(STALL, messages.next()).await {
-                Ok(Some(Ok(m))) => {
-                    let Ok(info) = m.info() else { continue };
-                    let id = MessageId(info.stream_sequence);
-                    let entry =
-                        headers::decode(m.message.headers.as_ref(), m.message.payload.clone());
-                    match gap::apply(&shared, &replica, id, entry).await {
-                        Ok(()) => {}
-                        // The replica is where it was: a new consumer starts after it.
-                        Err(e) => {
-                            warn!(error = %e, "cannot apply a message to the replica; recreating the consumer");
-                            break;
-                        }
-                    }
-                    shared.newest.send_if_modified(|n| {
-                        let newer = id > *n;
-                        if newer {
-                            *n = id;
-                        }
-                        newer
-                    });
-                    shared.metrics.replica_newest.set(id.0 as i64);
+        if let Some(messages) = subscribe(&shared, &replica).await {
+            follow(&shared, &replica, messages).await;
+        }
+    }
+}
+
+/// A fresh ordered consumer's messages, from the replica's place; `None` when NATS could
+/// not give one in time (the feed retries).
+async fn subscribe(shared: &Shared, replica: &MemoryBoard) -> Option<push::Ordered> {
+    // Past the newest held, or from the replica's start (the stream's first id).
+    let next = newest(shared)
+        .0
+        .saturating_add(1)
+        .max(replica.oldest().map_or(1, |o| o.0));
+    let config = push::OrderedConfig {
+        deliver_subject: shared.client.new_inbox(),
+        filter_subject: shared.subject.clone(),
+        deliver_policy: DeliverPolicy::ByStartSequence {
+            start_sequence: next.max(1),
+        },
+        ..Default::default()
+    };
+    let created = tokio::time::timeout(shared.timeout, shared.stream.create_consumer(config));
+    let consumer = match created.await {
+        Ok(Ok(consumer)) => consumer,
+        Ok(Err(e)) => {
+            debug!(error = %e, "cannot create the replica's consumer; retrying");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    match tokio::time::timeout(shared.timeout, consumer.messages()).await {
+        Ok(Ok(messages)) => Some(messages),
+        _ => None,
+    }
+}
+
+/// Applies one consumer's messages until it ends, fails, or stalls: then the feed starts
+/// another.
+async fn follow(shared: &Shared, replica: &MemoryBoard, mut messages: push::Ordered) {
+    loop {
+        match tokio::time::timeout(STALL, messages.next()).await {
+            Ok(Some(Ok(m))) => {
+                if !apply(shared, replica, &m).await {
+                    return;
                 }
-                // Not terminal (a missed heartbeat, say): the watchdog decides.
-                Ok(Some(Err(e))) => debug!(error = %e, "replica consumer"),
-                Ok(None) => break,
-                Err(_) => {
-                    if shared.stream_last.load(Ordering::Relaxed) > newest(&shared).0 {
-                        shared.metrics.consumer_restarts.inc();
-                        warn!(newest = %newest(&shared), "the replica's consumer stalled: recreating it");
-                        break;
-                    }
+            }
+            // Not terminal (a missed heartbeat, say): the watchdog decides.
+            Ok(Some(Err(e))) => debug!(error = %e, "replica consumer"),
+            Ok(None) => return,
+            Err(_) => {
+                if shared.stream_last.load(Ordering::Relaxed) > newest(shared).0 {
+                    shared.metrics.consumer_restarts.inc();
+                    warn!(newest = %newest(shared), "the replica's consumer stalled: recreating it");
+                    return;
                 }
             }
         }
     }
+}
+
+/// Applies one delivered message to the replica and moves the newest id; false when the
+/// consumer must be recreated.
+async fn apply(shared: &Shared, replica: &MemoryBoard, m: &async_nats::jetstream::Message) -> bool {
+    let Ok(info) = m.info() else { return true };
+    let id = MessageId(info.stream_sequence);
+    let entry = headers::decode(m.message.headers.as_ref(), m.message.payload.clone());
+    if let Err(e) = gap::apply(shared, replica, id, entry).await {
+        // The replica is where it was: a new consumer starts after it.
+        warn!(error = %e, "cannot apply a message to the replica; recreating the consumer");
+        return false;
+    }
+    shared.newest.send_if_modified(|n| {
+        let newer = id > *n;
+        if newer {
+            *n = id;
+        }
+        newer
+    });
+    shared.metrics.replica_newest.set(id.0 as i64);
+    true
 }
 
 /// Reads the stream's state: its newest id (for the watchdog and lag), its first (what

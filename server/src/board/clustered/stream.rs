@@ -59,8 +59,16 @@ impl Needs {
     /// Checks an existing stream's configuration; the first thing it cannot hold is the
     /// error, naming the setting to change.
     pub(super) fn check(&self, have: &Config) -> Result<(), ClusterError> {
+        self.check_kind(have)?;
+        self.check_sizes(have)?;
+        self.check_retention(have)
+    }
+
+    /// Whether the stream works as a board at all: our subject, limits retention that
+    /// drops the oldest, no per-subject limit, no single deletes, not sealed. These are
+    /// fixed by another `--nats-stream`, or an edit of the stream.
+    fn check_kind(&self, have: &Config) -> Result<(), ClusterError> {
         let name = &self.name;
-        let bad = |what: String| Err(ClusterError::Stream(what));
         if !have.subjects.iter().any(|s| s == &self.subject) {
             return bad(format!(
                 "stream {name} does not take subject {} (it takes {:?}): use another --nats-stream",
@@ -92,6 +100,13 @@ impl Needs {
                 "stream {name} is sealed: use another --nats-stream"
             ));
         }
+        Ok(())
+    }
+
+    /// Whether the stream takes the largest message this server accepts, and remembers
+    /// tokens for as long as `--dedup-window` promises.
+    fn check_sizes(&self, have: &Config) -> Result<(), ClusterError> {
+        let name = &self.name;
         if let Some(size) = limit(have.max_message_size.into())
             && size < self.max_message
         {
@@ -107,6 +122,13 @@ impl Needs {
                 humantime::format_duration(self.dedup_window)
             ));
         }
+        Ok(())
+    }
+
+    /// Whether the stream keeps at least what the retention options promise (it may keep
+    /// more: each server trims its replica by its own).
+    fn check_retention(&self, have: &Config) -> Result<(), ClusterError> {
+        let name = &self.name;
         keeps(
             name,
             "messages",
@@ -130,6 +152,11 @@ impl Needs {
             self.retention.age.and_then(age),
         )
     }
+}
+
+/// A refusal of the stream, saying what to change.
+fn bad(what: String) -> Result<(), ClusterError> {
+    Err(ClusterError::Stream(what))
 }
 
 /// The stream must keep at least what retention promises: `have` and `want` are limits,
