@@ -1,9 +1,10 @@
 //! The kernel's count of datagrams it dropped for the board's socket, kept fresh for the
 //! receive loops: they shed load only while it rises (`overload`).
 //!
-//! Reading it means reading `/proc/net/udp` (Linux), which costs more the more UDP sockets
-//! the machine has, so it is read once a second while every loop keeps up, and every
-//! 25 ms — twice a window — while one is behind.
+//! Reading it means reading `/proc/net/udp` (Linux), which the kernel writes out for every
+//! UDP socket of the machine, so it is read on the blocking pool (never on a receive
+//! loop's thread), once a second while every loop keeps up, and every 50 ms — once a
+//! window — while one is behind.
 
 use std::io;
 use std::sync::Arc;
@@ -13,12 +14,12 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 
-use crate::metrics::receive_queue_drops;
+use crate::metrics::{drops_of, socket_inode};
 
 /// How often the count is read while every loop keeps up.
 const CALM: Duration = Duration::from_secs(1);
 /// How often while a loop is behind.
-const WATCHFUL: Duration = Duration::from_millis(25);
+const WATCHFUL: Duration = Duration::from_millis(50);
 /// What `total` holds while the count is unknown.
 const UNKNOWN: u64 = u64::MAX;
 
@@ -56,8 +57,16 @@ impl DropWatch {
 
     /// Reads the count for `socket` until the server stops.
     pub(crate) async fn run(self: Arc<Self>, socket: Arc<UdpSocket>) -> io::Result<()> {
+        let inode = socket_inode(&socket);
         loop {
-            let total = receive_queue_drops(&socket).unwrap_or(UNKNOWN);
+            let total = match inode.clone() {
+                Some(inode) => tokio::task::spawn_blocking(move || drops_of(&inode))
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            }
+            .unwrap_or(UNKNOWN);
             self.total.store(total, Relaxed);
             if self.wanted.swap(false, Relaxed) {
                 tokio::time::sleep(WATCHFUL).await;

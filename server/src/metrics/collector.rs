@@ -319,31 +319,52 @@ fn encode_status(e: &mut DescriptorEncoder<'_>, status: &Status) -> fmt::Result 
 ///
 /// Linux counts them per socket in `/proc/net/udp{,6}`; under a flood this is where most
 /// loss happens, so it is worth the scrape-time read. `None` where it cannot be read.
-#[cfg(target_os = "linux")]
 pub(crate) fn receive_queue_drops(socket: &UdpSocket) -> Option<u64> {
+    drops_of(&socket_inode(socket)?)
+}
+
+/// The inode by which `/proc/net/udp` names `socket`.
+#[cfg(target_os = "linux")]
+pub(crate) fn socket_inode(socket: &UdpSocket) -> Option<String> {
     use std::os::fd::AsRawFd;
     let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
-    let inode = link
-        .to_str()?
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .to_owned();
+    Some(
+        link.to_str()?
+            .strip_prefix("socket:[")?
+            .strip_suffix(']')?
+            .to_owned(),
+    )
+}
+
+/// The inode by which `/proc/net/udp` names `socket`: none here.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn socket_inode(_: &UdpSocket) -> Option<String> {
+    None
+}
+
+/// The drop count of the UDP socket with `inode`. The tables list every UDP socket of the
+/// machine (thousands, on a busy one), so the inode is looked for as text and only its
+/// line is split.
+pub(crate) fn drops_of(inode: &str) -> Option<u64> {
+    let needle = format!(" {inode} ");
     ["/proc/net/udp", "/proc/net/udp6"]
         .iter()
         .find_map(|table| {
             let text = std::fs::read_to_string(table).ok()?;
-            text.lines().skip(1).find_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
+            let mut from = 0;
+            while let Some(found) = text[from..].find(&needle) {
+                let at = from + found;
+                let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+                let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+                let fields: Vec<&str> = text[start..end].split_whitespace().collect();
                 // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
-                (fields.get(9) == Some(&inode.as_str())).then(|| fields.last()?.parse().ok())?
-            })
+                if fields.get(9) == Some(&inode) {
+                    return fields.last()?.parse().ok();
+                }
+                from = at + needle.len() - 1;
+            }
+            None
         })
-}
-
-/// Datagrams the kernel dropped because `socket`'s receive queue was full.
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn receive_queue_drops(_: &UdpSocket) -> Option<u64> {
-    None
 }
 
 #[cfg(test)]
@@ -365,5 +386,14 @@ mod tests {
         }
         assert!(receive_queue_drops(&full).is_some_and(|n| n > 0));
         assert_eq!(receive_queue_drops(&quiet), Some(0));
+        // Among a thousand other sockets (their numbers all over the table), still ours.
+        let others: Vec<std::net::UdpSocket> = (0..1_000)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let inode = socket_inode(&full).expect("inode");
+        assert!(drops_of(&inode).is_some_and(|n| n > 0));
+        assert_eq!(receive_queue_drops(&quiet), Some(0));
+        assert_eq!(drops_of("999999999999"), None, "no such socket");
+        drop(others);
     }
 }
