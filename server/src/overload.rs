@@ -173,6 +173,11 @@ impl Overload {
                 .is_some_and(|(until, quota)| now < until && *count > quota)
     }
 
+    /// The share each host keeps while the loop is behind, in percent.
+    pub(crate) fn share_percent(&self) -> u8 {
+        (self.share * 100.0).round() as u8
+    }
+
     /// If shedding began since the last call: for how long, at first.
     pub(crate) fn began(&mut self) -> Option<Duration> {
         std::mem::take(&mut self.began).then_some(self.hold)

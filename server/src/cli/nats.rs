@@ -70,7 +70,7 @@ pub(crate) struct NatsArgs {
         long,
         env = "MBOARD_NATS_TIMEOUT",
         value_name = "DURATION",
-        default_value = "2s"
+        default_value_t = defaults().timeout.into()
     )]
     nats_timeout: humantime::Duration,
 
@@ -79,7 +79,7 @@ pub(crate) struct NatsArgs {
         long,
         env = "MBOARD_NATS_CONNECT_TIMEOUT",
         value_name = "DURATION",
-        default_value = "15s"
+        default_value_t = defaults().connect_timeout.into()
     )]
     nats_connect_timeout: humantime::Duration,
 
@@ -89,9 +89,14 @@ pub(crate) struct NatsArgs {
         long,
         env = "MBOARD_NATS_CATCH_UP",
         value_name = "DURATION",
-        default_value = "2s"
+        default_value_t = defaults().catch_up.into()
     )]
     nats_catch_up: humantime::Duration,
+}
+
+/// The clustered store's defaults, written once in [`ClusterConfig::new`].
+fn defaults() -> ClusterConfig {
+    ClusterConfig::new(Vec::new())
 }
 
 impl NatsArgs {

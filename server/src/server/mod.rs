@@ -224,7 +224,6 @@ async fn serve_with<B: Board>(
             sender: shared.sender(shard),
             overload: Overload::new(settings.shedding, Instant::now()),
             drops: drops.clone(),
-            share: settings.shedding.host_share,
         };
         tasks.spawn(receiver.run());
     }

@@ -47,8 +47,6 @@ pub(super) struct Receiver<B> {
     pub(super) overload: Overload,
     /// The kernel's drop count for the socket, which [`Receiver::overload`] is fed.
     pub(super) drops: Arc<DropWatch>,
-    /// The share, in percent, [`Receiver::overload`] keeps each host to (for its log line).
-    pub(super) share: u8,
 }
 
 impl<B: Board> Receiver<B> {
@@ -104,7 +102,7 @@ impl<B: Board> Receiver<B> {
         if let Some(hold) = self.overload.began() {
             warn!(
                 loop_ = self.sender.shard,
-                share_percent = self.share,
+                share_percent = self.overload.share_percent(),
                 hold = %humantime::format_duration(hold),
                 "a receive loop fell behind: dropping the datagrams of hosts over their share of the traffic"
             );
