@@ -10,6 +10,13 @@ use crate::metrics::EndpointLimits;
 use crate::overload::Shedding;
 use crate::session::Fairness;
 
+/// Datagrams one system call receives or sends at most, by default (`--io-batch`).
+pub const IO_BATCH: usize = 32;
+
+/// The most `--io-batch` may be: each datagram of a batch has a 64 KiB buffer in every
+/// receive loop.
+pub const IO_BATCH_MAX: usize = 256;
+
 /// Limits on sessions and datagrams.
 ///
 /// Defaults follow the contract: 16 MiB requests, 256 MiB buffered in all, 64 sessions per
@@ -133,6 +140,14 @@ pub enum ConfigError {
     /// No receive loop would take datagrams off the socket.
     #[error("workers must be at least 1")]
     Workers,
+    /// A system call could not take or give any datagram, or more than the cap.
+    #[error("io batch must be from 1 to {max}, not {found}")]
+    IoBatch {
+        /// The cap, [`IO_BATCH_MAX`].
+        max: usize,
+        /// What was asked.
+        found: usize,
+    },
     /// A byte limit below the largest message, which would trim it as soon as it is stored
     /// (or, for the publish queue, refuse it every time).
     #[error("{what} must be at least the max request size ({min} bytes), not {found}")]
@@ -274,6 +289,12 @@ impl Config {
         if self.workers == 0 {
             return Err(ConfigError::Workers);
         }
+        if !(1..=IO_BATCH_MAX).contains(&self.io_batch) {
+            return Err(ConfigError::IoBatch {
+                max: IO_BATCH_MAX,
+                found: self.io_batch,
+            });
+        }
         self.rate_limit.validate(RateNames {
             rate: "rate limit",
             burst: "rate burst",
@@ -406,6 +427,8 @@ pub struct Config {
     pub shedding: Shedding,
     /// Receive loops sharing the socket.
     pub workers: usize,
+    /// Datagrams one system call receives or sends at most (1: one at a time).
+    pub io_batch: usize,
     /// Seed for session ids; `None` seeds from the operating system.
     pub seed: Option<u64>,
     /// How often the access log sums up traffic at `info` (`None` or zero: never).
@@ -426,6 +449,7 @@ impl Default for Config {
             error_limit: RateLimit::ERROR_REPLIES,
             shedding: Shedding::default(),
             workers: 2 * cores,
+            io_batch: IO_BATCH,
             seed: None,
             summary_interval: Some(Duration::from_secs(60)),
             retention: Retention {

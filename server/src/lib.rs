@@ -29,7 +29,9 @@ pub use board::{
     NatsTls, Published, Refusal, Retention, Secret, Span, Status, StoreState, TokenCounts,
     TokenLimits,
 };
-pub use config::{Config, ConfigError, Limits, MEMORY_RETAIN_BYTES, Store, parse_size};
+pub use config::{
+    Config, ConfigError, IO_BATCH, IO_BATCH_MAX, Limits, MEMORY_RETAIN_BYTES, Store, parse_size,
+};
 pub use handler::Handler;
 pub use limiter::RateLimit;
 pub use metrics::EndpointLimits;

@@ -268,6 +268,11 @@ pub(crate) struct Args {
     #[arg(long, env = "MBOARD_WORKERS")]
     pub(crate) workers: Option<usize>,
 
+    /// Datagrams one system call receives or sends at most (`recvmmsg`/`sendmmsg` on
+    /// Linux), from 1 (one at a time) to 256.
+    #[arg(long, env = "MBOARD_IO_BATCH", value_name = "N", default_value_t = mboard_server::IO_BATCH)]
+    pub(crate) io_batch: usize,
+
     /// Log filter, e.g. `info` or `mboard_server=debug` (default: $RUST_LOG, else `info`).
     #[arg(help_heading = RELOADED)]
     #[arg(long, env = "MBOARD_LOG_LEVEL", value_parser = super::log_filter)]

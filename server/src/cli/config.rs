@@ -69,6 +69,7 @@ pub(crate) fn config(args: &Args) -> Config {
             host_share: args.overload_host_share,
         },
         workers: args.workers.unwrap_or(defaults.workers),
+        io_batch: args.io_batch,
         seed: None,
         summary_interval: Some(args.summary_interval.into()),
         retention,

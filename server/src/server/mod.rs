@@ -26,6 +26,7 @@ use crate::reload::{self, Reloadable, Reloads, Targets};
 /// `--max-queued-publishes`, which never waits.)
 const DEFERRED_MAX: usize = 4_096;
 
+mod batch;
 mod receiver;
 mod sender;
 
@@ -134,6 +135,7 @@ async fn serve_board<B: Board>(
     let handler = Arc::new(Handler::new(board, config.limits, seed));
     let settings = Settings {
         workers: config.workers,
+        io_batch: config.io_batch,
         shedding: config.shedding,
         first,
         reloads,
@@ -159,6 +161,7 @@ pub async fn serve<B: Board>(
     };
     let settings = Settings {
         workers,
+        io_batch: crate::config::IO_BATCH,
         shedding: Shedding::default(),
         reloads: reload::fixed(first.clone()),
         first,
@@ -170,6 +173,7 @@ pub async fn serve<B: Board>(
 /// How the driver runs, besides the handler.
 struct Settings {
     workers: usize,
+    io_batch: usize,
     shedding: Shedding,
     /// The reloadable settings to start with.
     first: Reloadable,
@@ -186,13 +190,15 @@ async fn serve_with<B: Board>(
     let Listeners { udp, metrics } = listeners;
     let socket = Arc::new(udp);
     let workers = settings.workers.max(1);
-    info!(addr = %socket.local_addr()?, workers, "serving");
+    let io_batch = settings.io_batch.clamp(1, crate::config::IO_BATCH_MAX);
+    info!(addr = %socket.local_addr()?, workers, io_batch, "serving");
     let shared = Shared {
         socket,
         metrics: Arc::new(Metrics::new(workers)),
         limiter: Arc::new(RateLimiter::new(settings.first.rate_limit)),
         errors: Arc::new(RateLimiter::new(settings.first.error_limit)),
         deferred: Arc::new(Semaphore::new(DEFERRED_MAX)),
+        io_batch,
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(report_drops(shared.limiter.clone()));
@@ -243,6 +249,7 @@ struct Shared {
     limiter: Arc<RateLimiter>,
     errors: Arc<RateLimiter>,
     deferred: Arc<Semaphore>,
+    io_batch: usize,
 }
 
 impl Shared {
@@ -253,6 +260,7 @@ impl Shared {
             metrics: self.metrics.clone(),
             shard,
             errors: self.errors.clone(),
+            batch: self.io_batch,
         }
     }
 
@@ -329,10 +337,13 @@ pub fn set_receive_buffer(socket: &UdpSocket, bytes: usize) -> io::Result<usize>
 
 /// Answers held `6:` requests as publishes wake them and as their waits run out.
 async fn follow_loop<B: Board>(handler: Arc<Handler<B>>, sender: Sender) -> io::Result<()> {
+    // One publish can wake every held request at once: their replies leave in batches.
+    let (mut ready, mut outcome) = (Vec::new(), Vec::new());
     loop {
         let now = Instant::now();
         for wake in handler.follow_due(now) {
             match handler.answer_wake(now, wake) {
+                Answer::Reply(reply) => ready.push((reply, wake.to)),
                 // A large reply is built off this loop, as the receive loops do.
                 build @ Answer::Build(_) => {
                     let sender = sender.clone();
@@ -341,6 +352,7 @@ async fn follow_loop<B: Board>(handler: Arc<Handler<B>>, sender: Sender) -> io::
                 answer => sender.deliver_held(answer, wake.to).await?,
             }
         }
+        sender.deliver_held_all(&mut ready, &mut outcome).await?;
         match handler.next_hold_deadline() {
             Some(deadline) => {
                 tokio::select! {

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use super::sender::{Sender, Source};
+use super::batch::{Inbox, transient};
+use super::sender::{Outbox, Sender, Source};
 use crate::board::Board;
 use crate::drops::DropWatch;
 use crate::handler::{Answer, Handler};
@@ -17,19 +18,6 @@ use crate::limiter::RateLimiter;
 use crate::metrics::DropReason;
 use crate::overload::Overload;
 use crate::session::HostKey;
-
-/// Errors from `recv_from`/`send_to` that concern one peer, not the socket.
-pub(super) fn transient(e: &io::Error) -> bool {
-    use io::ErrorKind::*;
-    // ICMP errors from earlier sends surface as refused/reset on some systems; a full
-    // buffer or an unroutable destination affects one datagram.
-    matches!(
-        e.kind(),
-        ConnectionRefused | ConnectionReset | Interrupted | WouldBlock | HostUnreachable | NetworkUnreachable
-    ) || e.raw_os_error() == Some(105) // ENOBUFS
-        || e.raw_os_error() == Some(90) // EMSGSIZE
-        || e.raw_os_error() == Some(22) // EINVAL (e.g. an address of the other family)
-}
 
 /// One receive loop: takes datagrams off the shared socket, hands each to the handler, and
 /// sends what it answers, detaching work that would stall the loop.
@@ -53,32 +41,36 @@ impl<B: Board> Receiver<B> {
     /// Receives until the socket fails; errors concerning one peer only are counted and
     /// skipped.
     pub(super) async fn run(mut self) -> io::Result<()> {
-        // Room for the largest datagram the kernel can hand us, IPv6 included.
-        let mut buf = vec![0u8; 65_536];
+        let mut inbox = Inbox::new(self.sender.batch);
+        let mut outbox = Outbox::default();
         loop {
-            let (len, from) = match self.receive(&mut buf).await {
-                Ok(received) => received,
+            match self.receive(&mut inbox).await {
+                Ok(()) => {}
                 Err(e) if transient(&e) => {
                     debug!(error = %e, "receive error ignored");
                     self.sender.shard().dropped(DropReason::ReceiveError);
                     continue;
                 }
                 Err(e) => return Err(e),
-            };
-            let received = Instant::now();
-            if !self.admit(from, received) {
-                continue;
             }
-            // One copy per datagram: published text keeps exactly its own bytes alive.
-            let datagram = Bytes::copy_from_slice(&buf[..len]);
-            let handled = self.handler.handle(received, from, datagram).await;
-            let source = Source {
-                kind: handled.kind,
-                len,
-                from,
-                received,
-            };
-            self.answer(handled.answer, source).await?;
+            // One reading of the clock for the batch: its datagrams were all queued by now.
+            let received = Instant::now();
+            for (bytes, from) in inbox.datagrams() {
+                if !self.admit(from, received) {
+                    continue;
+                }
+                // One copy per datagram: published text keeps exactly its own bytes alive.
+                let datagram = Bytes::copy_from_slice(bytes);
+                let handled = self.handler.handle(received, from, datagram).await;
+                let source = Source {
+                    kind: handled.kind,
+                    len: bytes.len(),
+                    from,
+                    received,
+                };
+                self.answer(handled.answer, source, &mut outbox).await?;
+            }
+            self.sender.deliver_all(&mut outbox).await?;
         }
     }
 
@@ -110,36 +102,41 @@ impl<B: Board> Receiver<B> {
         true
     }
 
-    /// Sends what the handler answered, here or from a task of its own; an error is the
-    /// socket's, and ends the loop.
-    async fn answer(&self, answer: Answer, source: Source) -> io::Result<()> {
+    /// Sends what the handler answered with the rest of the batch, or from a task of its
+    /// own; an error is the socket's, and ends the loop.
+    async fn answer(&self, answer: Answer, source: Source, outbox: &mut Outbox) -> io::Result<()> {
         match answer {
+            // Replies ready now leave together once the batch is handled.
+            Answer::Reply(reply) => outbox.push(Some(reply), source),
+            Answer::Silent => outbox.push(None, source),
             // A large reply is copied on a blocking thread, and a publish waits for its
             // group commit, in tasks of their own, so neither occupies the receive loop.
             // Each large reply holds a reservation in the session budget, which bounds
             // how many can exist; each publish holds a place in the handler's queue for
             // the disk, taken without waiting (a full queue is answered `4:busy`).
-            answer @ Answer::Build(_) => self.detach(source, answer).await,
+            answer @ Answer::Build(_) => self.detach(source, answer).await?,
             answer @ Answer::Wait(_) => {
                 let sender = self.sender.clone();
                 tokio::spawn(async move {
                     let _ = sender.deliver(answer, source).await;
                 });
-                Ok(())
             }
-            answer => self.sender.deliver(answer, source).await,
         }
+        Ok(())
     }
 
-    /// The next datagram, noting whether the loop had to wait for it.
-    pub(super) async fn receive(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    /// The next datagrams, as many as are queued up to a batch, noting whether the loop
+    /// had to wait for them.
+    async fn receive(&mut self, inbox: &mut Inbox) -> io::Result<()> {
         let socket = &self.sender.socket;
-        match socket.try_recv_from(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.overload.waited();
-                socket.recv_from(buf).await
+        loop {
+            match inbox.try_receive(socket) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.overload.waited();
+                    socket.readable().await?;
+                }
+                received => return received.map(drop),
             }
-            received => received,
         }
     }
 

@@ -9,7 +9,7 @@ use mboard_protocol::RequestKind;
 use tokio::net::UdpSocket;
 use tracing::debug;
 
-use super::receiver::transient;
+use super::batch::{Sent, send_all, transient};
 use crate::access;
 use crate::handler::Answer;
 use crate::limiter::RateLimiter;
@@ -24,6 +24,25 @@ pub(super) struct Sender {
     pub(super) metrics: Arc<Metrics>,
     pub(super) shard: usize,
     pub(super) errors: Arc<RateLimiter>,
+    /// Datagrams per system call (`--io-batch`).
+    pub(super) batch: usize,
+}
+
+/// Replies ready to leave together, with the requests they answer (`None`: a request
+/// answered with silence, still counted and logged).
+#[derive(Debug, Default)]
+pub(super) struct Outbox {
+    replies: Vec<(Option<Reply>, Source)>,
+    /// Whether each reply may go (see [`Sender::may_send`]).
+    allowed: Vec<bool>,
+    /// What became of each reply that went.
+    outcome: Vec<Sent>,
+}
+
+impl Outbox {
+    pub(super) fn push(&mut self, reply: Option<Reply>, source: Source) {
+        self.replies.push((reply, source));
+    }
 }
 
 /// A request being answered: where its reply goes, and what metrics and the access log
@@ -62,6 +81,44 @@ impl Sender {
         Ok(())
     }
 
+    /// Sends everything in `outbox`, a batch per system call, counting and logging each
+    /// request as [`Sender::deliver`] does, and empties it.
+    pub(super) async fn deliver_all(&self, outbox: &mut Outbox) -> io::Result<()> {
+        if outbox.replies.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let Outbox {
+            replies,
+            allowed,
+            outcome,
+        } = outbox;
+        allowed.clear();
+        allowed.extend(replies.iter().map(|(reply, source)| {
+            reply
+                .as_ref()
+                .is_some_and(|reply| self.may_send(reply, source.from, now))
+        }));
+        let datagrams: Vec<(&[u8], SocketAddr)> = replies
+            .iter()
+            .zip(allowed.iter())
+            .filter(|(_, allowed)| **allowed)
+            .filter_map(|((reply, source), _)| Some((reply.as_ref()?.bytes().as_ref(), source.from)))
+            .collect();
+        send_all(&self.socket, &datagrams, self.batch, outcome).await?;
+        let mut sent = outcome.iter();
+        for ((reply, source), allowed) in replies.drain(..).zip(allowed.iter()) {
+            let code = reply.as_ref().map(Reply::code);
+            self.shard().answered(source.kind, source.len, code);
+            let bytes = match sent.next().filter(|_| *allowed) {
+                Some(&outcome) => self.count(outcome, source.from),
+                None => 0,
+            };
+            access::request(source.from, source.kind, source.len, code, bytes, source.received);
+        }
+        Ok(())
+    }
+
     /// Sends the answer to a held request (counted when it was received).
     pub(super) async fn deliver_held(&self, answer: Answer, to: SocketAddr) -> io::Result<()> {
         let reply = resolve(answer).await?;
@@ -73,27 +130,62 @@ impl Sender {
         Ok(())
     }
 
+    /// Sends the answers to held requests that are ready now, a batch per system call,
+    /// and empties `replies`.
+    pub(super) async fn deliver_held_all(
+        &self,
+        replies: &mut Vec<(Reply, SocketAddr)>,
+        outcome: &mut Vec<Sent>,
+    ) -> io::Result<()> {
+        let now = Instant::now();
+        replies.retain(|(reply, to)| self.may_send(reply, *to, now));
+        let datagrams: Vec<(&[u8], SocketAddr)> = replies
+            .iter()
+            .map(|(reply, to)| (reply.bytes().as_ref(), *to))
+            .collect();
+        send_all(&self.socket, &datagrams, self.batch, outcome).await?;
+        for ((reply, to), &sent) in replies.drain(..).zip(outcome.iter()) {
+            let bytes = self.count(sent, to);
+            access::held_answer(to, Some(reply.code()), bytes);
+        }
+        Ok(())
+    }
+
     /// Sends `reply` to `to`, returning the bytes sent (0 if it was dropped).
     pub(super) async fn send(&self, reply: &Reply, to: SocketAddr) -> io::Result<usize> {
+        if !self.may_send(reply, to, Instant::now()) {
+            return Ok(0);
+        }
+        let outcome = match self.socket.send_to(reply.bytes(), to).await {
+            Ok(sent) => Sent::Bytes(sent),
+            Err(e) if transient(&e) => Sent::Dropped,
+            Err(e) => return Err(e),
+        };
+        Ok(self.count(outcome, to))
+    }
+
+    /// Whether `reply` may go to `to` now.
+    fn may_send(&self, reply: &Reply, to: SocketAddr, now: Instant) -> bool {
         // Replies to malformed input (`1` bad format, `3` unknown request) are limited per
         // destination. Every reply of ours that another mboard (or an echo service)
         // receives makes it answer `1` or `3` or publish, so one spoofed datagram naming
         // another server's address could otherwise start a loop between the two that never
         // ends; a loop carries one datagram, and the first reply dropped ends it.
-        if reply.code().is_refusal() && !self.errors.allow(to, Instant::now()) {
-            return Ok(0);
-        }
-        match self.socket.send_to(reply.bytes(), to).await {
-            Ok(sent) => {
+        !reply.code().is_refusal() || self.errors.allow(to, now)
+    }
+
+    /// Counts what became of a reply to `to`, returning the bytes it carried out.
+    fn count(&self, outcome: Sent, to: SocketAddr) -> usize {
+        match outcome {
+            Sent::Bytes(sent) => {
                 self.shard().sent(sent);
-                Ok(sent)
+                sent
             }
-            Err(e) if transient(&e) => {
-                debug!(%to, error = %e, "send failed");
+            Sent::Dropped => {
+                debug!(%to, "send failed");
                 self.shard().dropped(DropReason::SendError);
-                Ok(0)
+                0
             }
-            Err(e) => Err(e),
         }
     }
 }

@@ -1,0 +1,229 @@
+//! Datagrams in batches: one system call receives, or sends, many of them (`recvmmsg` and
+//! `sendmmsg` on Linux). Entering the kernel is a large part of what a small request costs
+//! the server, and a loop that is behind finds many datagrams queued at once.
+//!
+//! A batch of one uses plain `recv_from` and `send_to`, on every system.
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+use crate::config::IO_BATCH_MAX;
+
+/// Room for the largest datagram the kernel can hand us, IPv6 included.
+const DATAGRAM_MAX: usize = 65_536;
+
+
+/// Buffers for up to a batch of received datagrams, and what the last receive put there.
+pub(super) struct Inbox {
+    /// One buffer per datagram of a batch. Their pages are touched only as far as the
+    /// datagrams received reach, so small requests keep memory small.
+    bufs: Vec<Vec<u8>>,
+    /// The length and source of each datagram received, in order.
+    got: Vec<(usize, SocketAddr)>,
+}
+
+impl Inbox {
+    /// Room for `batch` datagrams (at least one).
+    pub(super) fn new(batch: usize) -> Self {
+        let batch = batch.clamp(1, IO_BATCH_MAX);
+        Inbox {
+            bufs: (0..batch).map(|_| vec![0u8; DATAGRAM_MAX]).collect(),
+            got: Vec::with_capacity(batch),
+        }
+    }
+
+    /// Takes the datagrams queued on `socket`, up to a batch, without waiting; `WouldBlock`
+    /// when there are none. Returns how many it took.
+    pub(super) fn try_receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        self.got.clear();
+        if self.bufs.len() == 1 {
+            let (len, from) = socket.try_recv_from(&mut self.bufs[0])?;
+            self.got.push((len, from));
+            return Ok(1);
+        }
+        let (bufs, got) = (&mut self.bufs, &mut self.got);
+        socket.try_io(Interest::READABLE, || sys::receive(socket, bufs, got))?;
+        Ok(got.len())
+    }
+
+    /// The datagrams the last receive took: their bytes and sources, in order.
+    pub(super) fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
+        self.got
+            .iter()
+            .zip(&self.bufs)
+            .map(|(&(len, from), buf)| (&buf[..len], from))
+    }
+}
+
+/// What became of one datagram given to [`send_all`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sent {
+    /// Handed to the kernel, this many bytes.
+    Bytes(usize),
+    /// Refused for reasons of its own destination (see [`transient`]); the others went on.
+    Dropped,
+}
+
+/// Sends each datagram to its destination, `batch` per system call, waiting while the
+/// socket's buffer is full. An error that concerns one destination drops only that
+/// datagram; any other error is the socket's, and is returned.
+pub(super) async fn send_all(
+    socket: &UdpSocket,
+    datagrams: &[(&[u8], SocketAddr)],
+    batch: usize,
+    outcome: &mut Vec<Sent>,
+) -> io::Result<()> {
+    outcome.clear();
+    let batch = batch.clamp(1, IO_BATCH_MAX);
+    while outcome.len() < datagrams.len() {
+        let rest = &datagrams[outcome.len()..];
+        let chunk = &rest[..rest.len().min(batch)];
+        let tried = if batch == 1 {
+            let (bytes, to) = chunk[0];
+            socket.try_send_to(bytes, to).map(|n| outcome.push(Sent::Bytes(n)))
+        } else {
+            socket.try_io(Interest::WRITABLE, || sys::send(socket, chunk, outcome))
+        };
+        match tried {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.writable().await?,
+            // The kernel stops at the first datagram it refuses, and reports that
+            // datagram's error only when it is the first of the call.
+            Err(e) if transient(&e) => outcome.push(Sent::Dropped),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Errors from receiving or sending that concern one peer, not the socket.
+pub(super) fn transient(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    // ICMP errors from earlier sends surface as refused/reset on some systems; a full
+    // buffer or an unroutable destination affects one datagram.
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionReset | Interrupted | HostUnreachable | NetworkUnreachable
+    ) || e.raw_os_error() == Some(105) // ENOBUFS
+        || e.raw_os_error() == Some(90) // EMSGSIZE
+        || e.raw_os_error() == Some(22) // EINVAL
+        || e.raw_os_error() == Some(97) // EAFNOSUPPORT: an address of the other family
+}
+
+#[cfg(target_os = "linux")]
+mod sys {
+    use std::io::{self, IoSlice, IoSliceMut};
+    use std::net::SocketAddr;
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+    use tokio::net::UdpSocket;
+
+    use super::Sent;
+
+    /// One `recvmmsg` into `bufs`, noting each datagram's length and source in `got`.
+    pub(super) fn receive(
+        socket: &UdpSocket,
+        bufs: &mut [Vec<u8>],
+        got: &mut Vec<(usize, SocketAddr)>,
+    ) -> io::Result<()> {
+        // The headers hold raw pointers, which would make the receive loop's future not
+        // `Send` if they lived across its awaits; building them per call is two small
+        // allocations per batch.
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(bufs.len(), None);
+        let mut slices: Vec<[IoSliceMut<'_>; 1]> =
+            bufs.iter_mut().map(|buf| [IoSliceMut::new(buf)]).collect();
+        let received = recvmmsg(
+            socket.as_raw_fd(),
+            &mut headers,
+            slices.iter_mut(),
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(io::Error::from)?;
+        for message in received {
+            // A datagram without an IP source cannot come to a UDP/IP socket; were one to,
+            // it could not be answered, and is passed over.
+            if let Some(from) = message.address.and_then(|a| socket_addr(&a)) {
+                got.push((message.bytes, from));
+            }
+        }
+        Ok(())
+    }
+
+    /// One `sendmmsg` of `chunk`, noting in `outcome` what each datagram it sent carried.
+    pub(super) fn send(
+        socket: &UdpSocket,
+        chunk: &[(&[u8], SocketAddr)],
+        outcome: &mut Vec<Sent>,
+    ) -> io::Result<()> {
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
+        let slices: Vec<[IoSlice<'_>; 1]> =
+            chunk.iter().map(|(bytes, _)| [IoSlice::new(bytes)]).collect();
+        let addrs: Vec<Option<SockaddrStorage>> = chunk
+            .iter()
+            .map(|&(_, to)| Some(SockaddrStorage::from(to)))
+            .collect();
+        let sent = sendmmsg(
+            socket.as_raw_fd(),
+            &mut headers,
+            &slices,
+            &addrs,
+            [],
+            MsgFlags::empty(),
+        )
+        .map_err(io::Error::from)?;
+        let before = outcome.len();
+        outcome.extend(sent.map(|message| Sent::Bytes(message.bytes)));
+        if outcome.len() == before {
+            // Nothing sent and no error: not seen from Linux, but were it to happen the
+            // caller would retry forever; the first datagram gives way instead.
+            outcome.push(Sent::Dropped);
+        }
+        Ok(())
+    }
+
+    fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
+        if let Some(v4) = addr.as_sockaddr_in() {
+            Some(SocketAddr::from(*v4))
+        } else {
+            addr.as_sockaddr_in6().map(|v6| SocketAddr::from(*v6))
+        }
+    }
+}
+
+/// Elsewhere each system call takes or gives one datagram, whatever the batch.
+#[cfg(not(target_os = "linux"))]
+mod sys {
+    use std::io;
+    use std::net::SocketAddr;
+
+    use tokio::net::UdpSocket;
+
+    use super::Sent;
+
+    pub(super) fn receive(
+        socket: &UdpSocket,
+        bufs: &mut [Vec<u8>],
+        got: &mut Vec<(usize, SocketAddr)>,
+    ) -> io::Result<()> {
+        got.push(socket.try_recv_from(&mut bufs[0])?);
+        Ok(())
+    }
+
+    pub(super) fn send(
+        socket: &UdpSocket,
+        chunk: &[(&[u8], SocketAddr)],
+        outcome: &mut Vec<Sent>,
+    ) -> io::Result<()> {
+        let (bytes, to) = chunk[0];
+        outcome.push(Sent::Bytes(socket.try_send_to(bytes, to)?));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
