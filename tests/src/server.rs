@@ -49,6 +49,7 @@ impl TestServer {
                 error_limit: RateLimit::ERROR_REPLIES,
                 shedding: mboard_server::Shedding::default(),
                 workers: 2,
+                io_batch: mboard_server::IO_BATCH,
                 seed: Some(42),
                 summary_interval: None,
                 retention: mboard_server::Retention::UNLIMITED,
@@ -103,6 +104,12 @@ impl TestServerBuilder {
     /// The per-source limit on incoming datagrams.
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.config.rate_limit = limit;
+        self
+    }
+
+    /// Datagrams per system call (`--io-batch`; 1: one at a time).
+    pub fn io_batch(mut self, batch: usize) -> Self {
+        self.config.io_batch = batch;
         self
     }
 

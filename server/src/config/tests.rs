@@ -68,6 +68,26 @@ fn unworkable_rate_limits_are_refused_each_in_its_own_words() {
         ..Config::default()
     };
     assert_eq!(no_workers.validate(), Err(ConfigError::Workers));
+    for found in [0, IO_BATCH_MAX + 1] {
+        let config = Config {
+            io_batch: found,
+            ..Config::default()
+        };
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::IoBatch {
+                max: IO_BATCH_MAX,
+                found
+            })
+        );
+    }
+    for fine in [1, IO_BATCH_MAX] {
+        let config = Config {
+            io_batch: fine,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+    }
 }
 
 #[test]

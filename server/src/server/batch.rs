@@ -15,7 +15,6 @@ use crate::config::IO_BATCH_MAX;
 /// Room for the largest datagram the kernel can hand us, IPv6 included.
 const DATAGRAM_MAX: usize = 65_536;
 
-
 /// Buffers for up to a batch of received datagrams, and what the last receive put there.
 pub(super) struct Inbox {
     /// One buffer per datagram of a batch. Their pages are touched only as far as the
@@ -83,7 +82,9 @@ pub(super) async fn send_all(
         let chunk = &rest[..rest.len().min(batch)];
         let tried = if batch == 1 {
             let (bytes, to) = chunk[0];
-            socket.try_send_to(bytes, to).map(|n| outcome.push(Sent::Bytes(n)))
+            socket
+                .try_send_to(bytes, to)
+                .map(|n| outcome.push(Sent::Bytes(n)))
         } else {
             socket.try_io(Interest::WRITABLE, || sys::send(socket, chunk, outcome))
         };
@@ -161,8 +162,10 @@ mod sys {
         outcome: &mut Vec<Sent>,
     ) -> io::Result<()> {
         let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
-        let slices: Vec<[IoSlice<'_>; 1]> =
-            chunk.iter().map(|(bytes, _)| [IoSlice::new(bytes)]).collect();
+        let slices: Vec<[IoSlice<'_>; 1]> = chunk
+            .iter()
+            .map(|(bytes, _)| [IoSlice::new(bytes)])
+            .collect();
         let addrs: Vec<Option<SockaddrStorage>> = chunk
             .iter()
             .map(|&(_, to)| Some(SockaddrStorage::from(to)))

@@ -103,7 +103,9 @@ impl Sender {
             .iter()
             .zip(allowed.iter())
             .filter(|(_, allowed)| **allowed)
-            .filter_map(|((reply, source), _)| Some((reply.as_ref()?.bytes().as_ref(), source.from)))
+            .filter_map(|((reply, source), _)| {
+                Some((reply.as_ref()?.bytes().as_ref(), source.from))
+            })
             .collect();
         send_all(&self.socket, &datagrams, self.batch, outcome).await?;
         let mut sent = outcome.iter();
@@ -114,7 +116,14 @@ impl Sender {
                 Some(&outcome) => self.count(outcome, source.from),
                 None => 0,
             };
-            access::request(source.from, source.kind, source.len, code, bytes, source.received);
+            access::request(
+                source.from,
+                source.kind,
+                source.len,
+                code,
+                bytes,
+                source.received,
+            );
         }
         Ok(())
     }

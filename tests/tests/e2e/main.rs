@@ -5,6 +5,7 @@
 //! machine run alone.
 
 mod amplification;
+mod batching;
 mod bench;
 mod classic;
 mod cli_habits;

@@ -197,6 +197,14 @@ fn unworkable_options_are_refused_before_anything_starts() {
         refused(&["--workers", "0"]),
         "invalid configuration: workers must be at least 1"
     );
+    assert_eq!(
+        refused(&["--io-batch", "0"]),
+        "invalid configuration: io batch must be from 1 to 256, not 0"
+    );
+    assert_eq!(
+        refused(&["--io-batch", "257"]),
+        "invalid configuration: io batch must be from 1 to 256, not 257"
+    );
     assert!(refused(&["--max-session-memory", "100"]).contains("twice max datagram"));
     assert_eq!(
         refused(&["--rate-burst", "0.5"]),
@@ -223,6 +231,7 @@ fn no_options_means_the_library_defaults() {
     assert_eq!(config.rate_limit, defaults.rate_limit);
     assert_eq!(config.error_limit, defaults.error_limit);
     assert_eq!(config.workers, defaults.workers);
+    assert_eq!(config.io_batch, mboard_server::IO_BATCH);
     assert_eq!(args.recv_buffer, RECV_BUFFER);
     assert_eq!(config.retention, defaults.retention, "memory keeps 256 MiB");
     let durable = Args::try_parse_from(["mboard-server"]).expect("parse");

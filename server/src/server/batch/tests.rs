@@ -56,7 +56,10 @@ async fn a_batch_receives_everything_queued_in_order_with_its_sources() {
         assert_eq!(got, sent, "batch {batch}");
         assert!(calls.iter().all(|&n| (1..=batch).contains(&n)), "{calls:?}");
         if batch > 1 && cfg!(target_os = "linux") {
-            assert!(calls.len() < sent.len(), "batch {batch} took one at a time: {calls:?}");
+            assert!(
+                calls.len() < sent.len(),
+                "batch {batch} took one at a time: {calls:?}"
+            );
         }
     }
 }
@@ -70,7 +73,10 @@ async fn a_datagram_as_large_as_udp_allows_arrives_whole() {
         .send_to(&big, server.local_addr().expect("addr"))
         .await
         .expect("send");
-    client.send_to(b"1:x", server.local_addr().expect("addr")).await.expect("send");
+    client
+        .send_to(b"1:x", server.local_addr().expect("addr"))
+        .await
+        .expect("send");
     let got = drain(&server, 8, 2, &mut Vec::new()).await;
     assert_eq!(got[0].0, big);
     assert_eq!(got[1].0, b"1:x");
@@ -81,7 +87,10 @@ async fn sending_delivers_each_datagram_to_its_own_destination() {
     for batch in [1, 3, 32] {
         let server = bound().await;
         let peers = [bound().await, bound().await, bound().await];
-        let addrs: Vec<SocketAddr> = peers.iter().map(|p| p.local_addr().expect("addr")).collect();
+        let addrs: Vec<SocketAddr> = peers
+            .iter()
+            .map(|p| p.local_addr().expect("addr"))
+            .collect();
         let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| format!("0:{i}").into_bytes()).collect();
         let datagrams: Vec<(&[u8], SocketAddr)> = payloads
             .iter()
@@ -138,7 +147,9 @@ async fn a_destination_the_socket_cannot_reach_loses_only_its_own_datagram() {
 async fn nothing_to_send_sends_nothing() {
     let server = bound().await;
     let mut outcome = vec![Sent::Dropped];
-    send_all(&server, &[], 32, &mut outcome).await.expect("send");
+    send_all(&server, &[], 32, &mut outcome)
+        .await
+        .expect("send");
     assert!(outcome.is_empty());
 }
 
