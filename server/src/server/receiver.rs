@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, warn};
 
 use super::batch::{Inbox, transient};
@@ -17,6 +17,7 @@ use crate::handler::{Answer, Handler};
 use crate::limiter::RateLimiter;
 use crate::metrics::DropReason;
 use crate::overload::Overload;
+use crate::reply::Reply;
 use crate::session::HostKey;
 
 /// One receive loop: takes datagrams off the shared socket, hands each to the handler, and
@@ -35,6 +36,9 @@ pub(super) struct Receiver<B> {
     pub(super) overload: Overload,
     /// The kernel's drop count for the socket, which [`Receiver::overload`] is fed.
     pub(super) drops: Arc<DropWatch>,
+    /// Where replies that waited for the board go, to leave in batches (see
+    /// [`Sender::deliver_completed`]).
+    pub(super) completed: mpsc::Sender<(Reply, Source)>,
 }
 
 impl<B: Board> Receiver<B> {
@@ -115,10 +119,11 @@ impl<B: Board> Receiver<B> {
             // how many can exist; each publish holds a place in the handler's queue for
             // the disk, taken without waiting (a full queue is answered `4:busy`).
             answer @ Answer::Build(_) => self.detach(source, answer).await?,
-            answer @ Answer::Wait(_) => {
-                let sender = self.sender.clone();
+            Answer::Wait(wait) => {
+                let completed = self.completed.clone();
                 tokio::spawn(async move {
-                    let _ = sender.deliver(answer, source).await;
+                    // Closed only when the server is stopping, and then nothing is sent.
+                    let _ = completed.send((wait.await, source)).await;
                 });
             }
         }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use mboard_protocol::RequestKind;
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::batch::{Sent, send_all, transient};
@@ -136,6 +137,24 @@ impl Sender {
             None => 0,
         };
         access::held_answer(to, reply.as_ref().map(Reply::code), sent);
+        Ok(())
+    }
+
+    /// Sends the replies that waited for the board (publishes waiting for their group
+    /// commit or their acknowledgement) as they complete, those completed together in one
+    /// batch; ends when every receive loop has gone, or with the socket's error.
+    pub(super) async fn deliver_completed(
+        self,
+        mut completed: mpsc::Receiver<(Reply, Source)>,
+    ) -> io::Result<()> {
+        let mut outbox = Outbox::default();
+        let mut ready = Vec::with_capacity(self.batch);
+        while completed.recv_many(&mut ready, self.batch).await > 0 {
+            for (reply, source) in ready.drain(..) {
+                outbox.push(Some(reply), source);
+            }
+            self.deliver_all(&mut outbox).await?;
+        }
         Ok(())
     }
 
