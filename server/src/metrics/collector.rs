@@ -136,6 +136,23 @@ impl<B: Board> ServerCollector<B> {
             "mboard_sent_bytes",
             "Bytes of replies sent.",
             t.sent_bytes,
+        )?;
+        labelled(
+            e,
+            "mboard_socket_calls",
+            "System calls that received or sent datagrams on the board's socket (several per call when batched, --io-batch).",
+            "op",
+            &[("receive", t.receive_calls), ("send", t.send_calls)],
+        )?;
+        labelled(
+            e,
+            "mboard_socket_datagrams",
+            "Datagrams those system calls received or sent.",
+            "op",
+            &[
+                ("receive", t.received_datagrams),
+                ("send", t.sent_datagrams),
+            ],
         )
     }
 

@@ -74,6 +74,12 @@ pub(crate) struct Shard {
     receive_errors: AtomicU64,
     shed: AtomicU64,
     send_errors: AtomicU64,
+    /// System calls that received datagrams, and the datagrams they took.
+    receive_calls: AtomicU64,
+    received_datagrams: AtomicU64,
+    /// System calls that sent datagrams, and the datagrams they gave.
+    send_calls: AtomicU64,
+    sent_datagrams: AtomicU64,
 }
 
 impl Shard {
@@ -91,6 +97,18 @@ impl Shard {
     /// Counts a reply's bytes once sent.
     pub(crate) fn sent(&self, len: usize) {
         self.sent_bytes.fetch_add(len as u64, Relaxed);
+    }
+
+    /// Counts one system call that received `datagrams`.
+    pub(crate) fn received_in_one_call(&self, datagrams: usize) {
+        self.receive_calls.fetch_add(1, Relaxed);
+        self.received_datagrams.fetch_add(datagrams as u64, Relaxed);
+    }
+
+    /// Counts `calls` system calls that sent `datagrams` between them.
+    pub(crate) fn sent_in_calls(&self, calls: usize, datagrams: usize) {
+        self.send_calls.fetch_add(calls as u64, Relaxed);
+        self.sent_datagrams.fetch_add(datagrams as u64, Relaxed);
     }
 
     /// Counts a datagram dropped for `why`.
@@ -130,6 +148,14 @@ pub(crate) struct Totals {
     pub send_errors: u64,
     /// Datagrams dropped by a loop that was behind, their host being over its share.
     pub shed: u64,
+    /// Receiving system calls.
+    pub receive_calls: u64,
+    /// The datagrams those calls took.
+    pub received_datagrams: u64,
+    /// Sending system calls.
+    pub send_calls: u64,
+    /// The datagrams those calls gave.
+    pub sent_datagrams: u64,
 }
 
 impl Metrics {
@@ -159,6 +185,10 @@ impl Metrics {
             t.receive_errors += s.receive_errors.load(Relaxed);
             t.send_errors += s.send_errors.load(Relaxed);
             t.shed += s.shed.load(Relaxed);
+            t.receive_calls += s.receive_calls.load(Relaxed);
+            t.received_datagrams += s.received_datagrams.load(Relaxed);
+            t.send_calls += s.send_calls.load(Relaxed);
+            t.sent_datagrams += s.sent_datagrams.load(Relaxed);
         }
         t
     }

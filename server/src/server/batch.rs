@@ -68,14 +68,16 @@ pub(super) enum Sent {
 
 /// Sends each datagram to its destination, `batch` per system call, waiting while the
 /// socket's buffer is full. An error that concerns one destination drops only that
-/// datagram; any other error is the socket's, and is returned.
+/// datagram; any other error is the socket's, and is returned. Returns the number of
+/// system calls that sent or refused datagrams.
 pub(super) async fn send_all(
     socket: &UdpSocket,
     datagrams: &[(&[u8], SocketAddr)],
     batch: usize,
     outcome: &mut Vec<Sent>,
-) -> io::Result<()> {
+) -> io::Result<usize> {
     outcome.clear();
+    let mut calls = 0;
     let batch = batch.clamp(1, IO_BATCH_MAX);
     while outcome.len() < datagrams.len() {
         let rest = &datagrams[outcome.len()..];
@@ -89,15 +91,18 @@ pub(super) async fn send_all(
             socket.try_io(Interest::WRITABLE, || sys::send(socket, chunk, outcome))
         };
         match tried {
-            Ok(()) => {}
+            Ok(()) => calls += 1,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.writable().await?,
             // The kernel stops at the first datagram it refuses, and reports that
             // datagram's error only when it is the first of the call.
-            Err(e) if transient(&e) => outcome.push(Sent::Dropped),
+            Err(e) if transient(&e) => {
+                calls += 1;
+                outcome.push(Sent::Dropped);
+            }
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(calls)
 }
 
 /// Errors from receiving or sending that concern one peer, not the socket.

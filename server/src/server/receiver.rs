@@ -140,7 +140,11 @@ impl<B: Board> Receiver<B> {
                     self.overload.waited();
                     socket.readable().await?;
                 }
-                received => return received.map(drop),
+                Ok(datagrams) => {
+                    self.sender.shard().received_in_one_call(datagrams);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
             }
         }
     }

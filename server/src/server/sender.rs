@@ -108,7 +108,8 @@ impl Sender {
                 Some((reply.as_ref()?.bytes().as_ref(), source.from))
             })
             .collect();
-        send_all(&self.socket, &datagrams, self.batch, outcome).await?;
+        let calls = send_all(&self.socket, &datagrams, self.batch, outcome).await?;
+        self.counted_calls(calls, outcome);
         let mut sent = outcome.iter();
         for ((reply, source), allowed) in replies.drain(..).zip(allowed.iter()) {
             let code = reply.as_ref().map(Reply::code);
@@ -150,6 +151,16 @@ impl Sender {
         let mut outbox = Outbox::default();
         let mut ready = Vec::with_capacity(self.batch);
         while completed.recv_many(&mut ready, self.batch).await > 0 {
+            // The board completes publishes in groups (a group commit, acknowledgements
+            // read together), and their tasks are still running: once they have had
+            // their turn, the rest of the group is here too.
+            tokio::task::yield_now().await;
+            while ready.len() < self.batch {
+                match completed.try_recv() {
+                    Ok(done) => ready.push(done),
+                    Err(_) => break,
+                }
+            }
             for (reply, source) in ready.drain(..) {
                 outbox.push(Some(reply), source);
             }
@@ -171,7 +182,8 @@ impl Sender {
             .iter()
             .map(|(reply, to)| (reply.bytes().as_ref(), *to))
             .collect();
-        send_all(&self.socket, &datagrams, self.batch, outcome).await?;
+        let calls = send_all(&self.socket, &datagrams, self.batch, outcome).await?;
+        self.counted_calls(calls, outcome);
         for ((reply, to), &sent) in replies.drain(..).zip(outcome.iter()) {
             let bytes = self.count(sent, to);
             access::held_answer(to, Some(reply.code()), bytes);
@@ -189,7 +201,17 @@ impl Sender {
             Err(e) if transient(&e) => Sent::Dropped,
             Err(e) => return Err(e),
         };
+        self.counted_calls(1, &[outcome]);
         Ok(self.count(outcome, to))
+    }
+
+    /// Counts `calls` system calls that sent what `outcome` says they did.
+    fn counted_calls(&self, calls: usize, outcome: &[Sent]) {
+        let sent = outcome
+            .iter()
+            .filter(|o| matches!(o, Sent::Bytes(_)))
+            .count();
+        self.shard().sent_in_calls(calls, sent);
     }
 
     /// Whether `reply` may go to `to` now.

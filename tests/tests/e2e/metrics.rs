@@ -68,6 +68,15 @@ fn requests_are_counted_by_type_and_reply_and_bytes_exactly() {
         expect(s, &requests("open", "0"), 1.0)?;
         expect(s, "mboard_received_bytes_total", sent as f64)?;
         expect(s, "mboard_sent_bytes_total", received as f64)?;
+        // One request at a time: each system call takes or gives one datagram.
+        for op in ["receive", "send"] {
+            expect(s, &format!("mboard_socket_calls_total{{op=\"{op}\"}}"), 6.0)?;
+            expect(
+                s,
+                &format!("mboard_socket_datagrams_total{{op=\"{op}\"}}"),
+                6.0,
+            )?;
+        }
         expect(s, "mboard_publishes_total", 2.0)?;
         expect(s, "mboard_messages", 2.0)?;
         expect(s, "mboard_sessions", 1.0)?;
