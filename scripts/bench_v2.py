@@ -271,8 +271,9 @@ def fmt(x, digits=0):
 
 
 def cpu(r):
-    """The server's CPU time over the run's wall time (older records have neither)."""
-    return f"{r['server_cpu_s']:.1f} / {r['wall_s']:.1f}" if "server_cpu_s" in r else "?"
+    """The server's CPU time over the run's wall time, as a share of one core (older
+    records have neither)."""
+    return f"{r['server_cpu_s'] / r['wall_s']:.0%}" if "server_cpu_s" in r else "?"
 
 
 def summary(opts):
@@ -309,7 +310,7 @@ def summary(opts):
         if not rows:
             continue
         pairs[base] = dict(zip(sorted(rnd for rnd in w if rnd in b), rows))
-        print(f"| round | load | foreign CPU | {base}/s | {with_}/s | ratio | publish p99 µs, 0 / 1000 | publish resends | follower p50 / p99 µs | unseen | follower reads/s | replies/s | offers | server CPU s / run s, 0 / 1000 |")
+        print(f"| round | load | foreign CPU | {base}/s | {with_}/s | ratio | publish p99 µs, 0 / 1000 | publish resends | follower p50 / p99 µs | unseen | follower reads/s | replies/s | offers | server CPU (of one core), 0 / 1000 |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for x, y in rows:
             print(f"| {y['round']} | {x['load']} / {y['load']} | {x['foreign']:.0%} / {y['foreign']:.0%} | {fmt(x['rate'])} | {fmt(y['rate'])} | {y['rate'] / x['rate']:.3f} | {fmt(x['p99_us'])} / {fmt(y['p99_us'])} | {y['timeouts']:,} | "

@@ -1,5 +1,5 @@
-//! Stream entry ids (`<ms>-<seq>`) as the follower bookkeeping's `u64` keys, and the ids
-//! in an `XADD` or `XREAD` reply.
+//! Stream entry ids (`<ms>-<seq>`) as the follower bookkeeping's `u64` keys, and the id
+//! an `XADD` reply names.
 //!
 //! The follower scenario's bookkeeping ([`crate::follow::Shared`], the report) keys
 //! messages by a `u64` in id order. A Redis id is two numbers; packed as
@@ -85,42 +85,6 @@ pub(crate) fn added(reply: &Value) -> Result<u64, String> {
     }
 }
 
-/// Calls `each` with the key of every entry in an `XREAD` reply, oldest first: `Nil` when
-/// the block timed out, else a stream name and its entries (an array in RESP2, a map in
-/// RESP3). `Err` if the reply is not of that shape (its entries then may have been partly
-/// reported).
-pub(crate) fn for_each_key(reply: &Value, mut each: impl FnMut(u64)) -> Result<(), String> {
-    let mut walk = |entries: &[Value]| -> Result<(), String> {
-        for entry in entries {
-            let Value::Array(fields) = entry else {
-                return Err(format!("XREAD entry {entry:?}"));
-            };
-            match fields.first() {
-                Some(Value::BulkString(id)) => each(packed(id)?),
-                _ => return Err(format!("XREAD entry {entry:?}")),
-            }
-        }
-        Ok(())
-    };
-    match reply {
-        Value::Nil => Ok(()),
-        Value::Array(streams) => streams.iter().try_for_each(|stream| match stream {
-            Value::Array(pair) => match &pair[..] {
-                [_name, Value::Array(entries)] => walk(entries),
-                _ => Err(format!("XREAD stream {stream:?}")),
-            },
-            _ => Err(format!("XREAD stream {stream:?}")),
-        }),
-        Value::Map(streams) => streams
-            .iter()
-            .try_for_each(|(_name, entries)| match entries {
-                Value::Array(entries) => walk(entries),
-                other => Err(format!("XREAD stream {other:?}")),
-            }),
-        other => Err(format!("XREAD answered {other:?}")),
-    }
-}
-
 fn packed(id: &[u8]) -> Result<u64, String> {
     EntryId::parse(id)
         .and_then(EntryId::key)
@@ -135,23 +99,10 @@ mod tests {
         Value::BulkString(s.as_bytes().to_vec())
     }
 
-    fn entry(id: &str) -> Value {
-        Value::Array(vec![
-            bulk(id),
-            Value::Array(vec![bulk("t"), bulk("aaaaaaaaaaaaaaaa")]),
-        ])
-    }
-
     fn key(id: &str) -> u64 {
         EntryId::parse(id.as_bytes())
             .and_then(EntryId::key)
             .expect("packable")
-    }
-
-    fn keys(reply: &Value) -> Result<Vec<u64>, String> {
-        let mut keys = Vec::new();
-        for_each_key(reply, |k| keys.push(k))?;
-        Ok(keys)
     }
 
     #[test]
@@ -217,45 +168,5 @@ mod tests {
         assert_eq!(added(&Value::SimpleString("5-3".into())), Ok(key("5-3")));
         assert!(added(&Value::Nil).is_err());
         assert!(added(&bulk("five")).is_err());
-    }
-
-    #[test]
-    fn xread_replies_give_their_keys_in_order() {
-        let resp2 = Value::Array(vec![Value::Array(vec![
-            bulk("mboard-bench-follow-1"),
-            Value::Array(vec![entry("7-0"), entry("7-1"), entry("9-0")]),
-        ])]);
-        assert_eq!(keys(&resp2), Ok(vec![key("7-0"), key("7-1"), key("9-0")]));
-        let resp3 = Value::Map(vec![(
-            bulk("mboard-bench-follow-1"),
-            Value::Array(vec![entry("7-0"), entry("8-2")]),
-        )]);
-        assert_eq!(keys(&resp3), Ok(vec![key("7-0"), key("8-2")]));
-        // BLOCK ran out with nothing new.
-        assert_eq!(keys(&Value::Nil), Ok(vec![]));
-    }
-
-    #[test]
-    fn xread_replies_of_another_shape_are_refused() {
-        let stream = |entries: Vec<Value>| {
-            Value::Array(vec![Value::Array(vec![bulk("s"), Value::Array(entries)])])
-        };
-        for bad in [
-            Value::Okay,
-            Value::Int(3),
-            Value::Array(vec![bulk("s")]),
-            Value::Array(vec![Value::Array(vec![bulk("s")])]),
-            stream(vec![bulk("7-0")]),
-            stream(vec![Value::Array(vec![])]),
-            stream(vec![entry("7-0"), entry("seven")]),
-            Value::Map(vec![(bulk("s"), Value::Nil)]),
-        ] {
-            assert!(keys(&bad).is_err(), "{bad:?}");
-        }
-        // What was read before the bad entry was reported.
-        let mut seen = Vec::new();
-        let partly = stream(vec![entry("7-0"), entry("x")]);
-        assert!(for_each_key(&partly, |k| seen.push(k)).is_err());
-        assert_eq!(seen, vec![key("7-0")]);
     }
 }

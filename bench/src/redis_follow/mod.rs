@@ -4,18 +4,25 @@
 //! their own; the same shape, bookkeeping and report as [`crate::follow`] against mboard.
 //!
 //! As there, the follower latency is from the moment a publisher has the reply naming a
-//! sampled entry to the moment a follower has the reply that first holds it. Followers
-//! run on a runtime of their own, so that a thousand of them woken at once do not queue in
-//! front of the publishers whose throughput is the measurement.
+//! sampled entry to the moment a follower has the whole reply that first holds it.
+//! Followers run on a runtime of their own, so that a thousand of them woken at once do
+//! not queue in front of the publishers whose throughput is the measurement.
+//!
+//! Publishers go through the redis crate. Followers send the crate's encoding of their
+//! `XREAD` on a plain TCP connection and read the reply's ids off the wire ([`resp`]): the
+//! crate's parse of every entry cost the load generator more than Redis's replies did.
 
 mod entry;
+mod resp;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Value};
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -41,6 +48,7 @@ pub(crate) fn run(url: &str, load: &Load, spec: &Follow) -> Result<Report> {
             .build()
     };
     let (runtime, follow_runtime) = (build()?, build()?);
+    let (host, port) = plain_address(&client, url)?;
     let stream: Arc<str> = format!("mboard-bench-follow-{}", std::process::id()).into();
     // A load against nothing would report zeros; fail clearly (and promptly) instead.
     let mut admin = runtime
@@ -55,10 +63,8 @@ pub(crate) fn run(url: &str, load: &Load, spec: &Follow) -> Result<Report> {
     let (stop_tx, stop_rx) = watch::channel(None);
     let mut followers = Vec::with_capacity(spec.followers);
     for f in 0..spec.followers {
-        // The reply to a `BLOCK` comes when there is news or the wait is over.
-        let timeout = Duration::from_millis(spec.wait_ms) + GIVE_UP;
         let conn = follow_runtime
-            .block_on(connect(&client, Some(timeout)))
+            .block_on(connect_plain(&host, port))
             .with_context(|| {
                 format!("connect follower {f} to Redis (each holds a connection: ulimit -n?)")
             })?;
@@ -103,6 +109,29 @@ pub(crate) fn run(url: &str, load: &Load, spec: &Follow) -> Result<Report> {
     runtime.block_on(delete(&mut admin, &stream))?;
     let follow = FollowReport::new(tallies, &shared.take_published(), seconds);
     Ok(Report::new(load, &Scenario::RedisFollow(spec.clone()), seconds, all).with_follow(follow))
+}
+
+/// Where followers connect: a plain TCP address, with no password and database 0, as
+/// followers make no handshake.
+fn plain_address(client: &Client, url: &str) -> Result<(String, u16)> {
+    let info = client.get_connection_info();
+    let settings = info.redis_settings();
+    let ConnectionAddr::Tcp(host, port) = info.addr() else {
+        bail!("redis-follow takes a redis:// URL of plain TCP, not {url:?}");
+    };
+    if settings.username().is_some() || settings.password().is_some() || settings.db() != 0 {
+        bail!("redis-follow takes a URL without user, password or database: {url:?}");
+    }
+    Ok((host.clone(), *port))
+}
+
+async fn connect_plain(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    let conn = tokio::time::timeout(GIVE_UP, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| std::io::Error::other("connect timed out"))??;
+    // A request is one small write, sent at once.
+    conn.set_nodelay(true)?;
+    Ok(conn)
 }
 
 /// A connection of its own (a multiplexed connection used by one task at a time is one
@@ -179,7 +208,7 @@ async fn publisher(
 /// One follower, until the publishers have stopped and it has read what they published
 /// (or the drain is over), or its connection fails.
 async fn follower(
-    mut conn: MultiplexedConnection,
+    mut conn: TcpStream,
     spec: &Follow,
     stream: &str,
     shared: &Shared,
@@ -187,50 +216,82 @@ async fn follower(
     mut stop: Stop,
 ) -> FollowerTally {
     let mut me = FollowerTally::default();
+    // The reply to a `BLOCK` comes when there is news or the wait is over.
+    let timeout = Duration::from_millis(spec.wait_ms) + GIVE_UP;
+    let mut buf = Vec::with_capacity(BUF);
+    let mut fresh = Vec::new();
     // The stream is new: everything in it is news.
     let mut last = 0;
     loop {
-        if let Some(until) = *stop.borrow() {
-            if last >= shared.newest() || Instant::now() >= until {
-                break;
-            }
+        if let Some(until) = *stop.borrow()
+            && (last >= shared.newest() || Instant::now() >= until)
+        {
+            break;
         }
-        let read = xread(spec, stream, last);
+        let request = xread(spec, stream, last).get_packed_command();
+        let before = last;
+        fresh.clear();
         let reply = tokio::select! {
-            reply = read.query_async::<Value>(&mut conn) => reply,
-            () = drained(&mut stop, last, shared) => break,
+            () = drained(&mut stop, before, shared) => break,
+            reply = exchange(&mut conn, &request, &mut buf, timeout, |key| {
+                if key > last {
+                    last = key;
+                    fresh.push(key);
+                }
+            }) => reply,
         };
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(e) => {
-                me.tally.fail(|| format!("XREAD: {e}"));
-                me.errors += 1;
-                break;
-            }
-        };
+        if let Err(why) = reply {
+            me.tally.fail(|| why);
+            me.errors += 1;
+            break;
+        }
         let now = shared.nanos();
-        let measuring = window.is_measuring();
-        let read = entry::for_each_key(&reply, |key| {
-            if key > last {
-                last = key;
-                if entry::sampled(key) {
-                    me.seen.push((key, now));
-                }
-                if measuring {
-                    me.delivered += 1;
-                }
-            }
-        });
-        match read {
-            Ok(()) if measuring => me.replies += 1,
-            Ok(()) => {}
-            Err(why) => {
-                me.tally.fail(|| why);
-                me.errors += 1;
-            }
+        me.seen.extend(
+            fresh
+                .iter()
+                .filter(|key| entry::sampled(**key))
+                .map(|key| (*key, now)),
+        );
+        if window.is_measuring() {
+            me.delivered += fresh.len() as u64;
+            me.replies += 1;
         }
     }
     me
+}
+
+/// Bytes read at once.
+const BUF: usize = 64 << 10;
+
+/// Sends `request` and reads its reply, calling `each` with the key of every entry in it.
+async fn exchange(
+    conn: &mut TcpStream,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+    mut each: impl FnMut(u64),
+) -> Result<(), String> {
+    conn.write_all(request)
+        .await
+        .map_err(|e| format!("XREAD: {e}"))?;
+    let mut reply = resp::Reply::default();
+    loop {
+        let (used, done) = reply.feed(buf, &mut each)?;
+        buf.drain(..used);
+        if done {
+            return Ok(());
+        }
+        if buf.capacity() - buf.len() < BUF / 4 {
+            buf.reserve(BUF);
+        }
+        let n = tokio::time::timeout(timeout, conn.read_buf(buf))
+            .await
+            .map_err(|_| format!("XREAD: no reply in {timeout:?}"))?
+            .map_err(|e| format!("XREAD: {e}"))?;
+        if n == 0 {
+            return Err("XREAD: Redis closed the connection".into());
+        }
+    }
 }
 
 /// Resolves once the publishers have stopped and either `last` is the newest entry (the
