@@ -26,6 +26,7 @@ Groups (a round runs every measurement of a group, back to back):
                 loopback port); installed from Debian packages when missing
   follow-vs-redis  follow and redis-follow, 0 and 1000 followers each, in one turning
                 order: mboard's and Redis's figures from the same minutes
+  paced-vs-redis  follow and redis-follow with 1000 followers at 200 publishes a second
 
 `--server BIN` (repeatable) runs each measurement once per server binary, alternating,
 for an A/B of two builds; the label then ends in `@<n>`, n counting from 0.
@@ -86,6 +87,10 @@ GROUPS = {
         ("redis-follow-0", REDIS, ["redis-follow", "--followers", "0"]),
         ("follow-1000", MEMORY, ["follow", "--followers", "1000"]),
         ("redis-follow-1000", REDIS, ["redis-follow", "--followers", "1000"]),
+    ],
+    "paced-vs-redis": [
+        ("follow-1000-rate-200", MEMORY, ["follow", "--followers", "1000", "--rate", "200"]),
+        ("redis-follow-1000-rate-200", REDIS, ["redis-follow", "--followers", "1000", "--rate", "200"]),
     ],
     "durable": [
         ("durable-publish-once", DURABLE, ["publish-once"]),
