@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::datagram::GIVE_UP;
 use crate::follow::{DRAIN, FollowReport, FollowerTally, Published, Shared};
 use crate::report::{Report, Tally};
-use crate::run::{Window, windows};
+use crate::run::{Window, small_runtime, windows};
 use crate::scenario::{self, Follow, Load, Pace, Scenario};
 
 use entry::EntryId;
@@ -40,14 +40,7 @@ type Stop = watch::Receiver<Option<Instant>>;
 /// Runs the follower scenario `spec` against the Redis server at `url`.
 pub(crate) fn run(url: &str, load: &Load, spec: &Follow) -> Result<Report> {
     let client = Client::open(url).with_context(|| format!("bad Redis URL {url:?}"))?;
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let build = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cores)
-            .enable_all()
-            .build()
-    };
-    let (runtime, follow_runtime) = (build()?, build()?);
+    let (runtime, follow_runtime) = (small_runtime()?, small_runtime()?);
     let (host, port) = plain_address(&client, url)?;
     let stream: Arc<str> = format!("mboard-bench-follow-{}", std::process::id()).into();
     // A load against nothing would report zeros; fail clearly (and promptly) instead.
