@@ -7,8 +7,9 @@
 `run` builds the release binaries, then for each round runs every measurement of the
 chosen groups against a fresh `mboard-server` process on loopback, the measurements of a
 group in an order that turns from round to round. Each run prints one JSON object: the
-`mboard-bench --json` report plus `label`, `round`, the 1-minute load average at its start
-and `foreign`, the share of the machine's CPU time that went to processes other than this
+`mboard-bench --json` report plus `label`, `round`, the 1-minute load average at its start,
+`server_cpu_s` and `bench_cpu_s` (CPU time of the server and of the load generator over
+the whole run, `wall_s` long) and `foreign`, the share of the machine's CPU time that went to processes other than this
 server and this load generator while it ran (the machine is shared; a run with a large
 foreign share measured the neighbours as much as mboard).
 
@@ -20,6 +21,12 @@ Groups (a round runs every measurement of a group, back to back):
   paced-200     follow with 1000 followers at 200 publishes a second
   paced-50      the same at 50 a second
   durable       publish-once and publish with `--data-dir` and `--fsync always`
+  redis-follow  the peer: `mboard-bench redis-follow` with 0 and with 1000 followers, each
+                run against a fresh redis-server (`--save "" --appendonly no`, a free
+                loopback port); installed from Debian packages when missing
+  follow-vs-redis  follow and redis-follow, 0 and 1000 followers each, in one turning
+                order: mboard's and Redis's figures from the same minutes
+  paced-vs-redis  follow and redis-follow with 1000 followers at 200 publishes a second
 
 `--server BIN` (repeatable) runs each measurement once per server binary, alternating,
 for an A/B of two builds; the label then ends in `@<n>`, n counting from 0.
@@ -35,6 +42,7 @@ import json
 import os
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +56,10 @@ ADDR = f"127.0.0.1:{PORT}"
 
 MEMORY = ["--in-memory"]
 DURABLE = ["--fsync", "always"]  # plus --data-dir, fresh for each run
+REDIS = ["redis"]  # not mboard: a fresh redis-server for each run
+
+# A follower is a connection, so an open file, in the load generator and in Redis.
+NOFILE = 4096
 
 GROUPS = {
     "once": [
@@ -66,6 +78,20 @@ GROUPS = {
     ],
     "paced-200": [("follow-1000-rate-200", MEMORY, ["follow", "--followers", "1000", "--rate", "200"])],
     "paced-50": [("follow-1000-rate-50", MEMORY, ["follow", "--followers", "1000", "--rate", "50"])],
+    "redis-follow": [
+        ("redis-follow-0", REDIS, ["redis-follow", "--followers", "0"]),
+        ("redis-follow-1000", REDIS, ["redis-follow", "--followers", "1000"]),
+    ],
+    "follow-vs-redis": [
+        ("follow-0", MEMORY, ["follow", "--followers", "0"]),
+        ("redis-follow-0", REDIS, ["redis-follow", "--followers", "0"]),
+        ("follow-1000", MEMORY, ["follow", "--followers", "1000"]),
+        ("redis-follow-1000", REDIS, ["redis-follow", "--followers", "1000"]),
+    ],
+    "paced-vs-redis": [
+        ("follow-1000-rate-200", MEMORY, ["follow", "--followers", "1000", "--rate", "200"]),
+        ("redis-follow-1000-rate-200", REDIS, ["redis-follow", "--followers", "1000", "--rate", "200"]),
+    ],
     "durable": [
         ("durable-publish-once", DURABLE, ["publish-once"]),
         ("durable-publish", DURABLE, ["publish"]),
@@ -91,6 +117,65 @@ def children_seconds():
     return r.ru_utime + r.ru_stime
 
 
+def ensure_redis():
+    """Installs redis-server from Debian packages if it is not on PATH."""
+    if shutil.which("redis-server"):
+        return
+    print("installing redis-server (Debian package)", file=sys.stderr)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env, stdout=subprocess.DEVNULL)
+    if not shutil.which("redis-server"):
+        sys.exit("redis-server is still not on PATH after installing it")
+
+
+def raise_nofile():
+    """Raises the soft limit on open files (inherited by the servers and the load
+    generator) to NOFILE, within the hard limit, for 1,000 follower connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = NOFILE if hard == resource.RLIM_INFINITY else min(NOFILE, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < 1200:
+        sys.exit(f"the hard limit on open files is {hard}: 1,000 followers need about 1,100 (ulimit -Hn)")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_answers(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(data):
+    """A fresh redis-server on a free loopback port, persistence off; (process, port)."""
+    shutil.rmtree(data, ignore_errors=True)
+    os.makedirs(data)
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", data, "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        if redis_answers(port):
+            return server, port
+        if server.poll() is not None:
+            sys.exit("redis-server exited at start")
+        time.sleep(0.1)
+    server.kill()
+    server.wait()
+    sys.exit("redis-server did not start")
+
+
 def start_server(binary, args, data):
     if args is DURABLE:
         shutil.rmtree(data, ignore_errors=True)
@@ -109,7 +194,11 @@ def start_server(binary, args, data):
 
 
 def measure(binary, label, server_args, bench_args, duration, data):
-    server = start_server(binary, server_args, data)
+    if server_args is REDIS:
+        server, port = start_redis(data)
+        bench_args = bench_args[:1] + ["--redis", f"redis://127.0.0.1:{port}"] + bench_args[1:]
+    else:
+        server = start_server(binary, server_args, data)
     hz = os.sysconf("SC_CLK_TCK")
     ncpu = os.cpu_count() or 1
     load = os.getloadavg()[0]
@@ -128,7 +217,8 @@ def measure(binary, label, server_args, bench_args, duration, data):
     ours = (srv1 - srv0) / hz + (kids1 - kids0)
     foreign = max(0.0, ((busy1 - busy0) / hz - ours) / ((t1 - t0) * ncpu))
     report = json.loads(out.stdout)
-    report.update(label=label, load=round(load, 2), foreign=round(foreign, 3))
+    report.update(label=label, load=round(load, 2), foreign=round(foreign, 3), server_cpu_s=round((srv1 - srv0) / hz, 2),
+                  bench_cpu_s=round(kids1 - kids0, 2), wall_s=round(t1 - t0, 2))
     return report
 
 
@@ -147,6 +237,9 @@ def wait_quiet(share, patience=1800):
 
 def run(opts):
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
+    if any(server_args is REDIS for group in opts.only for _, server_args, _ in GROUPS[group]):
+        ensure_redis()
+    raise_nofile()
     servers = opts.server or [os.path.join(BIN, "mboard-server")]
     data = tempfile.mkdtemp(prefix="mboard-bench-v2.")
     try:
@@ -161,8 +254,9 @@ def run(opts):
                     results = []
                     for label, server_args, bench_args in runs[k:] + runs[:k]:
                         order = servers if rnd % 2 else list(reversed(servers))
-                        for binary in order:
-                            tag = label if len(servers) == 1 else f"{label}@{servers.index(binary)}"
+                        # The peer's runs do not depend on the mboard build: once each.
+                        for binary in order[:1] if server_args is REDIS else order:
+                            tag = label if len(servers) == 1 or server_args is REDIS else f"{label}@{servers.index(binary)}"
                             r = measure(binary, tag, server_args, bench_args, opts.duration, os.path.join(data, "board"))
                             r["round"] = rnd
                             results.append(r)
@@ -179,6 +273,12 @@ def run(opts):
 
 def fmt(x, digits=0):
     return f"{x:,.{digits}f}"
+
+
+def cpu(r):
+    """The server's CPU time over the run's wall time, as a share of one core (older
+    records have neither)."""
+    return f"{r['server_cpu_s'] / r['wall_s']:.0%}" if "server_cpu_s" in r else "?"
 
 
 def summary(opts):
@@ -205,16 +305,39 @@ def summary(opts):
                   f"{fmt(o['p50_us'])} / {fmt(o['p99_us'])} | {fmt(e['p50_us'])} / {fmt(e['p99_us'])} |")
         print()
 
-    for base, with_ in (("follow-0", "follow-1000"), ("follow-once-0", "follow-once-1000")):
+    def median_of(rows, f):
+        return statistics.median(f(x, y) for x, y in rows)
+
+    pairs = {}
+    for base, with_ in (("follow-0", "follow-1000"), ("follow-once-0", "follow-once-1000"), ("redis-follow-0", "redis-follow-1000")):
         b, w = by(base), by(with_)
-        if not w:
+        rows = [(b[rnd], w[rnd]) for rnd in sorted(w) if rnd in b]
+        if not rows:
             continue
-        print(f"| round | foreign CPU | {base}/s | {with_}/s | ratio | publish p99 µs, 0 / 1000 | publish resends | follower p50 / p99 µs | unseen | follower reads/s | replies/s | offers |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for rnd in sorted(w):
-            x, y = b[rnd], w[rnd]
-            print(f"| {rnd} | {x['foreign']:.0%} / {y['foreign']:.0%} | {fmt(x['rate'])} | {fmt(y['rate'])} | {y['rate'] / x['rate']:.3f} | {fmt(x['p99_us'])} / {fmt(y['p99_us'])} | {y['timeouts']:,} | "
-                  f"{fmt(y['follow_p50_us'])} / {fmt(y['follow_p99_us'])} | {y['follow_unseen']:,} of {y['follow_unseen'] + y['follow_samples']:,} | {fmt(y['follow_messages_per_s'])} | {fmt(y['follow_replies_per_s'])} | {y['follow_offers']:,} |")
+        pairs[base] = dict(zip(sorted(rnd for rnd in w if rnd in b), rows))
+        print(f"| round | load | foreign CPU | {base}/s | {with_}/s | ratio | publish p99 µs, 0 / 1000 | publish resends | follower p50 / p99 µs | unseen | follower reads/s | replies/s | offers | server CPU (of one core), 0 / 1000 |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for x, y in rows:
+            print(f"| {y['round']} | {x['load']} / {y['load']} | {x['foreign']:.0%} / {y['foreign']:.0%} | {fmt(x['rate'])} | {fmt(y['rate'])} | {y['rate'] / x['rate']:.3f} | {fmt(x['p99_us'])} / {fmt(y['p99_us'])} | {y['timeouts']:,} | "
+                  f"{fmt(y['follow_p50_us'])} / {fmt(y['follow_p99_us'])} | {y['follow_unseen']:,} of {y['follow_unseen'] + y['follow_samples']:,} | {fmt(y['follow_messages_per_s'])} | {fmt(y['follow_replies_per_s'])} | {y['follow_offers']:,} | "
+                  f"{cpu(x)} / {cpu(y)} |")
+        print(f"| median | | | {fmt(median_of(rows, lambda x, y: x['rate']))} | {fmt(median_of(rows, lambda x, y: y['rate']))} | {median_of(rows, lambda x, y: y['rate'] / x['rate']):.3f} | | | "
+              f"{fmt(median_of(rows, lambda x, y: y['follow_p50_us']))} / {fmt(median_of(rows, lambda x, y: y['follow_p99_us']))} | "
+              f"{median_of(rows, lambda x, y: y['follow_unseen'] / max(1, y['follow_unseen'] + y['follow_samples'])):.0%} | | | | |")
+        print()
+
+    ours, peer = pairs.get("follow-0", {}), pairs.get("redis-follow-0", {})
+    both = sorted(set(ours) & set(peer))
+    if both:
+        print("| round | mboard 1000/0 | Redis 1000/0 | mboard / Redis publishes/s, 0 followers | 1000 followers | follower p50 µs, mboard / Redis | follower p99 µs, mboard / Redis |")
+        print("|---|---|---|---|---|---|---|")
+        for rnd in both:
+            (m0, m1), (r0, r1) = ours[rnd], peer[rnd]
+            print(f"| {rnd} | {m1['rate'] / m0['rate']:.3f} | {r1['rate'] / r0['rate']:.3f} | {m0['rate'] / r0['rate']:.2f} | {m1['rate'] / r1['rate']:.2f} | "
+                  f"{fmt(m1['follow_p50_us'])} / {fmt(r1['follow_p50_us'])} | {fmt(m1['follow_p99_us'])} / {fmt(r1['follow_p99_us'])} |")
+        med = lambda f: statistics.median(f(ours[rnd], peer[rnd]) for rnd in both)
+        print(f"| median | {med(lambda m, r: m[1]['rate'] / m[0]['rate']):.3f} | {med(lambda m, r: r[1]['rate'] / r[0]['rate']):.3f} | "
+              f"{med(lambda m, r: m[0]['rate'] / r[0]['rate']):.2f} | {med(lambda m, r: m[1]['rate'] / r[1]['rate']):.2f} | | |")
         print()
 
     labels = sorted({r["label"] for r in runs if "rate" in r["label"].split("-")}, key=lambda l: (l.split("@")[-1], l))

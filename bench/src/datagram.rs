@@ -16,7 +16,7 @@ use uuid::Builder;
 use crate::follow;
 use crate::report::Tally;
 use crate::run::Window;
-use crate::scenario::{self, Load, Scenario};
+use crate::scenario::{self, Load, Pace, Scenario};
 
 /// A request unanswered this long, resends included, counts as failed.
 pub(crate) const GIVE_UP: Duration = Duration::from_secs(5);
@@ -134,8 +134,8 @@ struct Publisher {
     /// late answer to a resend, not the answer to the current publish.
     last: Option<MessageId>,
     request: Vec<u8>,
-    /// Time between this client's publishes when paced, and when the next is due.
-    pace: Option<(Duration, tokio::time::Instant)>,
+    /// When this client's next publish is due, when paced.
+    pace: Option<Pace>,
 }
 
 impl Publisher {
@@ -146,13 +146,7 @@ impl Publisher {
             Scenario::Follow(f) => (f.size, f.once, f.rate.map(|r| (r, clients))),
             _ => return None,
         };
-        // Each of `clients` publishers takes its share of the rate, starting at a
-        // different point of its period so that the publishes spread out.
-        let pace = rate.map(|(rate, clients)| {
-            let period = Duration::from_secs_f64(clients.max(1) as f64 / rate as f64);
-            let offset = period.mul_f64(c as f64 / clients.max(1) as f64);
-            (period, tokio::time::Instant::now() + offset)
-        });
+        let pace = rate.map(|(rate, clients)| Pace::new(c, clients, rate));
         Some(Publisher {
             text: scenario::text(c, size),
             tokens: once.then(|| StdRng::from_rng(&mut rand::rng())),
@@ -162,11 +156,10 @@ impl Publisher {
         })
     }
 
-    /// Waits for this publisher's next slot, when paced; a slot missed is not made up.
+    /// Waits for this publisher's next slot, when paced.
     async fn pace(&mut self) {
-        if let Some((period, next)) = &mut self.pace {
-            tokio::time::sleep_until(*next).await;
-            *next = (*next + *period).max(tokio::time::Instant::now());
+        if let Some(pace) = &mut self.pace {
+            pace.wait().await;
         }
     }
 

@@ -8,6 +8,7 @@ mod echo;
 mod follow;
 mod jetstream;
 mod lag;
+mod redis_follow;
 mod report;
 mod run;
 mod scenario;
@@ -105,6 +106,32 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         rate: Option<u64>,
     },
+    /// The follower scenario against the peer, Redis streams: publishers `XADD` at full rate
+    /// to a stream made for the run (deleted after), while followers each loop on `XREAD
+    /// BLOCK <wait> STREAMS <stream> <last id seen>` on a connection of their own (each is
+    /// an open file: 1,000 followers need `ulimit -n` above 1,100). Reports what `follow`
+    /// does.
+    RedisFollow {
+        /// The Redis server.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// Text bytes.
+        #[arg(long, default_value = "16", value_parser = parse_size)]
+        size: usize,
+        /// Follower connections, each with one `XREAD BLOCK` outstanding (0: publishers
+        /// alone, the baseline).
+        #[arg(long, default_value_t = 1_000)]
+        followers: usize,
+        /// `COUNT` of each `XREAD` (0 = none: everything after the last id seen).
+        #[arg(long, default_value_t = 0)]
+        max: u64,
+        /// `BLOCK` of each `XREAD`.
+        #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        /// Publishes per second, all publishers together, instead of full rate.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        rate: Option<u64>,
+    },
     /// The clustered store's baseline: JetStream's own publishes from `async-nats`, at the
     /// same concurrency, on a stream created for the run (and deleted after).
     Jetstream {
@@ -180,7 +207,7 @@ fn main() -> Result<()> {
             once,
             followers,
             max,
-            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            wait_ms: millis(wait),
             rate,
             start: 0,
         }),
@@ -193,6 +220,25 @@ fn main() -> Result<()> {
             size,
         } => return jetstream(&args, nats, replicas, size),
         Command::Lag => return lag(&args),
+        Command::RedisFollow {
+            ref redis,
+            size,
+            followers,
+            max,
+            wait,
+            rate,
+        } => {
+            let spec = Follow {
+                size,
+                once: false,
+                followers,
+                max,
+                wait_ms: millis(wait),
+                rate,
+                start: 0,
+            };
+            return redis_follow(&args, redis, &spec);
+        }
     };
     closed_loop(&args, &scenario)
 }
@@ -219,6 +265,26 @@ fn closed_loop(args: &Args, scenario: &Scenario) -> Result<()> {
         (Some(echo), false) => report::compare_lines(&report, echo),
     };
     println!("{out}");
+    Ok(())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The follower scenario against Redis: a loop of its own, against Redis rather than a
+/// server.
+fn redis_follow(args: &Args, url: &str, spec: &Follow) -> Result<()> {
+    let load = args.load(vec![SocketAddr::from(([127, 0, 0, 1], 0))]);
+    let report = redis_follow::run(url, &load, spec)?;
+    println!(
+        "{}",
+        if args.json {
+            report.json()
+        } else {
+            report.line()
+        }
+    );
     Ok(())
 }
 
@@ -287,4 +353,78 @@ fn echo(args: &Args) -> Result<Report> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let addr = echo::start(cores).context("start echo server")?;
     Ok(run::run(&args.load(vec![addr]), &Scenario::Echo)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(words: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("mboard-bench").chain(words.iter().copied()))
+    }
+
+    #[test]
+    fn redis_follow_defaults_mirror_follow() {
+        let args = parse(&["redis-follow"]).expect("parses");
+        let Command::RedisFollow {
+            redis,
+            size,
+            followers,
+            max,
+            wait,
+            rate,
+        } = args.scenario
+        else {
+            panic!("not redis-follow: {:?}", args.scenario);
+        };
+        assert_eq!(redis, "redis://127.0.0.1:6379");
+        assert_eq!((size, followers, max, rate), (16, 1_000, 0, None));
+        assert_eq!(millis(wait), 25_000);
+        assert_eq!(args.clients, 32);
+    }
+
+    #[test]
+    fn redis_follow_takes_its_options_and_refuses_bad_ones() {
+        let args = parse(&[
+            "--duration",
+            "5s",
+            "redis-follow",
+            "--redis",
+            "redis://127.0.0.1:6391",
+            "--followers",
+            "0",
+            "--max",
+            "10",
+            "--wait",
+            "2s",
+            "--rate",
+            "200",
+        ])
+        .expect("parses");
+        assert_eq!(args.duration, Duration::from_secs(5));
+        let Command::RedisFollow {
+            redis,
+            followers,
+            max,
+            wait,
+            rate,
+            ..
+        } = args.scenario
+        else {
+            panic!("not redis-follow: {:?}", args.scenario);
+        };
+        assert_eq!(redis, "redis://127.0.0.1:6391");
+        assert_eq!(
+            (followers, max, millis(wait), rate),
+            (0, 10, 2_000, Some(200))
+        );
+        for bad in [
+            &["redis-follow", "--rate", "0"][..],
+            &["redis-follow", "--followers", "-1"],
+            &["redis-follow", "--wait", "soon"],
+            &["redis-follow", "--size", "16XB"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
 }

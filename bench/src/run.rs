@@ -107,6 +107,17 @@ impl Window {
     }
 }
 
+/// A runtime of as many threads as cores. Datagram scenarios run as tasks on one: 32
+/// blocking threads on two cores would measure the load generator's context switches
+/// instead of the server.
+pub(crate) fn small_runtime() -> io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .enable_all()
+        .build()
+}
+
 /// The clients of one run, whichever way they run.
 struct Clients {
     runtime: tokio::runtime::Runtime,
@@ -121,16 +132,7 @@ struct Clients {
 
 impl Clients {
     fn start(load: &Load, scenario: &Scenario, window: &Arc<Window>) -> io::Result<Self> {
-        // Datagram scenarios run as tasks on one small runtime: 32 blocking threads on two
-        // cores would measure the load generator's context switches instead of the server.
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let build = || {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(cores)
-                .enable_all()
-                .build()
-        };
-        let runtime = build()?;
+        let runtime = small_runtime()?;
         let mut clients = Clients {
             runtime,
             follow_runtime: None,
@@ -141,7 +143,7 @@ impl Clients {
         };
         if let Scenario::Follow(spec) = scenario {
             let shared = Arc::new(follow::Shared::new(spec.start));
-            let follow_runtime = build()?;
+            let follow_runtime = small_runtime()?;
             for _ in 0..spec.followers {
                 let (load, spec) = (load.clone(), spec.clone());
                 let (shared, window) = (shared.clone(), window.clone());

@@ -34,6 +34,9 @@ pub(crate) enum Scenario {
     /// Publishers as in `publish` or `publish-once` at full rate, while followers hold
     /// `6:` requests and re-arm them as they are answered.
     Follow(Follow),
+    /// The follower scenario against Redis streams (`XADD`, `XREAD BLOCK`), the peer; `once`
+    /// does not apply (`XADD` has no token) and followers start on an empty stream.
+    RedisFollow(Follow),
     /// JetStream's own publish, straight from `async-nats` (the clustered store's baseline).
     JetStream {
         /// Text bytes.
@@ -68,6 +71,7 @@ impl Scenario {
             Scenario::Publish { .. } => "publish",
             Scenario::PublishOnce { .. } => "publish-once",
             Scenario::Follow(_) => "follow",
+            Scenario::RedisFollow(_) => "redis-follow",
             Scenario::JetStream { .. } => "jetstream",
             Scenario::PublishSession { .. } => "publish-session",
             Scenario::Upload { .. } => "upload",
@@ -120,6 +124,32 @@ pub(crate) struct Load {
     pub(crate) warmup: Duration,
     /// Resend a single-datagram request after this long without a reply.
     pub(crate) resend: Duration,
+}
+
+/// The slots of one of `clients` publishers that share `rate` publishes a second.
+#[derive(Debug)]
+pub(crate) struct Pace {
+    period: Duration,
+    next: tokio::time::Instant,
+}
+
+impl Pace {
+    /// Publisher `c`'s share: each starts at a different point of its period so that the
+    /// publishes spread out.
+    pub(crate) fn new(c: usize, clients: usize, rate: u64) -> Self {
+        let period = Duration::from_secs_f64(clients.max(1) as f64 / rate.max(1) as f64);
+        let offset = period.mul_f64(c as f64 / clients.max(1) as f64);
+        Pace {
+            period,
+            next: tokio::time::Instant::now() + offset,
+        }
+    }
+
+    /// Waits for the next slot; a slot missed is not made up.
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep_until(self.next).await;
+        self.next = (self.next + self.period).max(tokio::time::Instant::now());
+    }
 }
 
 /// The byte client `c` fills its texts with, so that concurrent publishes differ.

@@ -10,6 +10,7 @@ pub mod nginx;
 mod peer;
 mod process;
 pub mod proxy;
+pub mod redis;
 mod scrape;
 mod server;
 

@@ -30,7 +30,7 @@ const SAMPLE_EVERY: u64 = 16;
 
 /// How long followers may go on reading after the publishers stop, to see what was
 /// published in the measured window; what they have not seen by then counts as unseen.
-const DRAIN: Duration = Duration::from_secs(2);
+pub(crate) const DRAIN: Duration = Duration::from_secs(2);
 
 /// How long a follower answered `4:busy` waits before asking again.
 const BUSY_PAUSE: Duration = Duration::from_millis(10);
@@ -67,15 +67,33 @@ impl Shared {
         }
     }
 
-    fn nanos(&self) -> u64 {
+    /// Now, as the times kept here are.
+    pub(crate) fn nanos(&self) -> u64 {
         self.origin.elapsed().as_nanos() as u64
+    }
+
+    /// The newest id a publisher has been told.
+    pub(crate) fn newest(&self) -> u64 {
+        self.newest.load(Ordering::Relaxed)
     }
 
     /// A publisher was just told `id`.
     pub(crate) fn published(&self, mine: &mut Published, id: MessageId, window: &Window) {
-        self.newest.fetch_max(id.0, Ordering::Relaxed);
-        if window.is_measuring() && sampled(id.0) {
-            mine.0.push((id.0, self.nanos()));
+        self.published_key(mine, id.0, sampled(id.0), window);
+    }
+
+    /// A publisher was just told the id that `key` stands for (keys in the order of the
+    /// ids), to be timed if `sample`.
+    pub(crate) fn published_key(
+        &self,
+        mine: &mut Published,
+        key: u64,
+        sample: bool,
+        window: &Window,
+    ) {
+        self.newest.fetch_max(key, Ordering::Relaxed);
+        if window.is_measuring() && sample {
+            mine.0.push((key, self.nanos()));
         }
     }
 

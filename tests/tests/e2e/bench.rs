@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+use mboard_tests::redis::RedisServer;
 use mboard_tests::{TestServer, binary, gate, vacant_addr};
 
 pub(crate) fn bench(server: Option<std::net::SocketAddr>, args: &[&str]) -> String {
@@ -82,15 +83,20 @@ fn follow(server: std::net::SocketAddr, args: &[&str]) -> String {
     assert!(field(&json, "operations") > 0.0, "{json}");
     assert_eq!(field(&json, "errors"), 0.0, "{json}");
     assert_eq!(field(&json, "follow_errors"), 0.0, "{json}");
-    assert!(field(&json, "follow_samples") > 0.0, "{json}");
+    followers_saw_everything(&json);
+    json
+}
+
+/// The followers' side of a small run: sampled publishes timed, all of them read.
+fn followers_saw_everything(json: &str) {
+    assert!(field(json, "follow_samples") > 0.0, "{json}");
     // Followers drain after the publishers stop: a small run leaves nothing unread.
-    assert_eq!(field(&json, "follow_unseen"), 0.0, "{json}");
+    assert_eq!(field(json, "follow_unseen"), 0.0, "{json}");
     assert!(
-        field(&json, "follow_p99_us") >= field(&json, "follow_p50_us"),
+        field(json, "follow_p99_us") >= field(json, "follow_p50_us"),
         "{json}"
     );
-    assert!(field(&json, "follow_messages_per_s") > 0.0, "{json}");
-    json
+    assert!(field(json, "follow_messages_per_s") > 0.0, "{json}");
 }
 
 #[test]
@@ -174,5 +180,67 @@ fn a_run_whose_operations_fail_says_why() {
             "\"first_error\":\"text too large: 20000 bytes, the server takes at most 9961\""
         ),
         "{json}"
+    );
+}
+
+/// Checks a `redis-follow` run's report as [`follow`] checks mboard's. Returns the JSON.
+fn redis_follow(redis: &RedisServer, args: &[&str]) -> String {
+    let json = bench(
+        None,
+        &[&["redis-follow", "--redis", &redis.url()][..], args].concat(),
+    );
+    assert!(json.starts_with("{\"scenario\":\"redis-follow\""), "{json}");
+    assert!(field(&json, "operations") > 0.0, "{json}");
+    assert_eq!(field(&json, "errors"), 0.0, "{json}");
+    assert_eq!(field(&json, "follow_errors"), 0.0, "{json}");
+    assert!(!json.contains("first_error"), "{json}");
+    json
+}
+
+#[test]
+fn redis_follow_reports_publishes_and_follower_latency_against_a_real_redis() {
+    // mboard-bench is a load generator.
+    let _gate = gate::load();
+    let redis = RedisServer::start();
+    for args in [
+        &["--followers", "20"][..],
+        &["--followers", "20", "--max", "8", "--wait", "2s"],
+        &["--followers", "20", "--rate", "2000"],
+    ] {
+        let json = redis_follow(&redis, args);
+        assert_eq!(field(&json, "followers"), 20.0, "{json}");
+        followers_saw_everything(&json);
+        assert!(field(&json, "follow_replies_per_s") > 0.0, "{json}");
+    }
+    // The baseline: the same publishers with nobody following.
+    let json = redis_follow(&redis, &["--followers", "0"]);
+    assert_eq!(field(&json, "follow_samples"), 0.0, "{json}");
+}
+
+#[test]
+fn an_absent_redis_is_an_error_not_a_zero() {
+    let _gate = gate::plain();
+    let free = vacant_addr();
+    let out = Command::new(binary("mboard-bench"))
+        .args(["--duration", "100ms", "redis-follow", "--redis"])
+        .arg(format!("redis://{free}"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("connect to Redis at redis://{free}")),
+        "{stderr}"
+    );
+    let out = Command::new(binary("mboard-bench"))
+        .args(["redis-follow", "--redis", "redis://127.0.0.1:6379/3"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("without user, password or database"),
+        "{stderr}"
     );
 }
