@@ -96,7 +96,8 @@ pub(crate) fn run(
 }
 
 /// Prints where the stream and the connection are, when a placement was asked for, and
-/// refuses a leader elsewhere.
+/// refuses a leader elsewhere. On stderr: stdout is the report, which scripts parse.
+#[allow(clippy::print_stderr)]
 async fn check(
     js: &jetstream::Context,
     name: &str,
@@ -108,21 +109,23 @@ async fn check(
         return Ok(());
     }
     let at = place::locate(js, name).await?;
-    eprintln!("jetstream {when}: {at}; connected to {node}");
-    match &target.leader {
-        Some(leader) => at.expect(leader),
-        None => Ok(()),
+    if let Some(leader) = &target.leader {
+        at.expect(leader)?;
     }
+    eprintln!("jetstream {when}: {at}; connected to {node}");
+    Ok(())
 }
 
 /// `place`: creates the board stream if needed and moves its leader to `leader`
-/// (`check`: only looks, and refuses a leader elsewhere); prints where it is.
+/// (`check`: only looks, and refuses a leader elsewhere, or other than `consumers`
+/// consumers all on the leader, when given); prints where it is.
 pub(crate) fn place(
     nats: &str,
     stream: &str,
     replicas: usize,
     leader: &str,
     check: bool,
+    consumers: Option<usize>,
 ) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -132,6 +135,9 @@ pub(crate) fn place(
         let at = if check {
             let at = place::locate(&js, stream).await?;
             at.expect(leader)?;
+            if let Some(n) = consumers {
+                at.expect_consumers(n)?;
+            }
             at
         } else {
             place::place(&js, stream, replicas, leader).await?

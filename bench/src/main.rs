@@ -150,6 +150,10 @@ enum Command {
         /// missing.
         #[arg(long)]
         check: bool,
+        /// With `--check`: also refuse unless the stream has exactly this many consumers,
+        /// each on the stream's leader.
+        #[arg(long, requires = "check")]
+        consumers: Option<usize>,
     },
     /// Replication lag of a clustered board: publish on the first `--server`, time until a
     /// `6:` held on the second wakes (p50/p99 over `--duration`).
@@ -241,7 +245,8 @@ fn main() -> Result<()> {
             replicas,
             ref leader,
             check,
-        } => return jetstream::place(nats, stream, replicas, leader, check),
+            consumers,
+        } => return jetstream::place(nats, stream, replicas, leader, check, consumers),
         Command::Lag => return lag(&args),
     };
     closed_loop(&args, &scenario)

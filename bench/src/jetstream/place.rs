@@ -93,6 +93,20 @@ impl Where {
         }
         Ok(())
     }
+
+    /// Refuses a stream without exactly `n` consumers, each led by the stream's leader (an
+    /// mboard server's consumer lands on any replica; elsewhere than the leader, every
+    /// delivery to it takes one more hop).
+    pub(crate) fn expect_consumers(&self, n: usize) -> Result<()> {
+        let elsewhere = self.consumers.iter().any(|(_, on)| *on != self.leader);
+        if self.consumers.len() != n || elsewhere {
+            bail!(
+                "refusing to measure: {self}, not {n} consumers all on {} as intended",
+                self.leader
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Connects to the NATS URLs (comma-separated) and returns the client, its JetStream
@@ -303,5 +317,26 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn consumers_must_all_be_on_the_leader_and_as_many_as_asked() {
+        assert!(
+            at("n1", &[("a", "n1"), ("b", "n1")])
+                .expect_consumers(2)
+                .is_ok()
+        );
+        assert!(
+            at("n1", &[("a", "n1"), ("b", "n3")])
+                .expect_consumers(2)
+                .is_err()
+        );
+        assert!(at("n1", &[("a", "n1")]).expect_consumers(2).is_err());
+        assert!(at("n1", &[]).expect_consumers(0).is_ok());
+        let e = at("n1", &[("a", "n2")])
+            .expect_consumers(1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("not 1 consumers all on n1 as intended"), "{e}");
     }
 }
