@@ -117,11 +117,13 @@ done
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 declare -A before
-start_ticks() { local n; for n in "${nats[@]}"; do before[$n]=$(ticks "$n"); done; }
-print_ticks() {
+start_ticks() { local n; for n in "${nats[@]}" "$@"; do before[$n]=$(ticks "$n"); done; }
+print_ticks() { # print_ticks [MBOARD_PID...]
     local n
     echo -n "    cpu ticks: n1..n3"
     for n in "${nats[@]}"; do echo -n " $(($(ticks "$n") - before[$n]))"; done
+    (($#)) && echo -n "; mboard"
+    for n in "$@"; do echo -n " $(($(ticks "$n") - before[$n]))"; done
     echo
 }
 bench() { "$bin/mboard-bench" --clients 32 --duration "${DURATION:-5s}" --json "$@"; }
@@ -151,9 +153,11 @@ through_mboard() { # through_mboard R PLACE VIA: prints the report's JSON last
         perf=$!
         perf_done=1
     fi
-    start_ticks
+    # shellcheck disable=SC2086 # the pair's pids, one word each
+    start_ticks ${mboard[$r-$p]}
     out=$(bench --server "${servers[$r-$p]}" publish-once)
-    print_ticks >&2
+    # shellcheck disable=SC2086
+    print_ticks ${mboard[$r-$p]} >&2
     [[ -z $perf ]] || wait "$perf" || true
     echo "    mboard 5:  $out" >&2
     echo -n "    mboard after: " >&2; place --stream "board-r$r-$p" --check --consumers "$m" >&2
