@@ -14,7 +14,8 @@
 # server whose replica's consumer JetStream put on another node than the leader is
 # restarted until it is on the leader. Around every measurement it prints which node
 # leads each stream (and its consumers) and which node each connection goes to, and
-# stops, non-zero with one line, if that is not as intended. It also prints the CPU ticks (10 ms) each NATS node spent in the run.
+# stops, non-zero with one line, if that is not as intended. It also prints the CPU ticks
+# (10 ms) each NATS node (and, in the mboard runs, each mboard server) spent in the run.
 # PERF=1 records the first mboard server of the first pair with `perf record -g` into
 # /tmp/mboard-publish.perf during its first run.
 set -euo pipefail
