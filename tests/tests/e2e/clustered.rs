@@ -270,21 +270,10 @@ fn the_bench_places_streams_and_refuses_a_mismatched_pair() {
     let _gate = gate::load();
     let nats = NatsCluster::start(3);
     let bench = |args: &[&str]| {
-        std::process::Command::new(mboard_tests::binary("mboard-bench"))
-            .args([
-                "--clients",
-                "4",
-                "--duration",
-                "300ms",
-                "--warmup",
-                "100ms",
-                "--json",
-            ])
-            .args(args)
-            .env("RUST_BACKTRACE", "0")
-            .env("RUST_LIB_BACKTRACE", "0")
-            .output()
-            .expect("run mboard-bench")
+        crate::bench::run(
+            std::process::Command::new(mboard_tests::binary("mboard-bench")),
+            args,
+        )
     };
     let text = |out: &std::process::Output| {
         format!(
@@ -327,17 +316,20 @@ fn the_bench_places_streams_and_refuses_a_mismatched_pair() {
         text(&moved)
     );
 
-    let baseline = bench(&[
-        "jetstream",
-        "--nats",
-        &n1,
-        "--stream",
-        "placed3",
-        "--leader",
-        "n3",
-        "--via",
-        "n1",
-    ]);
+    let baseline_on_placed3 = |leader: &str, via: &str| {
+        bench(&[
+            "jetstream",
+            "--nats",
+            &n1,
+            "--stream",
+            "placed3",
+            "--leader",
+            leader,
+            "--via",
+            via,
+        ])
+    };
+    let baseline = baseline_on_placed3("n3", "n1");
     assert!(baseline.status.success(), "{}", text(&baseline));
     let report = String::from_utf8_lossy(&baseline.stdout).into_owned();
     assert!(
@@ -352,39 +344,16 @@ fn the_bench_places_streams_and_refuses_a_mismatched_pair() {
             && said.contains("connected to n1"),
         "{said}"
     );
-    for (args, why) in [
+    for ((leader, via), why) in [
         (
-            [
-                "jetstream",
-                "--nats",
-                &n1,
-                "--stream",
-                "placed3",
-                "--leader",
-                "n2",
-                "--via",
-                "n1",
-            ],
+            ("n2", "n1"),
             "refusing to measure: stream placed3 led by n3",
         ),
-        (
-            [
-                "jetstream",
-                "--nats",
-                &n1,
-                "--stream",
-                "placed3",
-                "--leader",
-                "n3",
-                "--via",
-                "n2",
-            ],
-            "refusing to measure: connected to n1",
-        ),
+        (("n3", "n2"), "refusing to measure: connected to n1"),
     ] {
-        let out = bench(&args);
+        let out = baseline_on_placed3(leader, via);
         let said = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!out.status.success(), "{args:?}");
+        assert!(!out.status.success(), "--leader {leader} --via {via}");
         assert!(
             said.contains(why) && said.trim().lines().count() == 1,
             "{said}"
