@@ -1,12 +1,15 @@
 //! The clustered store's baseline: JetStream's own publish rate, from `async-nats`, at the
 //! same concurrency and with what mboard sends (three headers and a message id), each
 //! publish awaiting its acknowledgement. It publishes to a stream of its own, created for
-//! the run and deleted after it.
+//! the run and deleted after it, or to an existing one placed by `place` (the same
+//! configuration as a board's, its leader on a chosen node), checked before and after.
+
+mod place;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
@@ -15,37 +18,55 @@ use crate::report::{Report, Tally};
 use crate::run::{Window, windows};
 use crate::scenario::{self, Load, Scenario};
 
-/// Publishes through JetStream at `nats` on a new stream of `replicas` for the run.
-pub(crate) fn run(nats: &str, replicas: usize, load: &Load, size: usize) -> Result<Report> {
+/// Where the baseline publishes and what it insists on before measuring.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Target {
+    /// An existing stream (taking `<name>.messages`) instead of a new one.
+    pub(crate) stream: Option<String>,
+    /// The NATS node the stream's leader must be on, before and after the run.
+    pub(crate) leader: Option<String>,
+    /// The NATS node the connection must go to.
+    pub(crate) via: Option<String>,
+}
+
+/// Publishes through JetStream at `nats` on a new stream of `replicas` for the run, or on
+/// `target`'s stream; placement lines go to stderr.
+pub(crate) fn run(
+    nats: &str,
+    replicas: usize,
+    target: &Target,
+    load: &Load,
+    size: usize,
+) -> Result<Report> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let urls: Vec<async_nats::ServerAddr> = nats
-            .split(',')
-            .map(|u| {
-                u.trim()
-                    .parse()
-                    .with_context(|| format!("bad NATS URL {u:?}"))
-            })
-            .collect::<Result<_>>()?;
-        let client = async_nats::connect(urls).await.context("connect to NATS")?;
-        let js = jetstream::ContextBuilder::new()
-            .timeout(Duration::from_secs(5))
-            .build(client);
-        let name = format!("mboard-bench-{}", std::process::id());
-        let subject = format!("{name}.messages");
-        let config = stream::Config {
-            name: name.clone(),
-            subjects: vec![subject.clone()],
-            num_replicas: replicas,
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
+        let (_client, js, node) = place::connect(nats).await?;
+        if let Some(via) = &target.via
+            && *via != node
+        {
+            bail!("refusing to measure: connected to {node} through {nats}, not to {via}");
+        }
+        let (name, subject, own) = match &target.stream {
+            Some(name) => (name.clone(), place::subject(name), false),
+            None => {
+                let name = format!("mboard-bench-{}", std::process::id());
+                let subject = format!("{name}.messages");
+                js.create_stream(stream::Config {
+                    name: name.clone(),
+                    subjects: vec![subject.clone()],
+                    num_replicas: replicas,
+                    storage: stream::StorageType::File,
+                    duplicate_window: Duration::from_secs(120),
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("create stream {name}"))?;
+                (name, subject, true)
+            }
         };
-        js.create_stream(config)
-            .await
-            .with_context(|| format!("create stream {name}"))?;
+        check(&js, &name, &node, target, "before").await?;
         let window = Arc::new(Window::default());
         let text = Bytes::from(scenario::text(0, size));
         let tasks: Vec<_> = (0..load.clients)
@@ -61,13 +82,68 @@ pub(crate) fn run(nats: &str, replicas: usize, load: &Load, size: usize) -> Resu
         for t in tasks {
             all.merge(t.await?);
         }
-        let _ = js.delete_stream(&name).await;
+        check(&js, &name, &node, target, "after").await?;
+        if own {
+            let _ = js.delete_stream(&name).await;
+        }
         Ok(Report::new(
             load,
             &Scenario::JetStream { size },
             seconds,
             all,
         ))
+    })
+}
+
+/// Prints where the stream and the connection are, when a placement was asked for, and
+/// refuses a leader elsewhere. On stderr: stdout is the report, which scripts parse.
+#[allow(clippy::print_stderr)]
+async fn check(
+    js: &jetstream::Context,
+    name: &str,
+    node: &str,
+    target: &Target,
+    when: &str,
+) -> Result<()> {
+    if target.leader.is_none() && target.via.is_none() {
+        return Ok(());
+    }
+    let at = place::locate(js, name).await?;
+    if let Some(leader) = &target.leader {
+        at.expect(leader)?;
+    }
+    eprintln!("jetstream {when}: {at}; connected to {node}");
+    Ok(())
+}
+
+/// `place`: creates the board stream if needed and moves its leader to `leader`
+/// (`check`: only looks, and refuses a leader elsewhere, or other than `consumers`
+/// consumers all on the leader, when given); prints where it is.
+pub(crate) fn place(
+    nats: &str,
+    stream: &str,
+    replicas: usize,
+    leader: &str,
+    check: bool,
+    consumers: Option<usize>,
+) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (_client, js, node) = place::connect(nats).await?;
+        let at = if check {
+            let at = place::locate(&js, stream).await?;
+            at.expect(leader)?;
+            if let Some(n) = consumers {
+                at.expect_consumers(n)?;
+            }
+            at
+        } else {
+            place::place(&js, stream, replicas, leader).await?
+        };
+        println!("{at}; asked through {node}");
+        Ok(())
     })
 }
 

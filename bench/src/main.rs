@@ -144,6 +144,43 @@ enum Command {
         /// Text bytes.
         #[arg(long, default_value = "16", value_parser = parse_size)]
         size: usize,
+        /// Publish to this existing stream (made by `place`, taking `<name>.messages`)
+        /// instead of one created for the run; it is kept.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Refuse to measure unless the stream's leader is this NATS node (its
+        /// `server_name`), before and after the run; prints where the stream is.
+        #[arg(long)]
+        leader: Option<String>,
+        /// Refuse to measure unless the connection goes to this NATS node.
+        #[arg(long)]
+        via: Option<String>,
+    },
+    /// Creates a stream as mboard-server creates its board's (at its default options), if
+    /// it does not exist, and moves its leader to one NATS node: R1 by the node's
+    /// `server_tags` (`node:<name>`), R3 by stepping the leader down until it lands there.
+    /// Prints where the stream and its consumers are.
+    Place {
+        /// NATS URLs, comma-separated.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        /// The stream's name.
+        #[arg(long)]
+        stream: String,
+        /// The stream's replicas, when created.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+        /// The NATS node (`server_name`) to lead it.
+        #[arg(long)]
+        leader: String,
+        /// Only look: refuse (exit non-zero) if the leader is elsewhere or the stream is
+        /// missing.
+        #[arg(long)]
+        check: bool,
+        /// With `--check`: also refuse unless the stream has exactly this many consumers,
+        /// each on the stream's leader.
+        #[arg(long, requires = "check")]
+        consumers: Option<usize>,
     },
     /// Replication lag of a clustered board: publish on the first `--server`, time until a
     /// `6:` held on the second wakes (p50/p99 over `--duration`).
@@ -218,7 +255,25 @@ fn main() -> Result<()> {
             ref nats,
             replicas,
             size,
-        } => return jetstream(&args, nats, replicas, size),
+            ref stream,
+            ref leader,
+            ref via,
+        } => {
+            let target = jetstream::Target {
+                stream: stream.clone(),
+                leader: leader.clone(),
+                via: via.clone(),
+            };
+            return jetstream(&args, nats, replicas, &target, size);
+        }
+        Command::Place {
+            ref nats,
+            ref stream,
+            replicas,
+            ref leader,
+            check,
+            consumers,
+        } => return jetstream::place(nats, stream, replicas, leader, check, consumers),
         Command::Lag => return lag(&args),
         Command::RedisFollow {
             ref redis,
@@ -289,9 +344,15 @@ fn redis_follow(args: &Args, url: &str, spec: &Follow) -> Result<()> {
 }
 
 /// JetStream's own publish rate: a loop of its own, against NATS rather than a server.
-fn jetstream(args: &Args, nats: &str, replicas: usize, size: usize) -> Result<()> {
+fn jetstream(
+    args: &Args,
+    nats: &str,
+    replicas: usize,
+    target: &jetstream::Target,
+    size: usize,
+) -> Result<()> {
     let load = args.load(vec![SocketAddr::from(([127, 0, 0, 1], 0))]);
-    let report = jetstream::run(nats, replicas, &load, size)?;
+    let report = jetstream::run(nats, replicas, target, &load, size)?;
     println!(
         "{}",
         if args.json {

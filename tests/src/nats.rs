@@ -85,8 +85,9 @@ impl NatsCluster {
         let node = &self.nodes[i];
         let store = self.dir.path().join(&node.name).join("js");
         let mut config = format!(
-            "server_name: {}\nlisten: \"127.0.0.1:{}\"\nmax_payload: 17MB\n\
+            "server_name: {}\nserver_tags: [\"node:{}\"]\nlisten: \"127.0.0.1:{}\"\nmax_payload: 17MB\n\
              jetstream {{ store_dir: \"{}\", max_memory_store: 256MB, max_file_store: 4GB }}\n{}\n",
+            node.name,
             node.name,
             node.client_port,
             store.display(),

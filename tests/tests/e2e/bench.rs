@@ -10,26 +10,33 @@ pub(crate) fn bench(server: Option<std::net::SocketAddr>, args: &[&str]) -> Stri
     if let Some(server) = server {
         cmd.args(["--server", &server.to_string()]);
     }
-    let out = cmd
-        .args([
-            "--clients",
-            "4",
-            "--duration",
-            "300ms",
-            "--warmup",
-            "100ms",
-            "--json",
-        ])
-        .args(args)
-        .env_remove("MBOARD_SERVER")
-        .output()
-        .expect("run mboard-bench");
+    let out = run(cmd, args);
     assert!(
         out.status.success(),
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf8")
+}
+
+/// A short run of `mboard-bench` with `args` after the common ones, whatever its outcome
+/// (errors in one line, without a backtrace).
+pub(crate) fn run(mut cmd: Command, args: &[&str]) -> std::process::Output {
+    cmd.args([
+        "--clients",
+        "4",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "--json",
+    ])
+    .args(args)
+    .env_remove("MBOARD_SERVER")
+    .env("RUST_BACKTRACE", "0")
+    .env("RUST_LIB_BACKTRACE", "0")
+    .output()
+    .expect("run mboard-bench")
 }
 
 /// The number after `"key":` in a flat JSON object.

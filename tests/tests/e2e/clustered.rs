@@ -261,6 +261,143 @@ fn the_bench_measures_the_clustered_store() {
     );
 }
 
+/// `mboard-bench place` and `jetstream --stream --leader --via`, the placement-controlled
+/// baseline: streams led by the node asked for (checked over the NATS protocol here, not
+/// by the bench), a board stream an mboard server takes as it is, and refusals, in one
+/// line, of a leader, a connection or consumers elsewhere.
+#[test]
+fn the_bench_places_streams_and_refuses_a_mismatched_pair() {
+    let _gate = gate::load();
+    let nats = NatsCluster::start(3);
+    let bench = |args: &[&str]| {
+        crate::bench::run(
+            std::process::Command::new(mboard_tests::binary("mboard-bench")),
+            args,
+        )
+    };
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let (n1, n2) = (nats.url(0), nats.url(1));
+    let place = |stream: &str, replicas: &str, leader: &str| {
+        let out = bench(&[
+            "place",
+            "--nats",
+            &n1,
+            "--stream",
+            stream,
+            "--replicas",
+            replicas,
+            "--leader",
+            leader,
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    let r1 = place("placed1", "1", "n2");
+    assert!(r1.starts_with("stream placed1 led by n2"), "{r1}");
+    assert_eq!(nats.stream_leader(0, "placed1").as_deref(), Some("n2"));
+    let r3 = place("placed3", "3", "n3");
+    assert!(r3.starts_with("stream placed3 led by n3"), "{r3}");
+    assert_eq!(nats.stream_leader(0, "placed3").as_deref(), Some("n3"));
+    // Placed again where it is: nothing to do; an R1 stream elsewhere cannot move.
+    assert!(place("placed3", "3", "n3").contains("led by n3"));
+    let moved = bench(&[
+        "place", "--nats", &n1, "--stream", "placed1", "--leader", "n1",
+    ]);
+    assert!(!moved.status.success());
+    assert!(
+        text(&moved).contains("an R1 stream cannot move"),
+        "{}",
+        text(&moved)
+    );
+
+    let baseline_on_placed3 = |leader: &str, via: &str| {
+        bench(&[
+            "jetstream",
+            "--nats",
+            &n1,
+            "--stream",
+            "placed3",
+            "--leader",
+            leader,
+            "--via",
+            via,
+        ])
+    };
+    let baseline = baseline_on_placed3("n3", "n1");
+    assert!(baseline.status.success(), "{}", text(&baseline));
+    let report = String::from_utf8_lossy(&baseline.stdout).into_owned();
+    assert!(
+        crate::bench::field(&report, "operations") > 10.0,
+        "{report}"
+    );
+    assert_eq!(crate::bench::field(&report, "errors"), 0.0, "{report}");
+    let said = String::from_utf8_lossy(&baseline.stderr).into_owned();
+    assert!(
+        said.contains("jetstream before: stream placed3 led by n3")
+            && said.contains("jetstream after: stream placed3 led by n3")
+            && said.contains("connected to n1"),
+        "{said}"
+    );
+    for ((leader, via), why) in [
+        (
+            ("n2", "n1"),
+            "refusing to measure: stream placed3 led by n3",
+        ),
+        (("n3", "n2"), "refusing to measure: connected to n1"),
+    ] {
+        let out = baseline_on_placed3(leader, via);
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "--leader {leader} --via {via}");
+        assert!(
+            said.contains(why) && said.trim().lines().count() == 1,
+            "{said}"
+        );
+        assert!(out.stdout.is_empty(), "no report for a refused pair");
+    }
+
+    // The board stream is one mboard-server uses as it is; its consumer is on the only
+    // replica, so the check of one consumer on the leader passes, of two fails.
+    let server = ServerProcess::must_start(&[
+        "--nats",
+        &n2,
+        "--nats-stream",
+        "placed1",
+        "--nats-replicas",
+        "1",
+    ]);
+    assert!(id_of(&Peer::new(server.addr).ask_str("1:placed")) >= 1);
+    let check = |consumers: &str| {
+        bench(&[
+            "place",
+            "--nats",
+            &n2,
+            "--stream",
+            "placed1",
+            "--leader",
+            "n2",
+            "--check",
+            "--consumers",
+            consumers,
+        ])
+    };
+    assert!(eventually(Duration::from_secs(5), || check("1")
+        .status
+        .success()));
+    let two = check("2");
+    assert!(!two.status.success());
+    assert!(
+        text(&two).contains("not 2 consumers all on n2 as intended"),
+        "{}",
+        text(&two)
+    );
+}
+
 #[test]
 fn servers_started_together_agree_on_one_new_stream() {
     let _gate = gate::load();
