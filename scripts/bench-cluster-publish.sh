@@ -16,6 +16,11 @@
 # leads each stream (and its consumers) and which node each connection goes to, and
 # stops, non-zero with one line, if that is not as intended. It also prints the CPU ticks
 # (10 ms) each NATS node (and, in the mboard runs, each mboard server) spent in the run.
+# BASE_CONSUMER=1 also starts an idle mboard server on each baseline stream, so that
+# JetStream delivers every baseline publish to one ordered consumer too, as it does every
+# `5:` to each mboard server's replica: the ratio then leaves out that cost of the design.
+# SERVER_ENV="VAR=value ..." sets environment variables for the mboard servers only (say
+# MBOARD_IO_BATCH=1, or TOKIO_WORKER_THREADS=1).
 # PERF=1 records the first mboard server of the first pair with `perf record -g` into
 # /tmp/mboard-publish.perf during its first run.
 set -euo pipefail
@@ -79,9 +84,9 @@ declare -A servers mboard
 # start_server R PLACE VIA PORT N: the pair's Nth mboard server. Its consumer lands on any
 # replica of an R3 stream: it is restarted until the consumer is on the leader's node.
 start_server() {
-    local r=$1 p=$2 via=$3 port=$4 n=$5 stream=board-r$1-$2 attempt pid elsewhere
+    local r=$1 p=$2 via=$3 port=$4 n=$5 stream=${6:-board-r$1-$2} attempt pid elsewhere
     for attempt in $(seq 20); do
-        "$bin/mboard-server" --listen "127.0.0.1:$port" --log-level warn,mboard_server=info \
+        env ${SERVER_ENV:-} "$bin/mboard-server" --listen "127.0.0.1:$port" --log-level warn,mboard_server=info \
             --nats "$(url "$via")" --nats-stream "$stream" --nats-replicas "$r" >"$dir/m$port.log" 2>&1 &
         pid=$!
         pids+=("$pid")
@@ -115,6 +120,15 @@ for r in $replicas_list; do
         echo -n "started: "; place --stream "board-r$r-$p" --check --consumers "$m"
     done
 done
+if [[ -n ${BASE_CONSUMER:-} ]]; then
+    # An idle mboard server on each baseline stream: its replica's consumer receives every
+    # baseline publish, as each mboard server's own replica receives the board's.
+    for r in $replicas_list; do
+        port=$((port + 1))
+        start_server "$r" base "$leader" "$port" 1 "base-r$r"
+        echo -n "started: "; place --stream "base-r$r" --check --consumers 1
+    done
+fi
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 declare -A before
