@@ -4,11 +4,13 @@
 //! reply counted.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::bail;
 use mboard_server::RateLimit;
 use mboard_tests::{Peer, Scrape, TestServer, gate, scrape};
+
+use super::metrics::eventually;
 
 /// The first reply `peer` gets.
 fn reply(peer: &Peer) -> Vec<u8> {
@@ -17,20 +19,6 @@ fn reply(peer: &Peer) -> Vec<u8> {
 
 fn text(reply: &[u8]) -> String {
     String::from_utf8_lossy(reply).into_owned()
-}
-
-/// Scrapes until `check` passes: a reply can reach its peer a moment before the server
-/// has counted it.
-fn eventually(addr: SocketAddr, check: impl Fn(&Scrape) -> Result<()>) -> Scrape {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = scrape(addr).expect("scrape");
-        match check(&s) {
-            Ok(()) => return s,
-            Err(e) if Instant::now() > deadline => panic!("{e}\n{}", s.body),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
 }
 
 fn value(s: &Scrape, series: &str) -> f64 {
