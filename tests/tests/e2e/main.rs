@@ -6,6 +6,7 @@
 
 mod amplification;
 mod batching;
+mod batching_attacks;
 mod bench;
 mod classic;
 mod cli_habits;

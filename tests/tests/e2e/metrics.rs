@@ -8,7 +8,10 @@ use mboard_tests::{DataDir, Peer, Scrape, ServerProcess, TestServer, gate, http,
 
 /// Scrapes until `check` passes: a reply can reach the peer a moment before the server
 /// has counted its bytes as sent.
-fn eventually(addr: std::net::SocketAddr, check: impl Fn(&Scrape) -> Result<()>) -> Scrape {
+pub(super) fn eventually(
+    addr: std::net::SocketAddr,
+    check: impl Fn(&Scrape) -> Result<()>,
+) -> Scrape {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let s = scrape(addr).expect("scrape");

@@ -161,3 +161,5 @@ fn the_batch_is_at_least_one_and_at_most_the_cap() {
     assert_eq!(Inbox::new(0).bufs.len(), 1);
     assert_eq!(Inbox::new(IO_BATCH_MAX + 5).bufs.len(), IO_BATCH_MAX);
 }
+
+mod attacks;
