@@ -20,8 +20,8 @@ pub(super) struct Inbox {
     /// One buffer per datagram of a batch. Their pages are touched only as far as the
     /// datagrams received reach, so small requests keep memory small.
     bufs: Vec<Vec<u8>>,
-    /// The length and source of each datagram received, in order.
-    got: Vec<(usize, SocketAddr)>,
+    /// The buffer, length and source of each datagram received, in order.
+    got: Vec<Got>,
 }
 
 impl Inbox {
@@ -40,7 +40,7 @@ impl Inbox {
         self.got.clear();
         if self.bufs.len() == 1 {
             let (len, from) = socket.try_recv_from(&mut self.bufs[0])?;
-            self.got.push((len, from));
+            self.got.push(Got { buf: 0, len, from });
             return Ok(1);
         }
         let (bufs, got) = (&mut self.bufs, &mut self.got);
@@ -52,9 +52,16 @@ impl Inbox {
     pub(super) fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
         self.got
             .iter()
-            .zip(&self.bufs)
-            .map(|(&(len, from), buf)| (&buf[..len], from))
+            .map(|got| (&self.bufs[got.buf][..got.len], got.from))
     }
+}
+
+/// Where one received datagram is: its buffer, its length, and its source.
+#[derive(Debug, Clone, Copy)]
+struct Got {
+    buf: usize,
+    len: usize,
+    from: SocketAddr,
 }
 
 /// What became of one datagram given to [`send_all`].
@@ -95,10 +102,8 @@ pub(super) async fn send_all(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.writable().await?,
             // The kernel stops at the first datagram it refuses, and reports that
             // datagram's error only when it is the first of the call.
-            Err(e) if transient(&e) => {
-                calls += 1;
-                outcome.push(Sent::Dropped);
-            }
+            // A call that sent nothing is not counted as a sending one.
+            Err(e) if transient(&e) => outcome.push(Sent::Dropped),
             Err(e) => return Err(e),
         }
     }
@@ -110,9 +115,17 @@ pub(super) fn transient(e: &io::Error) -> bool {
     use io::ErrorKind::*;
     // ICMP errors from earlier sends surface as refused/reset on some systems; a full
     // buffer or an unroutable destination affects one datagram.
+    // A destination the system will not send to (a broadcast address, one a firewall
+    // rule blocks) is refused with EACCES or EPERM: a spoofed source must cost only its
+    // own reply, never the socket.
     matches!(
         e.kind(),
-        ConnectionRefused | ConnectionReset | Interrupted | HostUnreachable | NetworkUnreachable
+        ConnectionRefused
+            | ConnectionReset
+            | Interrupted
+            | HostUnreachable
+            | NetworkUnreachable
+            | PermissionDenied
     ) || e.raw_os_error() == Some(105) // ENOBUFS
         || e.raw_os_error() == Some(90) // EMSGSIZE
         || e.raw_os_error() == Some(22) // EINVAL
@@ -128,13 +141,14 @@ mod sys {
     use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
     use tokio::net::UdpSocket;
 
-    use super::Sent;
+    use super::{Got, Sent};
 
-    /// One `recvmmsg` into `bufs`, noting each datagram's length and source in `got`.
+    /// One `recvmmsg` into `bufs`, noting each datagram's buffer, length and source in
+    /// `got`.
     pub(super) fn receive(
         socket: &UdpSocket,
         bufs: &mut [Vec<u8>],
-        got: &mut Vec<(usize, SocketAddr)>,
+        got: &mut Vec<Got>,
     ) -> io::Result<()> {
         // The headers hold raw pointers, which would make the receive loop's future not
         // `Send` if they lived across its awaits; building them per call is two small
@@ -150,11 +164,15 @@ mod sys {
             None,
         )
         .map_err(io::Error::from)?;
-        for message in received {
+        for (buf, message) in received.enumerate() {
             // A datagram without an IP source cannot come to a UDP/IP socket; were one to,
             // it could not be answered, and is passed over.
             if let Some(from) = message.address.and_then(|a| socket_addr(&a)) {
-                got.push((message.bytes, from));
+                got.push(Got {
+                    buf,
+                    len: message.bytes,
+                    from,
+                });
             }
         }
         Ok(())
@@ -211,14 +229,15 @@ mod sys {
 
     use tokio::net::UdpSocket;
 
-    use super::Sent;
+    use super::{Got, Sent};
 
     pub(super) fn receive(
         socket: &UdpSocket,
         bufs: &mut [Vec<u8>],
-        got: &mut Vec<(usize, SocketAddr)>,
+        got: &mut Vec<Got>,
     ) -> io::Result<()> {
-        got.push(socket.try_recv_from(&mut bufs[0])?);
+        let (len, from) = socket.try_recv_from(&mut bufs[0])?;
+        got.push(Got { buf: 0, len, from });
         Ok(())
     }
 

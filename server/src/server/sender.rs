@@ -114,10 +114,9 @@ impl Sender {
         for ((reply, source), allowed) in replies.drain(..).zip(allowed.iter()) {
             let code = reply.as_ref().map(Reply::code);
             self.shard().answered(source.kind, source.len, code);
-            let bytes = match sent.next().filter(|_| *allowed) {
-                Some(&outcome) => self.count(outcome, source.from),
-                None => 0,
-            };
+            // Only the replies that went have an outcome.
+            let outcome = if *allowed { sent.next() } else { None };
+            let bytes = outcome.map_or(0, |&outcome| self.count(outcome, source.from));
             access::request(
                 source.from,
                 source.kind,
@@ -201,7 +200,8 @@ impl Sender {
             Err(e) if transient(&e) => Sent::Dropped,
             Err(e) => return Err(e),
         };
-        self.counted_calls(1, &[outcome]);
+        let calls = usize::from(outcome != Sent::Dropped);
+        self.counted_calls(calls, &[outcome]);
         Ok(self.count(outcome, to))
     }
 
