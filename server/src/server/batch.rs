@@ -100,6 +100,8 @@ pub(super) async fn send_all(
         match tried {
             Ok(()) => calls += 1,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.writable().await?,
+            // A signal interrupted the call before it sent anything: it is tried again.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // The kernel stops at the first datagram it refuses, and reports that
             // datagram's error only when it is the first of the call.
             // A call that sent nothing is not counted as a sending one.
@@ -122,7 +124,6 @@ pub(super) fn transient(e: &io::Error) -> bool {
         e.kind(),
         ConnectionRefused
             | ConnectionReset
-            | Interrupted
             | HostUnreachable
             | NetworkUnreachable
             | PermissionDenied

@@ -140,6 +140,8 @@ impl<B: Board> Receiver<B> {
                     self.overload.waited();
                     socket.readable().await?;
                 }
+                // A signal interrupted the call before it took anything: it is tried again.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(datagrams) => {
                     self.sender.shard().received_in_one_call(datagrams);
                     return Ok(());

@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use mboard_tests::{Peer, TestServer, board_contents, gate};
+use mboard_server::{Fsync, JournalConfig, Store};
+use mboard_tests::{DataDir, Peer, TestServer, board_contents, gate};
 
 const BATCHES: [usize; 3] = [1, 4, 32];
 
@@ -28,7 +29,34 @@ fn no_more(peers: &[Peer]) {
 fn a_burst_from_many_sockets_is_answered_once_each_with_its_own_reply() {
     let _gate = gate::timed();
     for batch in BATCHES {
-        let server = TestServer::builder().io_batch(batch).start();
+        burst(TestServer::builder().io_batch(batch).start(), batch);
+    }
+}
+
+/// The same on the journal, whose publishes wait for their group commit and reach the
+/// socket through the completions' sender, and on its `--fsync always` groups.
+#[test]
+fn a_burst_of_publishes_waiting_for_the_disk_is_answered_once_each() {
+    let _gate = gate::timed();
+    for batch in [1, 32] {
+        for fsync in [Fsync::Never, Fsync::Always] {
+            let dir = DataDir::new();
+            let store = Store::Journal(JournalConfig {
+                fsync,
+                ..JournalConfig::new(dir.path().to_owned())
+            });
+            burst(
+                TestServer::builder().store(store).io_batch(batch).start(),
+                batch,
+            );
+        }
+    }
+}
+
+/// 120 sockets send a publish, a malformed request or a read for a missing id, all before
+/// any reply is read; each gets exactly its own reply, and the board each publish once.
+fn burst(server: TestServer, batch: usize) {
+    {
         let peers: Vec<Peer> = (0..120).map(|_| Peer::new(server.addr)).collect();
         // All sent before any reply is read, so the server finds them queued together.
         for (i, peer) in peers.iter().enumerate() {
