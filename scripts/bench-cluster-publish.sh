@@ -19,6 +19,7 @@
 # BASE_CONSUMER=1 also starts an idle mboard server on each baseline stream, so that
 # JetStream delivers every baseline publish to one ordered consumer too, as it does every
 # `5:` to each mboard server's replica: the ratio then leaves out that cost of the design.
+# PIN=1 puts the NATS nodes on CPU 0 and everything else on CPU 1 (taskset).
 # SERVER_ENV="VAR=value ..." sets environment variables for the mboard servers only (say
 # MBOARD_IO_BATCH=1, or TOKIO_WORKER_THREADS=1).
 # PERF=1 records the first mboard server of the first pair with `perf record -g` into
@@ -47,6 +48,13 @@ client_base=34221
 source scripts/nats-cluster.sh
 start_nats_cluster "$dir" "$client_base" 36221 publish
 nats=("${pids[@]}")
+# PIN=1: the NATS nodes on CPU 0, the mboard servers and the load generator on CPU 1, as if
+# NATS had a machine of its own (both sides of every pair alike).
+pin_others=()
+if [[ -n ${PIN:-} ]]; then
+    for pid in "${nats[@]}"; do taskset -apc 0 "$pid" >/dev/null; done
+    pin_others=(taskset -c 1)
+fi
 for i in 1 2 3; do
     until grep -qs "Server is ready" "$dir/n$i/server.log"; do
         kill -0 "${nats[$((i - 1))]}" 2>/dev/null || fail "NATS node n$i did not start: $(tail -1 "$dir/n$i/server.log")"
@@ -86,7 +94,7 @@ declare -A servers mboard
 start_server() {
     local r=$1 p=$2 via=$3 port=$4 n=$5 stream=${6:-board-r$1-$2} attempt pid elsewhere
     for attempt in $(seq 20); do
-        env ${SERVER_ENV:-} "$bin/mboard-server" --listen "127.0.0.1:$port" --log-level warn,mboard_server=info \
+        env ${SERVER_ENV:-} "${pin_others[@]}" "$bin/mboard-server" --listen "127.0.0.1:$port" --log-level warn,mboard_server=info \
             --nats "$(url "$via")" --nats-stream "$stream" --nats-replicas "$r" >"$dir/m$port.log" 2>&1 &
         pid=$!
         pids+=("$pid")
@@ -141,7 +149,7 @@ print_ticks() { # print_ticks [MBOARD_PID...]
     for n in "$@"; do echo -n " $(($(ticks "$n") - before[$n]))"; done
     echo
 }
-bench() { "$bin/mboard-bench" --clients 32 --duration "${DURATION:-5s}" --json "$@"; }
+bench() { "${pin_others[@]}" "$bin/mboard-bench" --clients 32 --duration "${DURATION:-5s}" --json "$@"; }
 rate() { jq -r .rate <<<"$1"; }
 
 baseline() { # baseline R VIA: prints the report's JSON last
