@@ -84,27 +84,11 @@ enum Command {
     /// Reports publish throughput, and the time from a publish's reply to a follower's
     /// first read of it.
     Follow {
-        /// Text bytes.
-        #[arg(long, default_value = "16", value_parser = parse_size)]
-        size: usize,
         /// Publish with `5:` and a token each, as `publish-once` does.
         #[arg(long)]
         once: bool,
-        /// Follower sockets, each with one `6:` outstanding (0: publishers alone, the
-        /// baseline).
-        #[arg(long, default_value_t = 1_000)]
-        followers: usize,
-        /// `<max>` of each `6:`: messages per reply (0 = all above `<after>`; replies too
-        /// large for a datagram come as offers, which followers fetch).
-        #[arg(long, default_value_t = 0)]
-        max: u64,
-        /// `<wait>` of each `6:`.
-        #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
-        wait: Duration,
-        /// Publishes per second, all publishers together, instead of full rate: the
-        /// follower latency of a board its followers keep up with.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-        rate: Option<u64>,
+        #[command(flatten)]
+        follow: FollowArgs,
     },
     /// The follower scenario against the peer, Redis streams: publishers `XADD` at full rate
     /// to a stream made for the run (deleted after), while followers each loop on `XREAD
@@ -115,22 +99,8 @@ enum Command {
         /// The Redis server.
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
         redis: String,
-        /// Text bytes.
-        #[arg(long, default_value = "16", value_parser = parse_size)]
-        size: usize,
-        /// Follower connections, each with one `XREAD BLOCK` outstanding (0: publishers
-        /// alone, the baseline).
-        #[arg(long, default_value_t = 1_000)]
-        followers: usize,
-        /// `COUNT` of each `XREAD` (0 = none: everything after the last id seen).
-        #[arg(long, default_value_t = 0)]
-        max: u64,
-        /// `BLOCK` of each `XREAD`.
-        #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
-        wait: Duration,
-        /// Publishes per second, all publishers together, instead of full rate.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-        rate: Option<u64>,
+        #[command(flatten)]
+        follow: FollowArgs,
     },
     /// The clustered store's baseline: JetStream's own publishes from `async-nats`, at the
     /// same concurrency, on a stream created for the run (and deleted after).
@@ -205,6 +175,44 @@ enum Command {
     },
 }
 
+/// The follower scenario's shape, for mboard (`follow`) and Redis (`redis-follow`) alike.
+#[derive(Debug, Clone, clap::Args)]
+struct FollowArgs {
+    /// Text bytes.
+    #[arg(long, default_value = "16", value_parser = parse_size)]
+    size: usize,
+    /// Followers, each with one request outstanding (a `6:`, or an `XREAD BLOCK` on a
+    /// connection of its own); 0: publishers alone, the baseline.
+    #[arg(long, default_value_t = 1_000)]
+    followers: usize,
+    /// Messages per reply: `<max>` of each `6:` (replies too large for a datagram come as
+    /// offers, which followers fetch), `COUNT` of each `XREAD`; 0 = all after the last seen.
+    #[arg(long, default_value_t = 0)]
+    max: u64,
+    /// `<wait>` of each `6:`, `BLOCK` of each `XREAD`.
+    #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
+    wait: Duration,
+    /// Publishes per second, all publishers together, instead of full rate: the follower
+    /// latency of a board its followers keep up with.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
+}
+
+impl FollowArgs {
+    /// The scenario, with `5:` publishers if `once`.
+    fn spec(&self, once: bool) -> Follow {
+        Follow {
+            size: self.size,
+            once,
+            followers: self.followers,
+            max: self.max,
+            wait_ms: millis(self.wait),
+            rate: self.rate,
+            start: 0,
+        }
+    }
+}
+
 /// `16MiB`, `64KiB`, `1MB`, `1400`.
 fn parse_size(s: &str) -> Result<usize, String> {
     let digits = s.chars().take_while(char::is_ascii_digit).count();
@@ -232,22 +240,7 @@ fn main() -> Result<()> {
         Command::Last { n } => Scenario::Last { n },
         Command::Publish { size } => Scenario::Publish { size },
         Command::PublishOnce { size } => Scenario::PublishOnce { size },
-        Command::Follow {
-            size,
-            once,
-            followers,
-            max,
-            wait,
-            rate,
-        } => Scenario::Follow(Follow {
-            size,
-            once,
-            followers,
-            max,
-            wait_ms: millis(wait),
-            rate,
-            start: 0,
-        }),
+        Command::Follow { once, ref follow } => Scenario::Follow(follow.spec(once)),
         Command::PublishSession { size } => Scenario::PublishSession { size },
         Command::Upload { size } => Scenario::Upload { size },
         Command::Download { size } => Scenario::Download { size, id: 0 },
@@ -277,23 +270,8 @@ fn main() -> Result<()> {
         Command::Lag => return lag(&args),
         Command::RedisFollow {
             ref redis,
-            size,
-            followers,
-            max,
-            wait,
-            rate,
-        } => {
-            let spec = Follow {
-                size,
-                once: false,
-                followers,
-                max,
-                wait_ms: millis(wait),
-                rate,
-                start: 0,
-            };
-            return redis_follow(&args, redis, &spec);
-        }
+            ref follow,
+        } => return redis_follow(&args, redis, &follow.spec(false)),
     };
     closed_loop(&args, &scenario)
 }
@@ -427,18 +405,17 @@ mod tests {
     #[test]
     fn redis_follow_defaults_mirror_follow() {
         let args = parse(&["redis-follow"]).expect("parses");
-        let Command::RedisFollow {
-            redis,
+        let Command::RedisFollow { redis, follow } = args.scenario else {
+            panic!("not redis-follow: {:?}", args.scenario);
+        };
+        assert_eq!(redis, "redis://127.0.0.1:6379");
+        let FollowArgs {
             size,
             followers,
             max,
             wait,
             rate,
-        } = args.scenario
-        else {
-            panic!("not redis-follow: {:?}", args.scenario);
-        };
-        assert_eq!(redis, "redis://127.0.0.1:6379");
+        } = follow;
         assert_eq!((size, followers, max, rate), (16, 1_000, 0, None));
         assert_eq!(millis(wait), 25_000);
         assert_eq!(args.clients, 32);
@@ -463,17 +440,16 @@ mod tests {
         ])
         .expect("parses");
         assert_eq!(args.duration, Duration::from_secs(5));
-        let Command::RedisFollow {
-            redis,
+        let Command::RedisFollow { redis, follow } = args.scenario else {
+            panic!("not redis-follow: {:?}", args.scenario);
+        };
+        let FollowArgs {
             followers,
             max,
             wait,
             rate,
             ..
-        } = args.scenario
-        else {
-            panic!("not redis-follow: {:?}", args.scenario);
-        };
+        } = follow;
         assert_eq!(redis, "redis://127.0.0.1:6391");
         assert_eq!(
             (followers, max, millis(wait), rate),
