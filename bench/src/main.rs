@@ -308,17 +308,7 @@ fn millis(d: Duration) -> u64 {
 /// The follower scenario against Redis: a loop of its own, against Redis rather than a
 /// server.
 fn redis_follow(args: &Args, url: &str, spec: &Follow) -> Result<()> {
-    let load = args.load(vec![SocketAddr::from(([127, 0, 0, 1], 0))]);
-    let report = redis_follow::run(url, &load, spec)?;
-    println!(
-        "{}",
-        if args.json {
-            report.json()
-        } else {
-            report.line()
-        }
-    );
-    Ok(())
+    peer(args, |load| redis_follow::run(url, load, spec))
 }
 
 /// JetStream's own publish rate: a loop of its own, against NATS rather than a server.
@@ -329,8 +319,15 @@ fn jetstream(
     target: &jetstream::Target,
     size: usize,
 ) -> Result<()> {
-    let load = args.load(vec![SocketAddr::from(([127, 0, 0, 1], 0))]);
-    let report = jetstream::run(nats, replicas, target, &load, size)?;
+    peer(args, |load| {
+        jetstream::run(nats, replicas, target, load, size)
+    })
+}
+
+/// Runs a peer's own loop under the common load options (it has no mboard server to
+/// address) and prints its report.
+fn peer(args: &Args, run: impl FnOnce(&Load) -> Result<Report>) -> Result<()> {
+    let report = run(&args.load(vec![SocketAddr::from(([127, 0, 0, 1], 0))]))?;
     println!(
         "{}",
         if args.json {

@@ -38,13 +38,12 @@ impl Inbox {
     /// when there are none. Returns how many it took.
     pub(super) fn try_receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         self.got.clear();
-        if self.bufs.len() == 1 {
-            let (len, from) = socket.try_recv_from(&mut self.bufs[0])?;
-            self.got.push(Got { buf: 0, len, from });
-            return Ok(1);
-        }
         let (bufs, got) = (&mut self.bufs, &mut self.got);
-        socket.try_io(Interest::READABLE, || sys::receive(socket, bufs, got))?;
+        if bufs.len() == 1 {
+            receive_one(socket, bufs, got)?;
+        } else {
+            socket.try_io(Interest::READABLE, || sys::receive(socket, bufs, got))?;
+        }
         Ok(got.len())
     }
 
@@ -90,10 +89,7 @@ pub(super) async fn send_all(
         let rest = &datagrams[outcome.len()..];
         let chunk = &rest[..rest.len().min(batch)];
         let tried = if batch == 1 {
-            let (bytes, to) = chunk[0];
-            socket
-                .try_send_to(bytes, to)
-                .map(|n| outcome.push(Sent::Bytes(n)))
+            send_one(socket, chunk, outcome)
         } else {
             socket.try_io(Interest::WRITABLE, || sys::send(socket, chunk, outcome))
         };
@@ -110,6 +106,24 @@ pub(super) async fn send_all(
         }
     }
     Ok(calls)
+}
+
+/// One `recv_from` into the first of `bufs`, noted in `got`.
+fn receive_one(socket: &UdpSocket, bufs: &mut [Vec<u8>], got: &mut Vec<Got>) -> io::Result<()> {
+    let (len, from) = socket.try_recv_from(&mut bufs[0])?;
+    got.push(Got { buf: 0, len, from });
+    Ok(())
+}
+
+/// One `send_to` of the first of `chunk`, noted in `outcome`.
+fn send_one(
+    socket: &UdpSocket,
+    chunk: &[(&[u8], SocketAddr)],
+    outcome: &mut Vec<Sent>,
+) -> io::Result<()> {
+    let (bytes, to) = chunk[0];
+    outcome.push(Sent::Bytes(socket.try_send_to(bytes, to)?));
+    Ok(())
 }
 
 /// Errors from receiving or sending that concern one peer, not the socket.
@@ -225,32 +239,7 @@ mod sys {
 /// Elsewhere each system call takes or gives one datagram, whatever the batch.
 #[cfg(not(target_os = "linux"))]
 mod sys {
-    use std::io;
-    use std::net::SocketAddr;
-
-    use tokio::net::UdpSocket;
-
-    use super::{Got, Sent};
-
-    pub(super) fn receive(
-        socket: &UdpSocket,
-        bufs: &mut [Vec<u8>],
-        got: &mut Vec<Got>,
-    ) -> io::Result<()> {
-        let (len, from) = socket.try_recv_from(&mut bufs[0])?;
-        got.push(Got { buf: 0, len, from });
-        Ok(())
-    }
-
-    pub(super) fn send(
-        socket: &UdpSocket,
-        chunk: &[(&[u8], SocketAddr)],
-        outcome: &mut Vec<Sent>,
-    ) -> io::Result<()> {
-        let (bytes, to) = chunk[0];
-        outcome.push(Sent::Bytes(socket.try_send_to(bytes, to)?));
-        Ok(())
-    }
+    pub(super) use super::{receive_one as receive, send_one as send};
 }
 
 #[cfg(test)]

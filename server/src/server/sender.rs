@@ -10,7 +10,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::batch::{Sent, send_all, transient};
+use super::batch::{Sent, send_all};
 use crate::access;
 use crate::handler::Answer;
 use crate::limiter::RateLimiter;
@@ -64,22 +64,9 @@ impl Sender {
 
     /// Sends an answer, building it on a blocking thread, or awaiting it, first if need be.
     pub(super) async fn deliver(&self, answer: Answer, source: Source) -> io::Result<()> {
-        let reply = resolve(answer).await?;
-        let code = reply.as_ref().map(Reply::code);
-        self.shard().answered(source.kind, source.len, code);
-        let sent = match reply {
-            Some(reply) => self.send(&reply, source.from).await?,
-            None => 0,
-        };
-        access::request(
-            source.from,
-            source.kind,
-            source.len,
-            code,
-            sent,
-            source.received,
-        );
-        Ok(())
+        let mut outbox = Outbox::default();
+        outbox.push(resolve(answer).await?, source);
+        self.deliver_all(&mut outbox).await
     }
 
     /// Sends everything in `outbox`, a batch per system call, counting and logging each
@@ -108,8 +95,7 @@ impl Sender {
                 Some((reply.as_ref()?.bytes().as_ref(), source.from))
             })
             .collect();
-        let calls = send_all(&self.socket, &datagrams, self.batch, outcome).await?;
-        self.counted_calls(calls, outcome);
+        self.send_counted(&datagrams, outcome).await?;
         let mut sent = outcome.iter();
         for ((reply, source), allowed) in replies.drain(..).zip(allowed.iter()) {
             let code = reply.as_ref().map(Reply::code);
@@ -131,13 +117,16 @@ impl Sender {
 
     /// Sends the answer to a held request (counted when it was received).
     pub(super) async fn deliver_held(&self, answer: Answer, to: SocketAddr) -> io::Result<()> {
-        let reply = resolve(answer).await?;
-        let sent = match &reply {
-            Some(reply) => self.send(reply, to).await?,
-            None => 0,
-        };
-        access::held_answer(to, reply.as_ref().map(Reply::code), sent);
-        Ok(())
+        match resolve(answer).await? {
+            Some(reply) => {
+                self.deliver_held_all(&mut vec![(reply, to)], &mut Vec::new())
+                    .await
+            }
+            None => {
+                access::held_answer(to, None, 0);
+                Ok(())
+            }
+        }
     }
 
     /// Sends the replies that waited for the board (publishes waiting for their group
@@ -181,8 +170,7 @@ impl Sender {
             .iter()
             .map(|(reply, to)| (reply.bytes().as_ref(), *to))
             .collect();
-        let calls = send_all(&self.socket, &datagrams, self.batch, outcome).await?;
-        self.counted_calls(calls, outcome);
+        self.send_counted(&datagrams, outcome).await?;
         for ((reply, to), &sent) in replies.drain(..).zip(outcome.iter()) {
             let bytes = self.count(sent, to);
             access::held_answer(to, Some(reply.code()), bytes);
@@ -190,28 +178,20 @@ impl Sender {
         Ok(())
     }
 
-    /// Sends `reply` to `to`, returning the bytes sent (0 if it was dropped).
-    pub(super) async fn send(&self, reply: &Reply, to: SocketAddr) -> io::Result<usize> {
-        if !self.may_send(reply, to, Instant::now()) {
-            return Ok(0);
-        }
-        let outcome = match self.socket.send_to(reply.bytes(), to).await {
-            Ok(sent) => Sent::Bytes(sent),
-            Err(e) if transient(&e) => Sent::Dropped,
-            Err(e) => return Err(e),
-        };
-        let calls = usize::from(outcome != Sent::Dropped);
-        self.counted_calls(calls, &[outcome]);
-        Ok(self.count(outcome, to))
-    }
-
-    /// Counts `calls` system calls that sent what `outcome` says they did.
-    fn counted_calls(&self, calls: usize, outcome: &[Sent]) {
+    /// Sends `datagrams`, a batch per system call, noting each one's fate in `outcome`
+    /// and counting the calls and the datagrams they carried.
+    async fn send_counted(
+        &self,
+        datagrams: &[(&[u8], SocketAddr)],
+        outcome: &mut Vec<Sent>,
+    ) -> io::Result<()> {
+        let calls = send_all(&self.socket, datagrams, self.batch, outcome).await?;
         let sent = outcome
             .iter()
             .filter(|o| matches!(o, Sent::Bytes(_)))
             .count();
         self.shard().sent_in_calls(calls, sent);
+        Ok(())
     }
 
     /// Whether `reply` may go to `to` now.
