@@ -1,5 +1,5 @@
 //! The clustered store's baseline: JetStream's own publish rate, from `async-nats`, at the
-//! same concurrency and with what mboard sends (three headers and a message id), each
+//! same concurrency and with what mboard sends (its header and a message id), each
 //! publish awaiting its acknowledgement. It publishes to a stream of its own, created for
 //! the run and deleted after it, or to an existing one placed by `place` (the same
 //! configuration as a board's, its leader on a chosen node), checked before and after.
@@ -160,9 +160,7 @@ async fn client_loop(
         i += 1;
         let started = Instant::now();
         let mut headers = HeaderMap::new();
-        headers.insert("Mboard-Pub-Time", "1700000000000000");
-        headers.insert("Mboard-Pub-Addr", "127.0.0.1");
-        headers.insert("Mboard-Pub-Port", "40000");
+        headers.insert("Mboard-Pub", "1700000000000000 127.0.0.1:40000");
         let message = PublishMessage::build()
             .headers(headers)
             .message_id(scenario::token(c, i))

@@ -26,7 +26,7 @@ pub(super) fn offered(offer: Result<mboard_protocol::Offer, SessionError>) -> Re
 }
 
 /// A reply that waits for the board (a publish waiting for its group commit).
-pub(super) type Waiting = Pin<Box<dyn Future<Output = Reply> + Send>>;
+pub(crate) type Pending = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
 /// What to send back for one datagram.
 pub(crate) enum Answer {
@@ -37,8 +37,8 @@ pub(crate) enum Answer {
     /// A reply that takes a while to build (a large download): run this away from the
     /// receive loop, such as on a blocking thread, then send what it returns.
     Build(Box<dyn FnOnce() -> Reply + Send>),
-    /// A reply that waits for the board: await it in a task of its own, then send it.
-    Wait(Waiting),
+    /// A reply that waits for the board: the receive loop keeps it until it is ready.
+    Wait(Pending),
 }
 
 impl Answer {

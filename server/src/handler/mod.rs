@@ -36,7 +36,7 @@ mod retention_tests;
 mod tests;
 
 use answer::offered;
-pub(crate) use answer::{Answer, Handled};
+pub(crate) use answer::{Answer, Handled, Pending};
 
 /// Answers datagrams for one board.
 #[derive(Debug)]

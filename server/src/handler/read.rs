@@ -72,12 +72,25 @@ impl<B: Board> Handler<B> {
                                 return this.board_failure(&e);
                             }
                             let answer = this.get_now(Instant::now(), from, id);
-                            match answer.resolve().await {
-                                Some(reply) => reply,
-                                None => {
-                                    Reply::error(ErrorCode::MsgNotFound, format!("no message {id}"))
+                            let reply = match answer {
+                                // This future is polled by the receive loop: a large
+                                // reply is built on the blocking pool, as the loop
+                                // would have built it.
+                                Answer::Build(build) => {
+                                    match tokio::task::spawn_blocking(build).await {
+                                        Ok(reply) => Some(reply),
+                                        Err(e) => {
+                                            return this.board_failure(&BoardError::Storage(
+                                                Box::new(e),
+                                            ));
+                                        }
+                                    }
                                 }
-                            }
+                                other => other.resolve().await,
+                            };
+                            reply.unwrap_or_else(|| {
+                                Reply::error(ErrorCode::MsgNotFound, format!("no message {id}"))
+                            })
                         }))
                     }
                     None => Answer::Reply(Reply::error(

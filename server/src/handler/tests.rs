@@ -237,3 +237,18 @@ fn a_get_that_waited_for_the_replica_obeys_the_amplification_rule() {
         }
     }
 }
+
+#[test]
+fn a_large_get_that_waited_for_the_replica_is_offered_as_a_download() {
+    let board = Lagging {
+        replica: Arc::new(MemoryBoard::new()),
+        behind: Arc::new(Mutex::new(vec![Bytes::from(vec![b'y'; 100_000])])),
+    };
+    let h = Arc::new(Handler::new(board, Limits::default(), 1));
+    let handled = run(h.handle(Instant::now(), from(), Bytes::from_static(b"3:0")));
+    assert!(matches!(handled.answer, Answer::Wait(_)));
+    // Built on the blocking pool once the replica has it, into a download of its own.
+    let reply = text(run(handled.answer.resolve()).map(Reply::into_bytes));
+    assert!(reply.starts_with("d:"), "{reply}");
+    assert_eq!(h.stats().sessions, 1);
+}

@@ -41,10 +41,26 @@ impl Inbox {
         let (bufs, got) = (&mut self.bufs, &mut self.got);
         if bufs.len() == 1 {
             receive_one(socket, bufs, got)?;
-        } else {
-            socket.try_io(Interest::READABLE, || sys::receive(socket, bufs, got))?;
+            return Ok(got.len());
         }
-        Ok(got.len())
+        let mut drained = false;
+        let tried = socket.try_io(Interest::READABLE, || {
+            drained = sys::receive(socket, bufs, got)?;
+            // The queue was empty when the call returned. Saying so clears the socket's
+            // readiness, so that the loop waits for the next datagram rather than entering
+            // the kernel once more to learn that there is none. One that arrived since has
+            // set it again (tokio clears only the readiness it saw before the call).
+            if drained {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        match tried {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && drained => Ok(got.len()),
+            Err(e) => Err(e),
+            Ok(()) => Ok(got.len()),
+        }
     }
 
     /// The datagrams the last receive took: their bytes and sources, in order.
@@ -159,12 +175,12 @@ mod sys {
     use super::{Got, Sent};
 
     /// One `recvmmsg` into `bufs`, noting each datagram's buffer, length and source in
-    /// `got`.
+    /// `got`; says whether it emptied the socket's queue.
     pub(super) fn receive(
         socket: &UdpSocket,
         bufs: &mut [Vec<u8>],
         got: &mut Vec<Got>,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         // The headers hold raw pointers, which would make the receive loop's future not
         // `Send` if they lived across its awaits; building them per call is two small
         // allocations per batch.
@@ -179,7 +195,9 @@ mod sys {
             None,
         )
         .map_err(io::Error::from)?;
+        let mut taken = 0;
         for (buf, message) in received.enumerate() {
+            taken += 1;
             // A datagram without an IP source cannot come to a UDP/IP socket; were one to,
             // it could not be answered, and is passed over.
             if let Some(from) = message.address.and_then(|a| socket_addr(&a)) {
@@ -190,7 +208,8 @@ mod sys {
                 });
             }
         }
-        Ok(())
+        // Fewer than a batch: the kernel stopped because nothing more was queued.
+        Ok(taken < bufs.len())
     }
 
     /// One `sendmmsg` of `chunk`, noting in `outcome` what each datagram it sent carried.
@@ -239,7 +258,21 @@ mod sys {
 /// Elsewhere each system call takes or gives one datagram, whatever the batch.
 #[cfg(not(target_os = "linux"))]
 mod sys {
-    pub(super) use super::{receive_one as receive, send_one as send};
+    use std::io;
+
+    use tokio::net::UdpSocket;
+
+    pub(super) use super::send_one as send;
+    use super::{Got, receive_one};
+
+    /// One datagram, which says nothing of what else is queued (never drained).
+    pub(super) fn receive(
+        socket: &UdpSocket,
+        bufs: &mut [Vec<u8>],
+        got: &mut Vec<Got>,
+    ) -> io::Result<bool> {
+        receive_one(socket, bufs, got).map(|()| false)
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
@@ -29,6 +29,7 @@ const DEFERRED_MAX: usize = 4_096;
 mod batch;
 mod receiver;
 mod sender;
+mod waiting;
 
 use receiver::Receiver;
 use sender::Sender;
@@ -223,8 +224,6 @@ async fn serve_with<B: Board>(
     let drops = Arc::new(DropWatch::new());
     tasks.spawn(drops.clone().run(shared.socket.clone()));
     for shard in 0..workers {
-        let (completed, to_send) = mpsc::channel(DEFERRED_MAX);
-        tasks.spawn(shared.sender(shard).deliver_completed(to_send));
         let receiver = Receiver {
             handler: handler.clone(),
             deferred: shared.deferred.clone(),
@@ -232,7 +231,6 @@ async fn serve_with<B: Board>(
             sender: shared.sender(shard),
             overload: Overload::new(settings.shedding, Instant::now()),
             drops: drops.clone(),
-            completed,
         };
         tasks.spawn(receiver.run());
     }

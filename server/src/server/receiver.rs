@@ -6,18 +6,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::batch::{Inbox, transient};
 use super::sender::{Outbox, Sender, Source};
+use super::waiting::Waiting;
 use crate::board::Board;
 use crate::drops::DropWatch;
 use crate::handler::{Answer, Handler};
 use crate::limiter::RateLimiter;
 use crate::metrics::DropReason;
 use crate::overload::Overload;
-use crate::reply::Reply;
 use crate::session::HostKey;
 
 /// One receive loop: takes datagrams off the shared socket, hands each to the handler, and
@@ -36,46 +36,60 @@ pub(super) struct Receiver<B> {
     pub(super) overload: Overload,
     /// The kernel's drop count for the socket, which [`Receiver::overload`] is fed.
     pub(super) drops: Arc<DropWatch>,
-    /// Where replies that waited for the board go, to leave in batches (see
-    /// [`Sender::deliver_completed`]).
-    pub(super) completed: mpsc::Sender<(Reply, Source)>,
 }
 
 impl<B: Board> Receiver<B> {
     /// Receives until the socket fails; errors concerning one peer only are counted and
-    /// skipped.
+    /// skipped. Replies that wait for the board are kept and sent from here as they
+    /// complete (see [`Waiting`]).
     pub(super) async fn run(mut self) -> io::Result<()> {
         let mut inbox = Inbox::new(self.sender.batch);
         let mut outbox = Outbox::default();
+        let mut waiting = Waiting::default();
         loop {
-            match self.receive(&mut inbox).await {
-                Ok(()) => {}
-                Err(e) if transient(&e) => {
-                    debug!(error = %e, "receive error ignored");
-                    self.sender.shard().dropped(DropReason::ReceiveError);
-                    continue;
-                }
-                Err(e) => return Err(e),
+            tokio::select! {
+                received = self.receive(&mut inbox) => match received {
+                    Ok(()) => self.handle_all(&inbox, &mut outbox, &mut waiting).await?,
+                    Err(e) if transient(&e) => {
+                        debug!(error = %e, "receive error ignored");
+                        self.sender.shard().dropped(DropReason::ReceiveError);
+                    }
+                    Err(e) => return Err(e),
+                },
+                () = waiting.ready(&mut outbox) => {}
             }
-            // One reading of the clock for the batch: its datagrams were all queued by now.
-            let received = Instant::now();
-            for (bytes, from) in inbox.datagrams() {
-                if !self.admit(from, received) {
-                    continue;
-                }
-                // One copy per datagram: published text keeps exactly its own bytes alive.
-                let datagram = Bytes::copy_from_slice(bytes);
-                let handled = self.handler.handle(received, from, datagram).await;
-                let source = Source {
-                    kind: handled.kind,
-                    len: bytes.len(),
-                    from,
-                    received,
-                };
-                self.answer(handled.answer, source, &mut outbox).await?;
-            }
+            // Whichever branch ran, the outbox may hold replies the board completed: a
+            // wait for them can be cut short by a batch arriving once it collected some.
             self.sender.deliver_all(&mut outbox).await?;
         }
+    }
+
+    /// Hands each datagram of the batch just received to the handler, in order, putting
+    /// what is ready into `outbox` and what waits for the board into `waiting`.
+    async fn handle_all(
+        &mut self,
+        inbox: &Inbox,
+        outbox: &mut Outbox,
+        waiting: &mut Waiting,
+    ) -> io::Result<()> {
+        // One reading of the clock for the batch: its datagrams were all queued by now.
+        let received = Instant::now();
+        for (bytes, from) in inbox.datagrams() {
+            if !self.admit(from, received) {
+                continue;
+            }
+            // One copy per datagram: published text keeps exactly its own bytes alive.
+            let datagram = Bytes::copy_from_slice(bytes);
+            let handled = self.handler.handle(received, from, datagram).await;
+            let source = Source {
+                kind: handled.kind,
+                len: bytes.len(),
+                from,
+                received,
+            };
+            self.answer(handled.answer, source, outbox, waiting).await?;
+        }
+        Ok(())
     }
 
     /// Whether a datagram gets any work at all; one that does not is dropped without a
@@ -106,25 +120,30 @@ impl<B: Board> Receiver<B> {
         true
     }
 
-    /// Sends what the handler answered with the rest of the batch, or from a task of its
-    /// own; an error is the socket's, and ends the loop.
-    async fn answer(&self, answer: Answer, source: Source, outbox: &mut Outbox) -> io::Result<()> {
+    /// Sends what the handler answered with the rest of the batch, or later; an error is
+    /// the socket's, and ends the loop.
+    async fn answer(
+        &self,
+        answer: Answer,
+        source: Source,
+        outbox: &mut Outbox,
+        waiting: &mut Waiting,
+    ) -> io::Result<()> {
         match answer {
             // Replies ready now leave together once the batch is handled.
             Answer::Reply(reply) => outbox.push(Some(reply), source),
             Answer::Silent => outbox.push(None, source),
-            // A large reply is copied on a blocking thread, and a publish waits for its
-            // group commit, in tasks of their own, so neither occupies the receive loop.
-            // Each large reply holds a reservation in the session budget, which bounds
-            // how many can exist; each publish holds a place in the handler's queue for
-            // the disk, taken without waiting (a full queue is answered `4:busy`).
+            // A large reply is copied on a blocking thread in a task of its own, so that
+            // it does not occupy the receive loop; each holds a reservation in the
+            // session budget, which bounds how many can exist.
             answer @ Answer::Build(_) => self.detach(source, answer).await?,
+            // A publish waiting for its group commit or acknowledgement holds a place in
+            // the handler's queue for the board, taken without waiting (a full queue is
+            // answered `4:busy`): that bounds how many wait here.
             Answer::Wait(wait) => {
-                let completed = self.completed.clone();
-                tokio::spawn(async move {
-                    // Closed only when the server is stopping, and then nothing is sent.
-                    let _ = completed.send((wait.await, source)).await;
-                });
+                if let Some(reply) = waiting.start(wait, source) {
+                    outbox.push(Some(reply), source);
+                }
             }
         }
         Ok(())

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use mboard_protocol::RequestKind;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::batch::{Sent, send_all};
@@ -43,6 +42,12 @@ pub(super) struct Outbox {
 impl Outbox {
     pub(super) fn push(&mut self, reply: Option<Reply>, source: Source) {
         self.replies.push((reply, source));
+    }
+
+    /// The replies to send, in order, and where each goes.
+    #[cfg(test)]
+    pub(super) fn take(&mut self) -> Vec<(Option<Reply>, SocketAddr)> {
+        self.replies.drain(..).map(|(r, s)| (r, s.from)).collect()
     }
 }
 
@@ -127,34 +132,6 @@ impl Sender {
                 Ok(())
             }
         }
-    }
-
-    /// Sends the replies that waited for the board (publishes waiting for their group
-    /// commit or their acknowledgement) as they complete, those completed together in one
-    /// batch; ends when every receive loop has gone, or with the socket's error.
-    pub(super) async fn deliver_completed(
-        self,
-        mut completed: mpsc::Receiver<(Reply, Source)>,
-    ) -> io::Result<()> {
-        let mut outbox = Outbox::default();
-        let mut ready = Vec::with_capacity(self.batch);
-        while completed.recv_many(&mut ready, self.batch).await > 0 {
-            // The board completes publishes in groups (a group commit, acknowledgements
-            // read together), and their tasks are still running: once they have had
-            // their turn, the rest of the group is here too.
-            tokio::task::yield_now().await;
-            while ready.len() < self.batch {
-                match completed.try_recv() {
-                    Ok(done) => ready.push(done),
-                    Err(_) => break,
-                }
-            }
-            for (reply, source) in ready.drain(..) {
-                outbox.push(Some(reply), source);
-            }
-            self.deliver_all(&mut outbox).await?;
-        }
-        Ok(())
     }
 
     /// Sends the answers to held requests that are ready now, a batch per system call,
