@@ -80,9 +80,8 @@ impl<B: Board> Handler<B> {
                                     match tokio::task::spawn_blocking(build).await {
                                         Ok(reply) => Some(reply),
                                         Err(e) => {
-                                            return this.board_failure(&BoardError::Storage(
-                                                Box::new(e),
-                                            ));
+                                            return this
+                                                .board_failure(&BoardError::Storage(Box::new(e)));
                                         }
                                     }
                                 }

@@ -106,3 +106,44 @@ fn a_get_that_waits_for_the_replica_obeys_the_amplification_rule() {
         "{direct:.80}"
     );
 }
+
+/// A `3:` above the replica's newest asks JetStream whether the stream has it: a burst of
+/// such reads from many sockets shares the questions instead of making one each, and every
+/// read is still answered, exactly.
+#[test]
+fn a_burst_of_reads_above_the_newest_shares_its_questions_to_jetstream() {
+    let _gate = gate::load();
+    let nats = NatsCluster::start(1);
+    let server = mboard(&nats, &["--metrics", "127.0.0.1:0"]);
+    assert_eq!(id_of(&Peer::new(server.addr).ask_str("1:only")), 1);
+    let probes = || {
+        mboard_tests::scrape(server.metrics_addr().expect("metrics"))
+            .expect("scrape")
+            .value("mboard_nats_stream_probes_total")
+            .unwrap_or(-1.0)
+    };
+    let before = probes();
+    assert!(before >= 0.0, "the probe counter is exported");
+    const READS: usize = 200;
+    let peers: Vec<Peer> = (0..READS).map(|_| Peer::new(server.addr)).collect();
+    for (i, p) in peers.iter().enumerate() {
+        p.send(format!("3:{}", 1_000_000 + i).as_bytes());
+    }
+    for (i, p) in peers.iter().enumerate() {
+        let id = 1_000_000 + i;
+        let reply = p.recv_within(Duration::from_secs(10)).expect("a reply");
+        assert_eq!(
+            String::from_utf8_lossy(&reply),
+            format!("2:no message {id}")
+        );
+    }
+    let asked = probes() - before;
+    assert!(
+        (1.0..=(READS / 4) as f64).contains(&asked),
+        "{asked} questions to JetStream for {READS} reads"
+    );
+    // The message the stream has is still read, and a read just above it still asks.
+    assert!(Peer::new(server.addr).ask_str("3:1").ends_with(":only"));
+    assert_eq!(Peer::new(server.addr).ask_str("3:2"), "2:no message 2");
+    assert!(probes() - before > asked);
+}

@@ -14,6 +14,7 @@ pub(super) struct NatsMetrics {
     pub(super) consumer_restarts: Counter,
     pub(super) replica_refetched: Counter,
     pub(super) replica_holes: Counter,
+    pub(super) stream_probes: Counter,
 }
 
 impl NatsMetrics {
@@ -57,6 +58,11 @@ impl NatsMetrics {
             "mboard_nats_replica_holes",
             "Ids missing from the stream above its first id (deleted or lost inside NATS): each one made the replica drop the older messages it held",
             self.replica_holes.clone(),
+        );
+        registry.register(
+            "mboard_nats_stream_probes",
+            "Questions to JetStream for the stream's newest id made for reads above the replica's newest (one at a time, shared by every read waiting for it)",
+            self.stream_probes.clone(),
         );
     }
 }

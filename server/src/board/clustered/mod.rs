@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use bytes::Bytes;
 use mboard_protocol::{Entry, Message, MessageId, PublishToken, Timestamp};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::info;
@@ -30,6 +31,7 @@ mod feed;
 mod gap;
 mod headers;
 mod metrics;
+mod probe;
 #[cfg(test)]
 mod replica_tests;
 mod stream;
@@ -78,6 +80,8 @@ struct Shared {
     newest: watch::Sender<MessageId>,
     /// The newest id the stream is known to have (from acknowledgements and stream info).
     stream_last: AtomicU64,
+    /// Asks JetStream for its newest id on behalf of reads above the replica's.
+    probe: Arc<probe::Probe>,
     metrics: NatsMetrics,
 }
 
@@ -94,18 +98,36 @@ impl Shared {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// The stream's newest sequence, asked of JetStream.
+    /// The stream's newest sequence, asked of JetStream after this call began (one
+    /// question shared by all who ask meanwhile, see [`probe`]).
     async fn last_sequence(&self) -> Result<u64, BoardError> {
-        let info = tokio::time::timeout(self.timeout, self.stream.get_info()).await;
-        match info {
-            Ok(Ok(info)) => {
-                let last = info.state.last_sequence;
+        // A question already in flight is waited for, then the one asked after it.
+        match self.probe.newest(self.timeout * 2).await {
+            Some(last) => {
                 self.stream_last.fetch_max(last, Ordering::Relaxed);
                 Ok(last)
             }
-            _ => Err(BoardError::Refused(Refusal::Unavailable)),
+            None => Err(BoardError::Refused(Refusal::Unavailable)),
         }
     }
+}
+
+/// The question [`Shared::probe`] asks: the stream's info, within `timeout`.
+fn ask_newest(
+    stream: jetstream::stream::Stream,
+    timeout: Duration,
+    metrics: Counter,
+) -> probe::Ask {
+    Box::new(move || {
+        let (stream, asked) = (stream.clone(), metrics.clone());
+        Box::pin(async move {
+            asked.inc();
+            match tokio::time::timeout(timeout, stream.get_info()).await {
+                Ok(Ok(info)) => Some(info.state.last_sequence),
+                _ => None,
+            }
+        })
+    })
 }
 
 /// The board kept in a NATS JetStream stream, read from a local replica.
@@ -145,6 +167,12 @@ impl ClusteredBoard {
         replica
             .trim_below(MessageId(state.first_sequence.max(1)))
             .map_err(|e| ClusterError::Stream(e.to_string()))?;
+        let metrics = NatsMetrics::default();
+        let probe = probe::Probe::new(ask_newest(
+            nats_stream.clone(),
+            config.timeout,
+            metrics.stream_probes.clone(),
+        ));
         let shared = Arc::new(Shared {
             client,
             js,
@@ -154,7 +182,8 @@ impl ClusteredBoard {
             catch_up: config.catch_up,
             newest: watch::Sender::new(MessageId(0)),
             stream_last: AtomicU64::new(state.last_sequence),
-            metrics: NatsMetrics::default(),
+            probe,
+            metrics,
         });
         let tasks = feed::start(shared.clone(), replica.clone());
         if state.messages > 0 {
