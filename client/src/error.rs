@@ -126,11 +126,13 @@ impl ClientError {
         }
     }
 
-    /// Whether this is the server saying it does not know the session named: a server
-    /// that restarted has forgotten every session.
+    /// Whether this is the server saying it no longer has the session named: it does not
+    /// know it (a server that restarted has forgotten every session), or it dropped it to
+    /// make room while it was full (`expired: …`: too slow, or held beyond its host's
+    /// share). Either way the operation may start again.
     pub(crate) fn is_lost_session(&self) -> bool {
         matches!(self, ClientError::Server { code: ErrorCode::ErrTransm, reason }
-            if reason.starts_with(b"unknown session"))
+            if reason.starts_with(b"unknown session") || reason.starts_with(b"expired:"))
     }
 
     /// Whether this is a server refusing for now what it may take later (`4:busy`).
@@ -292,5 +294,25 @@ mod tests {
             ClientError::Refused { server }.to_string(),
             "connection refused by 127.0.0.1:7777 (is mboard-server running?)"
         );
+    }
+
+    #[test]
+    fn a_session_the_server_no_longer_has_may_be_started_again() {
+        let refused = |code, reason: &'static [u8]| ClientError::Server {
+            code,
+            reason: Bytes::from_static(reason),
+        };
+        for lost in [
+            &b"unknown session"[..],
+            b"expired: too slow while the server was full",
+            b"expired: its host held more than its share while the server was full",
+        ] {
+            assert!(refused(ErrorCode::ErrTransm, lost).is_lost_session());
+        }
+        assert!(!refused(ErrorCode::ErrTransm, b"busy").is_lost_session());
+        assert!(
+            !refused(ErrorCode::ErrTransm, b"session belongs to another address").is_lost_session()
+        );
+        assert!(!refused(ErrorCode::BadFormat, b"unknown session").is_lost_session());
     }
 }

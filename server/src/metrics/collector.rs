@@ -217,12 +217,13 @@ fn encode_sessions(e: &mut DescriptorEncoder<'_>, stats: &Stats) -> fmt::Result 
     labelled(
         e,
         "mboard_sessions_reclaimed",
-        "Sessions dropped before their timeout to make room for new ones, by reason: unclaimed (never used by their owner, past the claim grace), slow_over_share and slow (claimed, below the progress floor; of a host over its share, or not).",
+        "Sessions dropped before their timeout to make room for new ones, by reason: unclaimed (never used by their owner, past the claim grace), slow_over_share and slow (claimed, below the progress floor; of a host over its share, or not), over_share (claimed and moving, but held beyond its host's share, taken back for a host within its share).",
         "reason",
         &[
             ("unclaimed", stats.evicted),
             ("slow_over_share", stats.reclaimed.over_share),
             ("slow", stats.reclaimed.within_share),
+            ("over_share", stats.reclaimed.recalled),
         ],
     )?;
     labelled(

@@ -17,12 +17,12 @@ use bytes::Bytes;
 use mboard_protocol::{Offer, SessionId};
 
 use super::compact;
-use super::hosts::{HostKey, Hosts};
+use super::hosts::{HostKey, Hosts, Shares};
 use super::manager::{Session, State};
 use super::{SessionError, SessionManager};
 
 /// Bytes reserved, per host too, and the sessions that may give way.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Budget {
     /// Bytes reserved by all sessions.
     pub(super) reserved: u64,
@@ -36,6 +36,15 @@ pub(super) struct Budget {
 }
 
 impl Budget {
+    pub(super) fn new(shares: Shares) -> Self {
+        Budget {
+            reserved: 0,
+            unclaimed_reserved: 0,
+            unclaimed: VecDeque::new(),
+            hosts: Hosts::new(shares),
+        }
+    }
+
     /// Bytes reserved by all sessions.
     pub(super) fn reserved(&self) -> u64 {
         self.reserved
@@ -59,18 +68,24 @@ impl Budget {
         }
     }
 
-    /// A session of `host` holding `reserved` bytes was just claimed: it no longer gives
-    /// way as unclaimed, and it counts against its host.
-    pub(super) fn claim(&mut self, reserved: u64, host: HostKey) {
+    /// Session `sid` of `host`, created at `created` and holding `reserved` bytes, was
+    /// just claimed: it no longer gives way as unclaimed, and it counts against its host.
+    pub(super) fn claim(&mut self, sid: SessionId, created: Instant, reserved: u64, host: HostKey) {
         self.unclaimed_reserved -= reserved;
-        self.hosts.join(host, reserved);
+        self.hosts.join(host, sid, created, reserved);
     }
 
-    /// A session holding `reserved` bytes is gone.
-    pub(super) fn release(&mut self, reserved: u64, host: Option<HostKey>) {
+    /// Session `sid`, created at `created` and holding `reserved` bytes, is gone.
+    pub(super) fn release(
+        &mut self,
+        sid: SessionId,
+        created: Instant,
+        reserved: u64,
+        host: Option<HostKey>,
+    ) {
         self.refund(reserved, host);
         if let Some(host) = host {
-            self.hosts.leave(host, 0);
+            self.hosts.leave(host, sid, created, 0);
         }
     }
 

@@ -21,6 +21,10 @@ pub enum SessionError {
     /// another; its owner may start again.
     #[error("expired: too slow while the server was full")]
     Reclaimed,
+    /// The session was one its host held beyond its share of the server, taken back for a
+    /// host within its share while the server was full; its owner may start again.
+    #[error("expired: its host held more than its share while the server was full")]
+    Recalled,
     /// An upload larger than the request size limit.
     #[error("too large: max {max} bytes")]
     TooLarge {
@@ -86,6 +90,10 @@ mod tests {
             (
                 SessionError::Reclaimed,
                 "4:expired: too slow while the server was full",
+            ),
+            (
+                SessionError::Recalled,
+                "4:expired: its host held more than its share while the server was full",
             ),
             (
                 SessionError::TooLarge { max: 1000 },

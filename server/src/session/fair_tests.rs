@@ -244,155 +244,129 @@ fn one_host_keeps_a_share_of_memory_free_for_the_others() {
     // ... and is held to the same rule beyond it.
     assert_eq!(sim.reply(b, "a:5000:1000"), "4:busy");
     assert_eq!(sim.mgr.stats().host_refusals.memory, 2);
-    // A third host within its share is refused only because the server is full: that is
-    // no host refusal.
-    assert_eq!(sim.reply(c, "a:20000:1000"), "4:busy");
+    // A third host within its share finds the server full, and takes back what the first
+    // holds beyond its share (see the test below): that is no host refusal.
+    hold(&mut sim, c, 20_000, 1_000);
     assert_eq!(sim.mgr.stats().host_refusals.memory, 2);
-    hold(&mut sim, c, 19_000, 1_000);
+    assert_eq!(sim.mgr.stats().reclaimed.recalled, 1);
+}
+
+const RECALLED: &str = "4:expired: its host held more than its share while the server was full";
+
+#[test]
+fn what_a_host_holds_beyond_its_share_is_taken_back_for_a_host_within_it() {
+    let mut sim = Sim::new(Limits {
+        max_session_memory: 100_000,
+        ..Limits::default()
+    });
+    let (hog, b) = (host(2, 1), host(1, 1));
+    // The hog: three uploads of 20,020 bytes, opened 1 ms apart, all young and moving.
+    let hogs: Vec<SessionId> = (0..3)
+        .map(|i| {
+            sim.at(i);
+            hold(&mut sim, hog, 20_000, 1_000)
+        })
+        .collect();
+    // Another host fills the share the hog had to leave free, within its own share.
+    sim.at(10);
+    let b1 = hold(&mut sim, b, 20_000, 1_000);
+    let b2 = hold(&mut sim, b, 4_000, 1_000);
+    assert_eq!(sim.mgr.stats().reserved, 4 * 20_008 + 4_008);
+    // A newcomer needs 20,020: the hog's youngest upload gives way, although it moves.
+    sim.at(20);
+    let c = hold(&mut sim, host(3, 1), 20_000, 1_000);
+    assert_eq!(sim.reply(hog, block(hogs[2], 1, &[b'h'; 1_000])), RECALLED);
+    assert_eq!(sim.mgr.stats().reclaimed.recalled, 1);
+    // And again for the next one, down to what the hog may hold as of right.
+    let d = hold(&mut sim, host(4, 1), 20_000, 1_000);
+    assert_eq!(sim.reply(hog, block(hogs[1], 1, &[b'h'; 1_000])), RECALLED);
+    // Within its share now, the hog keeps the rest; the next newcomer waits.
+    assert_eq!(sim.reply(host(5, 1), "a:20000:1000"), "4:busy");
+    for (owner, sid) in [
+        (hog, hogs[0]),
+        (b, b1),
+        (b, b2),
+        (host(3, 1), c),
+        (host(4, 1), d),
+    ] {
+        let r = sim.reply(owner, format!("c:{sid}"));
+        assert!(r.starts_with("4:incomplete"), "{sid}: {r}");
+    }
+    let reclaimed = sim.mgr.stats().reclaimed;
+    assert_eq!(
+        (
+            reclaimed.recalled,
+            reclaimed.over_share,
+            reclaimed.within_share
+        ),
+        (2, 0, 0)
+    );
 }
 
 #[test]
-fn one_host_keeps_a_share_of_the_table_free_for_the_others() {
+fn sessions_beyond_a_host_s_share_of_the_table_are_taken_back_too() {
     let mut sim = Sim::new(Limits {
         max_sessions: 8,
         ..Limits::default()
     });
-    let (a, b, c) = (host(2, 1), host(1, 1), host(3, 1));
-    // Two sessions a host, and beyond them up to six in all.
-    for _ in 0..6 {
-        hold(&mut sim, a, 10, 10);
-    }
-    assert_eq!(sim.reply(a, "a:10:10"), "4:busy");
-    assert_eq!(
-        sim.mgr.stats().host_refusals,
-        HostRefusals {
-            memory: 0,
-            sessions: 1
-        }
-    );
+    let (hog, b) = (host(2, 1), host(1, 1));
+    let hogs: Vec<SessionId> = (0..6)
+        .map(|i| {
+            sim.at(i);
+            hold(&mut sim, hog, 10, 10)
+        })
+        .collect();
     hold(&mut sim, b, 10, 10);
     hold(&mut sim, b, 10, 10);
-    assert_eq!(sim.reply(c, "a:10:10"), "4:busy", "full");
+    // The table is full; an open from a newcomer takes the hog's youngest slot.
+    let c = sim.open(host(3, 1), 10, 10);
+    assert_eq!(sim.reply(hog, format!("c:{}", hogs[5])), RECALLED);
+    // The other host, at its share, may not take the hog's loans for more of its own:
+    // beyond its share it takes nobody's session.
+    assert_eq!(sim.reply(b, "a:10:10"), "4:busy");
     assert_eq!(sim.mgr.stats().host_refusals.sessions, 1);
-    assert_eq!(sim.mgr.stats().hosts, 2);
-}
-
-#[test]
-fn spoofed_sessions_count_against_no_host() {
-    let mut sim = Sim::new(Limits {
-        max_session_memory: 100_000,
-        ..Limits::default()
-    });
-    let victim = host(1, 1);
-    // Requests for large replies with the victim's address as their source, never fetched.
-    for port in 2..5 {
-        offer(
-            sim.mgr
-                .offer(sim.now, host(1, port), Bytes::from(vec![b's'; 20_000])),
-        );
-    }
-    assert_eq!(sim.mgr.stats().hosts, 0);
-    // Had they counted, the victim would be over its 25,000 and held to 75,000 in all.
-    hold(&mut sim, victim, 20_000, 1_000);
-    assert_eq!(sim.mgr.stats().hosts, 1);
-    assert_eq!(sim.mgr.stats().host_refusals, HostRefusals::default());
-}
-
-#[test]
-fn hosts_over_their_share_give_way_first_then_the_largest_then_the_oldest() {
-    let mut sim = Sim::new(Limits {
-        max_session_memory: 100_000,
-        ..Limits::default()
-    });
-    let (hog, b, c) = (host(2, 1), host(1, 1), host(3, 1));
-    let hog_old = hold(&mut sim, hog, 19_000, 1_000);
-    sim.at(10);
-    let hog_new = hold(&mut sim, hog, 19_000, 1_000);
-    let b_large = hold(&mut sim, b, 24_000, 1_000);
-    let c_old = hold(&mut sim, c, 10_000, 1_000);
-    sim.at(20);
-    let c_new = hold(&mut sim, c, 10_000, 1_000);
-    // 82,040 of 100,000 reserved; the hog holds 38,016, over its 25,000. At 6 s all of
-    // them are slow (1,000 bytes buy 0.12 s past the grace).
-    sim.at(6_000);
-    let order = [
-        (hog, hog_old),
-        (hog, hog_new),
-        (b, b_large),
-        (c, c_old),
-        (c, c_new),
-    ];
-    for (i, &(owner, sid)) in order.iter().enumerate() {
-        // A newcomer (a new host each time, within its share) asks one byte more than
-        // is free: exactly one session has to go.
-        let free = sim.mgr.limits.max_session_memory - sim.mgr.stats().reserved;
-        let size = free + 1 - 8;
-        hold(&mut sim, host(10 + i as u8, 1), size, size);
-        assert_eq!(
-            sim.reply(owner, format!("c:{sid}")),
-            EXPIRED,
-            "{i} goes {i}th"
-        );
-        for &(owner, later) in &order[i + 1..] {
-            let r = sim.reply(owner, format!("c:{later}"));
-            assert!(r.starts_with("4:incomplete"), "{i}: {r}");
-        }
-    }
-    let reclaimed = sim.mgr.stats().reclaimed;
-    // Only the first was of a host over its share by the time it went.
-    assert_eq!((reclaimed.over_share, reclaimed.within_share), (1, 4));
-}
-
-#[test]
-fn a_host_over_its_share_takes_nobody_s_session() {
-    let mut sim = Sim::new(Limits {
-        max_session_memory: 100_000,
-        ..Limits::default()
-    });
-    let (hog, other) = (host(2, 1), host(1, 1));
-    let slow = hold(&mut sim, other, 20_000, 1_000);
-    for _ in 0..2 {
-        hold(&mut sim, hog, 20_000, 1_000);
-    }
-    sim.at(20_000);
-    // Everyone is slow now, but the hog is over its share: it may not take the other's.
-    assert_eq!(sim.reply(hog, "a:40000:1000"), "4:busy");
-    assert_eq!(sim.mgr.stats().reclaimed.within_share, 0);
-    assert_eq!(sim.mgr.stats().host_refusals.memory, 1);
-    assert!(
-        sim.reply(other, format!("c:{slow}"))
-            .starts_with("4:incomplete")
+    assert_eq!(
+        sim.reply(host(3, 1), block(c, 0, b"c123456789")),
+        format!("0:{c}:0:1")
     );
+    // The hog keeps the rest (a block sent again is acknowledged again).
+    for sid in &hogs[..5] {
+        assert_eq!(
+            sim.reply(hog, block(*sid, 0, &[b'h'; 10])),
+            format!("0:{sid}:0:1")
+        );
+    }
+    assert_eq!(sim.mgr.stats().reclaimed.recalled, 1);
 }
 
 #[test]
-fn nothing_is_reclaimed_in_vain_and_executing_commits_are_kept() {
+fn a_commit_that_is_executing_is_never_taken_back() {
     let mut sim = Sim::new(Limits {
-        max_session_memory: 30_000,
-        ..shares_off()
+        max_session_memory: 100_000,
+        ..Limits::default()
     });
-    let (a, b) = (host(2, 1), host(3, 1));
-    let slow = hold(&mut sim, a, 10_000, 1_000);
-    // A complete upload whose commit is executing: it must not vanish under its reply.
-    let running = hold(&mut sim, b, 1_000, 1_000);
+    let hog = host(2, 1);
+    let oldest = hold(&mut sim, hog, 30_000, 1_000);
+    sim.at(1);
+    let younger = hold(&mut sim, hog, 30_000, 1_000);
+    sim.at(2);
+    // Its youngest: one block, complete, its commit executing.
+    let running = hold(&mut sim, hog, 1_000, 1_000);
     assert!(matches!(
-        sim.send(b, format!("c:{running}")),
+        sim.send(hog, format!("c:{running}")),
         Outcome::Execute { .. }
     ));
-    sim.at(19_000);
-    hold(&mut sim, b, 17_000, 17_000);
-    sim.at(20_000);
-    // Only the 10,008 slow bytes may go (the executing commit's 1,472 stay, the
-    // 17,008 are young): not enough for 20,008, so nothing goes.
-    assert_eq!(sim.reply(host(1, 1), "a:20000:1000"), "4:busy");
+    hold(&mut sim, host(1, 1), 24_000, 1_000);
+    // A newcomer's 20,008 does not fit: the hog's youngest that is not executing goes.
+    sim.at(3);
+    hold(&mut sim, host(3, 1), 20_000, 1_000);
+    assert_eq!(sim.reply(hog, format!("c:{younger}")), RECALLED);
     assert!(
-        sim.reply(a, format!("c:{slow}"))
+        sim.reply(hog, format!("c:{oldest}"))
             .starts_with("4:incomplete")
     );
-    // Enough for 9,008.
-    hold(&mut sim, host(1, 1), 9_000, 1_000);
-    assert_eq!(sim.reply(a, format!("c:{slow}")), EXPIRED);
     sim.mgr
-        .finish(running, Reply::ok(Bytes::from_static(b"0:7")));
-    assert_eq!(sim.reply(b, format!("c:{running}")), "0:7");
+        .finish(running, Reply::ok(Bytes::from_static(b"0:9")));
+    assert_eq!(sim.reply(hog, format!("c:{running}")), "0:9");
+    assert_eq!(sim.mgr.stats().reclaimed.recalled, 1);
 }

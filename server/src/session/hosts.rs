@@ -6,8 +6,11 @@
 //! *claimed* sessions count: an unclaimed one may come from a spoofed source, and charging
 //! it to the host it names would let anyone use up a victim's share.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use mboard_protocol::SessionId;
 
 use crate::config::Limits;
 
@@ -74,14 +77,31 @@ impl Shares {
 }
 
 /// Claimed usage per host; a host with nothing claimed has no entry.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Hosts {
     usage: HashMap<HostKey, Usage>,
     /// Claimed sessions in all.
     claimed: usize,
+    /// Each host's claimed sessions by when they were created, youngest last: the order in
+    /// which a host over its share gives back what it holds beyond it.
+    held: HashMap<HostKey, BTreeSet<(Instant, SessionId)>>,
+    /// The hosts over their share of memory or of sessions: those holding room on loan.
+    /// Few (each holds more than a share), so they are kept rather than searched for.
+    over: HashSet<HostKey>,
+    shares: Shares,
 }
 
 impl Hosts {
+    pub(super) fn new(shares: Shares) -> Self {
+        Hosts {
+            usage: HashMap::new(),
+            claimed: 0,
+            held: HashMap::new(),
+            over: HashSet::new(),
+            shares,
+        }
+    }
+
     pub(super) fn usage(&self, host: HostKey) -> Usage {
         self.usage.get(&host).copied().unwrap_or_default()
     }
@@ -96,16 +116,33 @@ impl Hosts {
         self.claimed
     }
 
-    /// A session of `host` holding `reserved` bytes was claimed.
-    pub(super) fn join(&mut self, host: HostKey, reserved: u64) {
+    /// The hosts over their share, with what they hold.
+    pub(super) fn over_share(&self) -> impl Iterator<Item = (HostKey, Usage)> + '_ {
+        self.over.iter().map(|&host| (host, self.usage(host)))
+    }
+
+    /// `host`'s claimed sessions, youngest first.
+    pub(super) fn youngest(&self, host: HostKey) -> impl Iterator<Item = SessionId> + '_ {
+        self.held
+            .get(&host)
+            .into_iter()
+            .flat_map(|held| held.iter().rev().map(|&(_, sid)| sid))
+    }
+
+    /// Session `sid` of `host`, created at `created` and holding `reserved` bytes, was
+    /// claimed.
+    pub(super) fn join(&mut self, host: HostKey, sid: SessionId, created: Instant, reserved: u64) {
         let usage = self.usage.entry(host).or_default();
         usage.sessions += 1;
         usage.reserved += reserved;
         self.claimed += 1;
+        self.held.entry(host).or_default().insert((created, sid));
+        self.restate(host);
     }
 
-    /// A claimed session of `host` holding `reserved` bytes is gone.
-    pub(super) fn leave(&mut self, host: HostKey, reserved: u64) {
+    /// Claimed session `sid` of `host`, created at `created` and holding `reserved`
+    /// bytes, is gone.
+    pub(super) fn leave(&mut self, host: HostKey, sid: SessionId, created: Instant, reserved: u64) {
         if let Some(usage) = self.usage.get_mut(&host) {
             usage.sessions -= 1;
             usage.reserved -= reserved;
@@ -114,6 +151,13 @@ impl Hosts {
                 self.usage.remove(&host);
             }
         }
+        if let Some(held) = self.held.get_mut(&host) {
+            held.remove(&(created, sid));
+            if held.is_empty() {
+                self.held.remove(&host);
+            }
+        }
+        self.restate(host);
     }
 
     /// A claimed session of `host` took `cost` more bytes.
@@ -121,6 +165,7 @@ impl Hosts {
         if let Some(usage) = self.usage.get_mut(&host) {
             usage.reserved += cost;
         }
+        self.restate(host);
     }
 
     /// A claimed session of `host` gave back `cost` bytes.
@@ -128,11 +173,22 @@ impl Hosts {
         if let Some(usage) = self.usage.get_mut(&host) {
             usage.reserved -= cost;
         }
+        self.restate(host);
+    }
+
+    /// Notes whether `host` is over its share now.
+    fn restate(&mut self, host: HostKey) {
+        if self.shares.exceeded_by(self.usage(host)) {
+            self.over.insert(host);
+        } else {
+            self.over.remove(&host);
+        }
     }
 
     /// Gives memory back after a crowd has left.
     pub(super) fn shrink(&mut self) {
         super::compact::shrink_map(&mut self.usage);
+        super::compact::shrink_map(&mut self.held);
     }
 }
 
@@ -175,11 +231,23 @@ mod tests {
 
     #[test]
     fn usage_follows_claimed_sessions() {
-        let mut hosts = Hosts::default();
+        let shares = Shares {
+            memory: 100,
+            sessions: 2,
+        };
+        let mut hosts = Hosts::new(shares);
         let h = HostKey::of("10.0.0.1".parse().expect("ip"));
-        hosts.join(h, 100);
-        hosts.join(h, 0);
+        let t = Instant::now();
+        let (s1, s2, s3) = (
+            SessionId(uuid::Uuid::from_u128(1)),
+            SessionId(uuid::Uuid::from_u128(2)),
+            SessionId(uuid::Uuid::from_u128(3)),
+        );
+        hosts.join(h, s1, t, 100);
+        hosts.join(h, s2, t + std::time::Duration::from_secs(1), 0);
+        assert_eq!(hosts.over_share().count(), 0, "at its share, not over it");
         hosts.charge(h, 50);
+        assert_eq!(hosts.over_share().map(|(h, _)| h).collect::<Vec<_>>(), [h]);
         hosts.refund(h, 20);
         assert_eq!(
             hosts.usage(h),
@@ -188,8 +256,13 @@ mod tests {
                 reserved: 130
             }
         );
-        hosts.leave(h, 100);
-        hosts.leave(h, 30);
+        hosts.join(h, s3, t + std::time::Duration::from_secs(2), 0);
+        assert_eq!(hosts.youngest(h).collect::<Vec<_>>(), [s3, s2, s1]);
+        hosts.leave(h, s3, t + std::time::Duration::from_secs(2), 0);
+        hosts.leave(h, s1, t, 100);
+        assert_eq!(hosts.over_share().count(), 0, "30 bytes in one session");
+        hosts.leave(h, s2, t + std::time::Duration::from_secs(1), 30);
         assert_eq!(hosts.len(), 0, "a host with nothing left has no entry");
+        assert_eq!(hosts.youngest(h).count(), 0);
     }
 }

@@ -12,7 +12,7 @@ use rand::{RngCore, SeedableRng};
 use super::SessionError;
 use super::budget::Budget;
 use super::expiry::Deadlines;
-use super::hosts::HostKey;
+use super::hosts::{HostKey, Shares};
 use super::reclaim::Reclaimer;
 use super::room::Need;
 use super::upload::{Shape, Upload};
@@ -67,8 +67,8 @@ pub struct Stats {
     pub expired: u64,
     /// Unclaimed sessions dropped to make room for new ones, since the start.
     pub evicted: u64,
-    /// Claimed sessions below the progress floor reclaimed for new ones, since the start:
-    /// those of hosts over their share, and the others.
+    /// Claimed sessions reclaimed for new ones, since the start: below the progress floor
+    /// (of hosts over their share, and the others), and held beyond a host's share.
     pub reclaimed: Reclaimed,
     /// Requests refused busy while their host held more than its share, since the start.
     pub host_refusals: HostRefusals,
@@ -76,14 +76,17 @@ pub struct Stats {
     pub hosts: usize,
 }
 
-/// Slow sessions reclaimed, by whether their host was over its share.
+/// Claimed sessions reclaimed, by why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct Reclaimed {
-    /// Of a host holding more than its share of memory or sessions.
+    /// Slow, of a host holding more than its share of memory or sessions.
     pub over_share: u64,
-    /// Of a host within its shares.
+    /// Slow, of a host within its shares.
     pub within_share: u64,
+    /// Not slow, but held beyond its host's share: taken back for a host within its share
+    /// (the youngest of the host most over its share first).
+    pub recalled: u64,
 }
 
 /// Busy refusals of hosts over their share, by the resource that was short.
@@ -167,13 +170,14 @@ impl SessionManager {
     /// A manager whose session ids come from a generator seeded with `seed`.
     #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn new(limits: Limits, seed: u64) -> Self {
+        let shares = Shares::of(&limits);
         SessionManager {
             validated: Validated::new(limits.validation_ttl, limits.max_validated),
             limits,
             rng: StdRng::seed_from_u64(seed),
             sessions: HashMap::new(),
             per_source: HashMap::new(),
-            budget: Budget::default(),
+            budget: Budget::new(shares),
             expiry: Deadlines::default(),
             reclaimer: Reclaimer::default(),
             expired_total: 0,
@@ -267,7 +271,8 @@ impl SessionManager {
         };
         if newly_claimed {
             let session = &self.sessions[&sid];
-            self.budget.claim(session.reserved, host);
+            self.budget
+                .claim(sid, session.created, session.reserved, host);
             let fairness = self.limits.fairness;
             self.reclaimer
                 .watch(sid, session, &self.sessions, &fairness);
@@ -399,7 +404,10 @@ impl SessionManager {
     fn close(&mut self, now: Instant, from: SocketAddr, sid: SessionId) -> Outcome {
         match self.claim(now, from, sid, false) {
             // Closing is idempotent: a lost `0:` must not turn a resent `x:` into an error.
-            Ok(_) | Err(SessionError::UnknownSession | SessionError::Reclaimed) => {
+            Ok(_)
+            | Err(
+                SessionError::UnknownSession | SessionError::Reclaimed | SessionError::Recalled,
+            ) => {
                 self.remove(sid);
                 self.reclaimer.forget(sid);
                 Outcome::Respond(Response::Closed)
@@ -450,7 +458,8 @@ impl SessionManager {
         let Some(session) = self.sessions.remove(&sid) else {
             return;
         };
-        self.budget.release(session.reserved, session.claimant());
+        self.budget
+            .release(sid, session.created, session.reserved, session.claimant());
         if let Some(n) = self.per_source.get_mut(&session.owner) {
             *n -= 1;
             if *n == 0 {

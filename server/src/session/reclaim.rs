@@ -147,8 +147,8 @@ impl Reclaimer {
         }
     }
 
-    /// The slow sessions (never `requester`) that would make up `short`, best first, or
-    /// `None` if all of them together would not.
+    /// The slow sessions (never `requester`) that make up as much of `short` as they can,
+    /// best first, and what they leave missing.
     ///
     /// Best first: sessions of hosts over their share (`over_share`), then the largest,
     /// then the oldest.
@@ -160,15 +160,11 @@ impl Reclaimer {
         sessions: &HashMap<SessionId, Session>,
         fairness: &Fairness,
         over_share: impl Fn(HostKey) -> bool,
-    ) -> Option<Vec<SessionId>> {
+    ) -> (Vec<SessionId>, Shortfall) {
         if fairness.progress_floor == 0 {
-            return None;
+            return (Vec::new(), short);
         }
         self.refresh(now, sessions, fairness, over_share);
-        let bound = self.bound();
-        if short.bytes > bound.bytes || short.slots > bound.slots {
-            return None;
-        }
         let (mut take, mut left, mut stale) = (Vec::new(), short, Vec::new());
         for rank in self.pool.iter().rev() {
             if left.is_met() {
@@ -194,28 +190,36 @@ impl Reclaimer {
         for rank in stale {
             self.pool_remove(&rank);
         }
-        left.is_met().then_some(take)
+        (take, left)
     }
 
-    /// Remembers that `sid`, owned by `owner`, was reclaimed, until `until`.
-    pub(super) fn bury(&mut self, sid: SessionId, owner: SocketAddr, until: Instant, max: usize) {
-        self.tombstones.insert(sid, owner, until, max);
+    /// Remembers that `sid`, owned by `owner`, was reclaimed (answered `why` from then on),
+    /// until `until`.
+    pub(super) fn bury(
+        &mut self,
+        sid: SessionId,
+        owner: SocketAddr,
+        why: SessionError,
+        until: Instant,
+        max: usize,
+    ) {
+        self.tombstones.insert(sid, (owner, why), until, max);
     }
 
-    pub(super) fn count(&mut self, over_share: bool) {
-        if over_share {
-            self.reclaimed.over_share += 1;
-        } else {
-            self.reclaimed.within_share += 1;
+    /// Counts a session reclaimed as `why`, its host over its share or not.
+    pub(super) fn count(&mut self, why: &SessionError, over_share: bool) {
+        match (why, over_share) {
+            (SessionError::Recalled, _) => self.reclaimed.recalled += 1,
+            (_, true) => self.reclaimed.over_share += 1,
+            (_, false) => self.reclaimed.within_share += 1,
         }
     }
 
     /// Why `sid`, which is not in the table, is refused to `from`.
     pub(super) fn gone(&self, sid: SessionId, from: SocketAddr) -> SessionError {
-        if self.tombstones.owner(sid) == Some(from) {
-            SessionError::Reclaimed
-        } else {
-            SessionError::UnknownSession
+        match self.tombstones.owner(sid) {
+            Some((owner, why)) if owner == from => why,
+            _ => SessionError::UnknownSession,
         }
     }
 
@@ -249,16 +253,23 @@ impl Reclaimer {
     }
 }
 
-/// Reclaimed sessions' ids, each with its owner, until a session timeout has passed.
+/// Reclaimed sessions' ids, each with its owner and what it is answered, until a session
+/// timeout has passed.
 #[derive(Debug, Default)]
 struct Tombstones {
-    owners: HashMap<SessionId, SocketAddr>,
+    owners: HashMap<SessionId, (SocketAddr, SessionError)>,
     /// When each entry lapses, in order; possibly stale (closed by its owner).
     order: VecDeque<(Instant, SessionId)>,
 }
 
 impl Tombstones {
-    fn insert(&mut self, sid: SessionId, owner: SocketAddr, until: Instant, max: usize) {
+    fn insert(
+        &mut self,
+        sid: SessionId,
+        owner: (SocketAddr, SessionError),
+        until: Instant,
+        max: usize,
+    ) {
         while self.owners.len() >= max.max(1) {
             let Some((_, old)) = self.order.pop_front() else {
                 break;
@@ -269,8 +280,8 @@ impl Tombstones {
         self.order.push_back((until, sid));
     }
 
-    fn owner(&self, sid: SessionId) -> Option<SocketAddr> {
-        self.owners.get(&sid).copied()
+    fn owner(&self, sid: SessionId) -> Option<(SocketAddr, SessionError)> {
+        self.owners.get(&sid).cloned()
     }
 
     fn remove(&mut self, sid: SessionId) {
@@ -295,8 +306,10 @@ impl Tombstones {
 }
 
 impl SessionManager {
-    /// Drops the slow session `sid` to make room, remembering it for its owner.
-    pub(super) fn reclaim(&mut self, now: Instant, sid: SessionId) {
+    /// Drops session `sid` to make room, remembering for its owner why: slow
+    /// ([`SessionError::Reclaimed`]) or held beyond its host's share
+    /// ([`SessionError::Recalled`]).
+    pub(super) fn reclaim(&mut self, now: Instant, sid: SessionId, why: SessionError) {
         let Some(session) = self.sessions.get(&sid) else {
             return;
         };
@@ -306,7 +319,7 @@ impl SessionManager {
         self.remove(sid);
         let until = now + self.limits.session_timeout;
         let max = self.limits.max_sessions as usize;
-        self.reclaimer.bury(sid, owner, until, max);
-        self.reclaimer.count(over);
+        self.reclaimer.count(&why, over);
+        self.reclaimer.bury(sid, owner, why, until, max);
     }
 }

@@ -2,18 +2,23 @@
 //!
 //! A host may hold up to its share whenever there is room. Beyond it, a host may take only
 //! room that leaves one share free, so a newcomer always finds a share's worth at once: a
-//! client refused busy does not wait for room, it fails. When a reservation does not fit,
-//! unclaimed sessions past the claim grace give way first (they may be spoofed), oldest
-//! first; then claimed sessions moving slower than the progress floor (see `reclaim`),
-//! those of hosts over their share first, but only for a host within its share: a host
-//! over its share takes nobody's session. Nothing is dropped unless dropping makes room.
+//! client refused busy does not wait for room, it fails. And what a host holds beyond its
+//! share is on loan: once another host has filled the share left free, a host within its
+//! share takes it back. When a reservation does not fit, unclaimed sessions past the claim
+//! grace give way first (they may be spoofed), oldest first; then claimed sessions moving
+//! slower than the progress floor (see `reclaim`), those of hosts over their share first;
+//! then, however fast they move, the sessions hosts hold beyond their share, the youngest
+//! of the host most over its share first. Claimed sessions give way only for a host within
+//! its share: a host over its share takes nobody's session. Nothing is dropped unless
+//! dropping makes room.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use mboard_protocol::SessionId;
 
-use super::hosts::{HostKey, Shares};
+use super::hosts::{HostKey, Shares, Usage};
+use super::manager::State;
 use super::{SessionError, SessionManager};
 
 /// What a reservation needs room for.
@@ -52,6 +57,18 @@ impl Shortfall {
             slots: self.slots.saturating_sub(1),
         }
     }
+}
+
+/// Sessions [`SessionManager::recall`] looks at for one request, at most.
+const RECALL_WALK: usize = 4_096;
+
+/// The claimed sessions that give way for a reservation, in order.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Slow ones (see `reclaim`).
+    slow: Vec<SessionId>,
+    /// Held beyond their host's share (see [`SessionManager::recall`]).
+    recalled: Vec<SessionId>,
 }
 
 /// Whether `need`'s host is over its share of each resource once the need is met.
@@ -103,11 +120,13 @@ impl SessionManager {
         let over_on_what_is_short =
             (short.bytes > 0 && over.memory) || (short.slots > 0 && over.sessions);
         let shares = Shares::of(&self.limits);
-        let fairness = self.limits.fairness;
-        let reclaimable = if over_on_what_is_short {
-            Shortfall::default()
+        let (reclaimable, lent) = if over_on_what_is_short {
+            (Shortfall::default(), Shortfall::default())
         } else {
-            self.reclaimable(now, &shares)
+            (
+                self.reclaimable(now, &shares),
+                self.lent(need.host, &shares),
+            )
         };
         // Everything that could give way, at most: refused at once if it is not enough,
         // so that a request that cannot be helped drops nothing and walks nothing.
@@ -115,29 +134,21 @@ impl SessionManager {
             bytes: self.budget.unclaimed_reserved,
             slots: (self.sessions.len() - self.budget.hosts.claimed()) as u64,
         };
-        let enough = short.bytes <= unclaimed.bytes + reclaimable.bytes
-            && short.slots <= unclaimed.slots + reclaimable.slots;
+        let enough = short.bytes <= unclaimed.bytes + reclaimable.bytes + lent.bytes
+            && short.slots <= unclaimed.slots + reclaimable.slots + lent.slots;
         let left = if enough {
             self.evict(now, short, need.requester)
         } else {
             short
         };
-        let reclaim = if left.is_met() {
-            Some(Vec::new())
+        let plan = if left.is_met() {
+            Some(Plan::default())
         } else if enough && !over_on_what_is_short {
-            let hosts = &self.budget.hosts;
-            self.reclaimer.plan(
-                now,
-                left,
-                need.requester,
-                &self.sessions,
-                &fairness,
-                |host| shares.exceeded_by(hosts.usage(host)),
-            )
+            self.plan(now, left, need, &shares)
         } else {
             None
         };
-        let Some(reclaim) = reclaim else {
+        let Some(plan) = plan else {
             if short.bytes > 0 && over.memory {
                 self.host_refusals.memory += 1;
             }
@@ -146,8 +157,32 @@ impl SessionManager {
             }
             return Err(SessionError::Busy);
         };
-        self.reclaim_planned(now, need, left.slots, reclaim);
+        self.reclaim_planned(now, need, left.slots, plan);
         Ok(())
+    }
+
+    /// The claimed sessions that give way for `left`: slow ones first, then room held on
+    /// loan (see [`SessionManager::recall`]); `None` if together they would not make it
+    /// up.
+    fn plan(&mut self, now: Instant, left: Shortfall, need: Need, shares: &Shares) -> Option<Plan> {
+        let fairness = self.limits.fairness;
+        let hosts = &self.budget.hosts;
+        let (slow, left) = self.reclaimer.plan(
+            now,
+            left,
+            need.requester,
+            &self.sessions,
+            &fairness,
+            |host| shares.exceeded_by(hosts.usage(host)),
+        );
+        if left.is_met() {
+            return Some(Plan {
+                slow,
+                recalled: Vec::new(),
+            });
+        }
+        let recalled = self.recall(left, need, &slow)?;
+        Some(Plan { slow, recalled })
     }
 
     /// What reclaiming slow claimed sessions could free at most, with the pool of slow
@@ -164,15 +199,102 @@ impl SessionManager {
 
     /// Reclaims the sessions planned for `need`, which lacks `slots` table slots: all of
     /// them, unless `need` takes no bytes yet and the slots are found.
-    fn reclaim_planned(&mut self, now: Instant, need: Need, mut slots: u64, plan: Vec<SessionId>) {
-        for sid in plan {
+    fn reclaim_planned(&mut self, now: Instant, need: Need, mut slots: u64, plan: Plan) {
+        let slow = plan
+            .slow
+            .into_iter()
+            .map(|sid| (sid, SessionError::Reclaimed));
+        let recalled = plan
+            .recalled
+            .into_iter()
+            .map(|sid| (sid, SessionError::Recalled));
+        for (sid, why) in slow.chain(recalled) {
             if !need.take_bytes && slots == 0 {
                 // The rest was for bytes an open does not take yet (see `Need`).
                 break;
             }
-            self.reclaim(now, sid);
+            self.reclaim(now, sid, why);
             slots = slots.saturating_sub(1);
         }
+    }
+
+    /// What the hosts over their share (other than `host`) hold beyond it: room they may
+    /// be asked to give back, bytes by hosts over their share of memory, slots by hosts
+    /// over their share of sessions. At most what recalling frees, give or take the one
+    /// session that takes a host back within its share.
+    fn lent(&self, host: HostKey, shares: &Shares) -> Shortfall {
+        let mut lent = Shortfall::default();
+        for (lender, usage) in self.budget.hosts.over_share() {
+            if lender != host {
+                lent.bytes += usage.reserved.saturating_sub(shares.memory);
+                lent.slots += u64::from(usage.sessions.saturating_sub(shares.sessions));
+            }
+        }
+        lent
+    }
+
+    /// Room held on loan that makes up `left` for `need`, whose host is within its share:
+    /// the youngest sessions of the host most over its share first, each host giving back
+    /// only what it holds beyond its share of what is short; never `need`'s own host or
+    /// session, a session already in `planned`, or a commit that is executing. `None` if
+    /// the loans would not make `left` up.
+    ///
+    /// Beyond its share a host may take only room that leaves one share free; without
+    /// this, a second host filling that share would leave a newcomer nothing until the
+    /// first host's sessions turned slow (they may never, if they move).
+    fn recall(
+        &self,
+        mut left: Shortfall,
+        need: Need,
+        planned: &[SessionId],
+    ) -> Option<Vec<SessionId>> {
+        let shares = Shares::of(&self.limits);
+        let hosts = &self.budget.hosts;
+        // Over its share of what is still short: a host lends memory or sessions, not both.
+        let lends = |usage: &Usage, left: Shortfall| {
+            (left.bytes > 0 && usage.reserved > shares.memory)
+                || (left.slots > 0 && usage.sessions > shares.sessions)
+        };
+        let mut lenders: Vec<(HostKey, Usage)> = hosts
+            .over_share()
+            .filter(|(lender, usage)| *lender != need.host && lends(usage, left))
+            .collect();
+        // Most over its share first, in bytes when bytes are short, else in sessions.
+        let excess = |usage: &Usage| {
+            if left.bytes > 0 {
+                usage.reserved.saturating_sub(shares.memory)
+            } else {
+                u64::from(usage.sessions.saturating_sub(shares.sessions))
+            }
+        };
+        lenders.sort_by_key(|(lender, usage)| (std::cmp::Reverse(excess(usage)), *lender));
+        let mut recalled = Vec::new();
+        // Sessions looked at, at most: bounds the work one request can cause.
+        let mut budget = RECALL_WALK;
+        for (lender, mut usage) in lenders {
+            for sid in hosts.youngest(lender) {
+                if left.is_met() || !lends(&usage, left) || budget == 0 {
+                    break;
+                }
+                budget -= 1;
+                let Some(session) = self.sessions.get(&sid) else {
+                    continue;
+                };
+                let frees_nothing = left.slots == 0 && session.reserved == 0;
+                if frees_nothing
+                    || Some(sid) == need.requester
+                    || matches!(session.state, State::Executing(_))
+                    || planned.contains(&sid)
+                {
+                    continue;
+                }
+                left = left.minus(session.reserved);
+                usage.sessions -= 1;
+                usage.reserved -= session.reserved;
+                recalled.push(sid);
+            }
+        }
+        left.is_met().then_some(recalled)
     }
 
     /// What `need` lacks under the limits that apply to its host.
