@@ -116,3 +116,100 @@ fn an_open_makes_nobody_give_way_for_memory_it_does_not_take_yet() {
     );
     assert_eq!(sim.mgr.stats().evicted, 1);
 }
+
+/// Checks each host's books against the sessions it has claimed.
+fn check_books(sim: &Sim) {
+    use std::collections::HashMap;
+
+    use super::hosts::{Books, HostKey, Shares};
+    let mgr = &sim.mgr;
+    let shares = Shares::of(&mgr.limits);
+    let mut want: HashMap<HostKey, Books> = HashMap::new();
+    for (sid, s) in mgr.sessions.iter().filter(|(_, s)| s.claimed) {
+        let (usage, held, _) = want.entry(s.host).or_default();
+        usage.sessions += 1;
+        usage.reserved += s.reserved;
+        held.insert((s.created, *sid));
+    }
+    for (usage, _, over) in want.values_mut() {
+        *over = shares.exceeded_by(*usage);
+    }
+    assert_eq!(mgr.budget.hosts.books(), want);
+    let claimed: u64 = want.values().map(|(u, _, _)| u.reserved).sum();
+    assert_eq!(
+        mgr.budget.reserved,
+        claimed + mgr.budget.unclaimed_reserved,
+        "reserved in all"
+    );
+}
+
+#[test]
+fn the_books_of_hosts_follow_every_way_a_session_ends() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use crate::reply::Reply;
+    let mut sim = Sim::new(Limits {
+        max_session_memory: 60_000,
+        max_sessions: 24,
+        session_timeout: std::time::Duration::from_secs(3),
+        ..Limits::default()
+    });
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut open: Vec<(std::net::SocketAddr, SessionId)> = Vec::new();
+    let mut ms = 0;
+    for step in 0..20_000 {
+        ms += rng.random_range(0..40);
+        sim.at(ms);
+        let from = host(rng.random_range(1..=4), rng.random_range(1..=3));
+        match rng.random_range(0..10) {
+            0..=2 => {
+                let size = rng.random_range(1..=12) * 1_000;
+                let r = sim.reply(from, format!("a:{size}:1000"));
+                if let Ok(mboard_protocol::Response::Opened { sid, .. }) =
+                    mboard_protocol::Response::parse(
+                        Bytes::from(r),
+                        mboard_protocol::Expect::Opened,
+                    )
+                {
+                    open.push((from, sid));
+                }
+            }
+            3 => {
+                let size = rng.random_range(1..=8_000);
+                if let Ok(o) = sim.mgr.offer(sim.now, from, Bytes::from(vec![b'd'; size])) {
+                    open.push((from, o.sid));
+                }
+            }
+            _ if open.is_empty() => {}
+            n => {
+                let (owner, sid) = open[rng.random_range(0..open.len())];
+                let pdu = match n {
+                    4..=6 => {
+                        let i = rng.random_range(0..12u64);
+                        let mut b = format!("b:{sid}:{i}:").into_bytes();
+                        b.extend_from_slice(&[b'u'; 1_000]);
+                        b
+                    }
+                    7 => format!("c:{sid}").into_bytes(),
+                    8 => format!("g:{sid}:0").into_bytes(),
+                    _ => format!("x:{sid}").into_bytes(),
+                };
+                if let Outcome::Execute { sid, .. } = sim.send(owner, pdu)
+                    && rng.random_bool(0.8)
+                {
+                    sim.mgr.finish(sid, Reply::ok(Bytes::from_static(b"0:1")));
+                }
+            }
+        }
+        if step % 7 == 0 {
+            sim.mgr.expire(sim.now);
+        }
+        check_books(&sim);
+    }
+    let stats = sim.mgr.stats();
+    assert!(
+        stats.reclaimed.recalled > 0 && stats.evicted > 0 && stats.expired > 0,
+        "{stats:?}"
+    );
+}
