@@ -213,3 +213,24 @@ fn the_books_of_hosts_follow_every_way_a_session_ends() {
         "{stats:?}"
     );
 }
+
+#[test]
+fn a_committed_reply_is_not_taken_back_for_the_bytes_it_does_not_hold() {
+    let mut sim = Sim::new(limits());
+    let hog = host(2, 1);
+    let older = hold(&mut sim, hog, 30_000, 1_000);
+    sim.at(1);
+    let younger = hold(&mut sim, hog, 30_000, 1_000);
+    sim.at(2);
+    // Its youngest: a v1 publish, executed; its reply (3 bytes) is what a resent `c:`
+    // gets when the first answer was lost, and the only way to tell it was stored.
+    let done = hold(&mut sim, hog, 1_000, 1_000);
+    sim.commit_and_run(hog, done, b"0:9");
+    hold(&mut sim, host(1, 1), 24_000, 1_000);
+    sim.at(3);
+    hold(&mut sim, host(3, 1), 20_000, 1_000);
+    assert_eq!(sim.reply(hog, format!("c:{done}")), "0:9");
+    assert!(!held(&mut sim, hog, younger), "the loan is taken back");
+    assert!(held(&mut sim, hog, older));
+    assert_eq!(sim.mgr.stats().reclaimed.recalled, 1);
+}

@@ -258,8 +258,8 @@ impl SessionManager {
     /// Room held on loan that makes up `left` for `need`, whose host is within its share:
     /// the youngest sessions of the host most over its share first, each host giving back
     /// only what it holds beyond its share of what is short; never `need`'s own host or
-    /// session, a session already in `planned`, or a commit that is executing. `None` if
-    /// the loans would not make `left` up.
+    /// session, a session already in `planned`, or a commit that is executing (nor, for
+    /// bytes alone, an executed one's reply). `None` if the loans would not make `left` up.
     ///
     /// Beyond its share a host may take only room that leaves one share free; without
     /// this, a second host filling that share would leave a newcomer nothing until the
@@ -321,7 +321,11 @@ impl SessionManager {
                 let Some(session) = self.sessions.get(&sid) else {
                     continue;
                 };
-                let frees_nothing = left.slots == 0 && session.reserved == 0;
+                // With only bytes short, an executed commit frees next to nothing (its
+                // reply), and its reply is what a resent `c:` needs: a `1:` uploaded by a
+                // version-1 client that lost it has no other way to learn it was stored.
+                let frees_nothing = left.slots == 0
+                    && (session.reserved == 0 || matches!(session.state, State::Committed { .. }));
                 if frees_nothing
                     || Some(sid) == need.requester
                     || matches!(session.state, State::Executing(_))
