@@ -69,6 +69,9 @@ pub struct Limits {
     pub max_queued_publishes: usize,
     /// Bytes of text waiting for the disk at once; beyond it, likewise `4:busy`.
     pub max_queued_bytes: u64,
+    /// `3:` reads waiting at once for a replica to receive what the store already has
+    /// (the clustered store); beyond it they are answered `4:busy` at once.
+    pub max_catching_up: usize,
 }
 
 impl Default for Limits {
@@ -94,6 +97,7 @@ impl Default for Limits {
             fairness: Fairness::default(),
             max_queued_publishes: 4_096,
             max_queued_bytes: 256 * 1024 * 1024,
+            max_catching_up: 4_096,
         }
     }
 }
@@ -366,6 +370,9 @@ impl Limits {
         self.fairness.validate()?;
         if self.max_queued_publishes == 0 {
             return Err(ConfigError::Zero("max queued publishes"));
+        }
+        if self.max_catching_up == 0 {
+            return Err(ConfigError::Zero("max catching up"));
         }
         if self.max_queued_bytes < self.max_request_size {
             return Err(ConfigError::BelowRequest {

@@ -82,6 +82,11 @@ pub(crate) struct Args {
     #[arg(long, env = "MBOARD_MAX_QUEUED_BYTES", value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
     pub(crate) max_queued_bytes: u64,
 
+    /// `3:` reads waiting at once for this server's replica to receive a message the
+    /// stream has (clustered store); more are answered `4:busy` at once.
+    #[arg(long, env = "MBOARD_MAX_CATCHING_UP", value_name = "N", default_value_t = Limits::default().max_catching_up)]
+    pub(crate) max_catching_up: usize,
+
     /// Drop a session after this long without a datagram (`30s`, `500ms`).
     #[arg(long, env = "MBOARD_SESSION_TIMEOUT", default_value_t = Limits::default().session_timeout.into())]
     pub(crate) session_timeout: humantime::Duration,

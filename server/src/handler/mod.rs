@@ -56,6 +56,10 @@ pub struct Handler<B> {
     /// `4:busy` instead of holding up a receive loop.
     queued: Arc<Semaphore>,
     queued_bytes: Arc<Semaphore>,
+    /// `3:` reads waiting for the store to catch up (`--max-catching-up`): taken without
+    /// waiting, so that a flood of reads above the replica's newest, while the stream is
+    /// slow to answer, is answered `4:busy` instead of piling up in the receive loops.
+    catching_up: Arc<Semaphore>,
     /// Board failures are logged once per interval each, with a count of the rest.
     warnings: Warnings,
     /// Whether a publish wakes held `6:` requests itself: not on a board that reports its
@@ -86,6 +90,9 @@ impl<B: Board> Handler<B> {
                 usize::try_from(limits.max_queued_bytes)
                     .unwrap_or(usize::MAX)
                     .min(Semaphore::MAX_PERMITS),
+            )),
+            catching_up: Arc::new(Semaphore::new(
+                limits.max_catching_up.min(Semaphore::MAX_PERMITS),
             )),
             limits,
             publishes: AtomicU64::new(0),

@@ -66,9 +66,15 @@ impl<B: Board> Handler<B> {
                     // The store knows of more than it can read yet: wait for it, then
                     // answer as if it had been there.
                     Some(wait) => {
+                        // Its place among the reads waiting, held until it is answered.
+                        let Ok(place) = self.catching_up.clone().try_acquire_owned() else {
+                            return Answer::Reply(super::busy());
+                        };
                         let this = self.clone();
                         Answer::Wait(Box::pin(async move {
-                            if let Err(e) = wait.await {
+                            let waited = wait.await;
+                            drop(place);
+                            if let Err(e) = waited {
                                 return this.board_failure(&e);
                             }
                             let answer = this.get_now(Instant::now(), from, id);

@@ -107,7 +107,7 @@ impl Budget {
     }
 
     /// Drops the queue's stale entries.
-    fn prune(&mut self, sessions: &HashMap<SessionId, Session>) {
+    pub(super) fn prune(&mut self, sessions: &HashMap<SessionId, Session>) {
         self.unclaimed
             .retain(|(_, sid)| sessions.get(sid).is_some_and(|s| !s.claimed));
     }

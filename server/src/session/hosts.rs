@@ -76,6 +76,11 @@ impl Shares {
     }
 }
 
+/// A host's usage, claimed sessions by when they were created, and whether it is noted
+/// over its share.
+#[cfg(test)]
+pub(super) type Books = (Usage, BTreeSet<(Instant, SessionId)>, bool);
+
 /// Claimed usage per host; a host with nothing claimed has no entry.
 #[derive(Debug)]
 pub(super) struct Hosts {
@@ -183,6 +188,19 @@ impl Hosts {
         } else {
             self.over.remove(&host);
         }
+    }
+
+    /// Each host's usage, claimed sessions (by when created) and whether it is noted over
+    /// its share, for tests to check against the sessions.
+    #[cfg(test)]
+    pub(super) fn books(&self) -> HashMap<HostKey, Books> {
+        let hosts = self.usage.keys().chain(self.held.keys()).chain(&self.over);
+        hosts
+            .map(|&host| {
+                let held = self.held.get(&host).cloned().unwrap_or_default();
+                (host, (self.usage(host), held, self.over.contains(&host)))
+            })
+            .collect()
     }
 
     /// Gives memory back after a crowd has left.

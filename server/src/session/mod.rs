@@ -17,6 +17,8 @@ mod expiry;
 mod fair_tests;
 mod fairness;
 mod hosts;
+#[cfg(test)]
+mod loan_tests;
 mod manager;
 mod reclaim;
 mod room;

@@ -12,6 +12,7 @@
 //! its share: a host over its share takes nobody's session. Nothing is dropped unless
 //! dropping makes room.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -61,6 +62,9 @@ impl Shortfall {
 
 /// Sessions [`SessionManager::recall`] looks at for one request, at most.
 const RECALL_WALK: usize = 4_096;
+
+/// Stale entries of the unclaimed queue one request may step over before it is pruned.
+const STALE_WALK: usize = 1_024;
 
 /// The claimed sessions that give way for a reservation, in order.
 #[derive(Debug, Default)]
@@ -136,10 +140,12 @@ impl SessionManager {
         };
         let enough = short.bytes <= unclaimed.bytes + reclaimable.bytes + lent.bytes
             && short.slots <= unclaimed.slots + reclaimable.slots + lent.slots;
-        let left = if enough {
-            self.evict(now, short, need.requester)
+        // Unclaimed sessions are only picked here, and dropped once the whole plan is
+        // known to make room: a request the loans cannot help drops nothing.
+        let (unclaimed, left) = if enough {
+            self.evictable(now, short, need.requester)
         } else {
-            short
+            (Vec::new(), short)
         };
         let plan = if left.is_met() {
             Some(Plan::default())
@@ -157,7 +163,7 @@ impl SessionManager {
             }
             return Err(SessionError::Busy);
         };
-        self.reclaim_planned(now, need, left.slots, plan);
+        self.give_way(now, need, short.slots, unclaimed, plan);
         Ok(())
     }
 
@@ -197,9 +203,25 @@ impl SessionManager {
         self.reclaimer.bound()
     }
 
-    /// Reclaims the sessions planned for `need`, which lacks `slots` table slots: all of
-    /// them, unless `need` takes no bytes yet and the slots are found.
-    fn reclaim_planned(&mut self, now: Instant, need: Need, mut slots: u64, plan: Plan) {
+    /// Drops the sessions picked for `need`, which lacks `slots` table slots, unclaimed
+    /// ones first: all of them, unless `need` takes no bytes yet and the slots are found.
+    fn give_way(
+        &mut self,
+        now: Instant,
+        need: Need,
+        mut slots: u64,
+        unclaimed: Vec<SessionId>,
+        plan: Plan,
+    ) {
+        for sid in unclaimed {
+            if !need.take_bytes && slots == 0 {
+                // The rest was for bytes an open does not take yet (see `Need`).
+                return;
+            }
+            self.remove(sid);
+            self.evicted_total += 1;
+            slots = slots.saturating_sub(1);
+        }
         let slow = plan
             .slow
             .into_iter()
@@ -236,8 +258,8 @@ impl SessionManager {
     /// Room held on loan that makes up `left` for `need`, whose host is within its share:
     /// the youngest sessions of the host most over its share first, each host giving back
     /// only what it holds beyond its share of what is short; never `need`'s own host or
-    /// session, a session already in `planned`, or a commit that is executing. `None` if
-    /// the loans would not make `left` up.
+    /// session, a session already in `planned`, or a commit that is executing (nor, for
+    /// bytes alone, an executed one's reply). `None` if the loans would not make `left` up.
     ///
     /// Beyond its share a host may take only room that leaves one share free; without
     /// this, a second host filling that share would leave a newcomer nothing until the
@@ -255,8 +277,27 @@ impl SessionManager {
             (left.bytes > 0 && usage.reserved > shares.memory)
                 || (left.slots > 0 && usage.sessions > shares.sessions)
         };
+        // What the lenders hold once the slow sessions planned have gone: a host whose slow
+        // session gives way lends only what it still holds beyond its share.
+        let planned: HashSet<SessionId> = planned.iter().copied().collect();
+        let mut given: HashMap<HostKey, Usage> = HashMap::new();
+        for session in planned.iter().filter_map(|sid| self.sessions.get(sid)) {
+            if let Some(host) = session.claimant() {
+                let gone = given.entry(host).or_default();
+                gone.sessions += 1;
+                gone.reserved += session.reserved;
+            }
+        }
         let mut lenders: Vec<(HostKey, Usage)> = hosts
             .over_share()
+            .map(|(lender, usage)| {
+                let gone = given.get(&lender).copied().unwrap_or_default();
+                let usage = Usage {
+                    sessions: usage.sessions.saturating_sub(gone.sessions),
+                    reserved: usage.reserved.saturating_sub(gone.reserved),
+                };
+                (lender, usage)
+            })
             .filter(|(lender, usage)| *lender != need.host && lends(usage, left))
             .collect();
         // Most over its share first, in bytes when bytes are short, else in sessions.
@@ -280,7 +321,11 @@ impl SessionManager {
                 let Some(session) = self.sessions.get(&sid) else {
                     continue;
                 };
-                let frees_nothing = left.slots == 0 && session.reserved == 0;
+                // With only bytes short, an executed commit frees next to nothing (its
+                // reply), and its reply is what a resent `c:` needs: a `1:` uploaded by a
+                // version-1 client that lost it has no other way to learn it was stored.
+                let frees_nothing = left.slots == 0
+                    && (session.reserved == 0 || matches!(session.state, State::Committed { .. }));
                 if frees_nothing
                     || Some(sid) == need.requester
                     || matches!(session.state, State::Executing(_))
@@ -334,13 +379,20 @@ impl SessionManager {
         (short, over)
     }
 
-    /// Drops unclaimed sessions past the claim grace, oldest first, until `short` is made
-    /// up or the next one is within the grace; returns what is still missing.
-    fn evict(&mut self, now: Instant, short: Shortfall, requester: Option<SessionId>) -> Shortfall {
+    /// The unclaimed sessions past the claim grace that give way, oldest first, until
+    /// `short` is made up or the next one is within the grace, and what is still missing.
+    /// Drops nothing (see [`SessionManager::give_way`]) but stale entries.
+    fn evictable(
+        &mut self,
+        now: Instant,
+        short: Shortfall,
+        requester: Option<SessionId>,
+    ) -> (Vec<SessionId>, Shortfall) {
         let grace = self.limits.claim_grace;
-        let mut left = short;
+        let (mut left, mut picked, mut stale) = (short, Vec::new(), 0);
+        let queue = &mut self.budget.unclaimed;
         while !left.is_met() {
-            let Some(&(created, sid)) = self.budget.unclaimed.front() else {
+            let Some(&(created, sid)) = queue.get(picked.len() + stale) else {
                 break;
             };
             match self.sessions.get(&sid) {
@@ -349,17 +401,21 @@ impl SessionManager {
                         break;
                     }
                     left = left.minus(s.reserved);
-                    self.budget.unclaimed.pop_front();
-                    self.remove(sid);
-                    self.evicted_total += 1;
+                    picked.push(sid);
                 }
-                // Claimed or gone since: a stale entry.
-                _ => {
-                    self.budget.unclaimed.pop_front();
+                // Claimed or gone since: a stale entry, dropped at once at the front.
+                _ if picked.is_empty() && stale == 0 => {
+                    queue.pop_front();
                 }
+                _ => stale += 1,
             }
         }
-        left
+        // Stale entries behind a picked one stay when nothing is dropped; clear them before
+        // requests that are refused walk them again and again.
+        if stale > STALE_WALK {
+            self.budget.prune(&self.sessions);
+        }
+        (picked, left)
     }
 }
 
