@@ -33,6 +33,9 @@ pub(super) struct Budget {
     pub(super) unclaimed: VecDeque<(Instant, SessionId)>,
     /// What each host's claimed sessions hold.
     pub(super) hosts: Hosts,
+    /// Moves on every change above (and so on every session made, claimed, grown, shrunk
+    /// or gone): a request refused at one generation is refused at the same one.
+    pub(super) generation: u64,
 }
 
 impl Budget {
@@ -42,6 +45,7 @@ impl Budget {
             unclaimed_reserved: 0,
             unclaimed: VecDeque::new(),
             hosts: Hosts::new(shares),
+            generation: 0,
         }
     }
 
@@ -52,6 +56,7 @@ impl Budget {
 
     /// Takes `cost` more bytes for a session, claimed by `host` or not yet claimed.
     pub(super) fn charge(&mut self, cost: u64, host: Option<HostKey>) {
+        self.generation += 1;
         self.reserved += cost;
         match host {
             Some(host) => self.hosts.charge(host, cost),
@@ -61,6 +66,7 @@ impl Budget {
 
     /// Gives back `cost` bytes a session (claimed by `host`, or not) held.
     pub(super) fn refund(&mut self, cost: u64, host: Option<HostKey>) {
+        self.generation += 1;
         self.reserved -= cost;
         match host {
             Some(host) => self.hosts.refund(host, cost),
@@ -71,6 +77,7 @@ impl Budget {
     /// Session `sid` of `host`, created at `created` and holding `reserved` bytes, was
     /// just claimed: it no longer gives way as unclaimed, and it counts against its host.
     pub(super) fn claim(&mut self, sid: SessionId, created: Instant, reserved: u64, host: HostKey) {
+        self.generation += 1;
         self.unclaimed_reserved -= reserved;
         self.hosts.join(host, sid, created, reserved);
     }

@@ -121,6 +121,11 @@ impl Hosts {
         self.claimed
     }
 
+    /// Whether `host` is over its share of memory or of sessions.
+    pub(super) fn is_over(&self, host: HostKey) -> bool {
+        self.over.contains(&host)
+    }
+
     /// The hosts over their share, with what they hold.
     pub(super) fn over_share(&self) -> impl Iterator<Item = (HostKey, Usage)> + '_ {
         self.over.iter().map(|&host| (host, self.usage(host)))

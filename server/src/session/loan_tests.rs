@@ -234,3 +234,58 @@ fn a_committed_reply_is_not_taken_back_for_the_bytes_it_does_not_hold() {
     assert!(held(&mut sim, hog, older));
     assert_eq!(sim.mgr.stats().reclaimed.recalled, 1);
 }
+
+/// A full server where the bounds let a request of 13,960 bytes walk, and the walk finds
+/// too little: the hog is 5,016 over its share of 25,000, but the only slow session it has
+/// (10,008 bytes, created at 0) is that loan; the rest is young at 6 s.
+fn full_with_a_slow_loan() -> Sim {
+    let mut sim = Sim::new(limits());
+    let hog = host(2, 1);
+    hold(&mut sim, hog, 10_000, 1_000);
+    sim.at(6_000);
+    hold(&mut sim, hog, 20_000, 1_000);
+    hold(&mut sim, host(3, 1), 24_000, 1_000);
+    hold(&mut sim, host(4, 1), 20_000, 1_000);
+    assert_eq!(sim.mgr.stats().reserved, 74_032);
+    sim
+}
+
+fn reserve(sim: &mut Sim, from: u8, size: u64) -> Result<(), SessionError> {
+    let r = sim.mgr.reserve(sim.now, host(from, 1), size)?;
+    sim.mgr.cancel(r);
+    Ok(())
+}
+
+#[test]
+fn a_request_refused_after_a_walk_is_refused_again_without_one_until_something_changes() {
+    let mut sim = full_with_a_slow_loan();
+    let young = hold(&mut sim, host(1, 1), 24_000, 1_000);
+    sim.at(6_001);
+    assert_eq!(reserve(&mut sim, 5, 13_960), Err(SessionError::Busy));
+    assert_eq!(sim.mgr.walks, 1);
+    // The same, or a larger one, from anyone within its share: refused, no walk.
+    for _ in 0..100 {
+        assert_eq!(reserve(&mut sim, 5, 13_960), Err(SessionError::Busy));
+        assert_eq!(reserve(&mut sim, 6, 14_000), Err(SessionError::Busy));
+    }
+    assert_eq!(sim.mgr.walks, 1, "nothing changed: no second walk");
+    // Something changed (a session went): the request is looked at afresh, and fits.
+    sim.reply(host(1, 1), format!("x:{young}"));
+    assert_eq!(reserve(&mut sim, 5, 13_960), Ok(()));
+    assert_eq!(
+        sim.mgr.stats().reclaimed.within_share + sim.mgr.stats().reclaimed.over_share,
+        0
+    );
+}
+
+#[test]
+fn a_refusal_remembered_lapses_when_a_session_turns_slow() {
+    let mut sim = full_with_a_slow_loan();
+    hold(&mut sim, host(1, 1), 24_000, 1_000);
+    sim.at(6_001);
+    assert_eq!(reserve(&mut sim, 5, 13_960), Err(SessionError::Busy));
+    // From 11.2 s the young uploads are slow too: the same request now finds room.
+    sim.at(11_500);
+    assert_eq!(reserve(&mut sim, 5, 13_960), Ok(()));
+    assert_eq!(sim.mgr.walks, 1, "no walk in vain");
+}

@@ -164,6 +164,12 @@ pub struct SessionManager {
     pub(super) expired_total: u64,
     pub(super) evicted_total: u64,
     pub(super) host_refusals: HostRefusals,
+    /// The last request that walked the sessions that could give way and was refused
+    /// (see `room`).
+    pub(super) refused: Option<super::room::Refused>,
+    /// Walks of the sessions that could give way, since the start.
+    #[cfg(test)]
+    pub(super) walks: u64,
 }
 
 impl SessionManager {
@@ -183,6 +189,9 @@ impl SessionManager {
             expired_total: 0,
             evicted_total: 0,
             host_refusals: HostRefusals::default(),
+            refused: None,
+            #[cfg(test)]
+            walks: 0,
         }
     }
 

@@ -98,6 +98,11 @@ impl Reclaimer {
         }
     }
 
+    /// The soonest a watched session may turn slow (and join the pool).
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.due.peek().map(|Reverse((at, _))| *at)
+    }
+
     /// At most what reclaiming every slow session would free: bytes and slots.
     pub(super) fn bound(&self) -> Shortfall {
         Shortfall {

@@ -60,6 +60,15 @@ impl Shortfall {
     }
 }
 
+/// A request refused after a walk, and until when nothing but a change of the budget can
+/// make room for it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Refused {
+    generation: u64,
+    until: Instant,
+    short: Shortfall,
+}
+
 /// Sessions [`SessionManager::recall`] looks at for one request, at most.
 const RECALL_WALK: usize = 4_096;
 
@@ -132,6 +141,9 @@ impl SessionManager {
                 self.lent(need.host, &shares),
             )
         };
+        if !over_on_what_is_short && self.refused_already(now, short) {
+            return Err(SessionError::Busy);
+        }
         // Everything that could give way, at most: refused at once if it is not enough,
         // so that a request that cannot be helped drops nothing and walks nothing.
         let unclaimed = Shortfall {
@@ -150,7 +162,11 @@ impl SessionManager {
         let plan = if left.is_met() {
             Some(Plan::default())
         } else if enough && !over_on_what_is_short {
-            self.plan(now, left, need, &shares)
+            let plan = self.plan(now, left, need, &shares);
+            if plan.is_none() {
+                self.remember_refusal(now, need, short, &unclaimed);
+            }
+            plan
         } else {
             None
         };
@@ -165,6 +181,65 @@ impl SessionManager {
         };
         self.give_way(now, need, short.slots, unclaimed, plan);
         Ok(())
+    }
+
+    /// Whether a request as short as `short` was refused after a walk, with nothing
+    /// changed since: no session made, claimed, grown, shrunk or gone, none past its
+    /// claim grace, none turned slow. It would be refused again, after the same walk.
+    ///
+    /// The bounds that decide whether to walk count a host's slow sessions both as slow
+    /// and as held beyond its share, so a request they let through may still find too
+    /// little; without this, a flood of such requests would each walk the pool of slow
+    /// sessions and the unclaimed queue, however long they are, to be refused.
+    fn refused_already(&self, now: Instant, short: Shortfall) -> bool {
+        self.refused.is_some_and(|r| {
+            r.generation == self.budget.generation
+                && now < r.until
+                && short.bytes >= r.short.bytes
+                && short.slots >= r.short.slots
+        })
+    }
+
+    /// Remembers that `need`, as short as `short`, was refused after a walk that found
+    /// `unclaimed` past their grace. Only a request that every later one can count on
+    /// at most as much as: not for a session of its own (which would not give way to
+    /// itself), from a host not holding room beyond its share (whose loans it could not
+    /// take).
+    fn remember_refusal(
+        &mut self,
+        now: Instant,
+        need: Need,
+        short: Shortfall,
+        unclaimed: &[SessionId],
+    ) {
+        #[cfg(test)]
+        {
+            self.walks += 1;
+        }
+        if need.requester.is_some() || self.budget.hosts.is_over(need.host) {
+            self.refused = None;
+            return;
+        }
+        let grace = self.limits.claim_grace;
+        // The next unclaimed session to pass its grace, behind those the walk found.
+        let next_unclaimed = self
+            .budget
+            .unclaimed
+            .iter()
+            .skip(unclaimed.len())
+            .filter(|(_, sid)| self.sessions.get(sid).is_some_and(|s| !s.claimed))
+            .map(|(created, _)| *created + grace)
+            .next();
+        let until = [next_unclaimed, self.reclaimer.next_due()]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + self.limits.session_timeout);
+        self.refused = Some(Refused {
+            generation: self.budget.generation,
+            until,
+            short,
+        });
     }
 
     /// The claimed sessions that give way for `left`: slow ones first, then room held on
