@@ -253,36 +253,16 @@ fn a_large_get_that_waited_for_the_replica_is_offered_as_a_download() {
     assert_eq!(h.stats().sessions, 1);
 }
 
-/// A board whose replica never catches up (the stream's server unreachable): a `3:` above
-/// what it holds waits until its bound, which this one never reaches.
-struct Stuck(MemoryBoard);
-
-impl Board for Stuck {
-    async fn publish(&self, from: SocketAddr, text: Bytes) -> Result<MessageId, BoardError> {
-        self.0.publish(from, text).await
-    }
-    fn get(&self, id: MessageId) -> Result<Option<Entry>, BoardError> {
-        self.0.get(id)
-    }
-    fn span(&self, n: u64) -> Result<Span, BoardError> {
-        self.0.span(n)
-    }
-    fn span_after(&self, after: MessageId, max: u64) -> Result<Span, BoardError> {
-        self.0.span_after(after, max)
-    }
-    fn messages(&self, span: &Span) -> Result<Vec<Message>, BoardError> {
-        self.0.messages(span)
-    }
-    fn catch_up(&self, _: MessageId) -> Option<crate::board::CatchUp> {
-        Some(Box::pin(std::future::pending()))
-    }
-}
-
 #[test]
 fn reads_waiting_for_the_replica_are_bounded() {
     let limits = Limits::default();
     let max = limits.max_catching_up;
-    let h = Arc::new(Handler::new(Stuck(MemoryBoard::new()), limits, 1));
+    // Never polled, the waits never end: as if the stream's server were unreachable.
+    let board = Lagging {
+        replica: Arc::new(MemoryBoard::new()),
+        behind: Arc::default(),
+    };
+    let h = Arc::new(Handler::new(board, limits, 1));
     let now = Instant::now();
     // A flood of `3:<huge id>` from spoofed sources, each one a wait kept by a receive
     // loop until the replica answers.

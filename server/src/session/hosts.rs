@@ -121,6 +121,11 @@ impl Hosts {
         self.claimed
     }
 
+    /// Each host's share.
+    pub(super) fn shares(&self) -> Shares {
+        self.shares
+    }
+
     /// Whether `host` is over its share of memory or of sessions.
     pub(super) fn is_over(&self, host: HostKey) -> bool {
         self.over.contains(&host)

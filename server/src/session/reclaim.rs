@@ -318,8 +318,7 @@ impl SessionManager {
         let Some(session) = self.sessions.get(&sid) else {
             return;
         };
-        let shares = super::hosts::Shares::of(&self.limits);
-        let over = shares.exceeded_by(self.budget.hosts.usage(session.host));
+        let over = self.budget.hosts.is_over(session.host);
         let owner = session.owner;
         self.remove(sid);
         let until = now + self.limits.session_timeout;

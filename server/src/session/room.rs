@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use mboard_protocol::SessionId;
 
-use super::hosts::{HostKey, Shares, Usage};
+use super::hosts::{HostKey, Usage};
 use super::manager::State;
 use super::{SessionError, SessionManager};
 
@@ -132,14 +132,10 @@ impl SessionManager {
         // A host over its share gets no claimed session for what it is over on.
         let over_on_what_is_short =
             (short.bytes > 0 && over.memory) || (short.slots > 0 && over.sessions);
-        let shares = Shares::of(&self.limits);
         let (reclaimable, lent) = if over_on_what_is_short {
             (Shortfall::default(), Shortfall::default())
         } else {
-            (
-                self.reclaimable(now, &shares),
-                self.lent(need.host, &shares),
-            )
+            (self.reclaimable(now), self.lent(need.host))
         };
         if !over_on_what_is_short && self.refused_already(now, short) {
             return Err(SessionError::Busy);
@@ -162,7 +158,7 @@ impl SessionManager {
         let plan = if left.is_met() {
             Some(Plan::default())
         } else if enough && !over_on_what_is_short {
-            let plan = self.plan(now, left, need, &shares);
+            let plan = self.plan(now, left, need);
             if plan.is_none() {
                 self.remember_refusal(now, need, short, &unclaimed);
             }
@@ -245,7 +241,7 @@ impl SessionManager {
     /// The claimed sessions that give way for `left`: slow ones first, then room held on
     /// loan (see [`SessionManager::recall`]); `None` if together they would not make it
     /// up.
-    fn plan(&mut self, now: Instant, left: Shortfall, need: Need, shares: &Shares) -> Option<Plan> {
+    fn plan(&mut self, now: Instant, left: Shortfall, need: Need) -> Option<Plan> {
         let fairness = self.limits.fairness;
         let hosts = &self.budget.hosts;
         let (slow, left) = self.reclaimer.plan(
@@ -254,7 +250,7 @@ impl SessionManager {
             need.requester,
             &self.sessions,
             &fairness,
-            |host| shares.exceeded_by(hosts.usage(host)),
+            |host| hosts.is_over(host),
         );
         if left.is_met() {
             return Some(Plan {
@@ -268,13 +264,11 @@ impl SessionManager {
 
     /// What reclaiming slow claimed sessions could free at most, with the pool of slow
     /// ones brought up to `now`.
-    fn reclaimable(&mut self, now: Instant, shares: &Shares) -> Shortfall {
+    fn reclaimable(&mut self, now: Instant) -> Shortfall {
         let fairness = self.limits.fairness;
         let hosts = &self.budget.hosts;
         self.reclaimer
-            .refresh(now, &self.sessions, &fairness, |host| {
-                shares.exceeded_by(hosts.usage(host))
-            });
+            .refresh(now, &self.sessions, &fairness, |host| hosts.is_over(host));
         self.reclaimer.bound()
     }
 
@@ -319,7 +313,8 @@ impl SessionManager {
     /// be asked to give back, bytes by hosts over their share of memory, slots by hosts
     /// over their share of sessions. At most what recalling frees, give or take the one
     /// session that takes a host back within its share.
-    fn lent(&self, host: HostKey, shares: &Shares) -> Shortfall {
+    fn lent(&self, host: HostKey) -> Shortfall {
+        let shares = self.budget.hosts.shares();
         let mut lent = Shortfall::default();
         for (lender, usage) in self.budget.hosts.over_share() {
             if lender != host {
@@ -345,7 +340,7 @@ impl SessionManager {
         need: Need,
         planned: &[SessionId],
     ) -> Option<Vec<SessionId>> {
-        let shares = Shares::of(&self.limits);
+        let shares = self.budget.hosts.shares();
         let hosts = &self.budget.hosts;
         // Over its share of what is still short: a host lends memory or sessions, not both.
         let lends = |usage: &Usage, left: Shortfall| {
@@ -419,7 +414,7 @@ impl SessionManager {
 
     /// What `need` lacks under the limits that apply to its host.
     fn shortfall(&self, need: Need) -> (Shortfall, Over) {
-        let shares = Shares::of(&self.limits);
+        let shares = self.budget.hosts.shares();
         let usage = self.budget.hosts.usage(need.host);
         let over = Over {
             memory: usage.reserved + need.bytes > shares.memory,
