@@ -19,19 +19,11 @@ cd "$(dirname "$0")/.."
 PATH=$PATH:/usr/sbin
 rounds=${ROUNDS:-3}
 duration=${DURATION:-5s}
-cargo build --release --quiet -p mboard-server -p mboard-bench
-bench=$PWD/target/release/mboard-bench
-servers=${SERVERS:-$PWD/target/release}
-command -v nats-server >/dev/null || { echo "error: nats-server is not installed (apt-get install nats-server)" >&2; exit 1; }
-dir=$(mktemp -d "${TMPDIR:-/tmp}/mboard-bench-cpu.XXXXXX")
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-fail() { echo "error: $*" >&2; exit 1; }
+source scripts/bench-setup.sh
+command -v nats-server >/dev/null || fail "nats-server is not installed (apt-get install nats-server)"
+bench_setup cpu
+bench=$bin/mboard-bench
+servers=${SERVERS:-$bin}
 
 nats_port=34999
 cat >"$dir/nats.conf" <<CONF

@@ -32,17 +32,8 @@ rounds=${ROUNDS:-3}
 m=${M:-1}
 replicas_list=${REPLICAS:-1 3}
 places=${PLACES:-local route}
-cargo build --release --quiet -p mboard-server -p mboard-bench
-bin=$PWD/target/release
-dir=$(mktemp -d "${TMPDIR:-/tmp}/mboard-bench-publish.XXXXXX")
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-fail() { echo "error: $*" >&2; exit 1; }
+source scripts/bench-setup.sh
+bench_setup publish
 
 client_base=34221
 source scripts/nats-cluster.sh

@@ -12,16 +12,8 @@ clients=${CLIENTS:-32}
 duration=${DURATION:-5s}
 rounds=${ROUNDS:-2}
 
-cargo build --release --quiet -p mboard-server -p mboard-bench
-bin=$PWD/target/release
-dir=$(mktemp -d "${TMPDIR:-/tmp}/mboard-bench-cluster.XXXXXX")
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
+source scripts/bench-setup.sh
+bench_setup cluster
 
 source scripts/nats-cluster.sh
 start_nats_cluster "$dir" 24221 26221 bench

@@ -1,4 +1,4 @@
-# Sourced by scripts/cluster.sh and scripts/bench-cluster.sh: a 3-node NATS JetStream
+# Sourced by scripts/cluster.sh, bench-cluster.sh and bench-cluster-publish.sh: a 3-node NATS JetStream
 # cluster on loopback.
 #
 #   start_nats_cluster DIR CLIENT_BASE ROUTE_BASE NAME
