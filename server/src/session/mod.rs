@@ -19,6 +19,7 @@ mod fairness;
 mod hosts;
 #[cfg(test)]
 mod loan_tests;
+mod loans;
 mod manager;
 mod reclaim;
 mod room;
