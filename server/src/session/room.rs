@@ -127,14 +127,14 @@ impl SessionManager {
         // A host over its share gets no claimed session for what it is over on.
         let over_on_what_is_short =
             (short.bytes > 0 && over.memory) || (short.slots > 0 && over.sessions);
+        if !over_on_what_is_short && self.refused_already(now, short) {
+            return Err(SessionError::Busy);
+        }
         let (reclaimable, lent) = if over_on_what_is_short {
             (Shortfall::default(), Shortfall::default())
         } else {
             (self.reclaimable(now), self.lent(need.host))
         };
-        if !over_on_what_is_short && self.refused_already(now, short) {
-            return Err(SessionError::Busy);
-        }
         // Everything that could give way, at most: refused at once if it is not enough,
         // so that a request that cannot be helped drops nothing and walks nothing.
         let unclaimed = Shortfall {
@@ -145,7 +145,7 @@ impl SessionManager {
             && short.slots <= unclaimed.slots + reclaimable.slots + lent.slots;
         // Unclaimed sessions are only picked here, and dropped once the whole plan is
         // known to make room: a request the loans cannot help drops nothing.
-        let (unclaimed, left) = if enough {
+        let (picked, left) = if enough {
             self.evictable(now, short, need.requester)
         } else {
             (Vec::new(), short)
@@ -155,7 +155,7 @@ impl SessionManager {
         } else if enough && !over_on_what_is_short {
             let plan = self.plan(now, left, need);
             if plan.is_none() {
-                self.remember_refusal(now, need, short, &unclaimed);
+                self.remember_refusal(now, need, short, &picked);
             }
             plan
         } else {
@@ -170,7 +170,7 @@ impl SessionManager {
             }
             return Err(SessionError::Busy);
         };
-        self.give_way(now, need, short.slots, unclaimed, plan);
+        self.give_way(now, need, short.slots, picked, plan);
         Ok(())
     }
 
