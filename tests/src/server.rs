@@ -107,6 +107,13 @@ impl TestServerBuilder {
         self
     }
 
+    /// Receive loops on the socket (`--workers`; the default here is 2). With one, the
+    /// datagrams of different sockets are handled in the order they arrive.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.config.workers = workers;
+        self
+    }
+
     /// Datagrams per system call (`--io-batch`; 1: one at a time).
     pub fn io_batch(mut self, batch: usize) -> Self {
         self.config.io_batch = batch;

@@ -93,12 +93,15 @@ fn a_resend_replaces_the_held_request_so_it_is_answered_once() {
 #[test]
 fn held_requests_are_bounded_per_source_and_in_all() {
     let _gate = gate::plain();
+    // One receive loop: with two, b's held request and c's could be handled in either
+    // order, and c's held instead of refused.
     let server = TestServer::builder()
         .limits(Limits {
             max_held: 3,
             max_held_per_source: 2,
             ..Limits::default()
         })
+        .workers(1)
         .start();
     let (a, b, c) = (
         Peer::new(server.addr),
