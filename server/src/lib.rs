@@ -13,12 +13,12 @@
 mod access;
 mod board;
 mod config;
-mod drops;
 mod handler;
 mod held;
 mod limiter;
 mod metrics;
 mod overload;
+mod queue_watch;
 mod reload;
 mod reply;
 mod server;

@@ -16,11 +16,15 @@
 //!
 //! A queue that never empties is not yet harm: a closed-loop client with hundreds of
 //! requests in flight keeps it from emptying on its own, and the 4 MiB buffer absorbs
-//! bursts. Harm is the kernel dropping, so a loop begins to shed only when it is behind *and* the
-//! kernel's count of datagrams it dropped for the socket rose since the last window (fed
-//! by the driver through [`Overload::kernel_drops`], read more often while a loop is
-//! behind; where it cannot be read, being behind is enough); once shedding, being behind
-//! is enough to go on, since the drops stop because of it.
+//! bursts. Harm is every datagram waiting long behind a crowded queue, or the kernel
+//! dropping them when it is full, so a loop begins to shed only when it is behind *and*
+//! the kernel says so: the queue holds more than a quarter of the buffer, or its count of
+//! datagrams dropped for the socket rose since the last window (fed by the driver through
+//! [`Overload::kernel`], read more often while a loop is behind; where it cannot be read,
+//! being behind is enough). Waiting for the drops alone would let a flood fill the whole
+//! queue first, at its start and again each time shedding ends: every honest request
+//! waits behind all of it, then is dropped at random. Once shedding, being behind is
+//! enough to go on, since the harm stops because of it.
 //!
 //! Shedding lasts a while after the loop last fell behind (`hold`), since the loop keeps up
 //! *because* it sheds; each time it stops shedding and falls behind again at once, the next
@@ -74,6 +78,16 @@ impl Default for Shedding {
     }
 }
 
+/// What the kernel said of the socket's receive queue when it was last read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueState {
+    /// The datagrams it dropped since the socket was opened; `None` where it cannot be
+    /// read.
+    pub(crate) drops: Option<u64>,
+    /// Whether the queue held more than a quarter of the receive buffer.
+    pub(crate) crowded: bool,
+}
+
 /// One receive loop's watch over its load.
 #[derive(Debug)]
 pub(crate) struct Overload {
@@ -101,6 +115,8 @@ pub(crate) struct Overload {
     /// (`None`: unknown).
     drops: Option<u64>,
     drops_at_roll: Option<u64>,
+    /// Whether the queue was crowded when last read.
+    crowded: bool,
     /// The last window ended with the queue never empty: the drop count is worth reading
     /// often.
     suspect: bool,
@@ -125,6 +141,7 @@ impl Overload {
             began: false,
             drops: None,
             drops_at_roll: None,
+            crowded: false,
             suspect: false,
         }
     }
@@ -134,10 +151,10 @@ impl Overload {
         self.waits = self.waits.saturating_add(1);
     }
 
-    /// The kernel's count of datagrams it dropped for the socket (since it was opened), as
-    /// last read; `None` where it cannot be read.
-    pub(crate) fn kernel_drops(&mut self, total: Option<u64>) {
-        self.drops = total;
+    /// What the kernel said of the socket's queue when last read.
+    pub(crate) fn kernel(&mut self, queue: QueueState) {
+        self.drops = queue.drops;
+        self.crowded = queue.crowded;
     }
 
     /// Whether the last window found the loop behind, so the drop count should be read
@@ -199,9 +216,10 @@ impl Overload {
             (None, _) => true,
         };
         self.drops_at_roll = self.drops;
-        // Harm starts shedding; once shedding, being behind is enough to go on (the drops
-        // stop because of it).
-        let behind = self.suspect && (dropping || self.shedding.is_some());
+        // Harm starts shedding; once shedding, being behind is enough to go on (the harm
+        // stops because of it).
+        let harm = dropping || self.crowded;
+        let behind = self.suspect && (harm || self.shedding.is_some());
         let arrivals = f64::from(self.arrivals);
         // Never less than an equal share: when every host sends alike, random losses are
         // already fair, and shedding would only add to them.

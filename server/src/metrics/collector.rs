@@ -338,7 +338,7 @@ fn encode_status(e: &mut DescriptorEncoder<'_>, status: &Status) -> fmt::Result 
 /// Linux counts them per socket in `/proc/net/udp{,6}`; under a flood this is where most
 /// loss happens, so it is worth the scrape-time read. `None` where it cannot be read.
 pub(crate) fn receive_queue_drops(socket: &UdpSocket) -> Option<u64> {
-    drops_of(&socket_inode(socket)?)
+    queue_of(&socket_inode(socket)?).map(|q| q.drops)
 }
 
 /// The inode by which `/proc/net/udp` names `socket`.
@@ -360,10 +360,20 @@ pub(crate) fn socket_inode(_: &UdpSocket) -> Option<String> {
     None
 }
 
-/// The drop count of the UDP socket with `inode`. The tables list every UDP socket of the
-/// machine (thousands, on a busy one), so the inode is looked for as text and only its
+/// What the kernel says of one UDP socket's receive queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KernelQueue {
+    /// The bytes its queued datagrams take, bookkeeping included (the figure the kernel
+    /// holds against the receive buffer's size).
+    pub(crate) queued: u64,
+    /// The datagrams dropped because the queue was full, since the socket was opened.
+    pub(crate) drops: u64,
+}
+
+/// The receive queue of the UDP socket with `inode`. The tables list every UDP socket of
+/// the machine (thousands, on a busy one), so the inode is looked for as text and only its
 /// line is split.
-pub(crate) fn drops_of(inode: &str) -> Option<u64> {
+pub(crate) fn queue_of(inode: &str) -> Option<KernelQueue> {
     let needle = format!(" {inode} ");
     ["/proc/net/udp", "/proc/net/udp6"]
         .iter()
@@ -377,7 +387,11 @@ pub(crate) fn drops_of(inode: &str) -> Option<u64> {
                 let fields: Vec<&str> = text[start..end].split_whitespace().collect();
                 // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
                 if fields.get(9) == Some(&inode) {
-                    return fields.last()?.parse().ok();
+                    let (_, rx) = fields.get(4)?.split_once(':')?;
+                    return Some(KernelQueue {
+                        queued: u64::from_str_radix(rx, 16).ok()?,
+                        drops: fields.last()?.parse().ok()?,
+                    });
                 }
                 from = at + needle.len() - 1;
             }
@@ -409,9 +423,25 @@ mod tests {
             .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
             .collect();
         let inode = socket_inode(&full).expect("inode");
-        assert!(drops_of(&inode).is_some_and(|n| n > 0));
-        assert_eq!(receive_queue_drops(&quiet), Some(0));
-        assert_eq!(drops_of("999999999999"), None, "no such socket");
+        let queue = queue_of(&inode).expect("ours");
+        assert!(queue.drops > 0, "{queue:?}");
+        // Nobody read it: it holds as much as its buffer takes, bookkeeping included.
+        let buffer = socket2::SockRef::from(&full)
+            .recv_buffer_size()
+            .expect("size");
+        assert!(
+            queue.queued as usize > buffer / 2 && queue.queued as usize <= buffer + 65_536,
+            "{queue:?} of {buffer}"
+        );
+        let quiet = queue_of(&socket_inode(&quiet).expect("inode")).expect("ours");
+        assert_eq!(
+            quiet,
+            KernelQueue {
+                queued: 0,
+                drops: 0
+            }
+        );
+        assert_eq!(queue_of("999999999999"), None, "no such socket");
         drop(others);
     }
 }

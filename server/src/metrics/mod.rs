@@ -10,7 +10,9 @@ mod endpoint;
 mod exposition;
 mod slots;
 
-pub(crate) use collector::{ServerCollector, drops_of, receive_queue_drops, socket_inode};
+pub(crate) use collector::{
+    KernelQueue, ServerCollector, queue_of, receive_queue_drops, socket_inode,
+};
 pub(crate) use endpoint::serve_metrics;
 pub use slots::EndpointLimits;
 

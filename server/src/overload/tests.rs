@@ -48,6 +48,11 @@ fn drive(
     admitted
 }
 
+/// What the kernel says: `drops` so far, and whether the queue is crowded.
+fn kernel(o: &mut Overload, drops: Option<u64>, crowded: bool) {
+    o.kernel(QueueState { drops, crowded });
+}
+
 fn start() -> (Overload, Instant) {
     let now = Instant::now();
     (Overload::new(Shedding::default(), now), now)
@@ -272,9 +277,10 @@ fn a_host_within_its_share_of_traffic_that_grows_is_not_shed() {
 #[test]
 fn a_loop_behind_while_the_kernel_drops_nothing_sheds_nothing() {
     // A closed-loop benchmark keeps the queue from emptying on its own; a few other hosts
-    // trickle in. The kernel drops nothing: no one is harmed, no one is shed.
+    // trickle in. The kernel drops nothing and the queue is short: no one is harmed, no
+    // one is shed.
     let (mut o, mut now) = start();
-    o.kernel_drops(Some(7));
+    kernel(&mut o, Some(7), false);
     let traffic = [(host(1), 5_000), (host(2), 1), (host(3), 1)];
     assert_eq!(
         drive(&mut o, &mut now, 40, &traffic, false),
@@ -287,12 +293,12 @@ fn a_loop_behind_while_the_kernel_drops_nothing_sheds_nothing() {
 #[test]
 fn a_loop_behind_while_the_kernel_drops_sheds_until_the_hold_ends() {
     let (mut o, mut now) = start();
-    o.kernel_drops(Some(0));
+    kernel(&mut o, Some(0), false);
     let traffic = [(flood(), 2_000), (host(1), 2)];
     drive(&mut o, &mut now, 2, &traffic, false);
     assert_eq!(o.began(), None);
     // The kernel drops: shedding begins at the next window's first datagram.
-    o.kernel_drops(Some(500));
+    kernel(&mut o, Some(500), false);
     let got = drive(&mut o, &mut now, 10, &traffic, false);
     assert_eq!(o.began(), Some(BASE_HOLD));
     assert_eq!(got[1], 20, "the quiet host loses nothing");
@@ -304,7 +310,7 @@ fn a_loop_behind_while_the_kernel_drops_sheds_until_the_hold_ends() {
 #[test]
 fn an_unknown_drop_count_leaves_being_behind_enough() {
     let (mut o, mut now) = start();
-    o.kernel_drops(None);
+    kernel(&mut o, None, false);
     drive(
         &mut o,
         &mut now,
@@ -313,4 +319,49 @@ fn an_unknown_drop_count_leaves_being_behind_enough() {
         false,
     );
     assert_eq!(o.began(), Some(BASE_HOLD));
+}
+
+#[test]
+fn a_crowded_queue_starts_shedding_before_the_kernel_drops() {
+    // A flood fills the queue: every datagram waits behind it, long before any is lost.
+    let (mut o, mut now) = start();
+    kernel(&mut o, Some(0), false);
+    let traffic = [(flood(), 2_000), (host(1), 2)];
+    drive(&mut o, &mut now, 2, &traffic, false);
+    assert_eq!(o.began(), None, "short, and nothing dropped");
+    kernel(&mut o, Some(0), true);
+    let got = drive(&mut o, &mut now, 10, &traffic, false);
+    assert_eq!(o.began(), Some(BASE_HOLD));
+    assert_eq!(got[1], 20, "the quiet host loses nothing");
+    assert!(got[0] < 10 * 2_000 * 6 / 10, "the flood is cut: {got:?}");
+}
+
+#[test]
+fn a_crowded_queue_the_loop_keeps_up_with_is_no_harm() {
+    // A burst the loop is working through, finding the queue empty now and then: it is
+    // not behind, whatever the queue held when last read.
+    let (mut o, mut now) = start();
+    kernel(&mut o, Some(0), true);
+    let traffic = [(flood(), 2_000), (host(1), 2)];
+    assert_eq!(drive(&mut o, &mut now, 20, &traffic, true), [40_000, 40]);
+    assert_eq!(o.began(), None);
+}
+
+#[test]
+fn a_flood_that_crowds_the_queue_again_after_the_hold_is_a_relapse() {
+    let (mut o, mut now) = start();
+    let traffic = [(flood(), 1_000), (host(1), 10)];
+    kernel(&mut o, Some(0), true);
+    while o.began().is_none() {
+        drive(&mut o, &mut now, 1, &traffic, false);
+    }
+    // Shedding drains the queue and the loop keeps up, until the hold ends.
+    kernel(&mut o, Some(0), false);
+    while o.shedding(now) {
+        drive(&mut o, &mut now, 1, &traffic, true);
+    }
+    // The flood fills it again, still without a drop: shedding is back, for longer.
+    kernel(&mut o, Some(0), true);
+    drive(&mut o, &mut now, 2, &traffic, false);
+    assert_eq!(o.began(), Some(2 * BASE_HOLD));
 }

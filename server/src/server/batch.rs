@@ -22,6 +22,8 @@ pub(super) struct Inbox {
     bufs: Vec<Vec<u8>>,
     /// The buffer, length and source of each datagram received, in order.
     got: Vec<Got>,
+    /// Whether the last receive found the queue empty when it returned.
+    drained: bool,
 }
 
 impl Inbox {
@@ -31,6 +33,7 @@ impl Inbox {
         Inbox {
             bufs: (0..batch).map(|_| vec![0u8; DATAGRAM_MAX]).collect(),
             got: Vec::with_capacity(batch),
+            drained: false,
         }
     }
 
@@ -38,29 +41,37 @@ impl Inbox {
     /// when there are none. Returns how many it took.
     pub(super) fn try_receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         self.got.clear();
+        self.drained = false;
         let (bufs, got) = (&mut self.bufs, &mut self.got);
         if bufs.len() == 1 {
             receive_one(socket, bufs, got)?;
             return Ok(got.len());
         }
-        let mut drained = false;
+        let drained = &mut self.drained;
         let tried = socket.try_io(Interest::READABLE, || {
-            drained = sys::receive(socket, bufs, got)?;
+            *drained = sys::receive(socket, bufs, got)?;
             // The queue was empty when the call returned. Saying so clears the socket's
             // readiness, so that the loop waits for the next datagram rather than entering
             // the kernel once more to learn that there is none. One that arrived since has
             // set it again (tokio clears only the readiness it saw before the call).
-            if drained {
+            if *drained {
                 Err(io::ErrorKind::WouldBlock.into())
             } else {
                 Ok(())
             }
         });
         match tried {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && drained => Ok(got.len()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.drained => Ok(got.len()),
             Err(e) => Err(e),
             Ok(()) => Ok(got.len()),
         }
+    }
+
+    /// Whether the last receive that took datagrams also found the queue empty after them
+    /// (never known of a batch of one): the loop keeps up as surely as if the next call
+    /// had found nothing.
+    pub(super) fn drained(&self) -> bool {
+        self.drained
     }
 
     /// The datagrams the last receive took: their bytes and sources, in order.

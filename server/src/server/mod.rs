@@ -14,11 +14,11 @@ use tracing::{error, info, warn};
 use crate::access;
 use crate::board::{Board, ClusterError, ClusteredBoard, Journal, JournalError, MemoryBoard};
 use crate::config::{Config, ConfigError, Store};
-use crate::drops::DropWatch;
 use crate::handler::{Answer, Handler};
 use crate::limiter::{RateLimit, RateLimiter};
 use crate::metrics::{Metrics, ServerCollector, serve_metrics};
 use crate::overload::{Overload, Shedding};
+use crate::queue_watch::QueueWatch;
 use crate::reload::{self, Reloadable, Reloads, Targets};
 
 /// Large replies being built in their own tasks at once; see [`Receiver::deferred`].
@@ -221,8 +221,8 @@ async fn serve_with<B: Board>(
         tasks.spawn(shared.serve_metrics(listener, &handler));
     }
     tasks.spawn(follow_loop(handler.clone(), shared.sender(0)));
-    let drops = Arc::new(DropWatch::new());
-    tasks.spawn(drops.clone().run(shared.socket.clone()));
+    let queue = Arc::new(QueueWatch::new());
+    tasks.spawn(queue.clone().run(shared.socket.clone()));
     for shard in 0..workers {
         let receiver = Receiver {
             handler: handler.clone(),
@@ -230,7 +230,7 @@ async fn serve_with<B: Board>(
             limiter: shared.limiter.clone(),
             sender: shared.sender(shard),
             overload: Overload::new(settings.shedding, Instant::now()),
-            drops: drops.clone(),
+            queue: queue.clone(),
         };
         tasks.spawn(receiver.run());
     }

@@ -13,11 +13,11 @@ use super::batch::{Inbox, transient};
 use super::sender::{Outbox, Sender, Source};
 use super::waiting::Waiting;
 use crate::board::Board;
-use crate::drops::DropWatch;
 use crate::handler::{Answer, Handler};
 use crate::limiter::RateLimiter;
 use crate::metrics::DropReason;
 use crate::overload::Overload;
+use crate::queue_watch::QueueWatch;
 use crate::session::HostKey;
 
 /// One receive loop: takes datagrams off the shared socket, hands each to the handler, and
@@ -34,8 +34,8 @@ pub(super) struct Receiver<B> {
     pub(super) sender: Sender,
     /// Whether this loop keeps up, and who gives way when it does not.
     pub(super) overload: Overload,
-    /// The kernel's drop count for the socket, which [`Receiver::overload`] is fed.
-    pub(super) drops: Arc<DropWatch>,
+    /// The kernel's view of the socket's queue, which [`Receiver::overload`] is fed.
+    pub(super) queue: Arc<QueueWatch>,
 }
 
 impl<B: Board> Receiver<B> {
@@ -100,10 +100,10 @@ impl<B: Board> Receiver<B> {
             return false;
         }
         // Behind, and its host sends more than its share: dropped the same way.
-        self.overload.kernel_drops(self.drops.get());
+        self.overload.kernel(self.queue.get());
         let admitted = self.overload.admit(HostKey::from(from), received);
         if self.overload.suspect() {
-            self.drops.want();
+            self.queue.want();
         }
         if !admitted {
             self.sender.shard().dropped(DropReason::Overload);
@@ -163,6 +163,9 @@ impl<B: Board> Receiver<B> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(datagrams) => {
                     self.sender.shard().received_in_one_call(datagrams);
+                    if inbox.drained() {
+                        self.overload.waited();
+                    }
                     return Ok(());
                 }
                 Err(e) => return Err(e),

@@ -243,8 +243,13 @@ fn an_honest_16_mib_upload_at_10_percent_loss_is_never_reclaimed() {
     drop(keeper.stop());
     assert_eq!(published.code, Some(0), "{}", published.stderr);
     let reclaimed = metric(metrics, "mboard_sessions_reclaimed_total{reason=\"slow\"}");
+    let shed = metric(
+        metrics,
+        "mboard_datagrams_dropped_total{reason=\"overload\"}",
+    );
+    let expired = metric(metrics, "mboard_sessions_expired_total");
     println!(
-        "16 MiB at 10% loss in {took:?}, while {during} grabs of 1 MiB took room; {reclaimed} sessions reclaimed in all"
+        "16 MiB at 10% loss in {took:?}, while {during} grabs of 1 MiB took room; {reclaimed} sessions reclaimed in all, {expired} expired; {shed} datagrams shed"
     );
     assert!(during >= 5, "only {during} grabs while the upload ran");
     assert!(reclaimed >= during + 16, "{reclaimed} reclaimed");

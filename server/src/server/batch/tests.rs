@@ -64,6 +64,32 @@ async fn a_batch_receives_everything_queued_in_order_with_its_sources() {
     }
 }
 
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_batch_that_empties_the_queue_says_so() {
+    // What the loop counts as keeping up: a call that took what was queued and found no
+    // more, against one that filled its batch with more waiting.
+    let server = bound().await;
+    let to = server.local_addr().expect("addr");
+    let client = bound().await;
+    for _ in 0..40 {
+        client.send_to(b"4:1", to).await.expect("send");
+    }
+    let mut inbox = Inbox::new(32);
+    timeout(Duration::from_secs(5), server.readable())
+        .await
+        .expect("datagrams arrive")
+        .expect("readable");
+    assert_eq!(inbox.try_receive(&server).expect("a batch"), 32);
+    assert!(!inbox.drained(), "eight more are queued");
+    assert_eq!(inbox.try_receive(&server).expect("the rest"), 8);
+    assert!(inbox.drained());
+    // The drained call cleared the readiness: the loop waits rather than asking again.
+    let again = inbox.try_receive(&server).expect_err("nothing queued");
+    assert_eq!(again.kind(), io::ErrorKind::WouldBlock);
+    assert!(!inbox.drained(), "a call that took nothing says nothing");
+}
+
 #[tokio::test]
 async fn a_datagram_as_large_as_udp_allows_arrives_whole() {
     let server = bound().await;
