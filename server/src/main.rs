@@ -16,6 +16,13 @@ use cli::config::checked_config;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The blocking pool's threads: large downloads are copied there (and the kernel's view of
+/// the socket is read there). The copies are bounded by the session memory, and are memory
+/// bandwidth, not waiting, so a few threads do them as fast as many; tokio's default of 512
+/// let a flood of downloads add a resident stack per thread, tens of MiB beyond the
+/// session memory.
+const BLOCKING_THREADS: usize = 16;
+
 /// Runs the server; any error that stops it is one line on standard error and exit code 1.
 #[allow(clippy::print_stderr)]
 fn main() -> std::process::ExitCode {
@@ -46,6 +53,7 @@ fn serve() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;

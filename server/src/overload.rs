@@ -117,9 +117,11 @@ pub(crate) struct Overload {
     drops_at_roll: Option<u64>,
     /// Whether the queue was crowded when last read.
     crowded: bool,
-    /// The last window ended with the queue never empty: the drop count is worth reading
-    /// often.
+    /// The last window ended with the queue never empty.
     suspect: bool,
+    /// The kernel's view of the queue is worth reading often: the loop is behind, harmed,
+    /// shedding or just stopped shedding.
+    watchful: bool,
 }
 
 impl Overload {
@@ -143,6 +145,7 @@ impl Overload {
             drops_at_roll: None,
             crowded: false,
             suspect: false,
+            watchful: false,
         }
     }
 
@@ -157,10 +160,9 @@ impl Overload {
         self.crowded = queue.crowded;
     }
 
-    /// Whether the last window found the loop behind, so the drop count should be read
-    /// often.
-    pub(crate) fn suspect(&self) -> bool {
-        self.suspect
+    /// Whether the kernel's view of the queue should be read often, as of the last window.
+    pub(crate) fn watchful(&self) -> bool {
+        self.watchful
     }
 
     /// Whether a datagram from `host`, received at `now`, is to be handled (else dropped
@@ -209,17 +211,25 @@ impl Overload {
     /// Ends the window: decides from it whether to shed during the next, and how much.
     fn roll(&mut self, now: Instant) {
         let hosts = self.hosts_seen(now);
-        self.suspect = self.waits == 0 && self.arrivals >= MIN_ARRIVALS;
-        let dropping = match (self.drops, self.drops_at_roll) {
-            (Some(now), Some(before)) => now > before,
-            (Some(_), None) => false,
-            (None, _) => true,
+        let busy = self.arrivals >= MIN_ARRIVALS;
+        self.suspect = self.waits == 0 && busy;
+        let dropped = match (self.drops, self.drops_at_roll) {
+            (Some(now), Some(before)) => Some(now > before),
+            (Some(_), None) => Some(false),
+            (None, _) => None,
         };
         self.drops_at_roll = self.drops;
-        // Harm starts shedding; once shedding, being behind is enough to go on (the harm
-        // stops because of it).
-        let harm = dropping || self.crowded;
-        let behind = self.suspect && (harm || self.shedding.is_some());
+        let behind = match dropped {
+            // The kernel is losing datagrams: harm, even if this loop found the queue empty
+            // now and then. Loops that share the socket, and cores with the flood, drain it
+            // in bursts between overflows.
+            Some(true) => busy,
+            // A queue never empty that is crowded starts shedding; once shedding, a queue
+            // never empty is enough to go on (the harm stops because of it).
+            Some(false) => self.suspect && (self.crowded || self.shedding.is_some()),
+            // Nothing to tell harm by: being behind is enough.
+            None => self.suspect,
+        };
         let arrivals = f64::from(self.arrivals);
         // Never less than an equal share: when every host sends alike, random losses are
         // already fair, and shedding would only add to them.
@@ -229,13 +239,16 @@ impl Overload {
             self.shedding = None;
             self.ended = Some(until);
         }
+        // While anything may be amiss, the queue is worth reading every window: shedding
+        // that ended just now may have to begin again soon.
+        let relapsing = self
+            .ended
+            .is_some_and(|ended| now.saturating_duration_since(ended) <= RELAPSE);
+        self.watchful =
+            self.suspect || dropped == Some(true) || self.shedding.is_some() || relapsing;
         if behind && hosts > 1 {
             // Doubled once a relapse, when shedding begins again, not for each window.
-            let relapse = self.shedding.is_none()
-                && self
-                    .ended
-                    .is_some_and(|ended| now.saturating_duration_since(ended) <= RELAPSE);
-            if relapse {
+            if self.shedding.is_none() && relapsing {
                 self.hold = (self.hold * 2).min(MAX_HOLD);
             }
             self.began |= self.shedding.is_none();

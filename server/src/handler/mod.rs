@@ -33,7 +33,7 @@ mod read;
 #[cfg(test)]
 mod retention_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use answer::offered;
 pub(crate) use answer::{Answer, Handled, Pending};

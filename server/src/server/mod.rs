@@ -222,7 +222,8 @@ async fn serve_with<B: Board>(
     }
     tasks.spawn(follow_loop(handler.clone(), shared.sender(0)));
     let queue = Arc::new(QueueWatch::new());
-    tasks.spawn(queue.clone().run(shared.socket.clone()));
+    // Read until this server stops, when the reading is dropped.
+    let _reading = queue.start(&shared.socket)?;
     for shard in 0..workers {
         let receiver = Receiver {
             handler: handler.clone(),
@@ -412,7 +413,67 @@ async fn wake_on_arrivals<B: Board>(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use bytes::Bytes;
+
     use super::*;
+    use crate::config::Limits;
+    use crate::handler::tests::Counting;
+
+    #[test]
+    fn a_loop_behind_a_queue_that_never_empties_lets_the_other_tasks_run() {
+        // One thread for everything, as a loop shares a worker with the server's other
+        // tasks. A queue full when the loop starts stands for a flood: it never has to
+        // wait for the socket, so only giving way of its own lets anything else run.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+            set_receive_buffer(&socket, 1 << 20).expect("buffer");
+            let to = socket.local_addr().expect("addr");
+            let board = Counting {
+                inner: MemoryBoard::new(),
+                gets: Default::default(),
+            };
+            board
+                .inner
+                .publish(to, Bytes::from_static(b"hello"))
+                .await
+                .expect("publish");
+            let handler = Arc::new(Handler::new(board, Limits::default(), 1));
+            // As many `3:0` as the smallest buffer a system grants holds; each is one read.
+            const QUEUED: u32 = 400;
+            let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            for _ in 0..QUEUED {
+                client.send_to(b"3:0", to).expect("send");
+            }
+            let server = tokio::spawn(serve(
+                socket,
+                handler.clone(),
+                1,
+                RateLimit::default(),
+                RateLimit::ERROR_REPLIES,
+                std::future::pending(),
+            ));
+            let gets = || handler.board().gets.load(Relaxed);
+            // The first moment another task runs once the loop has begun.
+            while gets() == 0 {
+                tokio::task::yield_now().await;
+            }
+            let seen = gets();
+            assert!(
+                seen < QUEUED,
+                "the loop took all {seen} queued before giving way"
+            );
+            while gets() < QUEUED {
+                tokio::task::yield_now().await;
+            }
+            server.abort();
+        });
+    }
 
     #[tokio::test]
     async fn the_receive_buffer_is_what_was_asked_within_the_system_cap() {

@@ -88,6 +88,10 @@ impl<B: Board> Receiver<B> {
                 received,
             };
             self.answer(handled.answer, source, outbox, waiting).await?;
+            // Under a flood the queue never empties, so the loop never waits for the
+            // socket; it gives way to the tasks sharing its thread (the queue watch that
+            // shedding depends on, expiry, held requests, metrics) every so many datagrams.
+            tokio::task::consume_budget().await;
         }
         Ok(())
     }
@@ -102,7 +106,7 @@ impl<B: Board> Receiver<B> {
         // Behind, and its host sends more than its share: dropped the same way.
         self.overload.kernel(self.queue.get());
         let admitted = self.overload.admit(HostKey::from(from), received);
-        if self.overload.suspect() {
+        if self.overload.watchful() {
             self.queue.want();
         }
         if !admitted {

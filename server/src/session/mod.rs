@@ -12,6 +12,8 @@
 mod budget;
 mod compact;
 mod error;
+#[cfg(test)]
+mod evict_tests;
 mod expiry;
 #[cfg(test)]
 mod fair_tests;

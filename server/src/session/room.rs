@@ -68,7 +68,26 @@ pub(super) struct Refused {
 }
 
 /// Stale entries of the unclaimed queue one request may step over before it is pruned.
-const STALE_WALK: usize = 1_024;
+const STALE_WALK: usize = 256;
+
+/// Entries of the unclaimed queue one request looks at, at most.
+pub(super) const EVICT_WALK: usize = 1_024;
+
+/// Steps over a stale entry of the unclaimed queue: dropped at once if nothing is before
+/// it, otherwise counted, to be pruned once there are many.
+fn stale_entry(
+    queue: &mut std::collections::VecDeque<(Instant, SessionId)>,
+    picked: &[SessionId],
+    passed: &mut usize,
+    stale: &mut usize,
+) {
+    if picked.is_empty() && *passed == 0 {
+        queue.pop_front();
+    } else {
+        *passed += 1;
+        *stale += 1;
+    }
+}
 
 /// The claimed sessions that give way for a reservation, in order.
 #[derive(Debug, Default)]
@@ -344,6 +363,11 @@ impl SessionManager {
     /// The unclaimed sessions past the claim grace that give way, oldest first, until
     /// `short` is made up or the next one is within the grace, and what is still missing.
     /// Drops nothing (see [`SessionManager::give_way`]) but stale entries.
+    ///
+    /// Looks at no more than [`EVICT_WALK`] entries: under a flood of opens the queue is
+    /// thousands long, and a request short of memory walked all of it, with the sessions'
+    /// lock held, for sessions that hold next to nothing. One that holds no memory is not
+    /// picked when only memory is short: dropping it would free nothing that is missing.
     fn evictable(
         &mut self,
         now: Instant,
@@ -351,10 +375,11 @@ impl SessionManager {
         requester: Option<SessionId>,
     ) -> (Vec<SessionId>, Shortfall) {
         let grace = self.limits.claim_grace;
-        let (mut left, mut picked, mut stale) = (short, Vec::new(), 0);
+        let (mut left, mut picked, mut passed) = (short, Vec::new(), 0);
+        let mut stale = 0;
         let queue = &mut self.budget.unclaimed;
-        while !left.is_met() {
-            let Some(&(created, sid)) = queue.get(picked.len() + stale) else {
+        while !left.is_met() && picked.len() + passed < EVICT_WALK {
+            let Some(&(created, sid)) = queue.get(picked.len() + passed) else {
                 break;
             };
             match self.sessions.get(&sid) {
@@ -362,14 +387,15 @@ impl SessionManager {
                     if created + grace > now {
                         break;
                     }
+                    if left.slots == 0 && s.reserved == 0 {
+                        passed += 1;
+                        continue;
+                    }
                     left = left.minus(s.reserved);
                     picked.push(sid);
                 }
-                // Claimed or gone since: a stale entry, dropped at once at the front.
-                _ if picked.is_empty() && stale == 0 => {
-                    queue.pop_front();
-                }
-                _ => stale += 1,
+                // Claimed or gone since, or being claimed: a stale entry.
+                _ => stale_entry(queue, &picked, &mut passed, &mut stale),
             }
         }
         // Stale entries behind a picked one stay when nothing is dropped; clear them before
