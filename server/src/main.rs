@@ -16,11 +16,11 @@ use cli::config::checked_config;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// The blocking pool's threads: large downloads are copied there (and the kernel's view of
-/// the socket is read there). The copies are bounded by the session memory, and are memory
-/// bandwidth, not waiting, so a few threads do them as fast as many; tokio's default of 512
-/// let a flood of downloads add a resident stack per thread, tens of MiB beyond the
-/// session memory.
+/// The blocking pool's threads, where downloads are built (the board read and copied into
+/// the reply; the journal's reads may wait for the disk). tokio's default of 512 let a
+/// flood of small downloads keep that many threads, each stack resident: tens of MiB
+/// beyond the session memory. Sixteen builds at once keep a disk busy; more wait their
+/// turn, each already holding its place in the session memory.
 const BLOCKING_THREADS: usize = 16;
 
 /// Runs the server; any error that stops it is one line on standard error and exit code 1.

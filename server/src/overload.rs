@@ -17,14 +17,17 @@
 //! A queue that never empties is not yet harm: a closed-loop client with hundreds of
 //! requests in flight keeps it from emptying on its own, and the 4 MiB buffer absorbs
 //! bursts. Harm is every datagram waiting long behind a crowded queue, or the kernel
-//! dropping them when it is full, so a loop begins to shed only when it is behind *and*
-//! the kernel says so: the queue holds more than a quarter of the buffer, or its count of
-//! datagrams dropped for the socket rose since the last window (fed by the driver through
-//! [`Overload::kernel`], read more often while a loop is behind; where it cannot be read,
-//! being behind is enough). Waiting for the drops alone would let a flood fill the whole
-//! queue first, at its start and again each time shedding ends: every honest request
-//! waits behind all of it, then is dropped at random. Once shedding, being behind is
-//! enough to go on, since the harm stops because of it.
+//! dropping them when it is full, as the kernel says (fed by the driver through
+//! [`Overload::kernel`], read more often while a loop is behind). So a loop begins to shed
+//! when, in a busy window, the kernel's count of datagrams dropped for the socket rose —
+//! even if the loop found the queue empty now and then, since loops that share the socket,
+//! and cores with the flood, drain it in bursts between overflows — or when it never found
+//! the queue empty and the queue holds more than a quarter of the buffer. Where the
+//! kernel's view cannot be read, never finding the queue empty is enough. Waiting for the
+//! drops alone would let a flood fill the whole queue first, at its start and again each
+//! time shedding ends: every honest request waits behind all of it, then is dropped at
+//! random. Once shedding, never finding the queue empty is enough to go on, since the harm
+//! stops because of it.
 //!
 //! Shedding lasts a while after the loop last fell behind (`hold`), since the loop keeps up
 //! *because* it sheds; each time it stops shedding and falls behind again at once, the next
@@ -211,25 +214,7 @@ impl Overload {
     /// Ends the window: decides from it whether to shed during the next, and how much.
     fn roll(&mut self, now: Instant) {
         let hosts = self.hosts_seen(now);
-        let busy = self.arrivals >= MIN_ARRIVALS;
-        self.suspect = self.waits == 0 && busy;
-        let dropped = match (self.drops, self.drops_at_roll) {
-            (Some(now), Some(before)) => Some(now > before),
-            (Some(_), None) => Some(false),
-            (None, _) => None,
-        };
-        self.drops_at_roll = self.drops;
-        let behind = match dropped {
-            // The kernel is losing datagrams: harm, even if this loop found the queue empty
-            // now and then. Loops that share the socket, and cores with the flood, drain it
-            // in bursts between overflows.
-            Some(true) => busy,
-            // A queue never empty that is crowded starts shedding; once shedding, a queue
-            // never empty is enough to go on (the harm stops because of it).
-            Some(false) => self.suspect && (self.crowded || self.shedding.is_some()),
-            // Nothing to tell harm by: being behind is enough.
-            None => self.suspect,
-        };
+        let (behind, dropped) = self.judge();
         let arrivals = f64::from(self.arrivals);
         // Never less than an equal share: when every host sends alike, random losses are
         // already fair, and shedding would only add to them.
@@ -277,6 +262,31 @@ impl Overload {
         // to fill it cannot hide them.
         self.counts.retain(|_, count| *count > quota);
         self.counts.values_mut().for_each(|count| *count = 0);
+    }
+
+    /// Whether the window just ended found the loop behind in a way that does harm, and
+    /// whether the kernel dropped datagrams meanwhile (`None`: unknown).
+    fn judge(&mut self) -> (bool, Option<bool>) {
+        let busy = self.arrivals >= MIN_ARRIVALS;
+        self.suspect = self.waits == 0 && busy;
+        let dropped = match (self.drops, self.drops_at_roll) {
+            (Some(now), Some(before)) => Some(now > before),
+            (Some(_), None) => Some(false),
+            (None, _) => None,
+        };
+        self.drops_at_roll = self.drops;
+        let behind = match dropped {
+            // The kernel is losing datagrams: harm, even if this loop found the queue empty
+            // now and then. Loops that share the socket, and cores with the flood, drain it
+            // in bursts between overflows.
+            Some(true) => busy,
+            // A queue never empty that is crowded starts shedding; once shedding, a queue
+            // never empty is enough to go on (the harm stops because of it).
+            Some(false) => self.suspect && (self.crowded || self.shedding.is_some()),
+            // Nothing to tell harm by: being behind is enough.
+            None => self.suspect,
+        };
+        (behind, dropped)
     }
 
     /// The hosts seen lately (this epoch or the last), counting the window just ended in.

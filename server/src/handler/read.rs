@@ -1,5 +1,5 @@
 //! The board-read answers: `3:` and `4:` replies, built at once when they fit a datagram,
-//! and otherwise reserved as downloads, built off the receive loop when large.
+//! and otherwise reserved as downloads and built off the receive loop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,11 +12,6 @@ use super::answer::offered;
 use super::{Answer, Handler};
 use crate::board::{Board, BoardError, Span};
 use crate::reply::Reply;
-
-/// A download up to this size is built at once, on the receive loop: copying it costs
-/// less than handing it to a blocking thread, and a flood of small downloads would
-/// otherwise keep the whole blocking pool busy, each thread's stack resident.
-const BUILT_AT_ONCE: u64 = 64 * 1024;
 
 impl<B: Board> Handler<B> {
     /// The `4:`-format reply for the messages in `span`.
@@ -115,8 +110,8 @@ impl<B: Board> Handler<B> {
     }
 
     /// A reply of a known `size`: built now if it fits a datagram; otherwise a download,
-    /// reserved now (so an oversized reply is refused before anything is copied), built
-    /// now if small and otherwise later, off the receive loop. A reply that came out shorter (retention trimmed the
+    /// reserved now (so an oversized reply is refused before anything is copied) and built
+    /// later, off the receive loop. A reply that came out shorter (retention trimmed the
     /// oldest messages of its span meanwhile) is offered at the size it has.
     pub(super) fn sized<F>(
         self: &Arc<Self>,
@@ -140,7 +135,7 @@ impl<B: Board> Handler<B> {
             Err(e) => return Answer::Reply(e.into()),
         };
         let this = self.clone();
-        let build = move || {
+        Answer::Build(Box::new(move || {
             let mut out = Vec::with_capacity(size as usize);
             match encode(&this.board, &mut out) {
                 Ok(()) if out.len() as u64 == size => {
@@ -157,11 +152,6 @@ impl<B: Board> Handler<B> {
                     this.board_failure(&e)
                 }
             }
-        };
-        if size <= BUILT_AT_ONCE {
-            Answer::Reply(build())
-        } else {
-            Answer::Build(Box::new(build))
-        }
+        }))
     }
 }

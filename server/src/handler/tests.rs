@@ -172,36 +172,6 @@ fn large_replies_become_offers_or_busy() {
     assert_eq!(h.stats().sessions, 1);
 }
 
-#[test]
-fn a_small_download_is_built_at_once_and_a_large_one_off_the_loop() {
-    let h = Arc::new(Handler::new(MemoryBoard::new(), Limits::default(), 1));
-    let now = Instant::now();
-    for (len, id) in [(3_000, "0:0"), (100_000, "0:1")] {
-        let pdu = [b"1:".as_slice(), &vec![b'x'; len]].concat();
-        assert_eq!(text(ask(&h, now, &pdu)), id);
-    }
-    let answer = |pdu: &'static [u8]| {
-        run(async { h.handle(now, from(), Bytes::from_static(pdu)).await.answer })
-    };
-    // A few kilobytes: offered in the answer itself, with nothing left to build.
-    let Answer::Reply(reply) = answer(b"3:0") else {
-        panic!("a 3,000-byte download is offered at once")
-    };
-    let Ok(Response::Offer(small)) = Response::parse(reply.into_bytes(), Expect::Entry) else {
-        panic!("an offer")
-    };
-    assert!(small.size > 3_000, "{small:?}");
-    // Past the bound: reserved now, copied on a blocking thread.
-    let Answer::Build(build) = answer(b"3:1") else {
-        panic!("a 100,000-byte download is built off the loop")
-    };
-    let Ok(Response::Offer(large)) = Response::parse(build().into_bytes(), Expect::Entry) else {
-        panic!("an offer")
-    };
-    assert!(large.size > 100_000, "{large:?}");
-    assert_eq!(h.stats().sessions, 2);
-}
-
 /// A board whose reads come from a replica that has yet to receive what was published
 /// elsewhere (as the clustered store's can be): `catch_up` delivers it.
 struct Lagging {
