@@ -120,8 +120,6 @@ pub(crate) struct Overload {
     drops_at_roll: Option<u64>,
     /// Whether the queue was crowded when last read.
     crowded: bool,
-    /// The last window ended with the queue never empty.
-    suspect: bool,
     /// The kernel's view of the queue is worth reading often: the loop is behind, harmed,
     /// shedding or just stopped shedding.
     watchful: bool,
@@ -147,7 +145,6 @@ impl Overload {
             drops: None,
             drops_at_roll: None,
             crowded: false,
-            suspect: false,
             watchful: false,
         }
     }
@@ -214,7 +211,7 @@ impl Overload {
     /// Ends the window: decides from it whether to shed during the next, and how much.
     fn roll(&mut self, now: Instant) {
         let hosts = self.hosts_seen(now);
-        let (behind, dropped) = self.judge();
+        let (behind, amiss) = self.judge();
         let arrivals = f64::from(self.arrivals);
         // Never less than an equal share: when every host sends alike, random losses are
         // already fair, and shedding would only add to them.
@@ -229,8 +226,7 @@ impl Overload {
         let relapsing = self
             .ended
             .is_some_and(|ended| now.saturating_duration_since(ended) <= RELAPSE);
-        self.watchful =
-            self.suspect || dropped == Some(true) || self.shedding.is_some() || relapsing;
+        self.watchful = amiss || self.shedding.is_some() || relapsing;
         if behind && hosts > 1 {
             // Doubled once a relapse, when shedding begins again, not for each window.
             if self.shedding.is_none() && relapsing {
@@ -265,10 +261,10 @@ impl Overload {
     }
 
     /// Whether the window just ended found the loop behind in a way that does harm, and
-    /// whether the kernel dropped datagrams meanwhile (`None`: unknown).
-    fn judge(&mut self) -> (bool, Option<bool>) {
+    /// whether it found anything amiss (the queue never empty, or the kernel dropping).
+    fn judge(&mut self) -> (bool, bool) {
         let busy = self.arrivals >= MIN_ARRIVALS;
-        self.suspect = self.waits == 0 && busy;
+        let suspect = self.waits == 0 && busy;
         let dropped = match (self.drops, self.drops_at_roll) {
             (Some(now), Some(before)) => Some(now > before),
             (Some(_), None) => Some(false),
@@ -282,11 +278,11 @@ impl Overload {
             Some(true) => busy,
             // A queue never empty that is crowded starts shedding; once shedding, a queue
             // never empty is enough to go on (the harm stops because of it).
-            Some(false) => self.suspect && (self.crowded || self.shedding.is_some()),
+            Some(false) => suspect && (self.crowded || self.shedding.is_some()),
             // Nothing to tell harm by: being behind is enough.
-            None => self.suspect,
+            None => suspect,
         };
-        (behind, dropped)
+        (behind, suspect || dropped == Some(true))
     }
 
     /// The hosts seen lately (this epoch or the last), counting the window just ended in.

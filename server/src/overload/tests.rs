@@ -53,6 +53,18 @@ fn kernel(o: &mut Overload, drops: Option<u64>, crowded: bool) {
     o.kernel(QueueState { drops, crowded });
 }
 
+/// A crowded queue starts shedding; then, drained, the loop keeps up until the hold ends.
+fn shed_through_one_hold(o: &mut Overload, now: &mut Instant, traffic: &[(HostKey, u32)]) {
+    kernel(o, Some(0), true);
+    while o.began().is_none() {
+        drive(o, now, 1, traffic, false);
+    }
+    kernel(o, Some(0), false);
+    while o.shedding(*now) {
+        drive(o, now, 1, traffic, true);
+    }
+}
+
 fn start() -> (Overload, Instant) {
     let now = Instant::now();
     (Overload::new(Shedding::default(), now), now)
@@ -290,19 +302,32 @@ fn a_loop_behind_while_the_kernel_drops_nothing_sheds_nothing() {
     assert_eq!(o.began(), None);
 }
 
-#[test]
-fn a_loop_behind_while_the_kernel_drops_sheds_until_the_hold_ends() {
+/// Two windows of a flood with the kernel saying nothing is wrong, then ten after it says
+/// `drops` and `crowded`: shedding begins at once, the quiet host loses nothing and the
+/// flood is cut. The loop finds the queue empty once a window if `keeps_up`.
+fn sheds_once_the_kernel_says(
+    keeps_up: bool,
+    drops: Option<u64>,
+    crowded: bool,
+) -> (Overload, Instant) {
     let (mut o, mut now) = start();
     kernel(&mut o, Some(0), false);
     let traffic = [(flood(), 2_000), (host(1), 2)];
-    drive(&mut o, &mut now, 2, &traffic, false);
-    assert_eq!(o.began(), None);
-    // The kernel drops: shedding begins at the next window's first datagram.
-    kernel(&mut o, Some(500), false);
-    let got = drive(&mut o, &mut now, 10, &traffic, false);
+    drive(&mut o, &mut now, 2, &traffic, keeps_up);
+    assert_eq!(o.began(), None, "short, and nothing dropped");
+    assert_eq!(o.watchful(), !keeps_up, "read often only while behind");
+    // Shedding begins at the next window's first datagram.
+    kernel(&mut o, drops, crowded);
+    let got = drive(&mut o, &mut now, 10, &traffic, keeps_up);
     assert_eq!(o.began(), Some(BASE_HOLD));
     assert_eq!(got[1], 20, "the quiet host loses nothing");
     assert!(got[0] < 10 * 2_000 * 6 / 10, "the flood is cut: {got:?}");
+    (o, now)
+}
+
+#[test]
+fn a_loop_behind_while_the_kernel_drops_sheds_until_the_hold_ends() {
+    let (o, now) = sheds_once_the_kernel_says(false, Some(500), false);
     // The drops stop (shedding worked): it goes on for its hold all the same.
     assert!(o.shedding(now));
 }
@@ -324,16 +349,7 @@ fn an_unknown_drop_count_leaves_being_behind_enough() {
 #[test]
 fn a_crowded_queue_starts_shedding_before_the_kernel_drops() {
     // A flood fills the queue: every datagram waits behind it, long before any is lost.
-    let (mut o, mut now) = start();
-    kernel(&mut o, Some(0), false);
-    let traffic = [(flood(), 2_000), (host(1), 2)];
-    drive(&mut o, &mut now, 2, &traffic, false);
-    assert_eq!(o.began(), None, "short, and nothing dropped");
-    kernel(&mut o, Some(0), true);
-    let got = drive(&mut o, &mut now, 10, &traffic, false);
-    assert_eq!(o.began(), Some(BASE_HOLD));
-    assert_eq!(got[1], 20, "the quiet host loses nothing");
-    assert!(got[0] < 10 * 2_000 * 6 / 10, "the flood is cut: {got:?}");
+    sheds_once_the_kernel_says(false, Some(0), true);
 }
 
 #[test]
@@ -351,15 +367,7 @@ fn a_crowded_queue_the_loop_keeps_up_with_is_no_harm() {
 fn a_flood_that_crowds_the_queue_again_after_the_hold_is_a_relapse() {
     let (mut o, mut now) = start();
     let traffic = [(flood(), 1_000), (host(1), 10)];
-    kernel(&mut o, Some(0), true);
-    while o.began().is_none() {
-        drive(&mut o, &mut now, 1, &traffic, false);
-    }
-    // Shedding drains the queue and the loop keeps up, until the hold ends.
-    kernel(&mut o, Some(0), false);
-    while o.shedding(now) {
-        drive(&mut o, &mut now, 1, &traffic, true);
-    }
+    shed_through_one_hold(&mut o, &mut now, &traffic);
     // The flood fills it again, still without a drop: shedding is back, for longer.
     kernel(&mut o, Some(0), true);
     drive(&mut o, &mut now, 2, &traffic, false);
@@ -370,17 +378,7 @@ fn a_flood_that_crowds_the_queue_again_after_the_hold_is_a_relapse() {
 fn a_loop_that_finds_the_queue_empty_now_and_then_still_sheds_while_the_kernel_drops() {
     // Loops sharing the socket and two cores with the flood drain the queue in bursts when
     // they run, and it overflows while they do not: empty at times, and losing datagrams.
-    let (mut o, mut now) = start();
-    kernel(&mut o, Some(0), false);
-    let traffic = [(flood(), 2_000), (host(1), 2)];
-    drive(&mut o, &mut now, 2, &traffic, true);
-    assert_eq!(o.began(), None, "nothing lost");
-    assert!(!o.watchful(), "nothing to read often for");
-    kernel(&mut o, Some(900), false);
-    let got = drive(&mut o, &mut now, 10, &traffic, true);
-    assert_eq!(o.began(), Some(BASE_HOLD));
-    assert_eq!(got[1], 20, "the quiet host loses nothing");
-    assert!(got[0] < 10 * 2_000 * 6 / 10, "the flood is cut: {got:?}");
+    let (o, _) = sheds_once_the_kernel_says(true, Some(900), false);
     assert!(o.watchful(), "read often while shedding");
 }
 
@@ -388,14 +386,7 @@ fn a_loop_that_finds_the_queue_empty_now_and_then_still_sheds_while_the_kernel_d
 fn the_queue_is_read_often_for_a_while_after_shedding_ends() {
     let (mut o, mut now) = start();
     let traffic = [(flood(), 1_000), (host(1), 10)];
-    kernel(&mut o, Some(0), true);
-    while o.began().is_none() {
-        drive(&mut o, &mut now, 1, &traffic, false);
-    }
-    kernel(&mut o, Some(0), false);
-    while o.shedding(now) {
-        drive(&mut o, &mut now, 1, &traffic, true);
-    }
+    shed_through_one_hold(&mut o, &mut now, &traffic);
     // Caught up: a relapse would show within the next second, so it is looked for.
     drive(&mut o, &mut now, 1, &traffic, true);
     assert!(o.watchful());
