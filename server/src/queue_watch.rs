@@ -12,7 +12,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use std::thread::{JoinHandle, Thread};
+use std::thread::Thread;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -34,7 +34,7 @@ const UNKNOWN: u64 = u64::MAX;
 /// closed-loop client with hundreds of requests in flight fills less than a tenth.
 const CROWDED_DIVISOR: u64 = 4;
 
-/// The last reading, shared by the loops and the task that takes it.
+/// The last reading, shared by the loops and the thread that takes it.
 #[derive(Debug)]
 pub(crate) struct QueueWatch {
     drops: AtomicU64,
@@ -85,21 +85,17 @@ impl QueueWatch {
         // The size the kernel holds the queue against: on Linux twice what was asked for,
         // as `queued` counts the bookkeeping too.
         let buffer = socket2::SockRef::from(socket).recv_buffer_size()? as u64;
-        let Some(inode) = socket_inode(socket) else {
-            return Ok(Reading {
-                watch: self.clone(),
-                thread: None,
-            });
-        };
-        let watch = self.clone();
-        let thread = std::thread::Builder::new()
-            .name("mboard-queue".into())
-            .spawn(move || watch.read_until_stopped(&inode, buffer))?;
-        // Set before anyone can want a reading from this watch's thread: the one setter.
-        let _ = self.reader.set(thread.thread().clone());
+        if let Some(inode) = socket_inode(socket) {
+            let watch = self.clone();
+            // Not joined: it ends by itself once the reading is dropped.
+            let thread = std::thread::Builder::new()
+                .name("mboard-queue".into())
+                .spawn(move || watch.read_until_stopped(&inode, buffer))?;
+            // The one setter: a watch is started once.
+            let _ = self.reader.set(thread.thread().clone());
+        }
         Ok(Reading {
             watch: self.clone(),
-            thread: Some(thread),
         })
     }
 
@@ -129,15 +125,14 @@ impl QueueWatch {
 #[derive(Debug)]
 pub(crate) struct Reading {
     watch: Arc<QueueWatch>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for Reading {
     fn drop(&mut self) {
         self.watch.stopped.store(true, Relaxed);
-        if let Some(thread) = self.thread.take() {
-            // Not joined: a read under way ends by itself, and the server need not wait.
-            thread.thread().unpark();
+        // Woken from its pause; a read under way ends by itself, and nobody waits for it.
+        if let Some(reader) = self.watch.reader.get() {
+            reader.unpark();
         }
     }
 }

@@ -73,22 +73,6 @@ const STALE_WALK: usize = 256;
 /// Entries of the unclaimed queue one request looks at, at most.
 pub(super) const EVICT_WALK: usize = 1_024;
 
-/// Steps over a stale entry of the unclaimed queue: dropped at once if nothing is before
-/// it, otherwise counted, to be pruned once there are many.
-fn stale_entry(
-    queue: &mut std::collections::VecDeque<(Instant, SessionId)>,
-    picked: &[SessionId],
-    passed: &mut usize,
-    stale: &mut usize,
-) {
-    if picked.is_empty() && *passed == 0 {
-        queue.pop_front();
-    } else {
-        *passed += 1;
-        *stale += 1;
-    }
-}
-
 /// The claimed sessions that give way for a reservation, in order.
 #[derive(Debug, Default)]
 struct Plan {
@@ -394,8 +378,15 @@ impl SessionManager {
                     left = left.minus(s.reserved);
                     picked.push(sid);
                 }
-                // Claimed or gone since, or being claimed: a stale entry.
-                _ => stale_entry(queue, &picked, &mut passed, &mut stale),
+                // Claimed or gone since, or being claimed: a stale entry, dropped at once at
+                // the front.
+                _ if picked.is_empty() && passed == 0 => {
+                    queue.pop_front();
+                }
+                _ => {
+                    passed += 1;
+                    stale += 1;
+                }
             }
         }
         // Stale entries behind a picked one stay when nothing is dropped; clear them before
