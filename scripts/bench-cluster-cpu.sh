@@ -14,6 +14,10 @@
 # to the servers (say SERVER_ARGS="--workers 1", SERVER_ENV=TOKIO_WORKER_THREADS=1).
 # IDLE=1 starts a second, idle mboard server on each board: its CPU per operation is what
 # feeding a replica costs.
+# RELAY=1 adds, each round, `5:` through the bare relay (`mboard-bench relay`: a datagram
+# in, a publish, its acknowledgement, a datagram out, nothing else) without and with a
+# feed (an ordered consumer drained as a replica's): the floor of any server of this
+# protocol on async-nats. Its CPU shows in the server column.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH=$PATH:/usr/sbin
@@ -41,6 +45,17 @@ done
 url=nats://127.0.0.1:$nats_port
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# start_relay PORT [--feed]: the bare relay on its own stream; prints its pid.
+start_relay() {
+    "$bench" relay --listen "127.0.0.1:$1" --nats "$url" "${@:2}" >"$dir/r$1.log" 2>&1 &
+    local pid=$!
+    pids+=("$pid")
+    until grep -qs "relaying" "$dir/r$1.log"; do
+        kill -0 "$pid" 2>/dev/null || fail "the relay on $1 did not start: $(tail -1 "$dir/r$1.log")"
+        sleep 0.05
+    done
+    echo "$pid"
+}
 # start_server BIN_DIR PORT STREAM: an mboard server on the stream; prints its pid.
 start_server() {
     # shellcheck disable=SC2086 # words of their own
@@ -91,4 +106,15 @@ for round in $(seq "$rounds"); do
         [[ $idle == - ]] || kill "$idle" 2>/dev/null || true
         wait "$server" 2>/dev/null || true
     done
+    if [[ -n ${RELAY:-} ]]; then
+        for feed in "" --feed; do
+            port=$((port + 2))
+            # shellcheck disable=SC2086 # no word when empty
+            server=$(start_relay "$port" $feed)
+            sleep 1
+            measure "5: via the relay ${feed:-bare}" "$server" - -- --server "127.0.0.1:$port" publish-once
+            kill "$server" 2>/dev/null || true
+            wait "$server" 2>/dev/null || true
+        done
+    fi
 done

@@ -5,6 +5,7 @@
 //! configuration as a board's, its leader on a chosen node), checked before and after.
 
 mod place;
+pub(crate) mod relay;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -126,6 +126,30 @@ enum Command {
         #[arg(long)]
         via: Option<String>,
     },
+    /// The clustered store's floor: serves a bare UDP-to-JetStream relay in place of an
+    /// mboard server, until SIGINT or SIGTERM. It answers `5:<token>:<text>` with `0:<id>`
+    /// once JetStream acknowledged it, on a stream of its own (deleted on the way out), and
+    /// refuses anything else. Point `publish-once` at it; it prints
+    /// `relaying addr=<ip:port> stream=<name>` on stderr when ready.
+    Relay {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:7777")]
+        listen: SocketAddr,
+        /// NATS URLs, comma-separated.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        /// The stream's replicas.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+        /// Receive loops sharing the socket (default, as mboard-server's `--workers`: twice
+        /// the machine's cores).
+        #[arg(long)]
+        loops: Option<usize>,
+        /// Also drain an ordered consumer of the stream, as each mboard server's replica
+        /// must.
+        #[arg(long)]
+        feed: bool,
+    },
     /// Creates a stream as mboard-server creates its board's (at its default options), if
     /// it does not exist, and moves its leader to one NATS node: R1 by the node's
     /// `server_tags` (`node:<name>`), R3 by stepping the leader down until it lands there.
@@ -267,6 +291,21 @@ fn main() -> Result<()> {
             check,
             consumers,
         } => return jetstream::place(nats, stream, replicas, leader, check, consumers),
+        Command::Relay {
+            listen,
+            ref nats,
+            replicas,
+            loops,
+            feed,
+        } => {
+            return jetstream::relay::serve(&jetstream::relay::Relay {
+                listen,
+                nats: nats.clone(),
+                replicas,
+                loops: loops.unwrap_or_else(|| 2 * cores()),
+                feed,
+            });
+        }
         Command::Lag => return lag(&args),
         Command::RedisFollow {
             ref redis,
@@ -384,10 +423,13 @@ impl Args {
     }
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 /// The same load against an echo server started for it.
 fn echo(args: &Args) -> Result<Report> {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let addr = echo::start(cores).context("start echo server")?;
+    let addr = echo::start(cores()).context("start echo server")?;
     Ok(run::run(&args.load(vec![addr]), &Scenario::Echo)?)
 }
 

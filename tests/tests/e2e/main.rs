@@ -15,6 +15,7 @@ mod client_follow;
 mod client_pages;
 mod client_publish;
 mod clustered;
+mod clustered_bench;
 mod clustered_failover;
 mod clustered_reads;
 mod clustered_stream;

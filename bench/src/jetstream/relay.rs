@@ -1,0 +1,197 @@
+//! The clustered store's floor: a bare relay from UDP to JetStream, run as a process of its
+//! own in place of an mboard server. It answers `5:<token>:<text>` with `0:<id>` once
+//! JetStream acknowledged the message (sent with the token as its `Nats-Msg-Id` and the
+//! one `Mboard-Pub` header an mboard server sends), `2:<n>` with no ids (it holds no board;
+//! load generators probe with it), and every other datagram with a `1`.
+//! No sessions, no limits, no replica, no metrics: what is left is the hop itself (a
+//! datagram in, a publish over TCP, an acknowledgement back, a datagram out), so `5:`
+//! through it is the most any server of this protocol on async-nats can get here. With
+//! `feed`, it also drains an ordered consumer of the stream, as each mboard server's
+//! replica must.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{DeliverPolicy, push};
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use mboard_protocol::{BoardRequest, ErrorCode, MessageId, Request, Response};
+use tokio::net::UdpSocket;
+
+/// What the relay listens on and publishes to.
+#[derive(Debug, Clone)]
+pub(crate) struct Relay {
+    pub(crate) listen: SocketAddr,
+    pub(crate) nats: String,
+    pub(crate) replicas: usize,
+    /// Receive loops sharing the socket, each on the runtime's threads.
+    pub(crate) loops: usize,
+    /// Also drain an ordered consumer of the stream, as a replica would.
+    pub(crate) feed: bool,
+}
+
+/// Serves until SIGINT or SIGTERM, on a stream of its own (deleted on the way out). The
+/// line `relaying addr=<ip:port> stream=<name>` on stderr says it is ready.
+#[allow(clippy::print_stderr)]
+pub(crate) fn serve(relay: &Relay) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (client, js, _node) = super::place::connect(&relay.nats).await?;
+        let name = format!("mboard-relay-{}", std::process::id());
+        let subject = format!("{name}.messages");
+        let created = js
+            .create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![subject.clone()],
+                num_replicas: relay.replicas,
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("create stream {name}"))?;
+        let socket = Arc::new(
+            UdpSocket::bind(relay.listen)
+                .await
+                .with_context(|| format!("bind {}", relay.listen))?,
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        if relay.feed {
+            let messages = feed(&created, &client, &subject).await?;
+            tasks.spawn(drain(messages));
+        }
+        for _ in 0..relay.loops.max(1) {
+            tasks.spawn(relay_loop(socket.clone(), js.clone(), subject.clone()));
+        }
+        eprintln!("relaying addr={} stream={name}", socket.local_addr()?);
+        let outcome = tokio::select! {
+            () = stopped() => Ok(()),
+            Some(ended) = tasks.join_next() => {
+                ended.context("relay task").and_then(|r| r.context("relay"))
+            }
+        };
+        tasks.abort_all();
+        let deleted = js.delete_stream(&name).await;
+        outcome?;
+        deleted.with_context(|| format!("delete stream {name}"))?;
+        Ok(())
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn stopped() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// One receive loop: publishes go to JetStream as they arrive, their acknowledgements are
+/// awaited beside the socket (as an mboard receive loop keeps its waiting publishes), and
+/// each is answered as it comes.
+async fn relay_loop(socket: Arc<UdpSocket>, js: jetstream::Context, subject: String) -> Result<()> {
+    let mut buf = vec![0u8; 65_536];
+    let mut reply = Vec::with_capacity(64);
+    let mut waiting = FuturesUnordered::new();
+    loop {
+        let (answer, to) = tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let (n, from) = received.context("receive")?;
+                match publish(&js, &subject, from, Bytes::copy_from_slice(&buf[..n])).await {
+                    Ok(ack) => {
+                        waiting.push(async move { (from, ack.await.map(|a| a.sequence)) });
+                        continue;
+                    }
+                    Err(answer) => (answer, from),
+                }
+            }
+            Some((to, acked)) = waiting.next(), if !waiting.is_empty() => {
+                (acked.map_or_else(|_| unavailable(), |seq| Response::Published(MessageId(seq))), to)
+            }
+        };
+        reply.clear();
+        answer.encode(&mut reply);
+        socket.send_to(&reply, to).await.context("send")?;
+    }
+}
+
+/// Sends a `5:` to JetStream; anything else is answered at once, with what to answer.
+async fn publish(
+    js: &jetstream::Context,
+    subject: &str,
+    from: SocketAddr,
+    datagram: Bytes,
+) -> Result<jetstream::context::PublishAckFuture, Response> {
+    let (token, text) = match Request::parse(datagram) {
+        Ok(Request::Board(BoardRequest::PublishOnce { token, text })) => (token, text),
+        Ok(Request::Board(BoardRequest::Ids(_))) => return Err(Response::Ids(Vec::new())),
+        _ => {
+            return Err(Response::Error {
+                code: ErrorCode::BadFormat,
+                reason: Bytes::from_static(b"the relay takes only 5:<token>:<text> and 2:<n>"),
+            });
+        }
+    };
+    let micros = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let mut headers = HeaderMap::new();
+    headers.insert("Mboard-Pub", format!("{micros} {from}"));
+    let message = PublishMessage::build()
+        .headers(headers)
+        .message_id(token.to_string())
+        .payload(text);
+    js.send_publish(subject.to_owned(), message)
+        .await
+        .map_err(|_| unavailable())
+}
+
+fn unavailable() -> Response {
+    Response::Error {
+        code: ErrorCode::ErrTransm,
+        reason: Bytes::from_static(b"storage unavailable"),
+    }
+}
+
+/// An ordered consumer of the whole stream, as a replica's.
+async fn feed(
+    stream: &stream::Stream,
+    client: &async_nats::Client,
+    subject: &str,
+) -> Result<push::Ordered> {
+    let consumer = stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: subject.to_owned(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .context("create the feed's consumer")?;
+    consumer.messages().await.context("the feed's messages")
+}
+
+/// Takes every delivered message and reads its stream sequence, as a replica does before
+/// storing it; stores nothing.
+async fn drain(mut messages: push::Ordered) -> Result<()> {
+    while let Some(m) = messages.next().await {
+        let m = m.context("feed")?;
+        std::hint::black_box(m.info().map(|i| i.stream_sequence).ok());
+    }
+    Ok(())
+}
