@@ -15,9 +15,10 @@
 # IDLE=1 starts a second, idle mboard server on each board: its CPU per operation is what
 # feeding a replica costs.
 # RELAY=1 adds, each round, `5:` through the bare relay (`mboard-bench relay`: a datagram
-# in, a publish, its acknowledgement, a datagram out, nothing else) without and with a
-# feed (an ordered consumer drained as a replica's): the floor of any server of this
-# protocol on async-nats. Its CPU shows in the server column.
+# in, a publish, its acknowledgement, a datagram out, nothing else) without a feed and
+# with one (an ordered push consumer drained as a replica's): the floor of any server of
+# this protocol on async-nats. RELAY="none push pull" names the feeds to run (pull: a
+# pull consumer fetched in batches). Its CPU shows in the server column.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH=$PATH:/usr/sbin
@@ -106,15 +107,18 @@ for round in $(seq "$rounds"); do
         [[ $idle == - ]] || kill "$idle" 2>/dev/null || true
         wait "$server" 2>/dev/null || true
     done
-    if [[ -n ${RELAY:-} ]]; then
-        for feed in "" --feed; do
-            port=$((port + 2))
-            # shellcheck disable=SC2086 # no word when empty
-            server=$(start_relay "$port" $feed)
-            sleep 1
-            measure "5: via the relay ${feed:-bare}" "$server" - -- --server "127.0.0.1:$port" publish-once
-            kill "$server" 2>/dev/null || true
-            wait "$server" 2>/dev/null || true
-        done
-    fi
+    feeds=${RELAY:-}
+    [[ $feeds != 1 ]] || feeds="none push"
+    for feed in $feeds; do
+        port=$((port + 2))
+        if [[ $feed == none ]]; then
+            server=$(start_relay "$port")
+        else
+            server=$(start_relay "$port" --feed "$feed")
+        fi
+        sleep 1
+        measure "5: via the relay, feed $feed" "$server" - -- --server "127.0.0.1:$port" publish-once
+        kill "$server" 2>/dev/null || true
+        wait "$server" 2>/dev/null || true
+    done
 done

@@ -145,10 +145,11 @@ enum Command {
         /// the machine's cores).
         #[arg(long)]
         loops: Option<usize>,
-        /// Also drain an ordered consumer of the stream, as each mboard server's replica
-        /// must.
-        #[arg(long)]
-        feed: bool,
+        /// Also drain a consumer of the stream, as each mboard server's replica must:
+        /// `push` (alone: `--feed`) an ordered push consumer, one delivery per message, as
+        /// mboard-server's; `pull` a pull consumer fetched in batches.
+        #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "push")]
+        feed: Option<jetstream::relay::Feed>,
     },
     /// Creates a stream as mboard-server creates its board's (at its default options), if
     /// it does not exist, and moves its leader to one NATS node: R1 by the node's

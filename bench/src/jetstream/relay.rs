@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::{DeliverPolicy, push};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull, push};
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -31,9 +31,22 @@ pub(crate) struct Relay {
     pub(crate) replicas: usize,
     /// Receive loops sharing the socket, each on the runtime's threads.
     pub(crate) loops: usize,
-    /// Also drain an ordered consumer of the stream, as a replica would.
-    pub(crate) feed: bool,
+    /// Also drain a consumer of the stream, as a replica would.
+    pub(crate) feed: Option<Feed>,
 }
+
+/// How the relay's feed takes the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Feed {
+    /// An ordered push consumer, one delivery per message, as mboard-server's replica.
+    Push,
+    /// A pull consumer fetched in batches: what is there after a pause of [`PAUSE`], or,
+    /// when nothing was, the first message to come.
+    Pull,
+}
+
+/// The pull feed's pause between fetches that found messages.
+const PAUSE: Duration = Duration::from_millis(1);
 
 /// Serves until SIGINT or SIGTERM, on a stream of its own (deleted on the way out). The
 /// line `relaying addr=<ip:port> stream=<name>` on stderr says it is ready.
@@ -63,9 +76,24 @@ pub(crate) fn serve(relay: &Relay) -> Result<()> {
                 .with_context(|| format!("bind {}", relay.listen))?,
         );
         let mut tasks = tokio::task::JoinSet::new();
-        if relay.feed {
-            let messages = feed(&created, &client, &subject).await?;
-            tasks.spawn(drain(messages));
+        match relay.feed {
+            Some(Feed::Push) => {
+                let messages = feed(&created, &client, &subject).await?;
+                tasks.spawn(drain(messages));
+            }
+            Some(Feed::Pull) => {
+                let consumer = created
+                    .create_consumer(pull::Config {
+                        filter_subject: subject.clone(),
+                        deliver_policy: DeliverPolicy::All,
+                        ack_policy: AckPolicy::None,
+                        ..Default::default()
+                    })
+                    .await
+                    .context("create the feed's consumer")?;
+                tasks.spawn(drain_pulled(consumer));
+            }
+            None => {}
         }
         for _ in 0..relay.loops.max(1) {
             tasks.spawn(relay_loop(socket.clone(), js.clone(), subject.clone()));
@@ -194,4 +222,32 @@ async fn drain(mut messages: push::Ordered) -> Result<()> {
         std::hint::black_box(m.info().map(|i| i.stream_sequence).ok());
     }
     Ok(())
+}
+
+/// Takes every message in batches: a fetch of what is there, then a pause while fetches
+/// find something, a wait for the next message when one found nothing.
+async fn drain_pulled(consumer: PullConsumer) -> Result<()> {
+    loop {
+        let mut got = 0usize;
+        let mut batch = consumer.fetch().max_messages(4_096).messages().await?;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("feed: {e}"))?;
+            std::hint::black_box(m.info().map(|i| i.stream_sequence).ok());
+            got += 1;
+        }
+        if got > 0 {
+            tokio::time::sleep(PAUSE).await;
+            continue;
+        }
+        let mut next = consumer
+            .batch()
+            .max_messages(1)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await?;
+        while let Some(m) = next.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("feed: {e}"))?;
+            std::hint::black_box(m.info().map(|i| i.stream_sequence).ok());
+        }
+    }
 }

@@ -182,20 +182,26 @@ fn the_bench_places_streams_and_refuses_a_mismatched_pair() {
     );
 }
 
-/// `mboard-bench relay`, the floor the clustered store is measured against: `5:` goes to
-/// JetStream exactly once (a resend gets the first id), `2:` lists nothing, anything else
-/// is refused, `publish-once` runs through it without an error, and its stream holds what
-/// it acknowledged until SIGTERM, which deletes it.
+/// `mboard-bench relay`, the floor the clustered store is measured against, with each of
+/// its feeds: `5:` goes to JetStream exactly once (a resend gets the first id), `2:` lists
+/// nothing, anything else is refused, `publish-once` runs through it without an error, and
+/// its stream holds what it acknowledged until SIGTERM, which deletes it.
 #[test]
 fn the_bench_relay_is_a_bare_exactly_once_hop_to_jetstream() {
     let _gate = gate::load();
     let nats = NatsCluster::start(1);
+    for feed in ["push", "pull"] {
+        relay_publishes_exactly_once(&nats, feed);
+    }
+}
+
+fn relay_publishes_exactly_once(nats: &NatsCluster, feed: &str) {
     let mut cmd = Command::new(binary("mboard-bench"));
-    cmd.args(["relay", "--listen", "127.0.0.1:0", "--feed", "--nats"])
+    cmd.args(["relay", "--listen", "127.0.0.1:0", "--feed", feed, "--nats"])
         .arg(nats.urls());
     let mut relay = ServerProcess::start_command(cmd)
         .unwrap_or_else(|(code, log)| panic!("relay exit {code:?}: {log}"));
-    let log = relay.log();
+    let log = relay.log_until("stream=", Duration::from_secs(5));
     let stream = log
         .split("stream=")
         .nth(1)
@@ -203,12 +209,12 @@ fn the_bench_relay_is_a_bare_exactly_once_hop_to_jetstream() {
         .unwrap_or_else(|| panic!("no stream in {log}"))
         .to_owned();
     let peer = Peer::new(relay.addr);
-    assert_eq!(peer.ask_str(format!("5:{}:one", token(1))), "0:1");
-    assert_eq!(peer.ask_str(format!("5:{}:two", token(2))), "0:2");
+    assert_eq!(peer.ask_str(format!("5:{}:one", token(1))), "0:1", "{feed}");
+    assert_eq!(peer.ask_str(format!("5:{}:two", token(2))), "0:2", "{feed}");
     assert_eq!(
         peer.ask_str(format!("5:{}:one, resent", token(1))),
         "0:1",
-        "a resend is the first publish"
+        "{feed}: a resend is the first publish"
     );
     assert_eq!(peer.ask_str("2:5"), "0:");
     assert_eq!(
@@ -217,8 +223,8 @@ fn the_bench_relay_is_a_bare_exactly_once_hop_to_jetstream() {
     );
     let once = crate::bench::bench(Some(relay.addr), &["publish-once"]);
     let number = |key| crate::bench::field(&once, key);
-    assert!(number("operations") > 10.0, "{once}");
-    assert_eq!(number("errors"), 0.0, "{once}");
+    assert!(number("operations") > 10.0, "{feed}: {once}");
+    assert_eq!(number("errors"), 0.0, "{feed}: {once}");
     let info = |stream: &str| {
         nats.request(0, &format!("$JS.API.STREAM.INFO.{stream}"), "")
             .expect("stream info")
@@ -230,9 +236,16 @@ fn the_bench_relay_is_a_bare_exactly_once_hop_to_jetstream() {
         .and_then(|s| s.split([',', '}']).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no message count in {held}"));
-    assert!(messages >= 2.0 + number("operations"), "{messages}: {once}");
+    assert!(
+        messages >= 2.0 + number("operations"),
+        "{feed}: {messages}: {once}"
+    );
     relay.terminate();
-    assert_eq!(relay.wait_timeout(Duration::from_secs(10)), Some(Some(0)));
+    assert_eq!(
+        relay.wait_timeout(Duration::from_secs(10)),
+        Some(Some(0)),
+        "{feed}"
+    );
     let gone = info(&stream);
-    assert!(gone.contains("stream not found"), "{gone}");
+    assert!(gone.contains("stream not found"), "{feed}: {gone}");
 }
