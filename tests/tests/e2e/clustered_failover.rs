@@ -52,7 +52,8 @@ fn a_nats_outage_refuses_publishes_and_heals_by_itself() {
     );
     assert_eq!(id_of(&reply), 2);
     assert_eq!(p.ask_str(format!("5:{}:during", token(7))), "0:2");
-    assert!(p.ask_str("3:2").ends_with(":during"));
+    let read = p.ask_str("3:2");
+    assert!(read.ends_with(":during"), "{read}: {}", server.log());
     assert!(eventually(Duration::from_secs(3), || connected() == Some(1.0)));
 }
 
