@@ -52,19 +52,8 @@ pub(crate) fn run(
         let (name, subject, own) = match &target.stream {
             Some(name) => (name.clone(), place::subject(name), false),
             None => {
-                let name = format!("mboard-bench-{}", std::process::id());
-                let subject = format!("{name}.messages");
-                js.create_stream(stream::Config {
-                    name: name.clone(),
-                    subjects: vec![subject.clone()],
-                    num_replicas: replicas,
-                    storage: stream::StorageType::File,
-                    duplicate_window: Duration::from_secs(120),
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| format!("create stream {name}"))?;
-                (name, subject, true)
+                let (stream, subject) = own_stream(&js, "mboard-bench", replicas).await?;
+                (stream.cached_info().config.name.clone(), subject, true)
             }
         };
         check(&js, &name, &node, target, "before").await?;
@@ -94,6 +83,29 @@ pub(crate) fn run(
             all,
         ))
     })
+}
+
+/// A stream for one run, `<prefix>-<pid>` taking `<name>.messages`, on `replicas` nodes;
+/// returns it and its subject.
+pub(crate) async fn own_stream(
+    js: &jetstream::Context,
+    prefix: &str,
+    replicas: usize,
+) -> Result<(stream::Stream, String)> {
+    let name = format!("{prefix}-{}", std::process::id());
+    let subject = format!("{name}.messages");
+    let created = js
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            num_replicas: replicas,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("create stream {name}"))?;
+    Ok((created, subject))
 }
 
 /// Prints where the stream and the connection are, when a placement was asked for, and

@@ -57,19 +57,8 @@ pub(crate) fn serve(relay: &Relay) -> Result<()> {
         .build()?;
     runtime.block_on(async {
         let (client, js, _node) = super::place::connect(&relay.nats).await?;
-        let name = format!("mboard-relay-{}", std::process::id());
-        let subject = format!("{name}.messages");
-        let created = js
-            .create_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![subject.clone()],
-                num_replicas: relay.replicas,
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("create stream {name}"))?;
+        let (created, subject) = super::own_stream(&js, "mboard-relay", relay.replicas).await?;
+        let name = created.cached_info().config.name.clone();
         let socket = Arc::new(
             UdpSocket::bind(relay.listen)
                 .await
