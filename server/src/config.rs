@@ -72,6 +72,10 @@ pub struct Limits {
     /// `3:` reads waiting at once for a replica to receive what the store already has
     /// (the clustered store); beyond it they are answered `4:busy` at once.
     pub max_catching_up: usize,
+    /// Large replies (the first block of a download) being built off the receive loops at
+    /// once, each in a task of its own; with none left a loop waits for one, which pushes
+    /// back on the senders of such requests instead of piling up tasks.
+    pub max_building_replies: usize,
 }
 
 impl Default for Limits {
@@ -98,6 +102,7 @@ impl Default for Limits {
             max_queued_publishes: 4_096,
             max_queued_bytes: 256 * 1024 * 1024,
             max_catching_up: 4_096,
+            max_building_replies: 4_096,
         }
     }
 }
@@ -373,6 +378,9 @@ impl Limits {
         }
         if self.max_catching_up == 0 {
             return Err(ConfigError::Zero("max catching up"));
+        }
+        if self.max_building_replies == 0 {
+            return Err(ConfigError::Zero("max building replies"));
         }
         if self.max_queued_bytes < self.max_request_size {
             return Err(ConfigError::BelowRequest {

@@ -87,6 +87,11 @@ pub(crate) struct Args {
     #[arg(long, env = "MBOARD_MAX_CATCHING_UP", value_name = "N", default_value_t = Limits::default().max_catching_up)]
     pub(crate) max_catching_up: usize,
 
+    /// Large replies being built at once off the receive loops (each the first block of a
+    /// download); with none left, a loop waits for one.
+    #[arg(long, env = "MBOARD_MAX_BUILDING_REPLIES", value_name = "N", default_value_t = Limits::default().max_building_replies)]
+    pub(crate) max_building_replies: usize,
+
     /// Drop a session after this long without a datagram (`30s`, `500ms`).
     #[arg(long, env = "MBOARD_SESSION_TIMEOUT", default_value_t = Limits::default().session_timeout.into())]
     pub(crate) session_timeout: humantime::Duration,

@@ -110,6 +110,7 @@ fn limits(args: &Args) -> Limits {
         max_queued_publishes: args.max_queued_publishes,
         max_queued_bytes: args.max_queued_bytes,
         max_catching_up: args.max_catching_up,
+        max_building_replies: args.max_building_replies,
     }
 }
 

@@ -152,6 +152,10 @@ fn unworkable_limits_are_refused() {
         Err(ConfigError::Zero("max catching up"))
     );
     assert_eq!(
+        bad(|l| l.max_building_replies = 0),
+        Err(ConfigError::Zero("max building replies"))
+    );
+    assert_eq!(
         bad(|l| l.max_queued_bytes = 1_000).map_err(|e| e.to_string()),
         Err(
             "max queued bytes must be at least the max request size (16777216 bytes), not 1000"

@@ -21,11 +21,6 @@ use crate::overload::{Overload, Shedding};
 use crate::queue_watch::QueueWatch;
 use crate::reload::{self, Reloadable, Reloads, Targets};
 
-/// Large replies being built in their own tasks at once; see [`Receiver::deferred`].
-/// (Publishes waiting for the journal hold a place in the handler's own queue instead,
-/// `--max-queued-publishes`, which never waits.)
-const DEFERRED_MAX: usize = 4_096;
-
 mod batch;
 mod receiver;
 mod sender;
@@ -198,7 +193,12 @@ async fn serve_with<B: Board>(
         metrics: Arc::new(Metrics::new(workers)),
         limiter: Arc::new(RateLimiter::new(settings.first.rate_limit)),
         errors: Arc::new(RateLimiter::new(settings.first.error_limit)),
-        deferred: Arc::new(Semaphore::new(DEFERRED_MAX)),
+        deferred: Arc::new(Semaphore::new(
+            handler
+                .limits()
+                .max_building_replies
+                .min(Semaphore::MAX_PERMITS),
+        )),
         io_batch,
     };
     let mut tasks = JoinSet::new();

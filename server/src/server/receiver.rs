@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use super::batch::{Inbox, transient};
@@ -25,8 +25,9 @@ use crate::session::HostKey;
 pub(super) struct Receiver<B> {
     /// Answers datagrams.
     pub(super) handler: Arc<Handler<B>>,
-    /// Permits for large replies being built off the loops; when none is left the loop
-    /// waits, which pushes back on senders instead of queueing without bound.
+    /// Permits for large replies being built off the loops (`--max-building-replies`);
+    /// when none is left the loop waits, which pushes back on senders instead of queueing
+    /// without bound.
     pub(super) deferred: Arc<Semaphore>,
     /// Per-source rate limit, applied before any work.
     pub(super) limiter: Arc<RateLimiter>,
@@ -140,7 +141,10 @@ impl<B: Board> Receiver<B> {
             // A large reply is copied on a blocking thread in a task of its own, so that
             // it does not occupy the receive loop; each holds a reservation in the
             // session budget, which bounds how many can exist.
-            answer @ Answer::Build(_) => self.detach(source, answer).await?,
+            answer @ Answer::Build(_) => {
+                let permit = self.build_permit(outbox, waiting).await?;
+                self.detach(permit, source, answer);
+            }
             // A publish waiting for its group commit or acknowledgement holds a place in
             // the handler's queue for the board, taken without waiting (a full queue is
             // answered `4:busy`): that bounds how many wait here.
@@ -177,23 +181,37 @@ impl<B: Board> Receiver<B> {
         }
     }
 
-    /// Sends `answer` from a task of its own, under a permit.
+    /// A permit to build one more reply off the loop (`--max-building-replies`).
     ///
-    /// Waits for a permit first, so that a flood of such requests slows the receive loop
-    /// rather than piling up tasks.
-    pub(super) async fn detach(&self, source: Source, answer: Answer) -> io::Result<()> {
-        let permit = self
-            .deferred
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(io::Error::other)?;
+    /// With none left the loop waits for one, so that a flood of such requests slows it
+    /// rather than piling up tasks. It first sends the replies already ready, and answers
+    /// the publishes the board completes meanwhile: those do not wait behind the builds.
+    async fn build_permit(
+        &self,
+        outbox: &mut Outbox,
+        waiting: &mut Waiting,
+    ) -> io::Result<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.deferred.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        self.sender.deliver_all(outbox).await?;
+        let acquire = self.deferred.clone().acquire_owned();
+        tokio::pin!(acquire);
+        loop {
+            tokio::select! {
+                permit = &mut acquire => return permit.map_err(io::Error::other),
+                () = waiting.ready(outbox) => self.sender.deliver_all(outbox).await?,
+            }
+        }
+    }
+
+    /// Sends `answer` from a task of its own, which gives `permit` back once it is sent.
+    fn detach(&self, permit: OwnedSemaphorePermit, source: Source, answer: Answer) {
         let sender = self.sender.clone();
         tokio::spawn(async move {
             // Only this reply is lost if sending fails; the loop reports fatal socket errors.
             let _ = sender.deliver(answer, source).await;
             drop(permit);
         });
-        Ok(())
     }
 }

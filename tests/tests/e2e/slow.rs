@@ -1,4 +1,5 @@
-//! A slow request never stalls the others: large replies are built off the receive loops.
+//! A slow request never stalls the others: large replies are built off the receive loops,
+//! and a loop out of permits to build them still answers the publishes it has waiting.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,9 +12,11 @@ use mboard_server::Limits;
 use mboard_server::{Board, BoardError, Span};
 use mboard_tests::{Peer, TestServer, gate};
 
-/// One message, whose bulk read (`4:`) takes two seconds, like a cold disk.
+/// One message, whose bulk read (`4:`) takes two seconds, like a cold disk; with
+/// `publish_wait`, a publish waits that long for its (pretend) group commit.
 struct SlowBoard {
     message: Message,
+    publish_wait: Option<Duration>,
 }
 
 impl SlowBoard {
@@ -28,12 +31,19 @@ impl SlowBoard {
                 id: MessageId(0),
                 entry,
             },
+            publish_wait: None,
         }
     }
 }
 
 impl Board for SlowBoard {
+    fn defers_publish(&self) -> bool {
+        self.publish_wait.is_some()
+    }
     async fn publish(&self, _: SocketAddr, _: Bytes) -> Result<MessageId, BoardError> {
+        if let Some(wait) = self.publish_wait {
+            tokio::time::sleep(wait).await;
+        }
         Ok(MessageId(1))
     }
     fn get(&self, id: MessageId) -> Result<Option<Entry>, BoardError> {
@@ -87,6 +97,50 @@ fn slow_replies_do_not_hold_up_fast_ones() {
         let reply = p
             .recv_within(Duration::from_secs(10))
             .expect("the slow reply comes");
+        assert!(
+            reply.starts_with(b"d:"),
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+}
+
+#[test]
+fn a_loop_waiting_to_build_a_reply_still_answers_its_waiting_publishes() {
+    let _gate = gate::timed();
+    // One loop, and room to build one large reply at a time.
+    let board = SlowBoard {
+        publish_wait: Some(Duration::from_millis(300)),
+        ..SlowBoard::new()
+    };
+    let limits = Limits {
+        max_building_replies: 1,
+        ..Limits::default()
+    };
+    let handler = Handler::new(board, limits, 1);
+    let server = TestServer::builder()
+        .workers(1)
+        .serving(Arc::new(handler))
+        .start();
+    let publisher = Peer::new(server.addr);
+    publisher.send(b"1:waits 300 ms for the board");
+    std::thread::sleep(Duration::from_millis(50));
+    // The first takes the only permit for 2 s; the loop waits for it on the second.
+    let slow: Vec<Peer> = (0..2).map(|_| Peer::new(server.addr)).collect();
+    for p in &slow {
+        p.send(b"4:1");
+    }
+    let published = publisher
+        .recv_within(Duration::from_millis(1_500))
+        .expect("the publish is answered while the loop waits to build");
+    assert_eq!(published, b"0:1");
+    assert_eq!(
+        slow[0].recv_within(Duration::from_millis(1)),
+        None,
+        "the first slow reply came first"
+    );
+    for p in &slow {
+        let reply = p.recv_within(Duration::from_secs(10)).expect("slow reply");
         assert!(
             reply.starts_with(b"d:"),
             "{}",
