@@ -168,10 +168,26 @@ pub(super) fn transient(e: &io::Error) -> bool {
             | HostUnreachable
             | NetworkUnreachable
             | PermissionDenied
-    ) || e.raw_os_error() == Some(105) // ENOBUFS
-        || e.raw_os_error() == Some(90) // EMSGSIZE
-        || e.raw_os_error() == Some(22) // EINVAL
-        || e.raw_os_error() == Some(97) // EAFNOSUPPORT: an address of the other family
+    ) || e.raw_os_error().is_some_and(refused_datagram)
+}
+
+/// Error numbers that refuse one datagram: no buffer for it now, too large for its
+/// path, an address the call cannot take (EINVAL), or one of the other family. Named
+/// through nix, since the numbers differ between systems (ENOBUFS is 105 on most Linux
+/// architectures, 132 on MIPS, 55 on the BSDs).
+#[cfg(unix)]
+fn refused_datagram(code: i32) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        Errno::from_raw(code),
+        Errno::ENOBUFS | Errno::EMSGSIZE | Errno::EINVAL | Errno::EAFNOSUPPORT
+    )
+}
+
+/// Elsewhere only the kinds above are known to concern one datagram.
+#[cfg(not(unix))]
+fn refused_datagram(_: i32) -> bool {
+    false
 }
 
 #[cfg(target_os = "linux")]

@@ -33,10 +33,10 @@ fn socket(op: &str) -> (String, String) {
     )
 }
 
-// FAILS on wt-batchrev: a held `6:` is a silent answer, and `Sender::deliver_all` steps
-// through the sent datagrams' outcomes once for every reply, sent or not; a reply after a
-// held request in the same batch is counted with the next one's bytes, and the last as
-// nothing. Followers re-arming among other traffic make such batches all day.
+// A held `6:` is a silent answer, and `Sender::deliver_all` once stepped through the sent
+// datagrams' outcomes once for every reply, sent or not: a reply after a held request in
+// the same batch was counted with the next one's bytes, and the last as nothing.
+// Followers re-arming among other traffic make such batches all day.
 #[test]
 fn sent_bytes_count_every_reply_when_held_requests_share_a_batch() {
     let _gate = gate::timed();
