@@ -3,11 +3,10 @@
 //! JetStream acknowledged the message (sent with the token as its `Nats-Msg-Id` and the
 //! one `Mboard-Pub` header an mboard server sends), `2:<n>` with no ids (it holds no board;
 //! load generators probe with it), and every other datagram with a `1`.
-//! No sessions, no limits, no replica, no metrics: what is left is the hop itself (a
-//! datagram in, a publish over TCP, an acknowledgement back, a datagram out), so `5:`
-//! through it is the most any server of this protocol on async-nats can get here. With
-//! `feed`, it also drains an ordered consumer of the stream, as each mboard server's
-//! replica must.
+//! No sessions, no limits, no replica, no metrics, no batched system calls: what is left is
+//! the hop itself (a datagram in, a publish over TCP, an acknowledgement back, a datagram
+//! out), so `5:` through it shows what the hop alone costs on the machine it runs on. With
+//! a feed, it also drains a consumer of the stream, as each mboard server's replica must.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -128,7 +127,12 @@ async fn relay_loop(socket: Arc<UdpSocket>, js: jetstream::Context, subject: Str
     loop {
         let (answer, to) = tokio::select! {
             received = socket.recv_from(&mut buf) => {
-                let (n, from) = received.context("receive")?;
+                let (n, from) = match received {
+                    Ok(got) => got,
+                    // An ICMP refusal of an earlier reply: that peer's, not the socket's.
+                    Err(e) if one_peer(&e) => continue,
+                    Err(e) => return Err(e).context("receive"),
+                };
                 match publish(&js, &subject, from, Bytes::copy_from_slice(&buf[..n])).await {
                     Ok(ack) => {
                         waiting.push(async move { (from, ack.await.map(|a| a.sequence)) });
@@ -143,8 +147,21 @@ async fn relay_loop(socket: Arc<UdpSocket>, js: jetstream::Context, subject: Str
         };
         reply.clear();
         answer.encode(&mut reply);
-        socket.send_to(&reply, to).await.context("send")?;
+        match socket.send_to(&reply, to).await {
+            Err(e) if !one_peer(&e) => return Err(e).context("send"),
+            _ => {}
+        }
     }
+}
+
+/// Errors that concern one peer (a refusal by ICMP, an unreachable destination), which
+/// lose that reply only.
+fn one_peer(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionReset | HostUnreachable | NetworkUnreachable
+    )
 }
 
 /// Sends a `5:` to JetStream; anything else is answered at once, with what to answer.
