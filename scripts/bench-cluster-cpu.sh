@@ -46,29 +46,26 @@ done
 url=nats://127.0.0.1:$nats_port
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# start_relay PORT [--feed]: the bare relay on its own stream; prints its pid.
-start_relay() {
-    "$bench" relay --listen "127.0.0.1:$1" --nats "$url" "${@:2}" >"$dir/r$1.log" 2>&1 &
-    local pid=$!
-    pids+=("$pid")
-    until grep -qs "relaying" "$dir/r$1.log"; do
-        kill -0 "$pid" 2>/dev/null || fail "the relay on $1 did not start: $(tail -1 "$dir/r$1.log")"
+# ready PID LOG MARK WHAT: waits until LOG says MARK, and prints PID; fails if it exits first.
+ready() {
+    pids+=("$1")
+    until grep -qs "$3" "$2"; do
+        kill -0 "$1" 2>/dev/null || fail "$4 did not start: $(tail -1 "$2")"
         sleep 0.05
     done
-    echo "$pid"
+    echo "$1"
+}
+# start_relay PORT [--feed FEED]: the bare relay on its own stream; prints its pid.
+start_relay() {
+    "$bench" relay --listen "127.0.0.1:$1" --nats "$url" "${@:2}" >"$dir/r$1.log" 2>&1 &
+    ready $! "$dir/r$1.log" relaying "the relay on $1"
 }
 # start_server BIN_DIR PORT STREAM: an mboard server on the stream; prints its pid.
 start_server() {
     # shellcheck disable=SC2086 # words of their own
     env ${SERVER_ENV:-} "$1/mboard-server" --listen "127.0.0.1:$2" --log-level warn,mboard_server=info \
         --nats "$url" --nats-stream "$3" ${SERVER_ARGS:-} >"$dir/m$2.log" 2>&1 &
-    local pid=$!
-    pids+=("$pid")
-    until grep -qs "serving" "$dir/m$2.log"; do
-        kill -0 "$pid" 2>/dev/null || fail "mboard server on $2 did not start: $(tail -1 "$dir/m$2.log")"
-        sleep 0.05
-    done
-    echo "$pid"
+    ready $! "$dir/m$2.log" serving "mboard server on $2"
 }
 # measure LABEL SERVER_PID IDLE_PID -- BENCH_ARGS...: one run, one line (- for no pid).
 measure() {
