@@ -1,5 +1,6 @@
 //! Unclaimed sessions giving way under a flood of opens: only those that free what is
-//! missing, and never more of the queue looked at than a bound.
+//! missing, never more of the queue looked at than a bound, and a refusal behind them
+//! remembered.
 
 use bytes::Bytes;
 
@@ -55,5 +56,17 @@ fn no_request_looks_further_into_the_queue_than_the_bound() {
     // The offer is past the bound: what is within it frees nothing, so the request is
     // refused, and nothing was dropped for it.
     assert!(sim.mgr.reserve(sim.now, addr(3), 1_500).is_err());
+    assert_eq!(sim.mgr.stats().evicted, 0);
+}
+
+#[test]
+fn a_refusal_behind_opens_it_passed_over_is_remembered() {
+    let mut sim = flooded(EVICT_WALK);
+    for _ in 0..3 {
+        assert!(sim.mgr.reserve(sim.now, addr(3), 1_500).is_err());
+    }
+    // Nothing changed between the three. The opens the walk passed over are past their
+    // grace already, and the offer lies beyond the bound: the first walk's answer holds.
+    assert_eq!(sim.mgr.walks, 1, "walked again for the same refusal");
     assert_eq!(sim.mgr.stats().evicted, 0);
 }

@@ -148,17 +148,17 @@ impl SessionManager {
             && short.slots <= unclaimed.slots + reclaimable.slots + lent.slots;
         // Unclaimed sessions are only picked here, and dropped once the whole plan is
         // known to make room: a request the loans cannot help drops nothing.
-        let (picked, left) = if enough {
+        let (picked, left, walked) = if enough {
             self.evictable(now, short, need.requester)
         } else {
-            (Vec::new(), short)
+            (Vec::new(), short, 0)
         };
         let plan = if left.is_met() {
             Some(Plan::default())
         } else if enough && !over_on_what_is_short {
             let plan = self.plan(now, left, need);
             if plan.is_none() {
-                self.remember_refusal(now, need, short, &picked);
+                self.remember_refusal(now, need, short, walked);
             }
             plan
         } else {
@@ -194,18 +194,12 @@ impl SessionManager {
         })
     }
 
-    /// Remembers that `need`, as short as `short`, was refused after a walk that found
-    /// `unclaimed` past their grace. Only a request that every later one can count on
-    /// at most as much as: not for a session of its own (which would not give way to
-    /// itself), from a host not holding room beyond its share (whose loans it could not
-    /// take).
-    fn remember_refusal(
-        &mut self,
-        now: Instant,
-        need: Need,
-        short: Shortfall,
-        unclaimed: &[SessionId],
-    ) {
+    /// Remembers that `need`, as short as `short`, was refused after a walk that looked
+    /// at the first `walked` entries of the unclaimed queue. Only a request that every
+    /// later one can count on at most as much as: not for a session of its own (which
+    /// would not give way to itself), from a host not holding room beyond its share (whose
+    /// loans it could not take).
+    fn remember_refusal(&mut self, now: Instant, need: Need, short: Shortfall, walked: usize) {
         #[cfg(test)]
         {
             self.walks += 1;
@@ -215,15 +209,17 @@ impl SessionManager {
             return;
         }
         let grace = self.limits.claim_grace;
-        // The next unclaimed session to pass its grace, behind those the walk found.
+        // The next unclaimed session to pass its grace, behind those the walk looked at
+        // (picked, or passed over as freeing nothing it lacked). One past its grace already
+        // lies beyond the walk's bound, where the same walk would not reach it either.
         let next_unclaimed = self
             .budget
             .unclaimed
             .iter()
-            .skip(unclaimed.len())
+            .skip(walked)
             .filter(|(_, sid)| self.sessions.get(sid).is_some_and(|s| !s.claimed))
             .map(|(created, _)| *created + grace)
-            .next();
+            .find(|&due| due > now);
         let until = [next_unclaimed, self.reclaimer.next_due()]
             .into_iter()
             .flatten()
@@ -345,7 +341,8 @@ impl SessionManager {
     }
 
     /// The unclaimed sessions past the claim grace that give way, oldest first, until
-    /// `short` is made up or the next one is within the grace, and what is still missing.
+    /// `short` is made up or the next one is within the grace, what is still missing, and
+    /// how many entries at the front of the queue it looked at.
     /// Drops nothing (see [`SessionManager::give_way`]) but stale entries.
     ///
     /// Looks at no more than [`EVICT_WALK`] entries: under a flood of opens the queue is
@@ -357,7 +354,7 @@ impl SessionManager {
         now: Instant,
         short: Shortfall,
         requester: Option<SessionId>,
-    ) -> (Vec<SessionId>, Shortfall) {
+    ) -> (Vec<SessionId>, Shortfall, usize) {
         let grace = self.limits.claim_grace;
         let (mut left, mut picked, mut passed) = (short, Vec::new(), 0);
         let mut stale = 0;
@@ -391,10 +388,13 @@ impl SessionManager {
         }
         // Stale entries behind a picked one stay when nothing is dropped; clear them before
         // requests that are refused walk them again and again.
+        let mut walked = picked.len() + passed;
         if stale > STALE_WALK {
             self.budget.prune(&self.sessions);
+            // Those it looked at are that many fewer entries now.
+            walked -= stale;
         }
-        (picked, left)
+        (picked, left, walked)
     }
 }
 

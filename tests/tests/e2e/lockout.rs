@@ -252,7 +252,10 @@ fn an_honest_16_mib_upload_at_10_percent_loss_is_never_reclaimed() {
         "16 MiB at 10% loss in {took:?}, while {during} grabs of 1 MiB took room; {reclaimed} sessions reclaimed in all, {expired} expired; {shed} datagrams shed"
     );
     assert!(during >= 5, "only {during} grabs while the upload ran");
-    assert!(reclaimed >= during + 16, "{reclaimed} reclaimed");
+    // Each grab reclaimed a slow session, and the upload sixteen. Except one grab at most:
+    // once the upload is stored its 16 MiB are free, and a grab that lands between then and
+    // the count above needs no reclaim (the grabs are 20 ms apart).
+    assert!(reclaimed + 1 >= during + 16, "{reclaimed} reclaimed");
     let id = published.out().trim().to_owned();
     let got = cli(server.addr, &["get", &id], b"");
     assert!(got.stdout == big, "the 16 MiB read back differ");
