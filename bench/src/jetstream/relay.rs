@@ -138,7 +138,8 @@ async fn relay_loop(socket: Arc<UdpSocket>, js: jetstream::Context, subject: Str
                         waiting.push(async move { (from, ack.await.map(|a| a.sequence)) });
                         continue;
                     }
-                    Err(answer) => (answer, from),
+                    Err(Some(answer)) => (answer, from),
+                    Err(None) => continue,
                 }
             }
             Some((to, acked)) = waiting.next(), if !waiting.is_empty() => {
@@ -147,15 +148,15 @@ async fn relay_loop(socket: Arc<UdpSocket>, js: jetstream::Context, subject: Str
         };
         reply.clear();
         answer.encode(&mut reply);
-        match socket.send_to(&reply, to).await {
-            Err(e) if !one_peer(&e) => return Err(e).context("send"),
-            _ => {}
-        }
+        // A failed send loses that reply only: the destination may be one the system
+        // refuses (a spoofed broadcast source, port 0), and a socket that is broken for
+        // good fails the next receive.
+        let _ = socket.send_to(&reply, to).await;
     }
 }
 
-/// Errors that concern one peer (a refusal by ICMP, an unreachable destination), which
-/// lose that reply only.
+/// Receive errors that concern one peer (an ICMP refusal of an earlier reply), not the
+/// socket.
 fn one_peer(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(
@@ -164,21 +165,30 @@ fn one_peer(e: &std::io::Error) -> bool {
     )
 }
 
-/// Sends a `5:` to JetStream; anything else is answered at once, with what to answer.
+/// What the relay answers to anything but `5:` and `2:`.
+const REFUSAL: &[u8] = b"the relay takes only 5:<token>:<text> and 2:<n>";
+
+/// Sends a `5:` to JetStream; anything else is answered at once with what `Err` holds,
+/// or not at all.
 async fn publish(
     js: &jetstream::Context,
     subject: &str,
     from: SocketAddr,
     datagram: Bytes,
-) -> Result<jetstream::context::PublishAckFuture, Response> {
+) -> Result<jetstream::context::PublishAckFuture, Option<Response>> {
+    // The refusal reads as a `1:` publish, so answering it would refuse it again: a
+    // spoofed source naming an echo service or another relay would start a loop.
+    if datagram.strip_prefix(b"1:") == Some(REFUSAL) {
+        return Err(None);
+    }
     let (token, text) = match Request::parse(datagram) {
         Ok(Request::Board(BoardRequest::PublishOnce { token, text })) => (token, text),
-        Ok(Request::Board(BoardRequest::Ids(_))) => return Err(Response::Ids(Vec::new())),
+        Ok(Request::Board(BoardRequest::Ids(_))) => return Err(Some(Response::Ids(Vec::new()))),
         _ => {
-            return Err(Response::Error {
+            return Err(Some(Response::Error {
                 code: ErrorCode::BadFormat,
-                reason: Bytes::from_static(b"the relay takes only 5:<token>:<text> and 2:<n>"),
-            });
+                reason: Bytes::from_static(REFUSAL),
+            }));
         }
     };
     let micros = SystemTime::now()
@@ -192,7 +202,7 @@ async fn publish(
         .payload(text);
     js.send_publish(subject.to_owned(), message)
         .await
-        .map_err(|_| unavailable())
+        .map_err(|_| Some(unavailable()))
 }
 
 fn unavailable() -> Response {
@@ -227,7 +237,8 @@ async fn drain(mut messages: push::Ordered) -> Result<()> {
         let m = m.context("feed")?;
         std::hint::black_box(m.info().map(|i| i.stream_sequence).ok());
     }
-    Ok(())
+    // Ending quietly would stop the relay as if it had been asked to.
+    anyhow::bail!("the feed's consumer ended")
 }
 
 /// Takes every message in batches: a fetch of what is there, then a pause while fetches

@@ -85,7 +85,9 @@ impl<B: Board> Handler<B> {
             board,
             sessions: Mutex::new(SessionManager::new(limits.clone(), seed)),
             follow: follow::Followers::new(&limits),
-            queued: Arc::new(Semaphore::new(limits.max_queued_publishes)),
+            queued: Arc::new(Semaphore::new(
+                limits.max_queued_publishes.min(Semaphore::MAX_PERMITS),
+            )),
             queued_bytes: Arc::new(Semaphore::new(
                 usize::try_from(limits.max_queued_bytes)
                     .unwrap_or(usize::MAX)

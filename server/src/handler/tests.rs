@@ -286,3 +286,17 @@ fn reads_waiting_for_the_replica_are_bounded() {
     let handled = run(h.handle(now, from(), Bytes::from_static(b"3:123456789")));
     assert!(matches!(handled.answer, Answer::Wait(_)));
 }
+
+#[test]
+fn caps_beyond_what_a_semaphore_holds_are_as_good_as_unlimited() {
+    // Validation bounds these only from below: a huge cap must not panic the server.
+    let limits = Limits {
+        max_queued_publishes: usize::MAX,
+        max_catching_up: usize::MAX,
+        max_queued_bytes: u64::MAX,
+        ..Limits::default()
+    };
+    limits.validate().expect("valid");
+    let h = Arc::new(Handler::new(MemoryBoard::new(), limits, 1));
+    assert_eq!(text(ask(&h, Instant::now(), b"1:hello")), "0:0");
+}

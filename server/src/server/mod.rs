@@ -193,11 +193,13 @@ async fn serve_with<B: Board>(
         metrics: Arc::new(Metrics::new(workers)),
         limiter: Arc::new(RateLimiter::new(settings.first.rate_limit)),
         errors: Arc::new(RateLimiter::new(settings.first.error_limit)),
+        // Clamped like `workers`: a handler built from unvalidated limits must not get a
+        // semaphore with no permit, which would park the first loop that builds a reply.
         deferred: Arc::new(Semaphore::new(
             handler
                 .limits()
                 .max_building_replies
-                .min(Semaphore::MAX_PERMITS),
+                .clamp(1, Semaphore::MAX_PERMITS),
         )),
         io_batch,
     };

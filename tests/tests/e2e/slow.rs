@@ -148,3 +148,31 @@ fn a_loop_waiting_to_build_a_reply_still_answers_its_waiting_publishes() {
         );
     }
 }
+
+#[test]
+fn a_handler_built_from_unvalidated_limits_still_builds_large_replies() {
+    let _gate = gate::timed();
+    // An embedder may build a handler without `Limits::validate`: no permit to build
+    // would park the loop at the first large reply, and with it every client.
+    let limits = Limits {
+        max_building_replies: 0,
+        ..Limits::default()
+    };
+    let handler = Handler::new(SlowBoard::new(), limits, 1);
+    let server = TestServer::builder()
+        .workers(1)
+        .serving(Arc::new(handler))
+        .start();
+    let peer = Peer::new(server.addr);
+    peer.send(b"4:1");
+    let reply = peer
+        .recv_within(Duration::from_secs(10))
+        .expect("the large reply is built");
+    assert!(
+        reply.starts_with(b"d:"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    peer.send(b"3:0");
+    assert!(peer.recv_within(Duration::from_secs(5)).is_some());
+}
