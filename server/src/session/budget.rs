@@ -9,16 +9,16 @@
 //! A session its owner has not used yet is *unclaimed*: it may be a spoofed request's, so
 //! it counts against no host, and it is the first to give way (see `room`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
 use mboard_protocol::{Offer, SessionId};
 
-use super::compact;
 use super::hosts::{HostKey, Hosts, Shares};
 use super::manager::{Session, State};
+use super::unclaimed::Unclaimed;
 use super::{SessionError, SessionManager};
 
 /// Bytes reserved, per host too, and the sessions that may give way.
@@ -28,9 +28,8 @@ pub(super) struct Budget {
     pub(super) reserved: u64,
     /// Bytes reserved by unclaimed sessions.
     pub(super) unclaimed_reserved: u64,
-    /// Sessions not yet claimed, oldest first, with when they were created; possibly
-    /// stale (claimed or gone since), which is checked when an entry is looked at.
-    pub(super) unclaimed: VecDeque<(Instant, SessionId)>,
+    /// Sessions not yet claimed, oldest first (see `unclaimed`).
+    pub(super) unclaimed: Unclaimed,
     /// What each host's claimed sessions hold.
     pub(super) hosts: Hosts,
     /// Moves on every change above (and so on every session made, claimed, grown, shrunk
@@ -43,7 +42,7 @@ impl Budget {
         Budget {
             reserved: 0,
             unclaimed_reserved: 0,
-            unclaimed: VecDeque::new(),
+            unclaimed: Unclaimed::default(),
             hosts: Hosts::new(shares),
             generation: 0,
         }
@@ -106,7 +105,7 @@ impl Budget {
         sessions: &HashMap<SessionId, Session>,
     ) {
         self.charge(cost, None);
-        self.unclaimed.push_back((now, sid));
+        self.unclaimed.push(now, sid, cost);
         // Claimed and closed sessions leave stale entries; drop them before they pile up.
         if self.unclaimed.len() > 2 * sessions.len() + 1024 {
             self.prune(sessions);
@@ -115,8 +114,7 @@ impl Budget {
 
     /// Drops the queue's stale entries.
     pub(super) fn prune(&mut self, sessions: &HashMap<SessionId, Session>) {
-        self.unclaimed
-            .retain(|(_, sid)| sessions.get(sid).is_some_and(|s| !s.claimed));
+        self.unclaimed.prune(sessions);
     }
 
     /// Gives memory back after a crowd of sessions has left.
@@ -124,7 +122,7 @@ impl Budget {
         if self.unclaimed.len() > 2 * sessions.len() {
             self.prune(sessions);
         }
-        compact::shrink_deque(&mut self.unclaimed);
+        self.unclaimed.shrink();
         self.hosts.shrink();
     }
 }

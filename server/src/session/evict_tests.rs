@@ -1,11 +1,11 @@
 //! Unclaimed sessions giving way under a flood of opens: only those that free what is
-//! missing, never more of the queue looked at than a bound, and a refusal behind them
-//! remembered.
+//! missing, found however many opens stand in front of them, never more of the queues
+//! looked at than a bound, and a refusal at the bound remembered.
 
 use bytes::Bytes;
 
-use super::room::EVICT_WALK;
 use super::tests::{Sim, addr, block, unshared};
+use super::unclaimed::EVICT_WALK;
 use crate::config::Limits;
 
 /// A manager with 10,000 bytes of session memory, 8,000 of them held by a claimed upload,
@@ -51,22 +51,95 @@ fn opens_that_hold_no_memory_do_not_give_way_for_memory() {
 }
 
 #[test]
+fn an_offer_behind_more_opens_than_the_bound_still_gives_way() {
+    // Opens cost a spoofer nothing: a crowd of them in front of the offer must not hide
+    // it from a request short of memory.
+    let mut sim = flooded(4 * EVICT_WALK);
+    let reservation = sim
+        .mgr
+        .reserve(sim.now, addr(3), 1_500)
+        .expect("the offer makes room");
+    assert_eq!(sim.mgr.stats().evicted, 1, "only the offer");
+    sim.mgr.cancel(reservation);
+}
+
+/// 10,000 bytes of session memory, 7,000 of them held by a claimed upload, and 2,000
+/// unfetched 1-byte offers past their claim grace: a request short of 1,500 bytes would
+/// need 1,500 of them.
+fn crumbs() -> Sim {
+    let mut sim = Sim::new(Limits {
+        max_session_memory: 10_000,
+        ..unshared()
+    });
+    let owner = addr(1);
+    let upload = sim.open(owner, 7_000, 1_000);
+    assert!(
+        sim.reply(owner, block(upload, 0, &[b'u'; 1_000]))
+            .starts_with("0:")
+    );
+    for i in 0..2_000 {
+        sim.mgr
+            .offer(sim.now, addr(2_000 + i), Bytes::from_static(b"o"))
+            .expect("an offer");
+    }
+    sim.at(1_000);
+    sim
+}
+
+#[test]
 fn no_request_looks_further_into_the_queue_than_the_bound() {
-    let mut sim = flooded(EVICT_WALK);
-    // The offer is past the bound: what is within it frees nothing, so the request is
-    // refused, and nothing was dropped for it.
-    assert!(sim.mgr.reserve(sim.now, addr(3), 1_500).is_err());
+    let mut sim = crumbs();
+    // What lies within the bound frees too little, so the request is refused, and
+    // nothing was dropped for it.
+    assert!(sim.mgr.reserve(sim.now, addr(3), 2_500).is_err());
+    assert_eq!(sim.mgr.stats().evicted, 0);
+    // One the offers within the bound make room for drops only as many as it needs.
+    let size = 1_000 + EVICT_WALK as u64 / 2;
+    let missing = sim.mgr.budget.reserved() + size - 10_000;
+    let reservation = sim
+        .mgr
+        .reserve(sim.now, addr(3), size)
+        .expect("room within the bound");
+    assert_eq!(sim.mgr.stats().evicted, missing);
+    sim.mgr.cancel(reservation);
+}
+
+#[test]
+fn a_refusal_after_a_walk_to_the_bound_is_remembered() {
+    let mut sim = crumbs();
+    for _ in 0..3 {
+        assert!(sim.mgr.reserve(sim.now, addr(3), 2_500).is_err());
+    }
+    // Nothing changed between the three, and the offers beyond the bound are past their
+    // grace already: the first walk's answer holds.
+    assert_eq!(sim.mgr.walks, 1, "walked again for the same refusal");
     assert_eq!(sim.mgr.stats().evicted, 0);
 }
 
 #[test]
-fn a_refusal_behind_opens_it_passed_over_is_remembered() {
-    let mut sim = flooded(EVICT_WALK);
-    for _ in 0..3 {
-        assert!(sim.mgr.reserve(sim.now, addr(3), 1_500).is_err());
-    }
-    // Nothing changed between the three. The opens the walk passed over are past their
-    // grace already, and the offer lies beyond the bound: the first walk's answer holds.
-    assert_eq!(sim.mgr.walks, 1, "walked again for the same refusal");
-    assert_eq!(sim.mgr.stats().evicted, 0);
+fn a_missing_slot_takes_the_oldest_of_opens_and_offers() {
+    let mut sim = Sim::new(Limits {
+        max_sessions: 10,
+        ..unshared()
+    });
+    let first_open = sim.open(addr(2), 1_000, 1_000);
+    sim.at(10);
+    let offer = sim
+        .mgr
+        .offer(sim.now, addr(3), Bytes::from_static(b"offered"))
+        .expect("an offer")
+        .sid;
+    sim.at(20);
+    let opens: Vec<_> = (0..8)
+        .map(|i| sim.open(addr(10 + i), 1_000, 1_000))
+        .collect();
+    sim.at(1_000);
+    let live = |sim: &Sim, sid| sim.mgr.sessions.contains_key(&sid);
+    sim.open(addr(100), 1_000, 1_000);
+    assert!(!live(&sim, first_open), "the oldest, an open, gave way");
+    assert!(live(&sim, offer));
+    sim.open(addr(101), 1_000, 1_000);
+    assert!(!live(&sim, offer), "then the oldest, an offer");
+    assert!(opens.iter().all(|&sid| live(&sim, sid)));
+    assert_eq!(sim.mgr.stats().evicted, 2);
 }

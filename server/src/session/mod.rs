@@ -26,9 +26,12 @@ mod manager;
 mod reclaim;
 mod room;
 #[cfg(test)]
+mod room_tests;
+#[cfg(test)]
 mod slow_tests;
 #[cfg(test)]
 mod tests;
+mod unclaimed;
 mod upload;
 mod validated;
 

@@ -5,7 +5,7 @@
 //! client refused busy does not wait for room, it fails. And what a host holds beyond its
 //! share is on loan: once another host has filled the share left free, a host within its
 //! share takes it back. When a reservation does not fit, unclaimed sessions past the claim
-//! grace give way first (they may be spoofed), oldest first; then claimed sessions moving
+//! grace give way first (they may be spoofed), oldest first (see `unclaimed`); then claimed sessions moving
 //! slower than the progress floor (see `reclaim`), those of hosts over their share first;
 //! then, however fast they move, the sessions hosts hold beyond their share, the youngest
 //! of the host most over its share first. Claimed sessions give way only for a host within
@@ -18,6 +18,7 @@ use std::time::Instant;
 use mboard_protocol::SessionId;
 
 use super::hosts::HostKey;
+use super::unclaimed::{Ask, Walk, Walked};
 use super::{SessionError, SessionManager};
 
 /// What a reservation needs room for.
@@ -66,12 +67,6 @@ pub(super) struct Refused {
     until: Instant,
     short: Shortfall,
 }
-
-/// Stale entries of the unclaimed queue one request may step over before it is pruned.
-const STALE_WALK: usize = 256;
-
-/// Entries of the unclaimed queue one request looks at, at most.
-pub(super) const EVICT_WALK: usize = 1_024;
 
 /// The claimed sessions that give way for a reservation, in order.
 #[derive(Debug, Default)]
@@ -148,10 +143,23 @@ impl SessionManager {
             && short.slots <= unclaimed.slots + reclaimable.slots + lent.slots;
         // Unclaimed sessions are only picked here, and dropped once the whole plan is
         // known to make room: a request the loans cannot help drops nothing.
-        let (picked, left, walked) = if enough {
-            self.evictable(now, short, need.requester)
+        let Walk {
+            picked,
+            left,
+            walked,
+        } = if enough {
+            self.budget.unclaimed.walk(&Ask {
+                sessions: &self.sessions,
+                now,
+                grace: self.limits.claim_grace,
+                short,
+                requester: need.requester,
+            })
         } else {
-            (Vec::new(), short, 0)
+            Walk {
+                left: short,
+                ..Walk::default()
+            }
         };
         let plan = if left.is_met() {
             Some(Plan::default())
@@ -195,11 +203,11 @@ impl SessionManager {
     }
 
     /// Remembers that `need`, as short as `short`, was refused after a walk that looked
-    /// at the first `walked` entries of the unclaimed queue. Only a request that every
+    /// as far as `walked` into the unclaimed queues. Only a request that every
     /// later one can count on at most as much as: not for a session of its own (which
     /// would not give way to itself), from a host not holding room beyond its share (whose
     /// loans it could not take).
-    fn remember_refusal(&mut self, now: Instant, need: Need, short: Shortfall, walked: usize) {
+    fn remember_refusal(&mut self, now: Instant, need: Need, short: Shortfall, walked: Walked) {
         #[cfg(test)]
         {
             self.walks += 1;
@@ -208,18 +216,10 @@ impl SessionManager {
             self.refused = None;
             return;
         }
-        let grace = self.limits.claim_grace;
-        // The next unclaimed session to pass its grace, behind those the walk looked at
-        // (picked, or passed over as freeing nothing it lacked). One past its grace already
-        // lies beyond the walk's bound, where the same walk would not reach it either.
-        let next_unclaimed = self
-            .budget
-            .unclaimed
-            .iter()
-            .skip(walked)
-            .filter(|(_, sid)| self.sessions.get(sid).is_some_and(|s| !s.claimed))
-            .map(|(created, _)| *created + grace)
-            .find(|&due| due > now);
+        let next_unclaimed =
+            self.budget
+                .unclaimed
+                .next_due(walked, &self.sessions, self.limits.claim_grace, now);
         let until = [next_unclaimed, self.reclaimer.next_due()]
             .into_iter()
             .flatten()
@@ -338,304 +338,5 @@ impl SessionManager {
             slots,
         };
         (short, over)
-    }
-
-    /// The unclaimed sessions past the claim grace that give way, oldest first, until
-    /// `short` is made up or the next one is within the grace, what is still missing, and
-    /// how many entries at the front of the queue it looked at.
-    /// Drops nothing (see [`SessionManager::give_way`]) but stale entries.
-    ///
-    /// Looks at no more than [`EVICT_WALK`] entries: under a flood of opens the queue is
-    /// thousands long, and a request short of memory walked all of it, with the sessions'
-    /// lock held, for sessions that hold next to nothing. One that holds no memory is not
-    /// picked when only memory is short: dropping it would free nothing that is missing.
-    fn evictable(
-        &mut self,
-        now: Instant,
-        short: Shortfall,
-        requester: Option<SessionId>,
-    ) -> (Vec<SessionId>, Shortfall, usize) {
-        let grace = self.limits.claim_grace;
-        let (mut left, mut picked, mut passed) = (short, Vec::new(), 0);
-        let mut stale = 0;
-        let queue = &mut self.budget.unclaimed;
-        while !left.is_met() && picked.len() + passed < EVICT_WALK {
-            let Some(&(created, sid)) = queue.get(picked.len() + passed) else {
-                break;
-            };
-            match self.sessions.get(&sid) {
-                Some(s) if !s.claimed && Some(sid) != requester => {
-                    if created + grace > now {
-                        break;
-                    }
-                    if left.slots == 0 && s.reserved == 0 {
-                        passed += 1;
-                        continue;
-                    }
-                    left = left.minus(s.reserved);
-                    picked.push(sid);
-                }
-                // Claimed or gone since, or being claimed: a stale entry, dropped at once at
-                // the front.
-                _ if picked.is_empty() && passed == 0 => {
-                    queue.pop_front();
-                }
-                _ => {
-                    passed += 1;
-                    stale += 1;
-                }
-            }
-        }
-        // Stale entries behind a picked one stay when nothing is dropped; clear them before
-        // requests that are refused walk them again and again.
-        let mut walked = picked.len() + passed;
-        if stale > STALE_WALK {
-            self.budget.prune(&self.sessions);
-            // Those it looked at are that many fewer entries now.
-            walked -= stale;
-        }
-        (picked, left, walked)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use bytes::Bytes;
-    use mboard_protocol::Offer;
-
-    use crate::config::Limits;
-    use crate::session::SessionError;
-    use crate::session::tests::{Sim, addr, block, unshared};
-
-    #[test]
-    fn sessions_per_source_limit() {
-        let mut sim = Sim::new(Limits {
-            max_sessions_per_source: 3,
-            ..unshared()
-        });
-        let (a, b) = (addr(1000), addr(1001));
-        let first = sim.open(a, 10, 10);
-        sim.open(a, 10, 10);
-        sim.open(a, 10, 10);
-        assert_eq!(sim.reply(a, "a:10:10"), "4:busy");
-        sim.open(b, 10, 10);
-        // Downloads count too.
-        assert_eq!(
-            sim.mgr.offer(sim.now, a, Bytes::from_static(b"0:big")),
-            Err(SessionError::Busy)
-        );
-        sim.reply(a, format!("x:{first}"));
-        sim.open(a, 10, 10);
-    }
-
-    #[test]
-    fn total_sessions_limit() {
-        let mut sim = Sim::new(Limits {
-            max_sessions: 2,
-            ..unshared()
-        });
-        sim.open(addr(1), 10, 10);
-        sim.open(addr(2), 10, 10);
-        assert_eq!(sim.reply(addr(3), "a:10:10"), "4:busy");
-        // Once the others have expired, there is room again without a separate sweep.
-        sim.advance(Duration::from_secs(30));
-        sim.open(addr(3), 10, 10);
-    }
-
-    #[test]
-    fn opens_reserve_nothing_until_their_first_block() {
-        let mut sim = Sim::new(Limits {
-            max_session_memory: 10_000,
-            ..unshared()
-        });
-        // Spoofed opens: their owners never send a block, and they hold no budget.
-        for port in 1..=5 {
-            sim.open(addr(port), 8_000, 1_000);
-        }
-        assert_eq!(sim.mgr.stats().reserved, 0);
-        let c = addr(100);
-        let sid = sim.open(c, 8_000, 1_000);
-        assert!(
-            sim.reply(c, block(sid, 0, &[b'x'; 1_000]))
-                .starts_with("0:")
-        );
-        assert_eq!(sim.mgr.stats().reserved, 8_008);
-        // Another open is refused while its reservation could not fit ...
-        assert_eq!(sim.reply(addr(101), "a:5000:1000"), "4:busy");
-        // ... and one that fitted at its open but not at its first block is refused there,
-        // unchanged, so that its block can be sent again once there is room.
-        let late = sim.open(addr(102), 1_000, 1_000);
-        let other = sim.open(addr(103), 1_500, 1_500);
-        assert!(
-            sim.reply(addr(103), block(other, 0, &[b'o'; 1_500]))
-                .starts_with("0:")
-        );
-        assert_eq!(
-            sim.reply(addr(102), block(late, 0, &[b'l'; 1_000])),
-            "4:busy"
-        );
-        sim.reply(addr(103), format!("x:{other}"));
-        assert_eq!(
-            sim.reply(addr(102), block(late, 0, &[b'l'; 1_000])),
-            format!("0:{late}:0:1")
-        );
-    }
-
-    #[test]
-    fn a_first_block_makes_room_among_unfetched_offers() {
-        let mut sim = Sim::new(Limits {
-            max_session_memory: 10_000,
-            ..unshared()
-        });
-        let c = addr(2);
-        let sid = sim.open(c, 5_000, 1_000);
-        // A spoofed request for a large reply: an offer nobody fetches.
-        let _ = sim
-            .mgr
-            .offer(sim.now, addr(1), Bytes::from(vec![b'a'; 8_000]));
-        assert_eq!(sim.reply(c, block(sid, 0, &[b'x'; 1_000])), "4:busy");
-        sim.at(499);
-        assert_eq!(
-            sim.reply(c, block(sid, 0, &[b'x'; 1_000])),
-            "4:busy",
-            "still within the grace"
-        );
-        sim.at(500);
-        assert_eq!(
-            sim.reply(c, block(sid, 0, &[b'x'; 1_000])),
-            format!("0:{sid}:0:1")
-        );
-        assert_eq!(sim.mgr.stats().evicted, 1);
-        assert_eq!(sim.mgr.stats().sessions, 1);
-        // A claimed session is never dropped to make room as unclaimed, however old (and
-        // with the progress floor off, never at all).
-        sim.at(5_000);
-        assert!(sim.mgr.reserve(sim.now, addr(3), 6_000).is_err());
-        assert_eq!(sim.mgr.stats().evicted, 1);
-    }
-
-    #[test]
-    fn unfetched_offers_make_room_but_fetched_ones_stay() {
-        let mut sim = Sim::new(Limits {
-            max_session_memory: 10_000,
-            ..unshared()
-        });
-        let (spoofed, real) = (addr(1), addr(2));
-        let offer = |r: Result<Offer, SessionError>| match r {
-            Ok(o) => o,
-            other => panic!("not an offer: {other:?}"),
-        };
-        offer(
-            sim.mgr
-                .offer(sim.now, spoofed, Bytes::from(vec![b'a'; 6_000])),
-        );
-        let fetched = offer(sim.mgr.offer(sim.now, real, Bytes::from(vec![b'b'; 3_000])));
-        sim.reply(real, format!("g:{}:0", fetched.sid));
-        assert!(sim.mgr.reserve(sim.now, addr(3), 5_000).is_err());
-        sim.at(600);
-        let r = sim
-            .mgr
-            .reserve(sim.now, addr(3), 5_000)
-            .expect("the unfetched offer makes room");
-        sim.mgr.cancel(r);
-        assert_eq!(sim.mgr.stats().evicted, 1);
-        assert!(
-            sim.reply(real, format!("g:{}:1", fetched.sid))
-                .starts_with(&format!("0:{}:1:", fetched.sid))
-        );
-    }
-
-    #[test]
-    fn the_session_table_makes_room_the_same_way() {
-        let mut sim = Sim::new(Limits {
-            max_sessions: 2,
-            ..unshared()
-        });
-        sim.open(addr(1), 10, 10);
-        let kept = sim.open(addr(2), 10, 10);
-        sim.reply(addr(2), block(kept, 0, &[b'k'; 10]));
-        assert_eq!(sim.reply(addr(3), "a:10:10"), "4:busy");
-        sim.at(500);
-        sim.open(addr(3), 10, 10);
-        assert_eq!(sim.mgr.stats().evicted, 1);
-        assert_eq!(
-            sim.reply(addr(4), "a:10:10"),
-            "4:busy",
-            "the new one is in its grace"
-        );
-    }
-
-    #[test]
-    fn nothing_is_dropped_when_dropping_could_not_make_room() {
-        let mut sim = Sim::new(Limits {
-            max_session_memory: 10_000,
-            ..unshared()
-        });
-        let claimed = sim.open(addr(1), 7_000, 1_000);
-        sim.reply(addr(1), block(claimed, 0, &[b'c'; 1_000]));
-        let unclaimed = sim.open(addr(2), 1_500, 1_500);
-        sim.at(1_000);
-        // 7,007 claimed + 3,000 > 10,000 even without the unclaimed session: keep it.
-        assert_eq!(sim.reply(addr(3), "a:3000:1000"), "4:busy");
-        assert_eq!(sim.mgr.stats().evicted, 0);
-        assert!(
-            sim.reply(addr(2), block(unclaimed, 0, &[b'u'; 1_500]))
-                .starts_with("0:")
-        );
-    }
-
-    #[test]
-    fn memory_limit_counts_reservations_and_allocates_at_the_first_block() {
-        let mut sim = Sim::new(Limits {
-            max_session_memory: 10_000,
-            ..unshared()
-        });
-        let c = addr(1000);
-        // 8,000 bytes in blocks of 1,000: 8 bitmap bytes on top.
-        let sid = sim.open(c, 8_000, 1_000);
-        assert_eq!(sim.mgr.stats().reserved, 0, "an open reserves nothing yet");
-        assert_eq!(sim.mgr.stats().buffered, 0, "and allocates nothing");
-        // The first block reserves, and allocates the declared size once.
-        sim.reply(c, block(sid, 7, &[b'7'; 1_000]));
-        assert_eq!(sim.mgr.stats().reserved, 8_008);
-        assert_eq!(sim.mgr.stats().buffered, 8_000, "{:?}", sim.mgr.stats());
-        assert_eq!(sim.reply(c, "a:1993:1000"), "4:busy");
-        let second = sim.open(c, 1_900, 1_000);
-        sim.reply(c, block(second, 0, &[b's'; 1_000]));
-        assert_eq!(sim.mgr.stats().reserved, 9_916);
-        sim.reply(c, block(sid, 0, &[b'0'; 1_000]));
-        assert_eq!(sim.mgr.stats().buffered, 9_900, "{:?}", sim.mgr.stats());
-        // A download that would not fit is refused before anything is built.
-        assert!(sim.mgr.reserve(sim.now, c, 1_000).is_err());
-        sim.reply(c, format!("x:{sid}"));
-        let r = sim
-            .mgr
-            .reserve(sim.now, c, 1_000)
-            .expect("room after close");
-        sim.mgr.cancel(r);
-        assert_eq!(sim.mgr.stats().sessions, 1);
-    }
-
-    #[test]
-    fn an_upload_reserves_room_for_its_reply() {
-        // A 3-byte upload whose reply may be a whole datagram: the reservation covers the
-        // reply, so committing never takes the budget past its limit.
-        let mut sim = Sim::new(Limits {
-            max_session_memory: 2_000,
-            ..unshared()
-        });
-        let c = addr(1000);
-        let sid = sim.open(c, 3, 3);
-        sim.reply(c, block(sid, 0, b"4:0"));
-        assert_eq!(sim.mgr.stats().reserved, 1_472);
-        assert_eq!(
-            sim.reply(c, "a:3:3"),
-            "4:busy",
-            "a second one would not fit"
-        );
-        sim.commit_and_run(c, sid, b"0:big reply");
-        assert_eq!(sim.mgr.stats().reserved, 11);
     }
 }
