@@ -143,3 +143,79 @@ fn a_missing_slot_takes_the_oldest_of_opens_and_offers() {
     assert!(opens.iter().all(|&sid| live(&sim, sid)));
     assert_eq!(sim.mgr.stats().evicted, 2);
 }
+
+#[test]
+fn stale_entries_within_the_bound_are_cleared_before_a_walk_gives_up() {
+    let mut sim = Sim::new(Limits {
+        max_session_memory: 100_000,
+        ..unshared()
+    });
+    let offer = |sim: &mut Sim, from| {
+        sim.mgr
+            .offer(sim.now, from, Bytes::from_static(b"o"))
+            .expect("an offer")
+            .sid
+    };
+    offer(&mut sim, addr(1));
+    // Fetched and closed by their owners: stale entries within the walk's bound, more
+    // than a walk steps over before it prunes.
+    for i in 0..300 {
+        let from = addr(10_000 + i);
+        let sid = offer(&mut sim, from);
+        assert!(sim.reply(from, format!("g:{sid}:0")).starts_with("0:"));
+        assert_eq!(sim.reply(from, format!("x:{sid}")), "0:");
+    }
+    for i in 0..1_000 {
+        offer(&mut sim, addr(100 + i));
+    }
+    sim.at(1_000);
+    // Short of 800 bytes: counting the stale entries, the bound would stop the walk after
+    // 724 offers, and a refusal remembered would outlast the prune that follows it.
+    let size = 100_000 - sim.mgr.budget.reserved() + 800;
+    let reservation = sim
+        .mgr
+        .reserve(sim.now, addr(3), size)
+        .expect("the stale entries use up none of the bound");
+    assert_eq!(sim.mgr.stats().evicted, 800);
+    sim.mgr.cancel(reservation);
+}
+
+#[test]
+fn a_refusal_short_of_a_slot_alone_does_not_refuse_one_short_of_memory_too() {
+    let mut sim = Sim::new(Limits {
+        max_sessions: 8,
+        max_session_memory: 40_000,
+        fairness: crate::session::Fairness {
+            progress_floor: 0,
+            ..crate::session::Fairness::default()
+        },
+        ..Limits::default()
+    });
+    let host = |ip: u8, port: u16| std::net::SocketAddr::from(([10, 0, 0, ip], port));
+    let claim = |sim: &mut Sim, from, size: u64| {
+        let sid = sim.open(from, size, 1_000);
+        let first = vec![b'u'; size.min(1_000) as usize];
+        assert!(sim.reply(from, block(sid, 0, &first)).starts_with("0:"));
+    };
+    // Host 1 holds memory beyond its share; hosts 2 to 4 two small uploads each.
+    claim(&mut sim, host(1, 1), 27_000);
+    for ip in 2..=4 {
+        claim(&mut sim, host(ip, 1), 100);
+        claim(&mut sim, host(ip, 2), 100);
+    }
+    sim.at(1_000);
+    // The last slot, held by an offer still within its grace.
+    sim.mgr
+        .offer(sim.now, host(7, 1), Bytes::from_static(b"spoofed"))
+        .expect("an offer");
+    sim.at(1_100);
+    // Short of a slot alone, nobody lends one: refused, and remembered.
+    assert!(sim.mgr.reserve(sim.now, host(6, 1), 100).is_err());
+    // Short of memory too, host 1's loan of memory is taken back, which frees a slot.
+    let reservation = sim
+        .mgr
+        .reserve(sim.now, host(6, 1), 9_000)
+        .expect("a loan of memory makes room");
+    assert_eq!(sim.mgr.stats().reclaimed.recalled, 1);
+    sim.mgr.cancel(reservation);
+}

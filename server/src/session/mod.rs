@@ -23,6 +23,8 @@ mod hosts;
 mod loan_tests;
 mod loans;
 mod manager;
+#[cfg(test)]
+mod memo_tests;
 mod reclaim;
 mod room;
 #[cfg(test)]

@@ -148,13 +148,7 @@ impl SessionManager {
             left,
             walked,
         } = if enough {
-            self.budget.unclaimed.walk(&Ask {
-                sessions: &self.sessions,
-                now,
-                grace: self.limits.claim_grace,
-                short,
-                requester: need.requester,
-            })
+            self.walk(now, short, need)
         } else {
             Walk {
                 left: short,
@@ -185,18 +179,34 @@ impl SessionManager {
         Ok(())
     }
 
-    /// Whether a request as short as `short` was refused after a walk, with nothing
-    /// changed since: no session made, claimed, grown, shrunk or gone, none past its
-    /// claim grace, none turned slow. It would be refused again, after the same walk.
+    /// The unclaimed sessions that give way for `need`, short of `short`.
+    fn walk(&mut self, now: Instant, short: Shortfall, need: Need) -> Walk {
+        self.budget.unclaimed.walk(&Ask {
+            sessions: &self.sessions,
+            now,
+            grace: self.limits.claim_grace,
+            short,
+            requester: need.requester,
+        })
+    }
+
+    /// Whether a request short of the same things as one refused after a walk, and of
+    /// as much at least, would be refused again, with nothing changed since: no session
+    /// made, claimed, grown, shrunk or gone, none past its claim grace, none turned slow.
     ///
     /// The bounds that decide whether to walk count a host's slow sessions both as slow
     /// and as held beyond its share, so a request they let through may still find too
     /// little; without this, a flood of such requests would each walk the pool of slow
     /// sessions and the unclaimed queue, however long they are, to be refused.
     fn refused_already(&self, now: Instant, short: Shortfall) -> bool {
+        // Short of the same things, or a request short of more would find other help:
+        // which hosts lend depends on what is short (see `loans`).
+        let same = |a: u64, b: u64| (a > 0) == (b > 0);
         self.refused.is_some_and(|r| {
             r.generation == self.budget.generation
                 && now < r.until
+                && same(short.bytes, r.short.bytes)
+                && same(short.slots, r.short.slots)
                 && short.bytes >= r.short.bytes
                 && short.slots >= r.short.slots
         })
@@ -216,10 +226,13 @@ impl SessionManager {
             self.refused = None;
             return;
         }
-        let next_unclaimed =
-            self.budget
-                .unclaimed
-                .next_due(walked, &self.sessions, self.limits.claim_grace, now);
+        let next_unclaimed = self.budget.unclaimed.next_due(
+            walked,
+            short.slots > 0,
+            &self.sessions,
+            self.limits.claim_grace,
+            now,
+        );
         let until = [next_unclaimed, self.reclaimer.next_due()]
             .into_iter()
             .flatten()

@@ -51,7 +51,8 @@ pub(super) struct Ask<'a> {
     pub(super) requester: Option<SessionId>,
 }
 
-/// Unclaimed sessions, with when they were created, in the two queues.
+/// Unclaimed sessions, with when they were created, in the two queues; each queue's
+/// instants never go back.
 #[derive(Debug, Default)]
 pub(super) struct Unclaimed {
     holding: VecDeque<(Instant, SessionId)>,
@@ -61,11 +62,16 @@ pub(super) struct Unclaimed {
 impl Unclaimed {
     /// Queues a new session created at `now`, reserving `cost` bytes.
     pub(super) fn push(&mut self, now: Instant, sid: SessionId, cost: u64) {
-        if cost > 0 {
-            self.holding.push_back((now, sid));
+        let queue = if cost > 0 {
+            &mut self.holding
         } else {
-            self.empty.push_back((now, sid));
-        }
+            &mut self.empty
+        };
+        // A reply built off the loop is offered at the instant its request arrived, after
+        // later ones: queued no earlier than the last, it is young a few milliseconds
+        // longer, and the queue stays in order for the walk and `next_due`.
+        let at = queue.back().map_or(now, |&(last, _)| last.max(now));
+        queue.push_back((at, sid));
     }
 
     /// Entries in both, stale ones too.
@@ -95,11 +101,25 @@ impl Unclaimed {
     /// until it is made up, the next one is within the grace, or [`EVICT_WALK`] entries
     /// were looked at. Drops nothing but stale entries.
     pub(super) fn walk(&mut self, ask: &Ask<'_>) -> Walk {
+        match self.walk_once(ask) {
+            Some(walk) => walk,
+            // Stale entries behind a picked one stay when nothing is dropped. Cleared, they
+            // neither use up the bound nor make the next request walk further than this
+            // one, which a refusal remembered relies on.
+            None => {
+                self.prune(ask.sessions);
+                self.walk_once(ask).unwrap_or_default()
+            }
+        }
+    }
+
+    /// One walk; `None` once it has stepped over more than [`STALE_WALK`] stale entries.
+    fn walk_once(&mut self, ask: &Ask<'_>) -> Option<Walk> {
         let mut walk = Walk {
             left: ask.short,
             ..Walk::default()
         };
-        let (mut stale, mut looked) = (Walked::default(), 0);
+        let (mut stale, mut looked) = (0, 0);
         while !walk.left.is_met() && looked < EVICT_WALK {
             // Opens free only slots: they are looked at only while slots are missing.
             let slots = walk.left.slots > 0;
@@ -118,8 +138,6 @@ impl Unclaimed {
                     }
                     walk.left = walk.left.minus(s.reserved);
                     walk.picked.push(sid);
-                    *at += 1;
-                    looked += 1;
                 }
                 // Claimed or gone since, or being claimed: a stale entry, dropped at once at
                 // the front.
@@ -130,27 +148,19 @@ impl Unclaimed {
                         &mut self.holding
                     };
                     queue.pop_front();
+                    continue;
                 }
                 _ => {
-                    *at += 1;
-                    looked += 1;
-                    if empty {
-                        stale.empty += 1;
-                    } else {
-                        stale.holding += 1;
+                    stale += 1;
+                    if stale > STALE_WALK {
+                        return None;
                     }
                 }
             }
+            *at += 1;
+            looked += 1;
         }
-        // Stale entries behind a picked one stay when nothing is dropped; clear them before
-        // requests that are refused walk them again and again.
-        if stale.holding + stale.empty > STALE_WALK {
-            self.prune(ask.sessions);
-            // Those it looked at are that many fewer entries now.
-            walk.walked.holding -= stale.holding;
-            walk.walked.empty -= stale.empty;
-        }
-        walk
+        Some(walk)
     }
 
     /// The older of the two queues' next entries past `walked` (opens only if `slots`),
@@ -171,29 +181,57 @@ impl Unclaimed {
     }
 
     /// When the next unclaimed session behind those a walk looked at passes its grace:
-    /// the earliest after `now`. One past its grace already lies beyond the walk's bound,
-    /// where the same walk would not reach it either.
+    /// the earliest after `now`, among opens too if `slots` were short. One past its grace
+    /// already lies beyond the walk's bound, where the same walk would not reach it either.
     pub(super) fn next_due(
         &self,
         walked: Walked,
+        slots: bool,
         sessions: &HashMap<SessionId, Session>,
         grace: Duration,
         now: Instant,
     ) -> Option<Instant> {
-        let due = |queue: &VecDeque<(Instant, SessionId)>, skip: usize| {
+        let due = |queue: &VecDeque<(Instant, SessionId)>, walked: usize| {
+            // The queue is in order: skip those past their grace without looking at them.
+            let young = queue.partition_point(|&(created, _)| created + grace <= now);
             queue
-                .iter()
-                .skip(skip)
-                .filter(|(_, sid)| sessions.get(sid).is_some_and(|s| !s.claimed))
-                .map(|(created, _)| *created + grace)
-                .find(|&due| due > now)
+                .range(young.max(walked).min(queue.len())..)
+                .find(|(_, sid)| sessions.get(sid).is_some_and(|s| !s.claimed))
+                .map(|&(created, _)| created + grace)
         };
-        [
-            due(&self.holding, walked.holding),
-            due(&self.empty, walked.empty),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        let empty = slots.then(|| due(&self.empty, walked.empty)).flatten();
+        [due(&self.holding, walked.holding), empty]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Every unclaimed session in `sessions` is queued once, in the queue its reservation
+    /// says, and each queue is in order.
+    #[cfg(test)]
+    pub(super) fn check(&self, sessions: &HashMap<SessionId, Session>) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for (queue, holds) in [(&self.holding, true), (&self.empty, false)] {
+            if !queue
+                .iter()
+                .zip(queue.iter().skip(1))
+                .all(|(a, b)| a.0 <= b.0)
+            {
+                return Err(format!("out of order (holding: {holds})"));
+            }
+            for (_, sid) in queue {
+                let Some(s) = sessions.get(sid).filter(|s| !s.claimed) else {
+                    continue;
+                };
+                if (s.reserved > 0) != holds || !seen.insert(*sid) {
+                    return Err(format!("{sid} misqueued (holding: {holds})"));
+                }
+            }
+        }
+        let unclaimed = sessions.values().filter(|s| !s.claimed).count();
+        if seen.len() != unclaimed {
+            return Err(format!("{} queued of {unclaimed} unclaimed", seen.len()));
+        }
+        Ok(())
     }
 }
