@@ -8,20 +8,27 @@ use super::tests::{Sim, addr, block, unshared};
 use super::unclaimed::EVICT_WALK;
 use crate::config::Limits;
 
-/// A manager with 10,000 bytes of session memory, 8,000 of them held by a claimed upload,
-/// `opens` unclaimed opens (holding no memory) and then an unfetched 1,000-byte offer,
-/// all past their claim grace.
-fn flooded(opens: usize) -> Sim {
+/// A manager with 10,000 bytes of session memory, `upload` bytes of them held by a claimed
+/// upload.
+fn holding(upload: u64) -> Sim {
     let mut sim = Sim::new(Limits {
         max_session_memory: 10_000,
         ..unshared()
     });
     let owner = addr(1);
-    let upload = sim.open(owner, 8_000, 1_000);
+    let sid = sim.open(owner, upload, 1_000);
     assert!(
-        sim.reply(owner, block(upload, 0, &[b'u'; 1_000]))
+        sim.reply(owner, block(sid, 0, &[b'u'; 1_000]))
             .starts_with("0:")
     );
+    sim
+}
+
+/// A manager with 10,000 bytes of session memory, 8,000 of them held by a claimed upload,
+/// `opens` unclaimed opens (holding no memory) and then an unfetched 1,000-byte offer,
+/// all past their claim grace.
+fn flooded(opens: usize) -> Sim {
+    let mut sim = holding(8_000);
     for i in 0..opens {
         sim.open(addr(2_000 + i as u16), 1_000, 1_000);
     }
@@ -67,16 +74,7 @@ fn an_offer_behind_more_opens_than_the_bound_still_gives_way() {
 /// unfetched 1-byte offers past their claim grace: a request short of 1,500 bytes would
 /// need 1,500 of them.
 fn crumbs() -> Sim {
-    let mut sim = Sim::new(Limits {
-        max_session_memory: 10_000,
-        ..unshared()
-    });
-    let owner = addr(1);
-    let upload = sim.open(owner, 7_000, 1_000);
-    assert!(
-        sim.reply(owner, block(upload, 0, &[b'u'; 1_000]))
-            .starts_with("0:")
-    );
+    let mut sim = holding(7_000);
     for i in 0..2_000 {
         sim.mgr
             .offer(sim.now, addr(2_000 + i), Bytes::from_static(b"o"))
